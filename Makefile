@@ -1,0 +1,45 @@
+# One Makefile for developers and CI: `.ci/run` calls `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NODE_STAMP := conformance/node_modules/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help setup check lint typecheck test demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+$(NODE_STAMP): conformance/package.json conformance/package-lock.json
+	cd conformance && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(STAMP) $(NODE_STAMP)  ## create .venv and install Python and Node packages
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck  ## ruff and mypy (strict)
+
+test: setup check  ## set up, check, run the whole suite
+	$(BIN)/pytest
+
+demo: $(STAMP)  ## start the embedded server and an example service, run jobs through it
+	$(BIN)/oada-jobs demo
+
+bench: setup  ## run the benchmarks and write docs/benchmarks.md
+	$(BIN)/python -m bench
+
+clean:  ## remove the virtualenv and Node packages
+	rm -rf $(VENV) conformance/node_modules

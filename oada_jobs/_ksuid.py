@@ -1,0 +1,49 @@
+"""Time-ordered KSUIDs: 27 base62 characters, sortable by creation time.
+
+Layout as in the KSUID spec: a 4-byte big-endian timestamp (seconds since
+2014-05-13T16:53:20Z) followed by a 16-byte payload. Within one second the
+generator increments the previous payload instead of drawing a new random
+one, so keys made by one process always sort in creation order; OADA job
+``updates`` rely on that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["ksuid"]
+
+_EPOCH = 1_400_000_000
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_LENGTH = 27
+_PAYLOAD_MAX = (1 << 128) - 1
+
+_lock = threading.Lock()
+_last_ts = -1
+_last_payload = 0
+
+
+def _encode(value: int) -> str:
+    chars = []
+    while value:
+        value, rem = divmod(value, 62)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars)).rjust(_LENGTH, "0")
+
+
+def ksuid() -> str:
+    """Return a new KSUID string that sorts after every one made before it here."""
+    global _last_ts, _last_payload
+    with _lock:
+        ts = max(int(time.time()) - _EPOCH, _last_ts)
+        if ts == _last_ts and _last_payload < _PAYLOAD_MAX:
+            payload = _last_payload + 1
+        else:
+            ts = ts if ts != _last_ts else ts + 1
+            # Keep headroom in the payload so increments within a second
+            # do not overflow into the next timestamp.
+            payload = int.from_bytes(os.urandom(16), "big") >> 1
+        _last_ts, _last_payload = ts, payload
+    return _encode((ts << 128) | payload)

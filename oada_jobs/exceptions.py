@@ -1,0 +1,327 @@
+"""Every exception oada-jobs raises, under one root.
+
+::
+
+    OADAJobsError
+    ├── OADAError                    an OADA request failed (client side)
+    │   ├── OADATransportError       no usable answer: connection refused/reset, TLS, socket closed
+    │   │   └── OADATimeout          the request or connect took longer than allowed
+    │   ├── OADAStatusError          the server answered with a status >= 400
+    │   │   ├── BadRequest           400
+    │   │   ├── Unauthorized         401 (missing, unknown or expired token)
+    │   │   ├── Forbidden            403
+    │   │   ├── NotFound             404
+    │   │   ├── Conflict             409
+    │   │   ├── PreconditionFailed   412 (If-Match / If-None-Match)
+    │   │   ├── PayloadTooLarge      413
+    │   │   ├── UnprocessableEntity  422
+    │   │   ├── TooManyRequests      429
+    │   │   └── ServerError          5xx
+    │   ├── WatchLost                a watch could not be restored after its connection dropped
+    │   └── ClientClosed             the client (or a revoked job-scoped clone) refuses requests
+    ├── InvalidJob                   a job resource or list entry does not have the shape of a job
+    ├── InvalidQueueEntry            a service-config queue entry is not ``{"domain", "token"}``
+    ├── JobError                     raised by a work function to fail its job with a type
+    │   └── JobCancelled             the job was cancelled by a requester
+    └── Retry                        raised by a work function to ask for another try later
+
+Tokens are secrets: no exception message or repr in this module ever contains
+one. Use :func:`redact` on any text that might.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+__all__ = [
+    "BadRequest",
+    "ClientClosed",
+    "Conflict",
+    "Forbidden",
+    "InvalidJob",
+    "InvalidQueueEntry",
+    "JobCancelled",
+    "JobError",
+    "NotFound",
+    "OADAError",
+    "OADAJobsError",
+    "OADAStatusError",
+    "OADATimeout",
+    "OADATransportError",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "Retry",
+    "ServerError",
+    "TooManyRequests",
+    "Unauthorized",
+    "UnprocessableEntity",
+    "WatchLost",
+    "error_for_status",
+    "redact",
+]
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',}]+")
+
+
+def redact(text: str, *secrets: str) -> str:
+    """Return *text* with bearer credentials and each of *secrets* masked."""
+    text = _BEARER.sub(r"\1***", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class OADAJobsError(Exception):
+    """Root of every exception raised by oada-jobs."""
+
+
+class OADAError(OADAJobsError):
+    """An OADA request failed.
+
+    ``method`` and ``path`` name the request (never its token); ``status`` is
+    the HTTP status when the server answered, else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(redact(message))
+        self.message = redact(message)
+        self.method = method
+        self.path = path
+        self.status = status
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.method and self.method.upper(), self.path) if p)
+        return f"{where}: {self.message}" if where else self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, method={self.method!r}, "
+            f"path={self.path!r}, status={self.status!r})"
+        )
+
+
+class OADATransportError(OADAError):
+    """The request got no usable answer: refused, reset, TLS failure, socket closed."""
+
+
+class OADATimeout(OADATransportError):
+    """The request (or the connection attempt) took longer than its timeout."""
+
+
+class OADAStatusError(OADAError):
+    """The server answered with an error status.
+
+    ``body`` is the decoded error body (usually ``{"message": ...}``) and
+    ``headers`` the response headers, both as received.
+    """
+
+    #: The status this class stands for; ``None`` on the generic class.
+    status_code: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, method=method, path=path, status=status or self.status_code)
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+class BadRequest(OADAStatusError):
+    """400: the server could not make sense of the request."""
+
+    status_code = 400
+
+
+class Unauthorized(OADAStatusError):
+    """401: no token, or a token the server does not accept."""
+
+    status_code = 401
+
+
+class Forbidden(OADAStatusError):
+    """403: the token is valid but may not touch this resource."""
+
+    status_code = 403
+
+
+class NotFound(OADAStatusError):
+    """404: nothing at that path."""
+
+    status_code = 404
+
+
+class Conflict(OADAStatusError):
+    """409: the write conflicts with the resource's current state."""
+
+    status_code = 409
+
+
+class PreconditionFailed(OADAStatusError):
+    """412: an ``If-Match`` / ``If-None-Match`` precondition did not hold."""
+
+    status_code = 412
+
+
+class PayloadTooLarge(OADAStatusError):
+    """413: the body is larger than the server accepts."""
+
+    status_code = 413
+
+
+class UnprocessableEntity(OADAStatusError):
+    """422: e.g. a body whose ``_id`` differs from the resource written to."""
+
+    status_code = 422
+
+
+class TooManyRequests(OADAStatusError):
+    """429: rate limited; ``retry_after`` is the server's hint in seconds, if any."""
+
+    status_code = 429
+
+    @property
+    def retry_after(self) -> float | None:
+        return _retry_after(self.headers)
+
+
+class ServerError(OADAStatusError):
+    """5xx: the server failed."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return _retry_after(self.headers)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    for name in ("retry-after", "ratelimit-reset", "x-ratelimit-reset"):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+_BY_STATUS: dict[int, type[OADAStatusError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PreconditionFailed,
+        PayloadTooLarge,
+        UnprocessableEntity,
+        TooManyRequests,
+    )
+    if cls.status_code is not None
+}
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> OADAStatusError:
+    """Build the named :class:`OADAStatusError` subclass for *status*."""
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else OADAStatusError)
+    return cls(message, method=method, path=path, status=status, body=body, headers=headers)
+
+
+class WatchLost(OADAError):
+    """A watch's connection dropped and could not be restored.
+
+    A watch never goes silent: when reconnecting fails for good, the change
+    iterator raises this instead.
+    """
+
+
+class ClientClosed(OADAError):
+    """The client was closed, or is a job-scoped clone revoked after its job ended."""
+
+
+class InvalidJob(OADAJobsError):
+    """A job resource or a job-list entry is not a valid job.
+
+    ``job_id`` is the resource id (when known) and ``key`` the list key.
+    """
+
+    def __init__(self, message: str, *, job_id: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+        self.key = key
+
+
+class InvalidQueueEntry(OADAJobsError):
+    """A service-config queue entry is not ``{"domain": str, "token": str}``.
+
+    The message never contains the token.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(redact(message))
+        self.key = key
+
+
+class JobError(OADAJobsError):
+    """Raised by a work function to fail its job.
+
+    ``fail_type`` files the job also under ``typed-failure/<fail_type>``;
+    ``details`` is JSON merged into the job's ``result``.
+
+    >>> raise JobError("mailbox full", "smtp-rejected")  # doctest: +SKIP
+    """
+
+    def __init__(self, message: str, fail_type: str | None = None, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fail_type = fail_type
+        self.details = details
+
+
+class JobCancelled(JobError):
+    """The job was cancelled by a requester while pending or running."""
+
+    def __init__(self, message: str = "job cancelled") -> None:
+        super().__init__(message, "cancelled")
+
+
+class Retry(OADAJobsError):
+    """Raised by a work function to ask for another try after *defer*.
+
+    The try is recorded as failed with *reason*; when the type's try limit is
+    used up, the job is filed as a failure instead.
+
+    >>> raise Retry(defer=30, reason="upstream busy")  # doctest: +SKIP
+    """
+
+    def __init__(self, defer: float | timedelta = 0, *, reason: str = "retry requested"):
+        seconds = defer.total_seconds() if isinstance(defer, timedelta) else float(defer)
+        if seconds < 0:
+            raise ValueError(f"defer must be >= 0 seconds, got {seconds}")
+        super().__init__(reason)
+        self.defer = seconds
+        self.reason = reason
