@@ -1,0 +1,105 @@
+"""Configuration of the embedded OADA server.
+
+Everything is keyword-only and validated by pydantic, so a typo in a test or
+in ``oada-jobs serve`` options fails loudly at start-up instead of silently
+serving with a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_TOKENS", "ServerConfig", "TokenInfo"]
+
+
+class TokenInfo(BaseModel):
+    """Who a bearer token stands for and what it may do.
+
+    ``user`` is the user id (``users/<sub>``), written as ``_meta._owner`` of
+    every resource the token creates. ``bookmarks`` and ``shares`` are the ids
+    of the user's root resources, created on first use with the right
+    ``_type``. ``scopes`` are OADA scope strings such as ``"all:all"`` or
+    ``"oada.yield:read"`` (see :mod:`oada_jobs.server.auth`).
+
+    >>> TokenInfo(user="users/alice", bookmarks="resources/alice_bm", scopes=["all:all"])
+    ... # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user: str = Field(pattern=r"^users/.+")
+    bookmarks: str = Field(pattern=r"^resources/[^/]+$")
+    shares: str | None = Field(default=None, pattern=r"^resources/[^/]+$")
+    scopes: tuple[str, ...] = ("all:all",)
+
+    @property
+    def shares_id(self) -> str:
+        """The shares resource id: ``shares`` or one derived from ``bookmarks``."""
+        return self.shares or f"{self.bookmarks}_shares"
+
+
+#: The development tokens: ``god`` (sam) and ``abc`` (frank, a second user for
+#: permission tests). Both have ``all:all``; ownership still separates them.
+DEFAULT_TOKENS: dict[str, TokenInfo] = {
+    "god": TokenInfo(
+        user="users/default:users_sam_321",
+        bookmarks="resources/default:resources_bookmarks_321",
+        shares="resources/default:resources_shares_321",
+        scopes=("all:all",),
+    ),
+    "abc": TokenInfo(
+        user="users/default:users_frank_123",
+        bookmarks="resources/default:resources_bookmarks_123",
+        shares="resources/default:resources_shares_123",
+        scopes=("all:all",),
+    ),
+}
+
+
+def _default_tokens() -> dict[str, TokenInfo]:
+    return dict(DEFAULT_TOKENS)
+
+
+class ServerConfig(BaseModel):
+    """Settings of one embedded server.
+
+    Parameters
+    ----------
+    db:
+        SQLite file path, or ``":memory:"`` (the default; gone on close).
+    tokens:
+        Bearer token → :class:`TokenInfo`. Defaults to :data:`DEFAULT_TOKENS`.
+    quirks:
+        ``"none"`` (default) behaves as the protocol recommends for an
+        embedded server. ``"reference"`` imitates the reference OADA server
+        where clients can observe a difference:
+
+        * GET/HEAD of a missing ``/resources/<id>`` answers **403** instead
+          of 404 (older reference servers did; @oada/client treats both as
+          "missing");
+        * rev propagation to parents through versioned links happens
+          **after** the child write is acknowledged, in a task owned by the
+          core's task group, instead of before the response. Parents still
+          get their own revs and change records, and watchers are notified.
+    max_body_bytes:
+        Largest accepted request body; larger ones get 413. 20 MiB as the
+        reference server.
+    max_depth:
+        Deepest accepted JSON nesting (objects and arrays); deeper bodies get
+        400, so a hostile body cannot exhaust the stack.
+    ws_ping_interval:
+        Seconds between WebSocket pings sent by the server (transport only).
+
+    >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db: str = ":memory:"
+    tokens: dict[str, TokenInfo] = Field(default_factory=_default_tokens)
+    quirks: Literal["none", "reference"] = "none"
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_depth: int = Field(default=64, ge=2)
+    ws_ping_interval: float = Field(default=30.0, gt=0)
