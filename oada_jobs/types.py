@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .runner import WorkerContext
 
 __all__ = ["Json", "JsonObject", "Tree", "WorkFunction"]
 
@@ -22,6 +26,12 @@ class WorkFunction(Protocol):
     """What ``service.on(type, timeout, fn)`` accepts.
 
     It gets the job and its context and returns the job's JSON ``result``.
+    The job's ``config`` is a plain JSON object, or an instance of the pydantic
+    model the function declares (``job: Job[EmailConfig]``)::
+
+        async def send(job: Job, ctx: WorkerContext) -> Json:
+            await ctx.log.info("started", "Job started")
+            return {"sent": True}
     """
 
-    async def __call__(self, job: Any, ctx: Any, /) -> Json: ...
+    async def __call__(self, job: Job[Any], ctx: WorkerContext, /) -> Json: ...

@@ -1,0 +1,263 @@
+"""The job model: parsing and validating OADA job resources.
+
+A job is an OADA resource like::
+
+    {"service": "email-service", "type": "email", "config": {...},
+     "status": "success", "result": {...},
+     "updates": {"<ksuid>": {"status": "started", "time": "2026-...Z", "meta": "..."}}}
+
+``service`` and ``type`` are required strings; ``config`` (an object) is what
+the work function gets. The framework adds ``status``, ``result``, ``updates``
+and, while a worker runs it, a ``lease`` (see ``docs/concepts.md``).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from ._ksuid import ksuid
+from .exceptions import InvalidJob, JobError
+from .types import Json, JsonObject
+
+__all__ = [
+    "ConfigT",
+    "Job",
+    "JobStatus",
+    "Lease",
+    "error_result",
+    "new_update",
+    "utc_now",
+]
+
+#: The type of :attr:`Job.config`: a JSON object, or a pydantic model when the
+#: work function declares one.
+ConfigT = TypeVar("ConfigT")
+
+
+class JobStatus(StrEnum):
+    """Values the framework writes to a job's top-level ``status``."""
+
+    #: Waiting for a worker; also what a stopped worker leaves behind.
+    PENDING = "pending"
+    #: Claimed by a worker that holds a current lease.
+    RUNNING = "running"
+    #: Finished; ``result`` is the work function's return value.
+    SUCCESS = "success"
+    #: Finished; ``result`` is the serialised error.
+    FAILURE = "failure"
+
+
+#: Statuses after which a job only needs to be filed, never run.
+FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILURE.value})
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with a ``Z``, as ``@oada/jobs`` writes times."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object) -> datetime | None:
+    """Parse an ISO-8601 time written by any OADA job tool; ``None`` if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def new_update(
+    status: str, meta: Json = None, *, at: datetime | None = None
+) -> tuple[str, JsonObject]:
+    """A job ``updates`` entry: its time-ordered key and body."""
+    body: JsonObject = {"status": status, "time": iso(at or utc_now())}
+    if meta is not None:
+        body["meta"] = meta
+    return ksuid(), body
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on a running job: who holds it and until when."""
+
+    worker: str
+    expires: datetime
+
+    def to_json(self) -> JsonObject:
+        return {"worker": self.worker, "expires": iso(self.expires)}
+
+    @classmethod
+    def from_json(cls, value: object) -> Lease | None:
+        if not isinstance(value, Mapping):
+            return None
+        worker, expires = value.get("worker"), parse_time(value.get("expires"))
+        if not isinstance(worker, str) or expires is None:
+            return None
+        return cls(worker, expires)
+
+    @classmethod
+    def new(cls, worker: str, duration: timedelta) -> Lease:
+        return cls(worker, utc_now() + duration)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or utc_now()) >= self.expires
+
+
+_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+}
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    return _NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Job(Generic[ConfigT]):
+    """One job, as read from OADA.
+
+    ``config`` is the job's config object, or an instance of the pydantic model
+    the work function declared for it (``Job[EmailConfig]``).
+    """
+
+    #: The job resource id, ``resources/<key>``.
+    oada_id: str
+    #: The job's key in the list it was found in (``None`` outside a queue).
+    key: str | None
+    #: The service the job is for.
+    service: str
+    #: The job type; selects the work function.
+    type: str
+    #: The job's configuration.
+    config: ConfigT
+    #: The top-level ``status`` (``None`` before a worker touched it).
+    status: str | None = None
+    #: ``updates`` entries keyed by time-ordered ids.
+    updates: Mapping[str, Any] = field(default_factory=dict)
+    #: The ``result`` of a finished job.
+    result: Json = None
+    #: The current worker lease, if any.
+    lease: Lease | None = None
+    #: The ETag the job was read at (for conditional writes).
+    etag: str | None = None
+    #: The whole resource as read.
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def job_id(self) -> str:
+        """Alias of :attr:`oada_id`."""
+        return self.oada_id
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job is already marked ``success`` or ``failure``."""
+        return self.status in FINISHED
+
+    @property
+    def trace_id(self) -> str | None:
+        """The config's ``traceId``, if it has one (used in log records)."""
+        raw_config = self.raw.get("config")
+        value = raw_config.get("traceId") if isinstance(raw_config, Mapping) else None
+        return value if isinstance(value, str) else None
+
+    def claimable_by(self, worker: str, now: datetime | None = None) -> bool:
+        """Whether *worker* may claim the job: not finished, and no live lease of another."""
+        if self.finished:
+            return False
+        if self.status != JobStatus.RUNNING.value or self.lease is None:
+            return True
+        return self.lease.worker == worker or self.lease.expired(now)
+
+    def with_config(self, config: Any) -> Job[Any]:
+        """A copy of this job with *config* (e.g. a validated model) in place."""
+        return replace(self, config=config)
+
+    @classmethod
+    def from_resource(
+        cls,
+        data: object,
+        *,
+        oada_id: str,
+        key: str | None = None,
+        etag: str | None = None,
+    ) -> Job[JsonObject]:
+        """Build a job from a resource body, or raise :class:`InvalidJob` saying what is wrong."""
+        if not isinstance(data, Mapping):
+            raise InvalidJob(
+                f"{oada_id} is not a job: expected a job object with 'service' and 'type', "
+                f"got {_describe(data)}",
+                job_id=oada_id,
+                key=key,
+            )
+        problems = []
+        for name in ("service", "type"):
+            value = data.get(name)
+            if value is None:
+                problems.append(f"'{name}' is missing")
+            elif not isinstance(value, str) or not value:
+                problems.append(f"'{name}' must be a non-empty string, got {_describe(value)}")
+        config = data.get("config", {})
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping):
+            problems.append(f"'config' must be an object, got {_describe(config)}")
+        updates = data.get("updates") or {}
+        if not isinstance(updates, Mapping):
+            problems.append(f"'updates' must be an object, got {_describe(updates)}")
+        status = data.get("status")
+        if status is not None and not isinstance(status, str):
+            problems.append(f"'status' must be a string, got {_describe(status)}")
+        if problems:
+            raise InvalidJob(
+                f"{oada_id} is not a job: {'; '.join(problems)}", job_id=oada_id, key=key
+            )
+        return Job(
+            oada_id=oada_id,
+            key=key,
+            service=data["service"],
+            type=data["type"],
+            config=dict(config),
+            status=status,
+            updates=dict(updates),
+            result=data.get("result"),
+            lease=Lease.from_json(data.get("lease")),
+            etag=etag,
+            raw=dict(data),
+        )
+
+
+def error_result(error: BaseException, *, fail_type: str | None = None) -> JsonObject:
+    """Serialise *error* as a failed job's ``result``: name, message, traceback.
+
+    A :class:`JobError`'s ``fail_type`` and ``details`` are included.
+    """
+    result: JsonObject = {
+        "name": type(error).__name__,
+        "message": getattr(error, "message", None) or str(error) or type(error).__name__,
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    if isinstance(error, JobError):
+        fail_type = fail_type or error.fail_type
+        if error.details is not None:
+            result["details"] = error.details
+    if fail_type is not None:
+        result["failType"] = fail_type
+    return result
