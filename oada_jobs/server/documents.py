@@ -1,0 +1,114 @@
+"""JSON document helpers of the embedded OADA server: parsing, merging, lookup.
+
+Pure functions on decoded JSON, shared by the read and write paths.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "MISSING",
+    "BadDocument",
+    "dumpb",
+    "is_json_type",
+    "is_link_position",
+    "lookup",
+    "merge",
+    "nest",
+    "parse_json",
+]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: Returned by :func:`lookup` when nothing is at the path.
+MISSING: Any = _Missing()
+
+
+class BadDocument(ValueError):
+    """A request body is not acceptable JSON; the message says why."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON request body, raising :class:`BadDocument` with the reason."""
+    if not body.strip():
+        raise BadDocument("expected a JSON body, got an empty body")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadDocument("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise BadDocument(f"malformed JSON body: {exc}") from None
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def dumpb(value: Any) -> bytes:
+    """Compact JSON bytes of *value*."""
+    return _encode(value).encode()
+
+
+def is_json_type(media_type: str) -> bool:
+    """Whether a (parameter-free, lower-case) media type holds JSON."""
+    return media_type in ("application/json", "text/json") or media_type.endswith("+json")
+
+
+def is_link_position(path: Sequence[str]) -> bool:
+    """Whether an object with ``_id`` at *path* counts as a link.
+
+    Everywhere except the document root, ``_meta`` itself and the objects
+    directly in the top-level ``_meta`` (``_meta/_changes`` …); links deeper
+    under ``_meta`` (``_meta/watchPersists/<name>``) are real links.
+    """
+    n = len(path)
+    if n == 0:
+        return False
+    return not (path[0] == "_meta" and n <= 2)
+
+
+def nest(path: Sequence[str], value: Any) -> Any:
+    """``nest(("a", "b"), v)`` → ``{"a": {"b": v}}``; ``nest((), v)`` → *v*."""
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
+def merge(target: dict[str, Any], fragment: dict[str, Any]) -> None:
+    """Deep-merge *fragment* into *target* in place: objects merge, the rest replaces.
+
+    Subtrees of *fragment* are inserted without copying; pass a fragment
+    nobody else holds.
+    """
+    for key, value in fragment.items():
+        if isinstance(value, dict):
+            current = target.get(key)
+            if isinstance(current, dict):
+                merge(current, value)
+                continue
+        target[key] = value
+
+
+def lookup(doc: Any, path: Sequence[str]) -> Any:
+    """The value at *path* inside *doc* (array indices allowed), or :data:`MISSING`."""
+    node = doc
+    for key in path:
+        if isinstance(node, dict):
+            if key not in node:
+                return MISSING
+            node = node[key]
+        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return MISSING
+    return node

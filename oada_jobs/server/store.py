@@ -1,0 +1,414 @@
+"""SQLite persistence for the embedded OADA server, with a write-through cache.
+
+The SQLite file is the source of truth. Three tables:
+
+``resources``
+    One row per live resource: its id, current rev, the whole stored JSON
+    document (``_id``, ``_rev``, ``_type``, full ``_meta``) and, for binary
+    resources, the raw bytes.
+``changes``
+    One row per ``(resource_id, rev)``: the change type (``merge`` or
+    ``delete``), the change body as applied, and pointers to the child
+    changes that caused it through versioned links (``[[path, child_id,
+    child_rev], …]``), from which nested change arrays are assembled. Rows
+    outlive their resource, so a deleted and re-created id continues its revs.
+``edges``
+    The link graph: ``(parent, JSON-pointer path, child, versioned)``.
+
+Every write of one request (including the rev-graph bumps of its parents) is
+one transaction: :meth:`Store.commit` returns only after SQLite committed it
+in WAL mode, so an acknowledged write survives a process crash.
+
+Documents, the whole edge graph and recent change records are kept in memory;
+reads never touch SQLite once a document has been loaded. The core mutates the
+cached documents in place and then hands the :class:`Batch` of what changed to
+:meth:`Store.commit`; if the commit fails, :meth:`Store.discard` drops the
+cached state of the touched resources so it is reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Batch", "ChangeRecord", "Path", "Resource", "Store"]
+
+#: A key path inside a document, as a tuple of unescaped keys.
+Path = tuple[str, ...]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    id TEXT PRIMARY KEY,
+    rev INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    data BLOB
+);
+CREATE TABLE IF NOT EXISTS changes (
+    resource_id TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT,
+    children TEXT,
+    PRIMARY KEY (resource_id, rev)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edges (
+    parent TEXT NOT NULL,
+    path TEXT NOT NULL,
+    child TEXT NOT NULL,
+    versioned INTEGER NOT NULL,
+    PRIMARY KEY (parent, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_child ON edges (child);
+"""
+
+#: How many change records stay cached (they are small; replay reads the rest).
+_CHANGE_CACHE_SIZE = 20_000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def escape_key(key: str) -> str:
+    """Escape one key for a JSON pointer (``~`` → ``~0``, ``/`` → ``~1``)."""
+    if "~" in key or "/" in key:
+        return key.replace("~", "~0").replace("/", "~1")
+    return key
+
+
+def pointer(path: Iterable[str]) -> str:
+    """The JSON pointer of *path*: ``("a", "b/c")`` → ``"/a/b~1c"``; ``()`` → ``""``."""
+    return "".join("/" + escape_key(k) for k in path)
+
+
+def unpointer(text: str) -> Path:
+    """Inverse of :func:`pointer`."""
+    if not text:
+        return ()
+    return tuple(
+        k.replace("~1", "/").replace("~0", "~") if "~" in k else k for k in text[1:].split("/")
+    )
+
+
+@dataclass(slots=True)
+class Resource:
+    """One cached resource.
+
+    ``doc`` is the stored document including ``_id``, ``_rev``, ``_type`` and
+    the full ``_meta``; ``data`` the bytes of a binary resource.
+    ``root_json`` caches the serialised root body of a GET (``_meta`` reduced
+    to a link) until the next write.
+    """
+
+    id: str
+    doc: dict[str, Any]
+    data: bytes | None = None
+    root_json: bytes | None = None
+
+    @property
+    def rev(self) -> int:
+        rev = self.doc.get("_rev")
+        return rev if isinstance(rev, int) else 0
+
+    @property
+    def type(self) -> str | None:
+        value = self.doc.get("_type")
+        return value if isinstance(value, str) else None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.doc.get("_meta")
+        return meta if isinstance(meta, dict) else {}
+
+
+@dataclass(slots=True)
+class ChangeRecord:
+    """The change a write made to one resource at one rev.
+
+    ``body`` is the write as applied (``None`` for a whole-resource delete);
+    ``children`` points at the child changes that caused a rev-graph bump, as
+    ``(path, child_id, child_rev)`` with *path* a JSON pointer.
+    """
+
+    resource_id: str
+    rev: int
+    type: str
+    body: dict[str, Any] | None
+    children: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one request changed, committed together."""
+
+    #: Resources whose document (or data) must be written.
+    saved: dict[str, Resource] = field(default_factory=dict)
+    #: Resources to delete (rows only; their changes stay).
+    deleted: set[str] = field(default_factory=set)
+    #: New change records, in the order they were made.
+    changes: list[ChangeRecord] = field(default_factory=list)
+    #: Edges to upsert: ``(parent, path, child, versioned)``.
+    edges_set: list[tuple[str, Path, str, bool]] = field(default_factory=list)
+    #: Edges to remove: ``(parent, path)``.
+    edges_removed: list[tuple[str, Path]] = field(default_factory=list)
+    #: Resources whose outgoing edges are all removed.
+    edges_cleared: set[str] = field(default_factory=set)
+    #: Binary payloads to store (``None`` keeps whatever is there).
+    data: dict[str, bytes] = field(default_factory=dict)
+
+    def touched(self) -> set[str]:
+        """Ids of every resource this batch changes."""
+        ids = set(self.saved) | self.deleted | self.edges_cleared
+        ids.update(p for p, *_ in self.edges_set)
+        ids.update(p for p, _ in self.edges_removed)
+        ids.update(c.resource_id for c in self.changes)
+        return ids
+
+
+class Store:
+    """The SQLite store plus its in-memory caches.
+
+    Not thread-safe: it lives on the event loop thread, and the core never
+    awaits between reading a document and committing its new state.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._docs: dict[str, Resource] = {}
+        # Ids known not to exist, so repeated misses skip SQLite.
+        self._missing: set[str] = set()
+        #: parent → {path → (child, versioned)}
+        self.links: dict[str, dict[Path, tuple[str, bool]]] = {}
+        #: child → {(parent, path)} for versioned edges only (rev propagation).
+        self.versioned_parents: dict[str, set[tuple[str, Path]]] = {}
+        self._changes: dict[tuple[str, int], ChangeRecord] = {}
+
+    # -- life cycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating if needed) the database and load the link graph."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed transaction survives a process
+        # crash; only an OS crash or power loss may drop the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        for parent, path, child, versioned in db.execute(
+            "SELECT parent, path, child, versioned FROM edges"
+        ):
+            self._add_edge(parent, unpointer(path), child, bool(versioned))
+
+    def close(self) -> None:
+        """Close the database; the caches are dropped."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._docs.clear()
+        self._missing.clear()
+        self.links.clear()
+        self.versioned_parents.clear()
+        self._changes.clear()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, resource_id: str) -> Resource | None:
+        """The cached resource, loading it from SQLite on first use."""
+        res = self._docs.get(resource_id)
+        if res is not None or resource_id in self._missing:
+            return res
+        row = self.db.execute(
+            "SELECT doc, data FROM resources WHERE id = ?", (resource_id,)
+        ).fetchone()
+        if row is None:
+            if len(self._missing) > 100_000:
+                self._missing.clear()
+            self._missing.add(resource_id)
+            return None
+        res = Resource(resource_id, json.loads(row[0]), row[1])
+        self._docs[resource_id] = res
+        return res
+
+    def put_cached(self, res: Resource) -> None:
+        """Make a newly created resource visible before its batch commits."""
+        self._docs[res.id] = res
+        self._missing.discard(res.id)
+
+    def max_change_rev(self, resource_id: str) -> int:
+        """Highest rev ever recorded for *resource_id* (0 if none)."""
+        row = self.db.execute(
+            "SELECT MAX(rev) FROM changes WHERE resource_id = ?", (resource_id,)
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def change(self, resource_id: str, rev: int) -> ChangeRecord | None:
+        """The change record of *resource_id* at *rev*, if there is one."""
+        rec = self._changes.get((resource_id, rev))
+        if rec is not None:
+            return rec
+        row = self.db.execute(
+            "SELECT type, body, children FROM changes WHERE resource_id = ? AND rev = ?",
+            (resource_id, rev),
+        ).fetchone()
+        if row is None:
+            return None
+        children = [(p, c, int(r)) for p, c, r in json.loads(row[2])] if row[2] else []
+        rec = ChangeRecord(
+            resource_id, rev, row[0], json.loads(row[1]) if row[1] else None, children
+        )
+        self._remember_change(rec)
+        return rec
+
+    def change_revs(self, resource_id: str, after: int = 0) -> list[int]:
+        """Revs with a change record for *resource_id* greater than *after*."""
+        return [
+            r
+            for (r,) in self.db.execute(
+                "SELECT rev FROM changes WHERE resource_id = ? AND rev > ? ORDER BY rev",
+                (resource_id, after),
+            )
+        ]
+
+    # -- writes -------------------------------------------------------------
+
+    def set_edge(self, batch: Batch, parent: str, path: Path, child: str, versioned: bool) -> None:
+        """Record a link at *path* in *parent* (replacing any link there)."""
+        links = self.links.get(parent)
+        old = links.get(path) if links else None
+        if old == (child, versioned):
+            return
+        if old is not None:
+            self._drop_edge(parent, path)
+        self._add_edge(parent, path, child, versioned)
+        batch.edges_set.append((parent, path, child, versioned))
+
+    def remove_edges_under(self, batch: Batch, parent: str, path: Path, *, inclusive: bool) -> None:
+        """Remove the links of *parent* at (if *inclusive*) or below *path*."""
+        links = self.links.get(parent)
+        if not links:
+            return
+        n = len(path)
+        doomed = [p for p in links if p[:n] == path and (len(p) > n or (inclusive and len(p) == n))]
+        for p in doomed:
+            self._drop_edge(parent, p)
+            batch.edges_removed.append((parent, p))
+
+    def clear_edges(self, batch: Batch, parent: str) -> None:
+        """Remove every outgoing link of *parent*."""
+        for p in list(self.links.get(parent, ())):
+            self._drop_edge(parent, p)
+        batch.edges_cleared.add(parent)
+
+    def delete_cached(self, resource_id: str) -> None:
+        self._docs.pop(resource_id, None)
+        self._missing.add(resource_id)
+
+    def commit(self, batch: Batch) -> None:
+        """Write *batch* in one transaction; returns after it is committed."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for rid in batch.edges_cleared:
+                db.execute("DELETE FROM edges WHERE parent = ?", (rid,))
+            if batch.edges_removed:
+                db.executemany(
+                    "DELETE FROM edges WHERE parent = ? AND path = ?",
+                    [(p, pointer(path)) for p, path in batch.edges_removed],
+                )
+            if batch.edges_set:
+                db.executemany(
+                    "INSERT OR REPLACE INTO edges (parent, path, child, versioned)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(p, pointer(path), c, int(v)) for p, path, c, v in batch.edges_set],
+                )
+            for rid in batch.deleted:
+                db.execute("DELETE FROM resources WHERE id = ?", (rid,))
+            for rid, res in batch.saved.items():
+                if rid in batch.deleted:
+                    continue
+                doc = _dumps(res.doc)
+                if rid in batch.data:
+                    db.execute(
+                        "INSERT INTO resources (id, rev, doc, data) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
+                        " doc = excluded.doc, data = excluded.data",
+                        (rid, res.rev, doc, batch.data[rid]),
+                    )
+                else:
+                    db.execute(
+                        "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, doc = excluded.doc",
+                        (rid, res.rev, doc),
+                    )
+            db.executemany(
+                "INSERT OR REPLACE INTO changes (resource_id, rev, type, body, children)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.resource_id,
+                        c.rev,
+                        c.type,
+                        None if c.body is None else _dumps(c.body),
+                        _dumps(c.children) if c.children else None,
+                    )
+                    for c in batch.changes
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for c in batch.changes:
+            self._remember_change(c)
+
+    def discard(self, ids: Iterable[str]) -> None:
+        """Forget the cached state of *ids* after a failed commit."""
+        for rid in ids:
+            self._docs.pop(rid, None)
+            self._missing.discard(rid)
+            for p in list(self.links.get(rid, ())):
+                self._drop_edge(rid, p)
+            for parent, path, child, versioned in self.db.execute(
+                "SELECT parent, path, child, versioned FROM edges WHERE parent = ?", (rid,)
+            ):
+                self._add_edge(parent, unpointer(path), child, bool(versioned))
+
+    # -- internals ----------------------------------------------------------
+
+    def _add_edge(self, parent: str, path: Path, child: str, versioned: bool) -> None:
+        self.links.setdefault(parent, {})[path] = (child, versioned)
+        if versioned:
+            self.versioned_parents.setdefault(child, set()).add((parent, path))
+
+    def _drop_edge(self, parent: str, path: Path) -> None:
+        links = self.links.get(parent)
+        if not links or path not in links:
+            return
+        child, versioned = links.pop(path)
+        if not links:
+            del self.links[parent]
+        if versioned:
+            parents = self.versioned_parents.get(child)
+            if parents is not None:
+                parents.discard((parent, path))
+                if not parents:
+                    del self.versioned_parents[child]
+
+    def _remember_change(self, rec: ChangeRecord) -> None:
+        changes = self._changes
+        if len(changes) >= _CHANGE_CACHE_SIZE:
+            # Drop the oldest tenth in one go (dicts keep insertion order).
+            for key in list(changes)[: _CHANGE_CACHE_SIZE // 10]:
+                del changes[key]
+        changes[(rec.resource_id, rec.rev)] = rec
