@@ -1,0 +1,23 @@
+"""The async OADA client (httpx + websockets).
+
+>>> from oada_jobs.client import OADAClient
+>>> async with OADAClient("http://127.0.0.1:8080", "god") as oada:  # doctest: +SKIP
+...     await oada.put("/bookmarks/x", {"a": 1})
+
+See docs/client.md for connections, trees, watches, clones and retries.
+"""
+
+from ._client import ClientState, Connection, OADAClient
+from ._response import Change, Response
+from ._watch import Watch, WatchState, WatchType
+
+__all__ = [
+    "Change",
+    "ClientState",
+    "Connection",
+    "OADAClient",
+    "Response",
+    "Watch",
+    "WatchState",
+    "WatchType",
+]

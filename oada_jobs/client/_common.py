@@ -1,0 +1,148 @@
+"""Small pieces shared by the client modules: base URLs, TLS, JSON, ids."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+__all__ = [
+    "JSON_TYPES",
+    "BaseURL",
+    "dumps",
+    "is_json_type",
+    "loads",
+    "make_ssl_context",
+    "new_request_id",
+    "parse_domain",
+]
+
+#: Hosts that get plain ``http://`` when the domain has no scheme.
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+JSON_TYPES = ("application/json", "text/json")
+
+
+class BaseURL:
+    """The validated origin of an OADA server: scheme, host and port."""
+
+    __slots__ = ("host", "http", "port", "scheme", "ws")
+
+    def __init__(self, scheme: str, host: str, port: int | None) -> None:
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        netloc = f"[{host}]" if ":" in host else host
+        if port is not None:
+            netloc = f"{netloc}:{port}"
+        #: ``http(s)://host[:port]`` with no trailing slash.
+        self.http = f"{scheme}://{netloc}"
+        #: the WebSocket endpoint, always at ``/``.
+        self.ws = f"{'wss' if scheme == 'https' else 'ws'}://{netloc}/"
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "https"
+
+    def __repr__(self) -> str:
+        return f"BaseURL({self.http!r})"
+
+
+def parse_domain(domain: str) -> BaseURL:
+    """Validate *domain* and return its :class:`BaseURL`.
+
+    Accepted forms: ``https://host[:port]``, ``http://host[:port]`` and
+    ``host[:port]``. Without a scheme the client uses ``https``, except for
+    ``localhost``, ``127.0.0.1`` and ``::1``, which get ``http`` (a local
+    development server rarely has a certificate).
+
+    Raises :class:`ValueError` for anything else.
+    """
+    if not isinstance(domain, str):
+        raise ValueError(f"expected the domain as a string, got {type(domain).__name__}")
+    text = domain.strip()
+    if not text:
+        raise ValueError("expected a domain like 'https://oada.example.org', got an empty string")
+    if "://" not in text:
+        host_part = text.split("/", 1)[0]
+        host = urlsplit(f"//{host_part}").hostname or ""
+        scheme = "http" if host in _LOCAL_HOSTS else "https"
+        text = f"{scheme}://{text}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(
+            f"expected a domain like 'https://host:port', got {domain!r}: {error}"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// domain, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError(f"expected a host name in the domain, got {domain!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"expected a bare origin (OADA lives at the server root), got a path in {domain!r}"
+        )
+    if parts.username or parts.password:
+        raise ValueError("expected a domain without credentials; pass the token separately")
+    return BaseURL(parts.scheme, parts.hostname, port)
+
+
+def make_ssl_context(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> ssl.SSLContext:
+    """Build the one TLS context used by both the HTTP and the WebSocket side.
+
+    ``True`` uses the default trust store, ``False`` disables verification
+    (development only), a path names a CA bundle (e.g. the embedded server's
+    development certificate) and an :class:`ssl.SSLContext` is used as is.
+    """
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True:
+        return httpx.create_ssl_context()
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str | os.PathLike):
+        path = Path(verify)
+        if not path.is_file():
+            raise ValueError(f"expected verify to name a CA bundle file, got {str(path)!r}")
+        return ssl.create_default_context(cafile=str(path))
+    raise ValueError(f"expected verify as bool, a CA file path or an SSLContext, got {verify!r}")
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """Whether *content_type* is JSON: ``application/json``, ``text/json`` or ``*/*+json``."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in JSON_TYPES or media.endswith("+json")
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decoder = json.JSONDecoder()
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text (NaN and Infinity refused: they are not JSON)."""
+    return _encoder.encode(value)
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+_prefix = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique within this process (cheap: a random prefix and a counter)."""
+    return f"{_prefix}-{next(_counter)}"

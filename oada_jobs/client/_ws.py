@@ -1,0 +1,443 @@
+"""The WebSocket side of the client: one multiplexed socket, watches that survive drops.
+
+Every message carries its own ``requestId``; one reader task routes answers to
+the waiting request and change notifications to their watches. When the
+socket drops, requests that were on it fail (the caller decides whether a
+retry is safe) and every watch is re-issued on a new socket with
+``x-oada-rev`` set to the last rev it queued, so the server replays exactly
+what was missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.protocol import State
+
+from ..exceptions import (
+    ClientClosed,
+    OADAError,
+    OADAStatusError,
+    OADATimeout,
+    OADATransportError,
+    WatchLost,
+    redact,
+)
+from ._common import BaseURL, dumps, loads, new_request_id
+from ._http import ConnectFailed, ConnectionLost
+from ._response import Change, Response, parse_change_array, status_error
+
+__all__ = ["WSConnection", "WatchSink"]
+
+logger = logging.getLogger("oada_jobs.client")
+
+
+class WatchSink(Protocol):
+    """What the connection needs from a watch to route, restore and end it."""
+
+    path: str
+    method: str
+    token: str
+    request_id: str | None
+    generation: int
+    deadline: float
+    serial: int
+
+    def request_headers(self) -> dict[str, str]: ...
+    def opened(self, response: Response) -> None: ...
+    def feed(self, changes: list[Change]) -> None: ...
+    def fail(self, error: OADAError) -> None: ...
+
+
+class _Pending:
+    __slots__ = ("error", "event", "generation", "message")
+
+    def __init__(self, generation: int) -> None:
+        self.event = anyio.Event()
+        self.generation = generation
+        self.message: dict[str, Any] | None = None
+        self.error: OADAError | None = None
+
+
+def _ids(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def _string_headers(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(key).lower(): str(item) for key, item in value.items() if item is not None}
+
+
+class WSConnection:
+    """One WebSocket to ``ws(s)://host/``, opened on demand and re-opened after drops."""
+
+    def __init__(
+        self,
+        base: BaseURL,
+        *,
+        ssl_context: ssl.SSLContext,
+        connect_timeout: float,
+        max_backoff: float,
+        user_agent: str,
+    ) -> None:
+        self._url = base.ws
+        self._ssl = ssl_context if base.secure else None
+        self._connect_timeout = connect_timeout
+        self._max_backoff = max_backoff
+        self._user_agent = user_agent
+        self._socket: ClientConnection | None = None
+        self._generation = 0
+        self._lock = anyio.Lock()
+        self._pending: dict[str, _Pending] = {}
+        self._routes: dict[str, WatchSink] = {}
+        #: live watches, in the order they were opened
+        self._watches: dict[WatchSink, None] = {}
+        #: watches waiting to be re-issued -> when their socket dropped
+        self._lost: dict[WatchSink, float] = {}
+        self._last_restore_error = ""
+        self._restoring = False
+        self._closing = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> WSConnection:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._closing = True
+        for pending in self._pending.values():
+            pending.error = ClientClosed("the client was closed")
+            pending.event.set()
+        self._pending.clear()
+        for watch in list(self._watches):
+            watch.fail(ClientClosed("the client was closed", path=watch.path))
+        self._watches.clear()
+        self._lost.clear()
+        self._routes.clear()
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await sock.close()
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    # -- connecting ---------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the socket now (``auto`` mode probes with this)."""
+        await self._ensure_socket()
+
+    async def _ensure_socket(self) -> tuple[ClientConnection, int]:
+        sock = self._socket
+        if sock is not None:
+            return sock, self._generation
+        async with self._lock:
+            if self._closing:
+                raise ClientClosed("the client was closed")
+            if self._socket is not None:
+                return self._socket, self._generation
+            try:
+                with anyio.fail_after(self._connect_timeout):
+                    sock = await connect(
+                        self._url,
+                        ssl=self._ssl,
+                        compression=None,
+                        max_size=None,
+                        open_timeout=None,
+                        user_agent_header=self._user_agent,
+                    )
+            except TimeoutError:
+                raise ConnectFailed(
+                    f"timed out after {self._connect_timeout}s opening the WebSocket {self._url}"
+                ) from None
+            except (OSError, WebSocketException) as error:
+                raise ConnectFailed(
+                    f"could not open the WebSocket {self._url}: {type(error).__name__}: {error}"
+                ) from None
+            self._generation += 1
+            self._socket = sock
+            assert self._task_group is not None
+            self._task_group.start_soon(self._read, sock, self._generation)
+            return sock, self._generation
+
+    async def _read(self, sock: ClientConnection, generation: int) -> None:
+        try:
+            async for raw in sock:
+                try:
+                    self._dispatch(raw)
+                except Exception:  # a bad message must never stop the reader
+                    logger.exception("ignored a WebSocket message that could not be handled")
+        except ConnectionClosed:
+            pass
+        except OSError as error:
+            logger.debug("WebSocket read failed: %s", error)
+        finally:
+            self._socket_lost(sock, generation)
+
+    def _socket_lost(self, sock: ClientConnection, generation: int) -> None:
+        if self._socket is sock:
+            self._socket = None
+        for request_id, pending in list(self._pending.items()):
+            if pending.generation == generation:
+                del self._pending[request_id]
+                pending.error = ConnectionLost("the WebSocket closed before the answer came")
+                pending.event.set()
+        if self._closing:
+            return
+        now = anyio.current_time()
+        for watch in self._watches:
+            if watch.generation == generation and watch not in self._lost:
+                self._lost[watch] = now
+        if self._lost:
+            logger.info(
+                "WebSocket to %s dropped; restoring %d watch(es)", self._url, len(self._lost)
+            )
+            self._start_restore()
+
+    # -- routing ------------------------------------------------------------
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            message = loads(raw)
+        except ValueError:
+            logger.debug("ignored a WebSocket message that is not JSON")
+            return
+        if not isinstance(message, dict):
+            return
+        ids = _ids(message.get("requestId"))
+        if "status" in message:
+            if not isinstance(message["status"], int):
+                return
+            for request_id in ids:
+                # Popping makes a second answer for the same id (a known
+                # server quirk on resumed watches) a no-op.
+                pending = self._pending.pop(request_id, None)
+                if pending is not None:
+                    pending.message = message
+                    pending.event.set()
+            return
+        changes = parse_change_array(message.get("change"))
+        if changes is None:
+            logger.debug("ignored a WebSocket message that is neither an answer nor a change")
+            return
+        seen: set[int] = set()
+        for request_id in ids:
+            watch = self._routes.get(request_id)
+            if watch is not None and id(watch) not in seen:
+                seen.add(id(watch))
+                watch.feed(changes)
+
+    # -- requests -----------------------------------------------------------
+
+    async def roundtrip(
+        self, message: dict[str, Any], *, answer_within: float, token: str
+    ) -> tuple[Response, str | None, int]:
+        """Send *message* and wait for the answer with its ``requestId``.
+
+        Returns the response, its status text and the socket generation it
+        travelled on. Raises :class:`ConnectFailed` when it was never sent,
+        :class:`ConnectionLost` when the socket dropped after sending and
+        :class:`OADATimeout` when no answer came in *timeout* seconds.
+        """
+        method, path = message["method"], message["path"]
+        sock, generation = await self._ensure_socket()
+        request_id = message["requestId"]
+        pending = _Pending(generation)
+        self._pending[request_id] = pending
+        try:
+            if sock.state is not State.OPEN:
+                if self._socket is sock:
+                    self._socket = None
+                raise ConnectFailed("the WebSocket was closing", method=method, path=path)
+            text = dumps(message)
+            with anyio.fail_after(answer_within):
+                await sock.send(text)
+                await pending.event.wait()
+        except TimeoutError:
+            raise OADATimeout(
+                f"no answer within {answer_within}s", method=method, path=path
+            ) from None
+        except ConnectionClosed:
+            raise ConnectionLost(
+                "the WebSocket closed while sending", method=method, path=path
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            error = pending.error
+            error.method, error.path = method, path
+            raise error
+        answer = pending.message
+        assert answer is not None
+        status_text = answer.get("statusText")
+        response = Response(
+            answer["status"], _string_headers(answer.get("headers")), answer.get("data")
+        )
+        return (
+            response,
+            redact(status_text, token) if isinstance(status_text, str) else None,
+            generation,
+        )
+
+    # -- watches ------------------------------------------------------------
+
+    async def open_watch(self, watch: WatchSink, *, answer_within: float) -> Response:
+        """Issue *watch* and start routing its changes; raise if the server refuses."""
+        response, generation = await self._issue(watch, answer_within=answer_within)
+        self._watches[watch] = None
+        if generation != self._generation or self._socket is None:
+            # The socket dropped between the answer and now: restore it.
+            self._lost.setdefault(watch, anyio.current_time())
+            self._start_restore()
+        return response
+
+    async def _issue(self, watch: WatchSink, *, answer_within: float) -> tuple[Response, int]:
+        request_id = new_request_id()
+        if watch.request_id is not None:
+            self._routes.pop(watch.request_id, None)
+        watch.request_id = request_id
+        # Route before sending: changes can follow the answer immediately.
+        self._routes[request_id] = watch
+        message = {
+            "requestId": request_id,
+            "method": watch.method,
+            "path": watch.path,
+            "headers": watch.request_headers(),
+        }
+        try:
+            response, reason, generation = await self.roundtrip(
+                message, answer_within=answer_within, token=watch.token
+            )
+            if response.status >= 300:
+                raise status_error(
+                    response, method=watch.method, path=watch.path, reason=reason, token=watch.token
+                )
+        except BaseException:
+            self._routes.pop(request_id, None)
+            raise
+        watch.generation = generation
+        watch.opened(response)
+        return response, generation
+
+    async def close_watch(self, watch: WatchSink) -> None:
+        """Stop routing *watch* and tell the server (best effort)."""
+        self._watches.pop(watch, None)
+        self._lost.pop(watch, None)
+        request_id = watch.request_id
+        if request_id is None:
+            return
+        self._routes.pop(request_id, None)
+        if self._closing or self._socket is None or watch.generation != self._generation:
+            return
+        message = {
+            "requestId": request_id,
+            "method": "unwatch",
+            "path": watch.path,
+            "headers": {"authorization": ""},
+        }
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await self.roundtrip(message, answer_within=2, token=watch.token)
+            except OADAError as error:
+                logger.debug("unwatch failed: %s", error)
+
+    def _start_restore(self) -> None:
+        if self._restoring or self._closing or self._task_group is None:
+            return
+        self._restoring = True
+        self._task_group.start_soon(self._restore)
+
+    async def _restore(self) -> None:
+        try:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(OADATransportError),
+                wait=wait_exponential_jitter(initial=0.05, max=self._max_backoff),
+                stop=self._give_up,
+                sleep=anyio.sleep,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._restore_all()
+            except OADATransportError:
+                pass  # _give_up has already failed every watch it gave up on
+        finally:
+            self._restoring = False
+
+    async def _restore_all(self) -> None:
+        while self._lost and not self._closing:
+            try:
+                await self._ensure_socket()
+            except OADATransportError as error:
+                self._last_restore_error = str(error)
+                raise
+            for watch in sorted(self._lost, key=lambda w: w.serial):
+                if watch not in self._watches:
+                    self._lost.pop(watch, None)
+                    continue
+                try:
+                    await self._issue(watch, answer_within=self._connect_timeout)
+                except OADAStatusError as error:
+                    self._lost.pop(watch, None)
+                    self._watches.pop(watch, None)
+                    watch.fail(
+                        WatchLost(
+                            f"the server refused to restore the watch: {error.message}",
+                            path=watch.path,
+                            status=error.status,
+                        )
+                    )
+                    continue
+                except OADATransportError as error:
+                    self._last_restore_error = str(error)
+                    raise
+                self._lost.pop(watch, None)
+                logger.info("restored the watch on %s", watch.path)
+
+    def _give_up(self, state: RetryCallState) -> bool:
+        now = anyio.current_time()
+        for watch, since in list(self._lost.items()):
+            if now - since >= watch.deadline:
+                self._lost.pop(watch, None)
+                self._watches.pop(watch, None)
+                if watch.request_id is not None:
+                    self._routes.pop(watch.request_id, None)
+                watch.fail(
+                    WatchLost(
+                        f"could not restore the watch within {watch.deadline}s "
+                        f"({self._last_restore_error or 'connection lost'})",
+                        path=watch.path,
+                    )
+                )
+        return not self._lost or self._closing

@@ -1,0 +1,121 @@
+"""Construction: domains, tokens, options, lifecycle; no I/O needed."""
+
+from __future__ import annotations
+
+import pytest
+from client_helpers import TOKEN, json_response, mock_client
+
+from oada_jobs.client import ClientState, OADAClient
+from oada_jobs.client._common import parse_domain
+from oada_jobs.exceptions import ClientClosed
+
+
+@pytest.mark.parametrize(
+    ("domain", "http", "ws"),
+    [
+        ("https://oada.example.org", "https://oada.example.org", "wss://oada.example.org/"),
+        ("https://oada.example.org/", "https://oada.example.org", "wss://oada.example.org/"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080", "ws://127.0.0.1:8080/"),
+        ("oada.example.org", "https://oada.example.org", "wss://oada.example.org/"),
+        ("oada.example.org:8443", "https://oada.example.org:8443", "wss://oada.example.org:8443/"),
+        ("localhost:3000", "http://localhost:3000", "ws://localhost:3000/"),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080", "ws://127.0.0.1:8080/"),
+        ("http://[::1]:8080", "http://[::1]:8080", "ws://[::1]:8080/"),
+    ],
+)
+def test_domain_forms(domain: str, http: str, ws: str) -> None:
+    base = parse_domain(domain)
+    assert (base.http, base.ws) == (http, ws)
+
+
+@pytest.mark.parametrize(
+    ("domain", "complaint"),
+    [
+        ("", "empty"),
+        ("ftp://host", "scheme 'ftp'"),
+        ("http://", "host name"),
+        ("http://host:99999", "https://host:port"),
+        ("http://host:abc", "https://host:port"),
+        ("https://host/some/path", "bare origin"),
+        ("https://host?x=1", "bare origin"),
+        ("https://user:pw@host", "without credentials"),
+    ],
+)
+def test_malformed_domain_is_a_clear_value_error(domain: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match="expected") as info:
+        OADAClient(domain, TOKEN)
+    assert complaint in str(info.value)
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", None, 5])
+def test_bad_token_is_refused_without_echoing_it(token: object) -> None:
+    with pytest.raises(ValueError, match="token") as info:
+        OADAClient("http://127.0.0.1:1", token)  # type: ignore[arg-type]
+    if isinstance(token, str) and token:
+        assert token not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 0},
+        {"timeout": 0},
+        {"connection": "carrier-pigeon"},
+        {"retries": -1},
+        {"watch_deadline": -5},
+    ],
+)
+def test_bad_options_raise_value_error(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="invalid OADAClient option"):
+        OADAClient("http://127.0.0.1:1", TOKEN, **options)  # type: ignore[arg-type]
+
+
+def test_bad_verify_path() -> None:
+    with pytest.raises(ValueError, match="CA bundle"):
+        OADAClient("https://host", TOKEN, verify="/nonexistent/ca.pem")
+
+
+def test_repr_never_shows_the_token() -> None:
+    oada = OADAClient("http://127.0.0.1:1", TOKEN)
+    assert TOKEN not in repr(oada)
+    assert TOKEN not in repr(oada.clone())
+    assert "127.0.0.1:1" in repr(oada)
+
+
+async def test_unopened_and_closed_clients_refuse_requests() -> None:
+    oada = OADAClient("http://oada.test", TOKEN)
+    with pytest.raises(ClientClosed, match="not open"):
+        await oada.get("/bookmarks")
+    async with mock_client(lambda request: json_response(200, {})) as client:
+        assert client.state is ClientState.OPEN
+    assert client.state is ClientState.CLOSED
+    with pytest.raises(ClientClosed, match="closed"):
+        await client.get("/bookmarks")
+    with pytest.raises(RuntimeError, match="opened once"):
+        await client.__aenter__()
+
+
+async def test_bad_paths_and_data_raise_before_sending() -> None:
+    sent: list[str] = []
+
+    def handler(request: object) -> object:
+        sent.append(str(request))
+        return json_response(200, {})
+
+    async with mock_client(handler) as oada:  # type: ignore[arg-type]
+        for path in ["", "/", "/a?b=1", "/a#x", "/a b", "/a\nb"]:
+            with pytest.raises(ValueError, match="expected"):
+                await oada.get(path)
+        with pytest.raises(ValueError, match="JSON-serialisable"):
+            await oada.put("/bookmarks/x", {"when": object()})
+        with pytest.raises(ValueError, match="JSON-serialisable"):
+            await oada.put("/bookmarks/x", {"n": float("nan")})
+        with pytest.raises(ValueError, match="string header"):
+            await oada.get("/bookmarks", headers={"x-n": 5})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="type 'single' or 'tree'"):
+            oada.watch("/bookmarks", type="forest")  # type: ignore[call-overload]
+        with pytest.raises(ValueError, match="rev as an integer"):
+            oada.watch("/bookmarks", rev=-1)
+        with pytest.raises(ValueError, match="initial_method"):
+            oada.watch("/bookmarks", initial_method="put")  # type: ignore[call-overload]
+    assert sent == []
