@@ -238,6 +238,11 @@ class OADACore:
         """Where the core is in its life cycle."""
         return self._state
 
+    @property
+    def store(self) -> Store:
+        """The underlying store (for tests and maintenance tools; do not write through it)."""
+        return self._store
+
     async def __aenter__(self) -> OADACore:
         if self._state is not CoreState.UNOPENED:
             raise RuntimeError(f"OADACore cannot be opened when {self._state.value}")
