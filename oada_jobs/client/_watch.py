@@ -86,9 +86,9 @@ class Watch(Generic[T]):
         self.rev: int | None = rev
         # root rev of the last change array queued (>= rev); replays up to it are dropped
         self._queued_rev: int | None = rev
-        send, receive = anyio.create_memory_object_stream[Any](math.inf)
-        self._send: MemoryObjectSendStream[Any] = send
-        self._receive: MemoryObjectReceiveStream[Any] = receive
+        # Made on entry, so a watch that is never entered holds no streams.
+        self._send: MemoryObjectSendStream[Any] | None = None
+        self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._current: deque[Change] = deque()
         self._current_rev: int | None = None
         self._ended = False
@@ -114,6 +114,8 @@ class Watch(Generic[T]):
 
     def feed(self, changes: list[Change]) -> None:
         root = changes[0]
+        if self._send is None or self.state is WatchState.CLOSED:
+            return
         if root.path == "" and root.body is None:
             # A whole-resource delete has no rev; deliver it and end.
             self._send.send_nowait(changes)
@@ -127,6 +129,8 @@ class Watch(Generic[T]):
         self._send.send_nowait(changes)
 
     def fail(self, error: OADAError) -> None:
+        if self._send is None:
+            return
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._send.send_nowait(error)
 
@@ -135,7 +139,14 @@ class Watch(Generic[T]):
     async def __aenter__(self) -> Watch[T]:
         if self.state is not WatchState.UNOPENED:
             raise RuntimeError(f"a watch can be entered once; this one is {self.state.value}")
-        await self._client._open_watch(self)
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
+        try:
+            await self._client._open_watch(self)
+        except BaseException:
+            self.state = WatchState.CLOSED
+            self._send.close()
+            self._receive.close()
+            raise
         self.state = WatchState.OPEN
         return self
 
@@ -152,8 +163,9 @@ class Watch(Generic[T]):
         if self.state is WatchState.CLOSED:
             return
         self.state = WatchState.CLOSED
-        self._send.close()
-        self._receive.close()
+        if self._send is not None and self._receive is not None:
+            self._send.close()
+            self._receive.close()
         await self._client._close_watch(self)
 
     # -- iteration ----------------------------------------------------------
@@ -167,7 +179,7 @@ class Watch(Generic[T]):
         return await self._next_array()  # type: ignore[return-value]  # T is list[Change] here
 
     async def _receive_array(self) -> list[Change]:
-        if self._ended or self.state is not WatchState.OPEN:
+        if self._ended or self.state is not WatchState.OPEN or self._receive is None:
             raise StopAsyncIteration
         try:
             item = await self._receive.receive()

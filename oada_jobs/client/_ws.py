@@ -381,7 +381,7 @@ class WSConnection:
         try:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(OADATransportError),
-                wait=wait_exponential_jitter(initial=0.05, max=self._max_backoff),
+                wait=wait_exponential_jitter(multiplier=0.05, max=self._max_backoff),
                 stop=self._give_up,
                 sleep=anyio.sleep,
                 reraise=True,
@@ -392,6 +392,8 @@ class WSConnection:
                         await self._restore_all()
             except OADATransportError:
                 pass  # _give_up has already failed every watch it gave up on
+            except ClientClosed:
+                pass  # closing: the watches were ended by __aexit__
         finally:
             self._restoring = False
 

@@ -1,0 +1,271 @@
+"""The WebSocket side against a scripted server: framing, matching, watches, reconnects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from client_helpers import TOKEN
+from fake_oada import RID, FakeOADA
+
+from oada_jobs.client import Change, OADAClient, Watch
+from oada_jobs.exceptions import ClientClosed, NotFound, OADATransportError, WatchLost
+
+
+def client(fake: FakeOADA, **options: Any) -> OADAClient:
+    options.setdefault("connection", "ws")
+    options.setdefault("max_backoff", 0.05)
+    return OADAClient(fake.domain, TOKEN, **options)
+
+
+async def take(watch: Watch[Any], count: int) -> list[Any]:
+    items = []
+    with anyio.fail_after(10):
+        async for item in watch:
+            items.append(item)
+            if len(items) == count:
+                break
+    return items
+
+
+def revs(changes: list[Change]) -> list[int]:
+    return [change.rev for change in changes]
+
+
+async def test_requests_travel_as_json_messages_with_the_token() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada:
+        assert oada.connection == "ws"
+        put = await oada.put("/bookmarks/r", {"a": 1})
+        got = await oada.get("/bookmarks/r")
+        head = await oada.head("/bookmarks/r")
+    assert put.status == 201
+    assert put.resource_id == RID
+    assert got.data == {"a": 1, "_id": RID, "_rev": 2}
+    assert head.etag == '"R/2"'
+    assert head.data is None
+    message = fake.received[0]
+    assert message["method"] == "put"
+    assert message["path"] == "/bookmarks/r"
+    assert message["data"] == {"a": 1}
+    assert message["headers"]["authorization"] == f"Bearer {TOKEN}"
+    assert message["headers"]["content-type"] == "application/json"
+    assert fake.connects == 1  # one multiplexed socket
+
+
+async def test_auto_prefers_the_websocket() -> None:
+    fake = FakeOADA()
+    async with fake.running(), OADAClient(fake.domain, TOKEN) as oada:
+        assert oada.connection == "ws"
+        await oada.get("/bookmarks/r")
+
+
+async def test_garbage_and_duplicate_answers_are_ignored() -> None:
+    fake = FakeOADA()
+    fake.garbage = True
+    fake.duplicate_answers = True
+    async with fake.running(), client(fake) as oada:
+        first = await oada.get("/bookmarks/r")
+        second = await oada.get("/bookmarks/r")
+    assert first.data == second.data == {"_id": RID, "_rev": 1}
+
+
+async def test_concurrent_requests_are_matched_by_request_id() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake, concurrency=20) as oada:
+        results: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await (oada.get("/missing") if i % 3 == 0 else oada.head("/bookmarks/r"))
+
+        async def guarded(i: int) -> None:
+            try:
+                await one(i)
+            except NotFound as error:
+                results[i] = error
+
+        async with anyio.create_task_group() as group:
+            for i in range(30):
+                group.start_soon(guarded, i)
+    for i, result in results.items():
+        if i % 3 == 0:
+            assert isinstance(result, NotFound)
+            assert result.message == "nothing here"
+        else:
+            assert result.status == 200
+
+
+async def test_watch_delivers_changes_in_order_and_unwatches() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada:
+        async with oada.watch("/bookmarks/r") as watch:
+            assert watch.rev == 1
+            for i in range(3):
+                await fake.write({"n": i})
+            changes = await take(watch, 3)
+            assert watch.rev == 4
+        request_id = watch.request_id
+        with anyio.fail_after(5):
+            while not any(m["method"] == "unwatch" for m in fake.received):
+                await anyio.sleep(0.01)
+    assert revs(changes) == [2, 3, 4]
+    assert [change.body["n"] for change in changes if change.body] == [0, 1, 2]
+    assert all(change.type == "merge" and change.path == "" for change in changes)
+    unwatch = next(m for m in fake.received if m["method"] == "unwatch")
+    assert unwatch["requestId"] == request_id
+
+
+async def test_watch_from_a_rev_replays_then_goes_live() -> None:
+    fake = FakeOADA()
+    async with fake.running():
+        for i in range(4):
+            await fake.write({"n": i})  # revs 2..5
+        async with client(fake) as oada, oada.watch("/bookmarks/r", rev=3) as watch:
+            await fake.write({"n": "live"})
+            changes = await take(watch, 3)
+    assert revs(changes) == [4, 5, 6]
+    sent = next(m for m in fake.received if m["method"] == "watch")
+    assert sent["headers"]["x-oada-rev"] == "3"
+
+
+async def test_get_watch_and_tree_watch() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada:
+        await oada.put("/bookmarks/r", {"a": 1})
+        async with oada.watch("/bookmarks/r", type="tree", initial_method="get") as watch:
+            assert watch.response is not None
+            assert watch.response.data == {"a": 1, "_rev": 2}
+            await fake.write({"b": 2})
+            [array] = await take(watch, 1)
+    assert isinstance(array, list)
+    assert revs(array) == [3]
+
+
+async def test_watch_survives_dropped_sockets_exactly_once_in_order() -> None:
+    fake = FakeOADA()
+    fake.duplicate_answers = True  # the reference server's resume quirk
+    fake.overlap_replay = True  # replays start one rev early: must be dropped
+    async with fake.running(), client(fake) as oada, oada.watch("/bookmarks/r") as watch:
+        await fake.write({"n": 2})
+        await fake.write({"n": 3})
+        seen = await take(watch, 1)
+        for _ in range(3):
+            await fake.drop()
+            # Written while the client is disconnected: must come by replay.
+            await fake.write({"n": "offline"})
+            await fake.write({"n": "offline"})
+        seen += await take(watch, 7)
+        await fake.write({"n": "live"})
+        seen += await take(watch, 1)
+        resumes = [m for m in fake.received if m["method"] == "watch"]
+    assert revs(seen) == list(range(2, 11))
+    assert watch.rev == 10
+    assert fake.connects >= 2
+    # Each re-issue names the last rev the watch had queued.
+    assert resumes[0]["headers"].get("x-oada-rev") is None
+    assert all("x-oada-rev" in m["headers"] for m in resumes[1:])
+
+
+async def test_watch_survives_a_server_restart() -> None:
+    fake = FakeOADA()
+    first = fake.running()
+    await first.__aenter__()
+    port = fake.port
+    try:
+        async with client(fake) as oada, oada.watch("/bookmarks/r") as watch:
+            await fake.write({"n": 1})
+            seen = await take(watch, 1)
+            await first.__aexit__(None, None, None)
+            # The server is down: writes land in its store, not on the socket.
+            await fake.write({"n": 2})
+            await fake.write({"n": 3})
+            async with fake.running(port):
+                seen += await take(watch, 2)
+                await fake.write({"n": 4})
+                seen += await take(watch, 1)
+    finally:
+        await first.__aexit__(None, None, None)
+    assert revs(seen) == [2, 3, 4, 5]
+
+
+async def test_watch_that_cannot_be_restored_raises_watch_lost() -> None:
+    fake = FakeOADA()
+    server = fake.running()
+    await server.__aenter__()
+    async with (
+        client(fake, connect_timeout=0.5) as oada,
+        oada.watch("/bookmarks/r", deadline=0.3) as watch,
+    ):
+        await server.__aexit__(None, None, None)
+        with anyio.fail_after(10), pytest.raises(WatchLost, match=r"within 0\.3s"):
+            async for _ in watch:
+                pass
+
+
+async def test_in_flight_write_fails_but_a_read_is_retried_after_a_drop() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada:
+        fake.hold = {"put"}
+
+        async def cut() -> None:
+            await fake.held.wait()
+            await fake.drop()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(cut)
+            with pytest.raises(OADATransportError, match="closed before the answer"):
+                await oada.put("/bookmarks/r", {"a": 1})
+        fake.hold = {"get"}
+        fake.held = anyio.Event()
+        async with anyio.create_task_group() as group:
+
+            async def cut_then_serve() -> None:
+                await fake.held.wait()
+                fake.hold = set()
+                await fake.drop()
+
+            group.start_soon(cut_then_serve)
+            response = await oada.get("/bookmarks/r")
+        assert response.status == 200
+
+
+async def test_whole_resource_delete_is_delivered_then_ends_the_watch() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada, oada.watch("/bookmarks/r") as watch:
+        await fake.write({"a": 1})
+        await fake.delete_resource()
+        changes = await take(watch, 5)
+    assert [change.type for change in changes] == ["merge", "delete"]
+    assert changes[1].body is None
+    assert changes[1].rev == 0
+
+
+async def test_revoked_clone_ends_its_watches_and_refuses_new_ones() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake) as oada:
+        scoped = oada.clone("job-token")
+        async with scoped.watch("/bookmarks/r") as watch, oada.watch("/bookmarks/r") as parent:
+            await fake.write({"a": 1})
+            assert revs(await take(watch, 1)) == [2]
+            scoped.revoke()
+            with anyio.fail_after(5), pytest.raises(ClientClosed, match="revoked"):
+                await take(watch, 1)
+            # The parent's watch on the same socket is unaffected.
+            await fake.write({"a": 2})
+            assert revs(await take(parent, 2)) == [2, 3]
+        with pytest.raises(ClientClosed):
+            async with scoped.watch("/bookmarks/r"):
+                pass
+
+
+async def test_closing_the_client_ends_watches() -> None:
+    fake = FakeOADA()
+    async with fake.running():
+        oada = client(fake)
+        async with oada:
+            watch = oada.watch("/bookmarks/r")
+            await watch.__aenter__()
+        with pytest.raises(ClientClosed):
+            await take(watch, 1)
+        await watch.aclose()
