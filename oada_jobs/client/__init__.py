@@ -8,10 +8,12 @@ See docs/client.md for connections, trees, watches, clones and retries.
 """
 
 from ._client import ClientState, Connection, OADAClient
+from ._common import BaseURL, parse_domain
 from ._response import Change, Response
 from ._watch import Watch, WatchState, WatchType
 
 __all__ = [
+    "BaseURL",
     "Change",
     "ClientState",
     "Connection",
@@ -20,4 +22,5 @@ __all__ = [
     "Watch",
     "WatchState",
     "WatchType",
+    "parse_domain",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,10 @@ def parse_domain(domain: str) -> BaseURL:
         raise ValueError(f"expected an http:// or https:// domain, got scheme {parts.scheme!r}")
     if not parts.hostname:
         raise ValueError(f"expected a host name in the domain, got {domain!r}")
+    if not _valid_host(parts.hostname):
+        raise ValueError(
+            f"expected a host name (letters, digits, '-', '.') or an IP address, got {domain!r}"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(
             f"expected a bare origin (OADA lives at the server root), got a path in {domain!r}"
@@ -92,6 +98,21 @@ def parse_domain(domain: str) -> BaseURL:
     if parts.username or parts.password:
         raise ValueError("expected a domain without credentials; pass the token separately")
     return BaseURL(parts.scheme, parts.hostname, port)
+
+
+_HOST = re.compile(
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$"
+)
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 253 and _HOST.match(host) is not None
 
 
 def make_ssl_context(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> ssl.SSLContext:

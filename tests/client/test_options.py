@@ -39,6 +39,10 @@ def test_domain_forms(domain: str, http: str, ws: str) -> None:
         ("https://host/some/path", "bare origin"),
         ("https://host?x=1", "bare origin"),
         ("https://user:pw@host", "without credentials"),
+        ("not a domain", "host name"),
+        ("x y", "host name"),
+        ("http://exa$mple.org", "host name"),
+        ("http://-bad-.org", "host name"),
     ],
 )
 def test_malformed_domain_is_a_clear_value_error(domain: str, complaint: str) -> None:
