@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; everything else may move.
 """
 
+from .client import Change, OADAClient, Response
 from .exceptions import (
     BadRequest,
     ClientClosed,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
+    "Change",
     "ClientClosed",
     "Conflict",
     "Forbidden",
@@ -43,6 +45,7 @@ __all__ = [
     "Json",
     "JsonObject",
     "NotFound",
+    "OADAClient",
     "OADAError",
     "OADAJobsError",
     "OADAStatusError",
@@ -50,6 +53,7 @@ __all__ = [
     "OADATransportError",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "Response",
     "Retry",
     "ServerError",
     "TooManyRequests",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import random
@@ -18,7 +19,6 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .. import __version__
 from .._ksuid import ksuid
 from ..exceptions import (
     ClientClosed,
@@ -42,6 +42,11 @@ logger = logging.getLogger("oada_jobs.client")
 Connection = Literal["ws", "http", "auto"]
 
 T = TypeVar("T")
+
+try:
+    _VERSION = importlib.metadata.version("oada-jobs")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "0"
 
 _IDEMPOTENT_READS = frozenset({"get", "head"})
 _BINARY = (bytes, bytearray, memoryview)
@@ -71,7 +76,7 @@ class _Options(BaseModel):
     max_backoff: float = Field(default=5.0, gt=0)
     max_retry_after: float = Field(default=60.0, ge=0)
     watch_deadline: float = Field(default=120.0, gt=0)
-    user_agent: str = f"oada-jobs/{__version__}"
+    user_agent: str = f"oada-jobs/{_VERSION}"
 
 
 class _Shared:
