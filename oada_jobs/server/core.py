@@ -948,10 +948,18 @@ class OADACore:
                 for path, child in items:
                     child_rev = 0 if child.body is None else child.rev
                     link = lookup(parent.doc, path)
-                    if isinstance(link, dict):
-                        link["_rev"] = child_rev
+                    if not isinstance(link, dict):
+                        continue
+                    current = link.get("_rev")
+                    if child_rev and isinstance(current, int) and current >= child_rev:
+                        # Linked after this change (deferred propagation):
+                        # the link already names this rev or a newer one.
+                        continue
+                    link["_rev"] = child_rev
                     merge(fragment, nest(path, {"_rev": child_rev}))
                     children.append((pointer(path), child.resource_id, child.rev))
+                if not children:
+                    continue
                 rec = self._bump(batch, parent, _SYSTEM_USER, fragment, "merge")
                 rec.children = children
                 causes.add(parent_id)
