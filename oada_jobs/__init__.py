@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; everything else may move.
 """
 
+from ._version import __version__
 from .client import Change, OADAClient, Response
 from .exceptions import (
     BadRequest,
@@ -28,22 +29,32 @@ from .exceptions import (
     UnprocessableEntity,
     WatchLost,
 )
+from .job import Job, JobStatus
+from .metrics import ServiceMetrics
+from .queue import Queue
+from .reporters import FinishReport, Reporter, SlackReporter
+from .runner import JobLogger, WorkerContext
+from .service import Service, ServiceConfig, ServiceState
+from .tree import Layout
 from .types import Json, JsonObject, Tree, WorkFunction
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BadRequest",
     "Change",
     "ClientClosed",
     "Conflict",
+    "FinishReport",
     "Forbidden",
     "InvalidJob",
     "InvalidQueueEntry",
+    "Job",
     "JobCancelled",
     "JobError",
+    "JobLogger",
+    "JobStatus",
     "Json",
     "JsonObject",
+    "Layout",
     "NotFound",
     "OADAClient",
     "OADAError",
@@ -53,14 +64,22 @@ __all__ = [
     "OADATransportError",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "Queue",
+    "Reporter",
     "Response",
     "Retry",
     "ServerError",
+    "Service",
+    "ServiceConfig",
+    "ServiceMetrics",
+    "ServiceState",
+    "SlackReporter",
     "TooManyRequests",
     "Tree",
     "Unauthorized",
     "UnprocessableEntity",
     "WatchLost",
     "WorkFunction",
+    "WorkerContext",
     "__version__",
 ]

@@ -1,0 +1,119 @@
+"""Prometheus metrics of a service: jobs by state and type, durations, queues.
+
+Metric objects are created once per :class:`~prometheus_client.CollectorRegistry`
+and labelled by service, so several services in one process share them
+instead of colliding. Pass a fresh registry per service in tests.
+
+==================================  =========  ===============================
+name                                kind       labels
+==================================  =========  ===============================
+``oada_jobs_jobs_total``            counter    service, type, state
+``oada_jobs_jobs_running``          gauge      service, type
+``oada_jobs_job_duration_seconds``  histogram  service, type, state
+``oada_jobs_queues``                gauge      service
+==================================  =========  ===============================
+
+``state`` is ``started``, ``success`` or ``failure``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
+__all__ = ["ServiceMetrics"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Collectors:
+    jobs: Counter
+    running: Gauge
+    duration: Histogram
+    queues: Gauge
+
+
+_lock = threading.Lock()
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Collectors] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _collectors(registry: CollectorRegistry) -> _Collectors:
+    with _lock:
+        found = _by_registry.get(registry)
+        if found is None:
+            found = _Collectors(
+                jobs=Counter(
+                    "oada_jobs_jobs",
+                    "Jobs by service, type and state (started, success, failure).",
+                    ["service", "type", "state"],
+                    registry=registry,
+                ),
+                running=Gauge(
+                    "oada_jobs_jobs_running",
+                    "Jobs whose work function is running now.",
+                    ["service", "type"],
+                    registry=registry,
+                ),
+                duration=Histogram(
+                    "oada_jobs_job_duration_seconds",
+                    "Time from claiming a job to its outcome being known.",
+                    ["service", "type", "state"],
+                    registry=registry,
+                ),
+                queues=Gauge(
+                    "oada_jobs_queues",
+                    "Job queues the service is watching.",
+                    ["service"],
+                    registry=registry,
+                ),
+            )
+            _by_registry[registry] = found
+        return found
+
+
+class ServiceMetrics:
+    """The metrics of one service.
+
+    >>> metrics = ServiceMetrics("email-service", registry=CollectorRegistry())
+    >>> metrics.job_started("email")
+    """
+
+    def __init__(self, service: str, *, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry if registry is not None else REGISTRY
+        self._c = _collectors(self.registry)
+        self._server: Any = None
+
+    def job_started(self, job_type: str) -> None:
+        self._c.jobs.labels(self.service, job_type, "started").inc()
+        self._c.running.labels(self.service, job_type).inc()
+
+    def job_stopped(self, job_type: str) -> None:
+        self._c.running.labels(self.service, job_type).dec()
+
+    def job_finished(self, job_type: str, state: str, duration: float | None) -> None:
+        self._c.jobs.labels(self.service, job_type, state).inc()
+        if duration is not None:
+            self._c.duration.labels(self.service, job_type, state).observe(duration)
+
+    def set_queues(self, count: int) -> None:
+        self._c.queues.labels(self.service).set(count)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Serve ``/metrics`` on *port* (0 picks a free one); returns the port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        """Stop the ``/metrics`` server, if one was started."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,530 @@
+"""Running one job: read it, claim it, run its work function, file the outcome.
+
+A :class:`Runner` handles one key of a job list. In steady state a job costs
+five OADA requests:
+
+1. ``GET /<job>``;
+2. the claim: ``PUT /<job>`` with ``If-Match`` on the ETag just read, writing
+   ``status: running``, a worker lease and the ``started`` update;
+3. the result: ``PUT /<job>`` with ``status``, ``result`` and the finishing
+   update in one merge body;
+4. the day-index link: ``PUT <list>/day-index/<date>`` (a tree PUT the first
+   time a day list is used);
+5. ``DELETE <pending>/<key>``.
+
+The claim is what lets several replicas share one queue: of two workers that
+read the same ETag only one write succeeds, the other gets 412 and skips the
+job. A running worker renews its lease; a job whose lease expired (its worker
+died) is claimed again by a later sweep of the pending list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+from .exceptions import (
+    ClientClosed,
+    InvalidJob,
+    JobError,
+    NotFound,
+    OADAError,
+    PreconditionFailed,
+)
+from .job import Job, JobStatus, Lease, error_result, new_update, parse_time, utc_now
+from .tree import JOB_TYPE, JOBS_TYPE
+from .types import Json, JsonObject, WorkFunction
+
+if TYPE_CHECKING:
+    from .client import OADAClient
+    from .queue import Queue
+
+__all__ = ["JobLogAdapter", "JobLogger", "JobOutcome", "Runner", "Worker", "WorkerContext"]
+
+logger = logging.getLogger("oada_jobs")
+
+#: Environment variable naming the optional update levels (``"debug,trace"``).
+LOGGING_ENV = "OADA_JOBS_LOGGING"
+
+#: Fail type of jobs whose work function ran past its timeout.
+TIMEOUT_FAIL_TYPE = "timeout"
+#: Fail type of jobs whose config did not validate against the declared model.
+INVALID_CONFIG_FAIL_TYPE = "invalid-config"
+#: Fail type of resources in a job list that are not jobs.
+INVALID_JOB_FAIL_TYPE = "invalid-job"
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A registered work function for one job type."""
+
+    #: The job type it handles.
+    job_type: str
+    #: The work function.
+    work: WorkFunction
+    #: Seconds the function may run; ``None`` for no limit.
+    timeout: float | None
+    #: The pydantic model the job's ``config`` is validated into, if any.
+    config_model: type[BaseModel] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How a job finished: what is written to it and where it is filed."""
+
+    #: ``"success"`` or ``"failure"``.
+    status: str
+    #: The job's ``result``.
+    result: Json
+    #: Also file under ``typed-failure/<fail_type>``.
+    fail_type: str | None = None
+    #: Human-readable text for the finishing update.
+    meta: str = "Runner finished"
+
+
+class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
+    """A :class:`logging.LoggerAdapter` adding the job's context to every record.
+
+    Records carry ``service``, ``queue``, ``job_id``, ``job_key``, ``job_type``
+    and ``trace_id`` (the config's ``traceId``) as attributes, for structured
+    log handlers; the message is prefixed with ``[service/job_key]``.
+    """
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = dict(self.extra or {})
+        extra.update(kwargs.get("extra") or {})
+        kwargs["extra"] = extra
+        return (
+            f"[{extra.get('service')}/{extra.get('job_key') or extra.get('job_id')}] {msg}",
+            kwargs,
+        )
+
+
+def enabled_levels() -> frozenset[str]:
+    """The optional update levels ``OADA_JOBS_LOGGING`` asks for (``debug``, ``trace``)."""
+    value = os.environ.get(LOGGING_ENV, "")
+    return frozenset(part.strip().lower() for part in value.replace(";", ",").split(",") if part)
+
+
+class JobLogger:
+    """``ctx.log``: writes ``updates`` entries on the running job.
+
+    ``info`` and ``error`` always write; ``debug`` and ``trace`` only when
+    ``OADA_JOBS_LOGGING`` contains ``debug`` / ``trace``. Each call also emits
+    a Python log record (with the job's context) at the matching level.
+
+    >>> await ctx.log.info("sending", {"to": "a@example.org"})  # doctest: +SKIP
+    """
+
+    def __init__(self, oada: OADAClient, job_id: str, log: JobLogAdapter) -> None:
+        self._oada = oada
+        self._job_id = job_id
+        self._log = log
+
+    async def _update(self, level: int, status: str, meta: Json) -> None:
+        self._log.log(level, "update %s: %s", status, meta)
+        key, body = new_update(status, meta)
+        # PUT at a client-chosen KSUID key is what POST does server-side, but
+        # keeps the keys time-ordered by this process's clock.
+        await self._oada.put(f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE)
+
+    async def info(self, status: str, meta: Json = None) -> None:
+        """Record an update with *status* and optional JSON *meta*."""
+        await self._update(logging.INFO, status, meta)
+
+    async def error(self, status: str, meta: Json = None) -> None:
+        """Record an error update (always written)."""
+        await self._update(logging.ERROR, status, meta)
+
+    async def debug(self, status: str, meta: Json = None) -> None:
+        """Record an update only when ``OADA_JOBS_LOGGING`` contains ``debug``."""
+        if "debug" in enabled_levels():
+            await self._update(logging.DEBUG, status, meta)
+
+    async def trace(self, status: str, meta: Json = None) -> None:
+        """Record an update only when ``OADA_JOBS_LOGGING`` contains ``trace``."""
+        if "trace" in enabled_levels():
+            await self._update(logging.DEBUG, status, meta)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """What a work function gets besides the job.
+
+    ``oada`` is a client for the job's queue, scoped to this job: when the job
+    finishes, times out or is cancelled it is revoked, and any further request
+    through it raises :class:`~oada_jobs.ClientClosed` — so nothing a
+    timed-out function still tries to write lands on the job.
+    """
+
+    #: The job resource id, ``resources/<key>``.
+    job_id: str
+    #: Writes updates on the job (``await ctx.log.info(status, meta)``).
+    log: JobLogger
+    #: The job-scoped OADA client.
+    oada: OADAClient
+    #: A Python logger whose records carry the job's context.
+    logger: JobLogAdapter
+
+
+def _describe(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _json_result(value: object) -> Json:
+    """The work function's return value as JSON, or raise :class:`TypeError`."""
+    if isinstance(value, BaseModel):
+        dumped: Json = value.model_dump(mode="json")
+        return dumped
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"expected the work function to return JSON (dict, list, str, number, bool, None "
+            f"or a pydantic model), got {_describe(value)}: {error}"
+        ) from None
+    return value  # type: ignore[return-value]  # checked to be JSON just above
+
+
+class Runner:
+    """Runs one job from a :class:`~oada_jobs.queue.Queue`."""
+
+    def __init__(self, queue: Queue, key: str, job_id: str) -> None:
+        self.queue = queue
+        self.service = queue.service
+        self.oada = queue.oada
+        self.key = key
+        self.job_id = job_id
+        self.path = f"/{job_id}"
+        self.log = JobLogAdapter(
+            logger,
+            {
+                "service": self.service.name,
+                "queue": queue.key,
+                "job_id": job_id,
+                "job_key": key,
+                "job_type": None,
+                "trace_id": None,
+            },
+        )
+
+    # ----------------------------------------------------------------- reading
+
+    async def _get(self) -> tuple[Job[JsonObject] | InvalidJob, int | None]:
+        response = await self.oada.get(self.path)
+        try:
+            return (
+                Job.from_resource(
+                    response.data, oada_id=self.job_id, key=self.key, etag=response.etag
+                ),
+                response.rev,
+            )
+        except InvalidJob as error:
+            return error, response.rev
+
+    async def read(self) -> Job[JsonObject]:
+        """Read the job; a resource that is not a job yet is read once more.
+
+        A job posted with a tree PUT is first an empty resource linked into the
+        list and only then filled in, so the first read may see ``{}``. The
+        second read waits (up to the service's ``invalid_job_wait``) for the
+        resource to change.
+        """
+        first, rev = await self._get()
+        if isinstance(first, Job):
+            return first
+        with anyio.move_on_after(self.service.config.invalid_job_wait):
+            async with self.oada.watch(self.path, rev=rev) as changes:
+                async for _change in changes:
+                    break
+        second, _ = await self._get()
+        if isinstance(second, Job):
+            return second
+        raise second
+
+    def _bind(self, job: Job[Any]) -> None:
+        assert self.log.extra is not None
+        extra = dict(self.log.extra)
+        extra.update(job_type=job.type, trace_id=job.trace_id)
+        self.log.extra = extra
+
+    # ----------------------------------------------------------------- the run
+
+    async def run(self) -> JobOutcome | None:
+        """Process the job; returns its outcome, or ``None`` when it was skipped."""
+        try:
+            job = await self.read()
+        except InvalidJob as error:
+            self.log.error("%s", error)
+            outcome = JobOutcome(
+                JobStatus.FAILURE.value,
+                {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
+                meta=str(error),
+            )
+            await self._shielded(self._write_and_file(outcome, None, etag=None))
+            return outcome
+        except NotFound:
+            self.log.error(
+                "list entry %r links to %s, which does not exist; moving the link to the "
+                "failure list",
+                self.key,
+                self.job_id,
+            )
+            await self._shielded(self._file(JobStatus.FAILURE.value, None, utc_now()))
+            return None
+        self._bind(job)
+
+        if job.finished:
+            self.log.info("job is already %s; filing it", job.status)
+            assert job.status is not None
+            await self._shielded(self._file(job.status, None, self._finish_time(job)))
+            return None
+
+        worker_id = self.service.worker_id
+        if not job.claimable_by(worker_id):
+            self.log.debug("job is held by worker %s; skipping", job.lease and job.lease.worker)
+            return None
+        claimed = await self._claim(job)
+        if claimed is None:
+            return None
+        lease, etag = claimed
+        return await self._execute(job, lease, etag)
+
+    async def _claim(self, job: Job[JsonObject]) -> tuple[Lease, str | None] | None:
+        """Conditionally mark the job running for this worker; ``None`` if another won."""
+        for _attempt in range(3):
+            lease = Lease.new(self.service.worker_id, self.service.config.lease)
+            key, update = new_update("started", "Runner started")
+            body = {
+                "status": JobStatus.RUNNING.value,
+                "lease": lease.to_json(),
+                "updates": {key: update},
+            }
+            try:
+                response = await self.oada.put(
+                    self.path, body, content_type=JOBS_TYPE, if_match=job.etag
+                )
+            except PreconditionFailed:
+                # Someone wrote the job since we read it: another worker's claim,
+                # or an unrelated write. Re-read to know which.
+                fresh = await self.read()
+                if not fresh.claimable_by(self.service.worker_id):
+                    self.log.debug("lost the claim to another worker; skipping")
+                    return None
+                job = fresh
+                continue
+            return lease, response.etag
+        self.log.warning("could not claim the job after 3 tries (it keeps changing); skipping")
+        return None
+
+    async def _execute(
+        self, job: Job[JsonObject], lease: Lease, etag: str | None
+    ) -> JobOutcome | None:
+        service = self.service
+        worker = service.worker_for(job.type)
+        metrics = service.metrics
+        started = anyio.current_time()
+        metrics.job_started(job.type)
+        scoped = self.oada.clone()
+        ctx = WorkerContext(
+            job_id=self.job_id,
+            log=JobLogger(scoped, self.job_id, self.log),
+            oada=scoped,
+            logger=self.log,
+        )
+        outcome: JobOutcome | None = None
+        try:
+            outcome = await self._call(worker, job, ctx, scoped)
+        except anyio.get_cancelled_exc_class():
+            # Shutdown past its grace period: give the job back so it runs
+            # again, here or on another replica.
+            scoped.revoke()
+            self.log.warning("stopped before the job finished; releasing it")
+            await self._shielded(self._release())
+            raise
+        finally:
+            scoped.revoke()
+            metrics.job_stopped(job.type)
+        duration = anyio.current_time() - started
+        await self._shielded(self._write_and_file(outcome, job, etag=None, duration=duration))
+        return outcome
+
+    async def _call(
+        self, worker: Worker | None, job: Job[JsonObject], ctx: WorkerContext, scoped: OADAClient
+    ) -> JobOutcome:
+        if worker is None:
+            error = JobError(f"no work function is registered for job type {job.type!r}")
+            self.log.error("%s", error)
+            return JobOutcome(JobStatus.FAILURE.value, error_result(error), meta=str(error))
+        work_job: Job[Any] = job
+        if worker.config_model is not None:
+            try:
+                work_job = job.with_config(worker.config_model.model_validate(job.config))
+            except ValidationError as error:
+                message = f"job config does not match {worker.config_model.__name__}: {error.error_count()} error(s)"
+                self.log.error("%s", message)
+                result = {
+                    "name": "ValidationError",
+                    "message": message,
+                    "errors": json.loads(error.json(include_url=False)),
+                    "failType": INVALID_CONFIG_FAIL_TYPE,
+                }
+                return JobOutcome(
+                    JobStatus.FAILURE.value, result, INVALID_CONFIG_FAIL_TYPE, message
+                )
+
+        timed_out = False
+        outcome: JobOutcome | None = None
+        with anyio.CancelScope() as work_scope:
+            async with anyio.create_task_group() as helpers:
+
+                async def watchdog(limit: float) -> None:
+                    nonlocal timed_out
+                    await anyio.sleep(limit)
+                    # Revoke first: from here on nothing the function still
+                    # tries (even in a shielded finally) reaches the job.
+                    timed_out = True
+                    scoped.revoke()
+                    work_scope.cancel()
+
+                if worker.timeout is not None:
+                    helpers.start_soon(watchdog, worker.timeout)
+                helpers.start_soon(self._renew_lease)
+                try:
+                    value = await worker.work(work_job, ctx)
+                    outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
+                except Exception as error:
+                    if not timed_out:
+                        outcome = self._failure(error)
+                helpers.cancel_scope.cancel()
+        if timed_out:
+            message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
+            self.log.error("%s", message)
+            timeout_error = JobError(message, TIMEOUT_FAIL_TYPE)
+            return JobOutcome(
+                JobStatus.FAILURE.value, error_result(timeout_error), TIMEOUT_FAIL_TYPE, message
+            )
+        assert outcome is not None
+        return outcome
+
+    def _failure(self, error: Exception) -> JobOutcome:
+        fail_type = error.fail_type if isinstance(error, JobError) else None
+        if isinstance(error, ClientClosed):
+            self.log.error("work function used its client after it was revoked: %s", error)
+        else:
+            self.log.error("work function failed: %s: %s", type(error).__name__, error)
+        return JobOutcome(
+            JobStatus.FAILURE.value,
+            error_result(error),
+            fail_type,
+            meta=f"{type(error).__name__}: {error}",
+        )
+
+    async def _renew_lease(self) -> None:
+        interval = max(self.service.config.lease.total_seconds() / 3, 0.05)
+        while True:
+            await anyio.sleep(interval)
+            lease = Lease.new(self.service.worker_id, self.service.config.lease)
+            try:
+                await self.oada.put(self.path, {"lease": lease.to_json()}, content_type=JOBS_TYPE)
+            except OADAError as error:
+                self.log.warning("could not renew the job lease: %s", error)
+
+    # --------------------------------------------------------------- finishing
+
+    async def _shielded(self, awaitable: Any) -> None:
+        # Once the work is done its outcome must be recorded even if the
+        # service is being cancelled; bounded so shutdown cannot hang.
+        with anyio.move_on_after(self.service.config.finish_timeout, shield=True) as scope:
+            try:
+                await awaitable
+            except OADAError as error:
+                self.log.error(
+                    "could not record the job's outcome (it stays in the pending list and "
+                    "will be retried): %s",
+                    error,
+                )
+        if scope.cancelled_caught:
+            self.log.error("recording the job's outcome took too long; it stays pending")
+
+    async def _release(self) -> None:
+        key, update = new_update(
+            "released", "Worker stopped before the job finished; it will run again"
+        )
+        await self.oada.put(
+            self.path,
+            {"status": JobStatus.PENDING.value, "lease": None, "updates": {key: update}},
+            content_type=JOBS_TYPE,
+        )
+        # Re-link the entry so other replicas' list watches see it at once
+        # instead of at their next sweep.
+        await self.oada.put(
+            self.queue.pending_path,
+            {self.key: {"_id": self.job_id}},
+            content_type=JOBS_TYPE,
+        )
+
+    async def _write_and_file(
+        self,
+        outcome: JobOutcome,
+        job: Job[Any] | None,
+        *,
+        etag: str | None,
+        duration: float | None = None,
+    ) -> None:
+        finished_at = utc_now()
+        key, update = new_update(outcome.status, outcome.meta, at=finished_at)
+        body: JsonObject = {
+            "status": outcome.status,
+            "result": outcome.result,
+            "lease": None,
+            "updates": {key: update},
+        }
+        await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
+        day_path = await self._file(outcome.status, outcome.fail_type, finished_at)
+        level = logging.INFO if outcome.status == JobStatus.SUCCESS.value else logging.WARNING
+        self.log.log(level, "job finished: %s", outcome.status)
+        job_type = job.type if job is not None else "(invalid)"
+        self.service.metrics.job_finished(job_type, outcome.status, duration)
+        if job is not None:
+            await self.service.report(
+                job=job,
+                queue=self.queue,
+                status=outcome.status,
+                result=outcome.result,
+                path=day_path,
+                duration=duration,
+            )
+
+    def _finish_time(self, job: Job[Any]) -> datetime:
+        # A job finished elsewhere is filed under the day it finished.
+        for update in reversed(list(job.updates.values())):
+            if isinstance(update, Mapping) and update.get("status") == job.status:
+                moment = parse_time(update.get("time"))
+                if moment is not None:
+                    return moment
+        return utc_now()
+
+    async def _file(self, status: str, fail_type: str | None, finished_at: datetime) -> str:
+        """Link the job into the day list(s) and remove it from the pending list."""
+        layout = self.queue.layout
+        name = self.service.name
+        day = finished_at.date()
+        day_path = layout.day_index_path(name, status, day)
+        await self.queue.link_into(day_path, self.key, self.job_id)
+        if fail_type is not None:
+            await self.queue.link_into(
+                layout.day_index_path(name, status, day, fail_type), self.key, self.job_id
+            )
+        await self.oada.delete(f"{self.queue.pending_path}/{self.key}")
+        return day_path

@@ -1,0 +1,639 @@
+"""The service: work functions by job type, and the queues they are fed from.
+
+::
+
+    service = Service("email-service", domain=DOMAIN, token=TOKEN, concurrency=10)
+
+    @service.on("email", timeout=10)
+    async def send(job: Job, ctx: WorkerContext) -> Json:
+        await ctx.log.info("started", "Job started")
+        return {"sent": True}
+
+    async with service:          # returns once every queue is watched
+        ...                      # the service works in the background
+    # or: await service.run()    # until SIGTERM/SIGINT
+    # or: await service.start(); ...; await service.stop()   (same task)
+
+A running service watches ``/bookmarks/services/<name>/queues`` on its own
+store and runs one :class:`~oada_jobs.queue.Queue` for its own domain and
+token plus one per valid ``{"domain", "token"}`` entry there; entries added,
+changed or removed take effect at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, get_type_hints, overload
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from ._ksuid import ksuid
+from .client._common import parse_domain
+from .exceptions import InvalidQueueEntry, OADAError, redact
+from .job import Job
+from .metrics import ServiceMetrics
+from .queue import DEFAULT_QUEUE, Queue, _Once
+from .reporters import FinishReport, Reporter
+from .runner import Worker
+from .tree import Layout, LayoutName, get_layout, validate_service_name
+from .types import Json, WorkFunction
+
+if TYPE_CHECKING:
+    from .client import OADAClient
+
+__all__ = ["Service", "ServiceConfig", "ServiceState", "Timeout"]
+
+logger = logging.getLogger("oada_jobs")
+
+#: A timeout in seconds, or a :class:`~datetime.timedelta`.
+Timeout = float | int | timedelta
+
+W = TypeVar("W", bound=WorkFunction)
+
+
+def _seconds(value: Timeout | None, what: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:
+        raise ValueError(f"expected {what} > 0 seconds, got {seconds}")
+    return seconds
+
+
+class ServiceConfig(BaseModel):
+    """The validated options of a :class:`Service` (all keyword arguments)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Jobs running at once, over all queues; also the OADA request concurrency.
+    concurrency: PositiveInt = 10
+    #: Job-list layout: ``"classic"`` or ``"pending"`` (see docs/layouts.md).
+    layout: LayoutName = "classic"
+    #: How long a claim on a job holds without renewal.
+    lease: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+    #: Seconds between re-reads of the pending list (expired leases, released jobs).
+    sweep_interval: PositiveFloat = 30.0
+    #: Seconds ``stop()`` lets running jobs finish before cancelling them.
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    #: First and longest wait between retries of a failing queue.
+    retry_initial: PositiveFloat = 1.0
+    retry_max: PositiveFloat = 60.0
+    #: Seconds to wait for a resource that is not a job yet to become one.
+    invalid_job_wait: float = Field(default=2.0, ge=0)
+    #: Seconds allowed for recording a job's outcome.
+    finish_timeout: PositiveFloat = 30.0
+    #: Serve Prometheus ``/metrics`` on this port (0 = any free port).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Address the metrics server binds to.
+    metrics_addr: str = "0.0.0.0"
+
+
+class ServiceState(Enum):
+    """Lifecycle of a :class:`Service`; a stopped service cannot be restarted."""
+
+    #: Created, not started.
+    CREATED = "created"
+    #: ``start()`` is ensuring and watching the queues.
+    STARTING = "starting"
+    #: Watching queues and running jobs.
+    RUNNING = "running"
+    #: No new jobs; running ones are finishing.
+    STOPPING = "stopping"
+    #: Done; connections closed.
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A valid entry of the service's ``queues`` list."""
+
+    domain: str
+    token: str = field(repr=False)
+
+
+_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+
+
+def _describe(value: object) -> str:
+    return "null" if value is None else _NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+def parse_queue_entry(key: str, value: object) -> QueueEntry:
+    """Validate a ``queues`` entry, or raise :class:`InvalidQueueEntry` (never naming the token)."""
+    if not isinstance(value, Mapping):
+        raise InvalidQueueEntry(
+            f"queue entry {key!r} is ignored: expected an object with 'domain' and 'token', "
+            f"got {_describe(value)}",
+            key=key,
+        )
+    token = value.get("token")
+    problems = []
+    domain = value.get("domain")
+    normalised = None
+    if domain is None:
+        problems.append("'domain' is missing")
+    elif not isinstance(domain, str):
+        problems.append(f"'domain' must be a string, got {_describe(domain)}")
+    else:
+        try:
+            if any(char.isspace() for char in domain.strip()):
+                raise ValueError(f"expected a host name without spaces, got {domain!r}")
+            normalised = parse_domain(domain).http
+        except ValueError as error:
+            problems.append(f"'domain' is malformed: {error}")
+    if token is None:
+        problems.append("'token' is missing")
+    elif not isinstance(token, str) or not token.strip():
+        problems.append(f"'token' must be a non-empty string, got {_describe(token)}")
+    if problems or normalised is None or not isinstance(token, str):
+        message = f"queue entry {key!r} is ignored: {'; '.join(problems)}"
+        secret = token.strip() if isinstance(token, str) else ""
+        raise InvalidQueueEntry(redact(message, secret), key=key)
+    return QueueEntry(normalised, token)
+
+
+def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model a work function declares via ``job: Job[Model]``, if any."""
+    try:
+        parameters = list(inspect.signature(work).parameters.values())
+        hints = get_type_hints(work)
+    except (TypeError, ValueError, NameError):
+        return None
+    if not parameters:
+        return None
+    hint = hints.get(parameters[0].name)
+    if get_origin(hint) is Job:
+        (model, *_) = get_args(hint) or (None,)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model
+    return None
+
+
+class Service:
+    """An OADA job service.
+
+    :param name: the service name; its config lives at ``/bookmarks/services/<name>``.
+    :param domain: the OADA store with the service config, e.g. ``https://oada.example.org``.
+    :param token: the service token for *domain*.
+    :param oada: an open :class:`~oada_jobs.client.OADAClient` to use instead of
+        *domain*/*token* (the service does not close it).
+    :param reporters: finish reporters, e.g. :class:`~oada_jobs.SlackReporter`.
+    :param metrics_registry: where metrics go (default: the global registry).
+
+    The other keyword arguments are :class:`ServiceConfig` fields. Timeouts and
+    durations are seconds (float) or :class:`~datetime.timedelta`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        domain: str | None = None,
+        token: str | None = None,
+        oada: OADAClient | None = None,
+        concurrency: int = 10,
+        layout: LayoutName | Layout = "classic",
+        lease: Timeout = 60.0,
+        sweep_interval: Timeout = 30.0,
+        shutdown_grace: Timeout = 30.0,
+        retry_initial: Timeout = 1.0,
+        retry_max: Timeout = 60.0,
+        invalid_job_wait: Timeout = 2.0,
+        finish_timeout: Timeout = 30.0,
+        metrics_port: int | None = None,
+        metrics_addr: str = "0.0.0.0",
+        metrics_registry: CollectorRegistry | None = None,
+        reporters: Iterable[Reporter] = (),
+    ) -> None:
+        self.name = validate_service_name(name)
+        if oada is not None and (domain is not None or token is not None):
+            raise ValueError("pass either oada= or domain= and token=, not both")
+        if oada is None and (not domain or not token):
+            raise ValueError("expected domain= and token= (or an open client as oada=)")
+
+        def secs(value: Timeout) -> float:
+            return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+        self.layout = get_layout(layout)
+        self.config = ServiceConfig(
+            concurrency=concurrency,
+            layout=self.layout.name,
+            lease=timedelta(seconds=secs(lease)),
+            sweep_interval=secs(sweep_interval),
+            shutdown_grace=secs(shutdown_grace),
+            retry_initial=secs(retry_initial),
+            retry_max=secs(retry_max),
+            invalid_job_wait=secs(invalid_job_wait),
+            finish_timeout=secs(finish_timeout),
+            metrics_port=metrics_port,
+            metrics_addr=metrics_addr,
+        )
+        self._given_client = oada
+        self._token = token
+        #: The origin of the service's own store, e.g. ``https://oada.example.org``.
+        self.domain = parse_domain(oada.domain if oada is not None else str(domain)).http
+        self._oada: OADAClient | None = oada
+        #: Identifies this service instance in job leases.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ksuid()[-10:]}"
+        self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
+        self.reporters = list(reporters)
+        #: The port ``/metrics`` is served on, once running with ``metrics_port``.
+        self.metrics_bound_port: int | None = None
+        self.limiter = anyio.CapacityLimiter(self.config.concurrency)
+        self._workers: dict[str, Worker] = {}
+        self._queues: dict[str, Queue] = {}
+        self._entries: dict[str, QueueEntry] = {}
+        self._invalid_seen: dict[str, str] = {}
+        self._in_flight: set[tuple[str, str]] = set()
+        self._state = ServiceState.CREATED
+        self._stop_requested = anyio.Event()
+        self._done = anyio.Event()
+        self._grace = self.config.shutdown_grace
+        self._stack: AsyncExitStack | None = None
+        self._started_by_start = False
+        self._work: TaskGroup | None = None
+        self._config_scope: anyio.CancelScope | None = None
+        self._queues_event = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, domain={self.domain!r}, state={self._state.value})"
+
+    # ------------------------------------------------------------ workers
+
+    @overload
+    def on(
+        self, type: str, timeout: Timeout | None = None, *, config: type[BaseModel] | None = None
+    ) -> Callable[[W], W]: ...
+
+    @overload
+    def on(
+        self, type: str, timeout: Timeout | None, work: W, *, config: type[BaseModel] | None = None
+    ) -> W: ...
+
+    def on(
+        self,
+        type: str,
+        timeout: Timeout | None = None,
+        work: W | None = None,
+        *,
+        config: type[BaseModel] | None = None,
+    ) -> W | Callable[[W], W]:
+        """Register *work* for jobs of *type*; usable as a decorator.
+
+        :param timeout: seconds (or a timedelta) the function may run; it is
+            cancelled after that and the job fails with type ``timeout``.
+            ``None`` means no limit.
+        :param config: a pydantic model to validate the job's ``config`` into;
+            by default taken from an annotation ``job: Job[Model]``. A config
+            that does not validate fails the job with the validation errors.
+
+        >>> @service.on("email", timeout=10)  # doctest: +SKIP
+        ... async def send(job: Job, ctx: WorkerContext) -> Json: ...
+        """
+        if not isinstance(type, str) or not type:
+            raise ValueError(f"expected a non-empty job type string, got {type!r}")
+        seconds = _seconds(timeout, "timeout")
+        if config is not None and not (
+            isinstance(config, builtins.type) and issubclass(config, BaseModel)
+        ):
+            raise ValueError(f"expected config to be a pydantic model class, got {config!r}")
+
+        def register(fn: W) -> W:
+            if not callable(fn):
+                raise ValueError(f"expected an async work function, got {fn!r}")
+            model = config or _config_model_of(fn)
+            self._workers[type] = Worker(type, fn, seconds, model)
+            return fn
+
+        return register if work is None else register(work)
+
+    def off(self, type: str) -> None:
+        """Remove the work function for *type*; later jobs of that type fail."""
+        self._workers.pop(type, None)
+
+    def worker_for(self, type: str) -> Worker | None:
+        """The registered :class:`~oada_jobs.runner.Worker` for *type*, if any."""
+        return self._workers.get(type)
+
+    # ------------------------------------------------------------ state shared with queues
+
+    @property
+    def state(self) -> ServiceState:
+        return self._state
+
+    @property
+    def oada(self) -> OADAClient:
+        """The service's own client (while running)."""
+        if self._oada is None:
+            raise RuntimeError("the service is not running")
+        return self._oada
+
+    @property
+    def queues(self) -> Mapping[str, Queue]:
+        """The queues by key (``"_default"`` is the service's own), started or retrying.
+
+        ``queue.watching`` tells whether a queue's list watch is open.
+        """
+        return dict(self._queues)
+
+    async def wait_for_queues(self, predicate: Callable[[Mapping[str, Queue]], bool]) -> None:
+        """Wait until the queues (by key) satisfy *predicate*; bound it with ``anyio.fail_after``.
+
+        A stopped queue leaves the mapping at once; ``queue.watching`` turns
+        true when its list watch opens. Useful for health checks and tests::
+
+            with anyio.fail_after(5):
+                await service.wait_for_queues(lambda qs: "b" in qs and qs["b"].watching)
+        """
+        while True:
+            event = self._queues_event
+            if predicate(self.queues):
+                return
+            await event.wait()
+
+    def _queues_changed(self) -> None:
+        self.metrics.set_queues(len(self._queues))
+        self._queues_event.set()
+        self._queues_event = anyio.Event()
+
+    def same_domain(self, domain: str) -> bool:
+        return parse_domain(domain).http == self.domain
+
+    def in_flight(self, domain: str, job_id: str) -> bool:
+        return (domain, job_id) in self._in_flight
+
+    def claim_in_flight(self, domain: str, job_id: str) -> bool:
+        """Mark a job as in flight here; ``False`` if it already is."""
+        if (domain, job_id) in self._in_flight:
+            return False
+        self._in_flight.add((domain, job_id))
+        return True
+
+    def release_in_flight(self, domain: str, job_id: str) -> None:
+        self._in_flight.discard((domain, job_id))
+
+    async def report(
+        self,
+        *,
+        job: Job[Any],
+        queue: Queue,
+        status: str,
+        result: Json,
+        path: str,
+        duration: float | None,
+    ) -> None:
+        """Tell every reporter about a finished job; reporter errors are logged only."""
+        if not self.reporters:
+            return
+        report = FinishReport(
+            service=self.name,
+            domain=queue.domain,
+            queue=queue.key,
+            job=job,
+            status=status,
+            result=result,
+            path=path,
+            duration=duration,
+        )
+        for reporter in self.reporters:
+            try:
+                await reporter.report(report)
+            except Exception as error:
+                logger.error("reporter %r failed for job %s: %s", reporter, job.key, error)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Service:
+        if self._state is not ServiceState.CREATED:
+            raise RuntimeError(f"a service can be started once; this one is {self._state.value}")
+        self._state = ServiceState.STARTING
+        stack = AsyncExitStack()
+        try:
+            group = await stack.enter_async_context(anyio.create_task_group())
+            await group.start(self._main)
+        except BaseException:
+            self._stop_requested.set()
+            self._state = ServiceState.STOPPED
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_requested.set()
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._state = ServiceState.STOPPED
+
+    async def start(self) -> None:
+        """Start the service; returns once its queues are watched.
+
+        The background work runs in a task group entered here and left by
+        :meth:`stop`, so call both from the same task. To start a service from
+        one task and stop it from another, use ``async with service:`` or
+        :meth:`run`.
+        """
+        await self.__aenter__()
+        self._started_by_start = True
+
+    async def stop(self, grace: Timeout | None = None) -> None:
+        """Stop: no new jobs; running jobs get *grace* seconds to finish, then
+        are cancelled and given back (they stay pending and run again later).
+
+        *grace* defaults to the ``shutdown_grace`` option.
+        """
+        if grace is not None:
+            seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
+            self._grace = max(0.0, seconds)
+        if self._state in (ServiceState.CREATED, ServiceState.STOPPED):
+            self._state = ServiceState.STOPPED
+            return
+        self._stop_requested.set()
+        if self._started_by_start:
+            await self.__aexit__(None, None, None)
+        else:
+            await self._done.wait()
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run until :meth:`stop` is called or (with *handle_signals*) SIGTERM/SIGINT arrives.
+
+        ``await task_group.start(service.run)`` returns once the queues are
+        watched (and the signal handlers installed).
+        """
+        async with self, anyio.create_task_group() as group:
+            if handle_signals:
+                await group.start(self._handle_signals)
+            task_status.started()
+            await self._stop_requested.wait()
+            group.cancel_scope.cancel()
+
+    async def _handle_signals(self, *, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                logger.info("service %s: got %s; stopping", self.name, signal.Signals(signum).name)
+                self._stop_requested.set()
+                return
+
+    async def _main(self, *, task_status: TaskStatus[None]) -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                if self._given_client is None:
+                    from .client import OADAClient
+
+                    assert self._token is not None
+                    self._oada = await stack.enter_async_context(
+                        OADAClient(self.domain, self._token, concurrency=self.config.concurrency)
+                    )
+                if self.config.metrics_port is not None:
+                    self.metrics_bound_port = self.metrics.serve(
+                        self.config.metrics_port, self.config.metrics_addr
+                    )
+                    stack.callback(self.metrics.close)
+                with anyio.CancelScope() as work_scope:
+                    async with anyio.create_task_group() as work:
+                        self._work = work
+                        await work.start(self._follow_config)
+                        self._state = ServiceState.RUNNING
+                        logger.info("service %s: running (worker %s)", self.name, self.worker_id)
+                        task_status.started()
+                        await self._stop_requested.wait()
+                        self._state = ServiceState.STOPPING
+                        logger.info("service %s: stopping", self.name)
+                        if self._config_scope is not None:
+                            self._config_scope.cancel()
+                        for queue in self._queues.values():
+                            queue.stop()
+                        # Queues end once their running jobs end; past the
+                        # grace period those are cancelled (and given back).
+                        work_scope.deadline = anyio.current_time() + self._grace
+                self._work = None
+        finally:
+            if self._given_client is None:
+                self._oada = None
+            self._done.set()
+
+    # ------------------------------------------------------------ queues
+
+    async def _start_queue(self, queue: Queue) -> None:
+        assert self._work is not None
+        # Listed before it starts, so a stop() meanwhile reaches it too.
+        self._queues[queue.key] = queue
+        await self._work.start(queue.run)
+        self._queues_changed()
+
+    async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
+        ready = _Once(task_status)
+        with anyio.CancelScope() as scope:
+            self._config_scope = scope
+            await self._start_queue(Queue(self, DEFAULT_QUEUE, domain=self.domain, token=None))
+            delay = self.config.retry_initial
+            while True:
+                try:
+                    await self._watch_queues(ready)
+                except OADAError as error:
+                    if not ready.done:
+                        # start() fails clearly when the service's own config
+                        # cannot be read (e.g. the token is refused).
+                        raise
+                    logger.error(
+                        "service %s: watching the queues list failed: %s; retrying in %.1f s",
+                        self.name,
+                        error,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, self.config.retry_max)
+
+    async def _watch_queues(self, ready: _Once) -> None:
+        oada = self.oada
+        path = self.layout.queues_path(self.name)
+        await oada.ensure(path, {}, tree=self.layout.tree)
+        response = await oada.get(path)
+        last_rev = response.rev or 0
+        async with oada.watch(path, rev=response.rev) as changes:
+            await self._reconcile(response.data)
+            ready()
+            async for change in changes:
+                if change.rev and change.rev <= last_rev:
+                    continue
+                # Entries may change partly (one key) or be links: re-read
+                # the whole list and compare with what runs.
+                response = await oada.get(path)
+                last_rev = max(response.rev or 0, change.rev or 0)
+                await self._reconcile(response.data)
+
+    async def _entry(self, key: str, value: object) -> QueueEntry | None:
+        if isinstance(value, Mapping) and "_id" in value and "domain" not in value:
+            # A linked entry: its content lives in its own resource.
+            try:
+                value = (await self.oada.get(f"/{value['_id']}")).data
+            except OADAError as error:
+                logger.error(
+                    "service %s: queue entry %r could not be read: %s", self.name, key, error
+                )
+                return None
+        try:
+            entry = parse_queue_entry(key, value)
+        except InvalidQueueEntry as error:
+            message = str(error)
+            if self._invalid_seen.get(key) != message:
+                self._invalid_seen[key] = message
+                logger.error("service %s: %s", self.name, message)
+            return None
+        self._invalid_seen.pop(key, None)
+        return entry
+
+    async def _reconcile(self, listing: object) -> None:
+        if not isinstance(listing, Mapping):
+            logger.error(
+                "service %s: expected the queues list to be an object, got %s",
+                self.name,
+                _describe(listing),
+            )
+            return
+        wanted: dict[str, QueueEntry] = {}
+        for key, value in listing.items():
+            if key.startswith("_"):
+                continue
+            entry = await self._entry(key, value)
+            if entry is not None:
+                wanted[key] = entry
+        for key in list(self._entries):
+            if wanted.get(key) != self._entries[key]:
+                logger.info("service %s: stopping queue %r", self.name, key)
+                self._queues.pop(key).stop()
+                del self._entries[key]
+                self._queues_changed()
+        for key, entry in wanted.items():
+            if key not in self._entries:
+                logger.info("service %s: starting queue %r on %s", self.name, key, entry.domain)
+                self._entries[key] = entry
+                await self._start_queue(Queue(self, key, domain=entry.domain, token=entry.token))

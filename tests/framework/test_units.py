@@ -1,0 +1,98 @@
+"""Validation that needs no server: service options, queue entries, reporters."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+
+from oada_jobs import InvalidQueueEntry, Job, Service, SlackReporter
+from oada_jobs.reporters import FinishReport
+from oada_jobs.service import parse_queue_entry
+
+
+def test_service_options_and_registration_are_validated() -> None:
+    domain = "http://127.0.0.1:9"
+    with pytest.raises(ValueError, match="expected domain= and token="):
+        Service("svc", domain=domain)
+    with pytest.raises(ValueError, match="expected a service name"):
+        Service("a/b", domain=domain, token="god")
+    with pytest.raises(ValueError, match="expected layout"):
+        Service("svc", domain=domain, token="god", layout="weird")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="domain"):
+        Service("svc", domain="ftp://x", token="god")
+    service = Service("svc", domain=domain, token="god")
+    with pytest.raises(ValueError, match="expected timeout > 0 seconds, got -1"):
+        service.on("t", -1)
+    with pytest.raises(ValueError, match="expected a non-empty job type"):
+        service.on("", 1)
+    assert "god" not in repr(service)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("tok-secret", "expected an object with 'domain' and 'token', got a string"),
+        ([1], "got a list"),
+        ({"token": "tok-secret"}, "'domain' is missing"),
+        ({"domain": 5, "token": "tok-secret"}, "'domain' must be a string, got a int"),
+        ({"domain": "ftp://h", "token": "tok-secret"}, "'domain' is malformed"),
+        ({"domain": "bad host", "token": "tok-secret"}, "without spaces"),
+        ({"domain": "http://h/x", "token": "tok-secret"}, "got a path"),
+        ({"domain": "http://h"}, "'token' is missing"),
+        ({"domain": "http://h", "token": " "}, "'token' must be a non-empty string"),
+    ],
+)
+def test_bad_queue_entries_are_refused_without_naming_the_token(
+    value: object, expected: str
+) -> None:
+    with pytest.raises(InvalidQueueEntry, match="queue entry 'k' is ignored") as info:
+        parse_queue_entry("k", value)
+    assert expected in str(info.value)
+    assert "tok-secret" not in str(info.value)
+    assert info.value.key == "k"
+
+
+def test_good_queue_entries_are_normalised() -> None:
+    entry = parse_queue_entry("k", {"domain": "localhost:8080", "token": "t", "extra": 1})
+    assert entry.domain == "http://localhost:8080"
+    assert entry.token == "t"
+    assert "'t'" not in repr(entry)
+
+
+async def test_slack_reporter_message_and_failures_are_contained() -> None:
+    router = respx.MockRouter()
+    route = router.post("https://hooks.example.org/x").respond(500)
+    reporter = SlackReporter(
+        "https://hooks.example.org/x", transport=httpx.MockTransport(router.async_handler)
+    )
+    job = Job.from_resource(
+        {"service": "svc", "type": "email", "config": {"to": "a"}}, oada_id="resources/J", key="J"
+    )
+    report = FinishReport(
+        service="svc",
+        domain="https://oada.example.org",
+        queue="_default",
+        job=job,
+        status="failure",
+        result={"message": "boom"},
+        path="/bookmarks/services/svc/jobs-failure/day-index/2026-01-01",
+    )
+    await reporter.report(report)
+    assert route.called
+    body = json.loads(route.calls[0].request.content)
+    assert (
+        body["text"]
+        == "Service *svc* on *https://oada.example.org*: job *J* (type `email`) finished with *failure*"
+    )
+    assert "boom" in json.dumps(body["attachments"])
+    success = (
+        FinishReport(**{**report.__dict__, "status": "success"})
+        if hasattr(report, "__dict__")
+        else None
+    )
+    assert success is None or success.status == "success"
+    with pytest.raises(ValueError, match="http"):
+        SlackReporter("not a url")
