@@ -220,57 +220,127 @@ class Service:
         reporters: Iterable[Reporter] = (),
     ) -> None:
         self.name = validate_service_name(name)
-        if oada is not None and (domain is not None or token is not None):
-            raise ValueError("pass either oada= or domain= and token=, not both")
-        if oada is None and (not domain or not token):
-            raise ValueError("expected domain= and token= (or an open client as oada=)")
-
-        def secs(value: Timeout) -> float:
-            return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-        self.layout = get_layout(layout)
-        self.config = ServiceConfig(
+        self._state = ServiceState.CREATED
+        self._domain: str | None = None
+        self._token: str | None = None
+        self._given_client: OADAClient | None = None
+        self._oada: OADAClient | None = None
+        self.config = ServiceConfig()
+        self.layout = get_layout(self.config.layout)
+        self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
+        self.reporters: list[Reporter] = []
+        self.configure(
+            domain=domain,
+            token=token,
+            oada=oada,
             concurrency=concurrency,
-            layout=self.layout.name,
-            lease=timedelta(seconds=secs(lease)),
-            sweep_interval=secs(sweep_interval),
-            shutdown_grace=secs(shutdown_grace),
-            retry_initial=secs(retry_initial),
-            retry_max=secs(retry_max),
-            invalid_job_wait=secs(invalid_job_wait),
-            finish_timeout=secs(finish_timeout),
+            layout=layout,
+            lease=lease,
+            sweep_interval=sweep_interval,
+            shutdown_grace=shutdown_grace,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            invalid_job_wait=invalid_job_wait,
+            finish_timeout=finish_timeout,
             metrics_port=metrics_port,
             metrics_addr=metrics_addr,
+            reporters=reporters,
         )
-        self._given_client = oada
-        self._token = token
-        #: The origin of the service's own store, e.g. ``https://oada.example.org``.
-        self.domain = parse_domain(oada.domain if oada is not None else str(domain)).http
-        self._oada: OADAClient | None = oada
         #: Identifies this service instance in job leases.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ksuid()[-10:]}"
-        self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
-        self.reporters = list(reporters)
         #: The port ``/metrics`` is served on, once running with ``metrics_port``.
         self.metrics_bound_port: int | None = None
-        self.limiter = anyio.CapacityLimiter(self.config.concurrency)
         self._workers: dict[str, Worker] = {}
         self._queues: dict[str, Queue] = {}
         self._entries: dict[str, QueueEntry] = {}
         self._invalid_seen: dict[str, str] = {}
         self._in_flight: set[tuple[str, str]] = set()
-        self._state = ServiceState.CREATED
         self._stop_requested = anyio.Event()
         self._done = anyio.Event()
-        self._grace = self.config.shutdown_grace
         self._stack: AsyncExitStack | None = None
         self._started_by_start = False
         self._work: TaskGroup | None = None
         self._config_scope: anyio.CancelScope | None = None
         self._queues_event = anyio.Event()
 
+    def configure(
+        self,
+        *,
+        domain: str | None = None,
+        token: str | None = None,
+        oada: OADAClient | None = None,
+        concurrency: int | None = None,
+        layout: LayoutName | Layout | None = None,
+        lease: Timeout | None = None,
+        sweep_interval: Timeout | None = None,
+        shutdown_grace: Timeout | None = None,
+        retry_initial: Timeout | None = None,
+        retry_max: Timeout | None = None,
+        invalid_job_wait: Timeout | None = None,
+        finish_timeout: Timeout | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        reporters: Iterable[Reporter] | None = None,
+    ) -> None:
+        """Replace the given options (``None`` keeps the current value); only before start.
+
+        Lets a runner such as ``oada-jobs run`` apply command-line options to a
+        service defined in user code as ``Service("email-service")``.
+        """
+        if self._state is not ServiceState.CREATED:
+            raise RuntimeError(
+                f"a service can only be configured before it starts; it is {self._state.value}"
+            )
+        if oada is not None and (domain is not None or token is not None):
+            raise ValueError("pass either oada= or domain= and token=, not both")
+
+        def secs(value: Timeout | None) -> float | None:
+            if value is None:
+                return None
+            return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+        changes: dict[str, Any] = {
+            "concurrency": concurrency,
+            "layout": get_layout(layout).name if layout is not None else None,
+            "lease": timedelta(seconds=s) if (s := secs(lease)) is not None else None,
+            "sweep_interval": secs(sweep_interval),
+            "shutdown_grace": secs(shutdown_grace),
+            "retry_initial": secs(retry_initial),
+            "retry_max": secs(retry_max),
+            "invalid_job_wait": secs(invalid_job_wait),
+            "finish_timeout": secs(finish_timeout),
+            "metrics_port": metrics_port,
+            "metrics_addr": metrics_addr,
+        }
+        merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+        self.config = ServiceConfig.model_validate(merged)
+        self.layout = get_layout(layout) if layout is not None else get_layout(self.config.layout)
+        if oada is not None:
+            self._domain = parse_domain(oada.domain).http
+            self._given_client, self._oada, self._token = oada, oada, None
+        elif domain is not None or token is not None:
+            if domain is not None:
+                self._domain = parse_domain(domain).http
+            if token is not None:
+                self._token = token
+            self._given_client = self._oada = None
+        if metrics_registry is not None:
+            self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
+        if reporters is not None:
+            self.reporters = list(reporters)
+        self.limiter = anyio.CapacityLimiter(self.config.concurrency)
+        self._grace = self.config.shutdown_grace
+
+    @property
+    def domain(self) -> str:
+        """The origin of the service's own store, e.g. ``https://oada.example.org``."""
+        if self._domain is None:
+            raise RuntimeError("the service has no domain yet; pass domain= and token= or oada=")
+        return self._domain
+
     def __repr__(self) -> str:
-        return f"Service({self.name!r}, domain={self.domain!r}, state={self._state.value})"
+        return f"Service({self.name!r}, domain={self._domain!r}, state={self._state.value})"
 
     # ------------------------------------------------------------ workers
 
@@ -420,6 +490,8 @@ class Service:
     async def __aenter__(self) -> Service:
         if self._state is not ServiceState.CREATED:
             raise RuntimeError(f"a service can be started once; this one is {self._state.value}")
+        if self._given_client is None and (self._domain is None or not self._token):
+            raise ValueError("expected domain= and token= (or an open client as oada=)")
         self._state = ServiceState.STARTING
         stack = AsyncExitStack()
         try:

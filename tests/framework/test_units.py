@@ -13,10 +13,13 @@ from oada_jobs.reporters import FinishReport
 from oada_jobs.service import parse_queue_entry
 
 
-def test_service_options_and_registration_are_validated() -> None:
+async def test_service_options_and_registration_are_validated() -> None:
     domain = "http://127.0.0.1:9"
+    incomplete = Service("svc", domain=domain)
     with pytest.raises(ValueError, match="expected domain= and token="):
-        Service("svc", domain=domain)
+        await incomplete.start()
+    with pytest.raises(ValueError, match="either oada= or domain="):
+        Service("svc", domain=domain, oada=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected a service name"):
         Service("a/b", domain=domain, token="god")
     with pytest.raises(ValueError, match="expected layout"):
@@ -96,3 +99,20 @@ async def test_slack_reporter_message_and_failures_are_contained() -> None:
     assert success is None or success.status == "success"
     with pytest.raises(ValueError, match="http"):
         SlackReporter("not a url")
+
+
+def test_configure_replaces_only_the_given_options_before_start() -> None:
+    service = Service("email-service")
+    service.configure(
+        domain="localhost:8080", token="t", concurrency=3, layout="pending", shutdown_grace=2
+    )
+    assert service.domain == "http://localhost:8080"
+    assert service.config.concurrency == 3
+    assert service.layout.name == "pending"
+    assert service.config.shutdown_grace == 2
+    assert service.config.lease.total_seconds() == 60
+    service.configure(lease=5)
+    assert service.config.concurrency == 3
+    assert service.config.lease.total_seconds() == 5
+    with pytest.raises(ValueError, match="concurrency"):
+        service.configure(concurrency=0)
