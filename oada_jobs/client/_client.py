@@ -613,22 +613,30 @@ class OADAClient:
         if if_match is not None:
             request_headers["if-match"] = if_match
         binary = isinstance(data, _BINARY)
-        body: bytes | None = None
-        if method in ("put", "post"):
-            if binary:
-                body = bytes(data)
-            else:
-                try:
-                    body = dumps(data).encode()
-                except (TypeError, ValueError) as error:
-                    raise ValueError(
-                        f"expected JSON-serialisable data for {method.upper()} {path}, "
-                        f"got {type(data).__name__}: {error}"
-                    ) from None
+        has_data = method in ("put", "post")
         use_ws = self._shared.mode == "ws" and not binary
+        body: bytes | None = None
+        encoded: str | None = None
+        try:
+            if use_ws:
+                fields: dict[str, Any] = {
+                    "method": method,
+                    "path": path,
+                    "headers": request_headers,
+                }
+                if has_data:
+                    fields["data"] = data
+                encoded = dumps(fields)
+            elif has_data:
+                body = bytes(data) if binary else dumps(data).encode()
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"expected JSON-serialisable data for {method.upper()} {path}, "
+                f"got {type(data).__name__}: {error}"
+            ) from None
 
         async def attempt() -> Response:
-            return await self._attempt(method, path, request_headers, data, body, use_ws)
+            return await self._attempt(method, path, request_headers, data, body, encoded)
 
         return await self._with_retries(attempt, method)
 
@@ -639,7 +647,7 @@ class OADAClient:
         headers: dict[str, str],
         data: Any,
         body: bytes | None,
-        use_ws: bool,
+        encoded: str | None,
     ) -> Response:
         shared = self._shared
         assert shared.limiter is not None
@@ -648,18 +656,18 @@ class OADAClient:
             # a request that was queued for a slot before the revocation.
             self._check_open(method, path)
             reason: str | None
-            if use_ws:
+            if encoded is not None:
                 assert shared.ws is not None
                 message: dict[str, Any] = {
                     "requestId": new_request_id(),
                     "method": method,
                     "path": path,
-                    "headers": headers,
                 }
-                if body is not None:
-                    message["data"] = data
                 response, reason, _ = await shared.ws.roundtrip(
-                    message, answer_within=shared.options.timeout, token=self._token
+                    message,
+                    answer_within=shared.options.timeout,
+                    token=self._token,
+                    encoded=encoded,
                 )
                 if (
                     response.status == 400

@@ -260,9 +260,18 @@ class WSConnection:
     # -- requests -----------------------------------------------------------
 
     async def roundtrip(
-        self, message: dict[str, Any], *, answer_within: float, token: str
+        self,
+        message: dict[str, Any],
+        *,
+        answer_within: float,
+        token: str,
+        encoded: str | None = None,
     ) -> tuple[Response, str | None, int]:
         """Send *message* and wait for the answer with its ``requestId``.
+
+        *encoded*, when given, is the JSON text of *message* without its
+        ``requestId`` (requests are encoded once, up front, which also
+        validates their data before anything is sent).
 
         Returns the response, its status text and the socket generation it
         travelled on. Raises :class:`ConnectFailed` when it was never sent,
@@ -279,7 +288,11 @@ class WSConnection:
                 if self._socket is sock:
                     self._socket = None
                 raise ConnectFailed("the WebSocket was closing", method=method, path=path)
-            text = dumps(message)
+            if encoded is None:
+                text = dumps(message)
+            else:
+                # Request ids are made of [0-9a-f-]: no escaping needed.
+                text = f'{{"requestId":"{request_id}",{encoded[1:]}'
             with anyio.fail_after(answer_within):
                 await sock.send(text)
                 await pending.event.wait()
