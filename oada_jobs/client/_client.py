@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import random
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -110,16 +111,19 @@ def _check_token(token: Any) -> str:
     return token
 
 
+_BAD_PATH = re.compile(r"[?#\s\x00-\x1f\x7f]")
+
+
 def _check_path(path: Any) -> str:
     if not isinstance(path, str) or not path.strip("/"):
         if path == "/" or path == "":
             raise ValueError("expected an OADA path like '/bookmarks/x', got the server root")
         raise ValueError(f"expected an OADA path like '/bookmarks/x', got {path!r}")
-    if any(ch in path for ch in "?#") or any(ch.isspace() or not ch.isprintable() for ch in path):
+    if _BAD_PATH.search(path):
         raise ValueError(
             f"expected a path without query, fragment, whitespace or control characters, got {path!r}"
         )
-    return path if path.startswith("/") else f"/{path}"
+    return path if path[0] == "/" else f"/{path}"
 
 
 def _retryable(error: BaseException, method: str) -> bool:
