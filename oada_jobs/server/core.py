@@ -40,6 +40,7 @@ from oada_jobs.server.config import ServerConfig, TokenInfo
 from oada_jobs.server.documents import (
     MISSING,
     BadDocument,
+    copy_json,
     dumpb,
     is_json_type,
     is_link_position,
@@ -800,7 +801,7 @@ class OADACore:
             batch.data[resource_id] = data
         # The document gets its own decoded copy so later merges never alter
         # the recorded change body.
-        merge(res.doc, parse_json(dumpb(change)))
+        merge(res.doc, copy_json(change))
         res.doc["_meta"]["_changes"] = {"_id": f"{resource_id}/_meta/_changes", "_rev": rev}
         res.root_json = None
         batch.saved[resource_id] = res

@@ -9,9 +9,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 __all__ = [
     "MISSING",
     "BadDocument",
+    "copy_json",
     "dumpb",
     "is_json_type",
     "is_link_position",
@@ -56,7 +59,20 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 def dumpb(value: Any) -> bytes:
     """Compact JSON bytes of *value*."""
-    return _encode(value).encode()
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        # Integers beyond 64 bits and lone surrogates, which the stdlib
+        # encoder handles (the decoder accepted them).
+        return _encode(value).encode()
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of decoded JSON (faster than :func:`copy.deepcopy`)."""
+    try:
+        return orjson.loads(orjson.dumps(value))
+    except TypeError:
+        return json.loads(_encode(value))
 
 
 def is_json_type(media_type: str) -> bool:

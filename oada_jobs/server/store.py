@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from oada_jobs.server.documents import dumpb
+
 __all__ = ["Batch", "ChangeRecord", "Path", "Resource", "Store"]
 
 #: A key path inside a document, as a tuple of unescaped keys.
@@ -43,15 +45,15 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
     id TEXT PRIMARY KEY,
     rev INTEGER NOT NULL,
-    doc TEXT NOT NULL,
+    doc BLOB NOT NULL,
     data BLOB
 );
 CREATE TABLE IF NOT EXISTS changes (
     resource_id TEXT NOT NULL,
     rev INTEGER NOT NULL,
     type TEXT NOT NULL,
-    body TEXT,
-    children TEXT,
+    body BLOB,
+    children BLOB,
     PRIMARY KEY (resource_id, rev)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS edges (
@@ -68,8 +70,8 @@ CREATE INDEX IF NOT EXISTS edges_child ON edges (child);
 _CHANGE_CACHE_SIZE = 20_000
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def _dumps(value: Any) -> bytes:
+    return dumpb(value)
 
 
 def escape_key(key: str) -> str:
@@ -185,6 +187,9 @@ class Store:
         self.links: dict[str, dict[Path, tuple[str, bool]]] = {}
         #: child → {(parent, path)} for versioned edges only (rev propagation).
         self.versioned_parents: dict[str, set[tuple[str, Path]]] = {}
+        # parent → {prefix → number of links at or below it}, so that writes
+        # to documents with many links need not scan them all.
+        self._under: dict[str, dict[Path, int]] = {}
         self._changes: dict[tuple[str, int], ChangeRecord] = {}
 
     # -- life cycle -------------------------------------------------------
@@ -213,6 +218,7 @@ class Store:
         self._missing.clear()
         self.links.clear()
         self.versioned_parents.clear()
+        self._under.clear()
         self._changes.clear()
 
     @property
@@ -297,6 +303,11 @@ class Store:
         """Remove the links of *parent* at (if *inclusive*) or below *path*."""
         links = self.links.get(parent)
         if not links:
+            return
+        count = self._under[parent].get(path, 0)
+        if not inclusive and path in links:
+            count -= 1
+        if count <= 0:
             return
         n = len(path)
         doomed = [p for p in links if p[:n] == path and (len(p) > n or (inclusive and len(p) == n))]
@@ -388,6 +399,10 @@ class Store:
 
     def _add_edge(self, parent: str, path: Path, child: str, versioned: bool) -> None:
         self.links.setdefault(parent, {})[path] = (child, versioned)
+        under = self._under.setdefault(parent, {})
+        for n in range(len(path) + 1):
+            prefix = path[:n]
+            under[prefix] = under.get(prefix, 0) + 1
         if versioned:
             self.versioned_parents.setdefault(child, set()).add((parent, path))
 
@@ -396,8 +411,17 @@ class Store:
         if not links or path not in links:
             return
         child, versioned = links.pop(path)
+        under = self._under[parent]
+        for n in range(len(path) + 1):
+            prefix = path[:n]
+            left = under[prefix] - 1
+            if left:
+                under[prefix] = left
+            else:
+                del under[prefix]
         if not links:
             del self.links[parent]
+            del self._under[parent]
         if versioned:
             parents = self.versioned_parents.get(child)
             if parents is not None:

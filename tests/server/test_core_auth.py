@@ -174,6 +174,15 @@ async def test_write_if_match_forms() -> None:
         assert (await c.get("/resources/A")).rev == rev
 
 
+async def test_bare_unquoted_rev_in_if_match_matches_any_id() -> None:
+    # @oada/client 1.1.4 echoes x-oada-rev as If-Match: 5 (no quotes, no id).
+    async with open_core() as c:
+        await c.ok("put", "/resources/A", {"x": 1})
+        assert (await c.put("/resources/A", {"x": 2}, headers={"if-match": "1"})).status == 201
+        assert (await c.put("/resources/A", {"x": 3}, headers={"if-match": "1"})).status == 412
+        assert (await c.get("/resources/A", headers={"if-match": "2"})).status == 200
+
+
 async def test_write_if_none_match_and_delete_if_match() -> None:
     async with open_core() as c:
         await c.ok("put", "/resources/A", {"x": 1})
