@@ -160,6 +160,8 @@ class Batch:
     edges_cleared: set[str] = field(default_factory=set)
     #: Binary payloads to store (``None`` keeps whatever is there).
     data: dict[str, bytes] = field(default_factory=dict)
+    #: Set by :meth:`Store.commit` once the transaction is committed.
+    committed: bool = False
 
     def touched(self) -> set[str]:
         """Ids of every resource this batch changes."""
@@ -380,6 +382,7 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        batch.committed = True
         for c in batch.changes:
             self._remember_change(c)
 

@@ -218,3 +218,21 @@ async def test_well_known_documents() -> None:
             assert r.data["token_endpoint_auth_signing_alg_values_supported"]
         assert_error(await c.get("/.well-known/nope"), 404)
         assert_error(await c.put("/.well-known/oada-configuration", {"a": 1}), 405)
+
+
+async def test_failed_ensure_link_leaves_nothing_behind() -> None:
+    async with open_core(max_depth=8) as c:
+        await c.ok("put", "/resources/A", {"x": 1})
+        before = snapshot(c)
+        ensure = {"x-oada-ensure-link": "versioned"}
+        # At a resource root there is no place for the link.
+        assert_error(await c.put("/resources/A", {"y": 1}, headers=ensure), 422)
+        assert_error(
+            await c.put("/resources/A/l", {"y": 1}, headers={**ensure, "if-match": '"A/9"'}), 412
+        )
+        # The link write fails after the new resource was prepared: both are dropped.
+        deep = "/resources/A/" + "/".join("k" * 8)
+        assert_error(await c.put(deep, {"y": 1}, headers=ensure), 400, "nested")
+        assert snapshot(c) == before
+        assert len(c.core.store.links) == 0
+        assert (await c.get("/resources/A")).data["x"] == 1

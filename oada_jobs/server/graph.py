@@ -1,0 +1,523 @@
+"""The resource graph: path resolution, merges, links, rev propagation, change arrays.
+
+:class:`ResourceGraph` holds the OADA data semantics on top of the
+:class:`~oada_jobs.server.store.Store`; :class:`~oada_jobs.server.core.OADACore`
+adds routing, tokens, permissions, preconditions and response headers.
+
+A write is prepared on a :class:`~oada_jobs.server.store.Batch`: the cached
+documents are changed in place, each change gets a :class:`ChangeRecord`, and
+:meth:`ResourceGraph.save` commits the batch in one SQLite transaction and
+then calls the listeners of every changed resource.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from oada_jobs.server.documents import (
+    copy_json,
+    is_link_position,
+    lookup,
+    merge,
+    nest,
+)
+from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store, pointer
+
+__all__ = ["ChangeListener", "Reject", "Resolved", "ResourceGraph"]
+
+logger = logging.getLogger(__name__)
+
+#: ``(resource_id, rev, change_array)``; called synchronously after commit.
+#: Listeners must not mutate the array (it is shared) and must not block.
+ChangeListener = Callable[[str, int, list[dict[str, Any]]], None]
+
+#: The user recorded as ``modifiedBy`` on rev-graph bumps (as the reference server).
+SYSTEM_USER = "system/rev_graph_update"
+
+
+class Reject(Exception):
+    """A request the server refuses; :meth:`OADACore.handle` turns it into a JSON error.
+
+    Internal to :mod:`oada_jobs.server`: it never leaves ``handle``.
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+@dataclass(slots=True)
+class Resolved:
+    """Where a request path lands (protocol §1.3)."""
+
+    #: The last resource reached (it may not exist).
+    resource_id: str
+    resource: Resource | None
+    #: Keys left inside that resource.
+    leftover: list[str]
+    #: ``(parent_id, path)`` of the last link followed, if any.
+    link: tuple[str, Path] | None = None
+    #: The path ended exactly on that link.
+    ends_on_link: bool = False
+
+    def location(self) -> dict[str, str]:
+        """``content-location`` and (when not empty) ``x-oada-path-leftover``."""
+        leftover = pointer(self.leftover)
+        headers = {"content-location": f"/{self.resource_id}{leftover}"}
+        if leftover:
+            headers["x-oada-path-leftover"] = leftover
+        return headers
+
+
+class ResourceGraph:
+    """OADA semantics over a :class:`Store`.
+
+    ``max_depth`` bounds the nesting of written documents (counting the path
+    inside the resource).
+    """
+
+    def __init__(self, store: Store, *, max_depth: int) -> None:
+        self.store = store
+        self.max_depth = max_depth
+        self._listeners: dict[str, list[ChangeListener]] = {}
+
+    # -- listeners and the change feed ------------------------------------------
+
+    def subscribe(self, resource_id: str, listener: ChangeListener) -> Callable[[], None]:
+        """Call *listener* after every committed change of *resource_id*."""
+        self._listeners.setdefault(resource_id, []).append(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(resource_id)
+            if listeners and listener in listeners:
+                listeners.remove(listener)
+                if not listeners:
+                    del self._listeners[resource_id]
+
+        return unsubscribe
+
+    def clear_listeners(self) -> None:
+        self._listeners.clear()
+
+    def changes_since(self, resource_id: str, rev: int) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Every ``(rev, change_array)`` of *resource_id* after *rev*, oldest first."""
+        return [
+            (r, self.change_array(resource_id, r)) for r in self.store.change_revs(resource_id, rev)
+        ]
+
+    def change_array(self, resource_id: str, rev: int) -> list[dict[str, Any]]:
+        """The nested change array of *resource_id* at *rev*; ``[]`` if unknown.
+
+        Rev 0 is a synthetic whole-resource delete, as on the reference server.
+        """
+        if rev == 0:
+            return [{"resource_id": resource_id, "path": "", "body": None, "type": "delete"}]
+        rec = self.store.change(resource_id, rev)
+        return self.assemble(rec) if rec is not None else []
+
+    def assemble(self, root: ChangeRecord) -> list[dict[str, Any]]:
+        """The nested change array of *root*: its own change, then descendants by depth, rev."""
+        store = self.store
+        out: list[dict[str, Any]] = []
+        level: list[tuple[ChangeRecord, str]] = [(root, "")]
+        depth = 0
+        # Child pointers only go to earlier changes, so this ends; the depth
+        # bound is a guard against a corrupted database.
+        while level and depth < 256:
+            following: list[tuple[ChangeRecord, str]] = []
+            for rec, path in level:
+                out.append(
+                    {
+                        "resource_id": rec.resource_id,
+                        "path": path,
+                        "body": rec.body,
+                        "type": rec.type,
+                    }
+                )
+                for child_path, child_id, child_rev in rec.children:
+                    child = store.change(child_id, child_rev)
+                    if child is not None:
+                        following.append((child, path + child_path))
+            following.sort(key=lambda item: item[0].rev)
+            level = following
+            depth += 1
+        return out
+
+    # -- resolution -------------------------------------------------------------
+
+    def resolve(self, resource_id: str, rest: Sequence[str]) -> Resolved:
+        """Walk *rest* from *resource_id*, following links (protocol §1.3)."""
+        store = self.store
+        res = store.get(resource_id)
+        start = 0
+        link: tuple[str, Path] | None = None
+        i = 0
+        n = len(rest)
+        while res is not None and i < n:
+            links = store.links.get(res.id)
+            node: Any = res.doc
+            jumped = False
+            while i < n:
+                key = rest[i]
+                if isinstance(node, dict) and key in node:
+                    node = node[key]
+                elif (
+                    isinstance(node, list)
+                    and key.isascii()
+                    and key.isdigit()
+                    and int(key) < len(node)
+                ):
+                    node = node[int(key)]
+                else:
+                    break
+                i += 1
+                if links:
+                    path = tuple(rest[start:i])
+                    target = links.get(path)
+                    if target is not None:
+                        link = (res.id, path)
+                        resource_id = target[0]
+                        res = store.get(resource_id)
+                        start = i
+                        jumped = True
+                        break
+            if not jumped:
+                break
+        return Resolved(
+            resource_id,
+            res,
+            list(rest[start:]),
+            link,
+            ends_on_link=link is not None and start == n,
+        )
+
+    # -- writes -----------------------------------------------------------------
+
+    def write(
+        self,
+        batch: Batch,
+        user: str,
+        target: Resolved,
+        media_type: str,
+        value: Any,
+        data: bytes | None,
+        *,
+        ignore_links: bool = False,
+    ) -> ChangeRecord:
+        """Merge a PUT body (*value*, or binary *data*) at *target* (§2.1).
+
+        Raises :class:`Reject` for bodies that cannot be stored; nothing has
+        changed then.
+        """
+        headers = target.location()
+        resource_id = target.resource_id
+        path = tuple(target.leftover)
+        if data is not None and path:
+            raise Reject(
+                400,
+                f"a {media_type} body can only be written at a resource root,"
+                f" e.g. PUT /resources/<id>; got {pointer(path)} inside {resource_id}",
+                headers,
+            )
+        found: list[tuple[Path, dict[str, Any]]] = []
+        if data is None:
+            self._validate_body(resource_id, path, value, found, headers)
+            if not ignore_links:
+                store = self.store
+                for _, link in found:
+                    if "_rev" in link:
+                        linked = store.get(link["_id"])
+                        link["_rev"] = linked.rev if linked is not None else 0
+        fragment = nest(path, value) if data is None else {}
+        rec = self._apply(batch, user, resource_id, target.resource, fragment, media_type, data)
+        if data is None and (found or resource_id in self.store.links):
+            self._update_edges(batch, resource_id, (), fragment, ignore_links)
+        return rec
+
+    def create(self, batch: Batch, user: str, resource_id: str, media_type: str) -> ChangeRecord:
+        """Create an empty resource of *media_type* owned by *user*."""
+        return self._apply(batch, user, resource_id, None, {}, media_type, None)
+
+    def delete_key(self, batch: Batch, user: str, res: Resource, path: Path) -> ChangeRecord | None:
+        """Remove the key at *path* (and its links); ``None`` if nothing is there (§2.3)."""
+        parent = lookup(res.doc, path[:-1])
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            return None
+        del parent[path[-1]]
+        self.store.remove_edges_under(batch, res.id, path, inclusive=True)
+        return self.bump(batch, res, user, nest(path[:-1], {path[-1]: None}), "delete")
+
+    def delete_resource(self, batch: Batch, res: Resource) -> ChangeRecord:
+        """Delete a whole resource; incoming links stay and dangle (§2.3)."""
+        store = self.store
+        store.clear_edges(batch, res.id)
+        batch.deleted.add(res.id)
+        store.delete_cached(res.id)
+        rec = ChangeRecord(res.id, res.rev + 1, "delete", None)
+        batch.changes.append(rec)
+        return rec
+
+    def bump(
+        self, batch: Batch, res: Resource, user: str, fragment: dict[str, Any], kind: str
+    ) -> ChangeRecord:
+        """Record a change whose effect on ``res.doc`` was already applied."""
+        rev = res.rev + 1
+        now = time.time()
+        change = dict(fragment)
+        change["_meta"] = {"modifiedBy": user, "modified": now, "_rev": rev}
+        change["_rev"] = rev
+        doc = res.doc
+        doc["_rev"] = rev
+        meta = doc["_meta"]
+        meta["modifiedBy"] = user
+        meta["modified"] = now
+        meta["_rev"] = rev
+        meta["_changes"] = {"_id": f"{res.id}/_meta/_changes", "_rev": rev}
+        res.root_json = None
+        batch.saved[res.id] = res
+        rec = ChangeRecord(res.id, rev, kind, change)
+        batch.changes.append(rec)
+        return rec
+
+    def propagate(self, batch: Batch, roots: list[ChangeRecord]) -> None:
+        """Bump every parent holding a versioned link to a changed resource (§3).
+
+        Breadth first; each parent write carries its own rev and points at the
+        child changes that caused it. A resource is never bumped again by a
+        change it caused itself (the cause chain), so cycles end. Changes to
+        several children of one parent in the same round make one parent write.
+        """
+        store = self.store
+        level: list[tuple[ChangeRecord, frozenset[str]]] = [
+            (rec, frozenset((rec.resource_id,))) for rec in roots
+        ]
+        while level:
+            groups: dict[str, tuple[list[tuple[Path, ChangeRecord]], set[str]]] = {}
+            for rec, chain in level:
+                parents = store.versioned_parents.get(rec.resource_id)
+                if not parents:
+                    continue
+                for parent_id, path in sorted(parents):
+                    if parent_id in chain:
+                        continue
+                    items, causes = groups.setdefault(parent_id, ([], set()))
+                    items.append((path, rec))
+                    causes.update(chain)
+            level = []
+            for parent_id, (items, causes) in groups.items():
+                parent = store.get(parent_id)
+                if parent is None:
+                    continue
+                fragment: dict[str, Any] = {}
+                children: list[tuple[str, str, int]] = []
+                for path, child in items:
+                    child_rev = 0 if child.body is None else child.rev
+                    link = lookup(parent.doc, path)
+                    if not isinstance(link, dict):
+                        continue
+                    current = link.get("_rev")
+                    if child_rev and isinstance(current, int) and current >= child_rev:
+                        # Linked after this change (deferred propagation):
+                        # the link already names this rev or a newer one.
+                        continue
+                    link["_rev"] = child_rev
+                    merge(fragment, nest(path, {"_rev": child_rev}))
+                    children.append((pointer(path), child.resource_id, child.rev))
+                if not children:
+                    continue
+                rec = self.bump(batch, parent, SYSTEM_USER, fragment, "merge")
+                rec.children = children
+                causes.add(parent_id)
+                level.append((rec, frozenset(causes)))
+
+    def save(self, batch: Batch) -> None:
+        """Commit *batch*, then call the listeners of every changed resource.
+
+        On a database error the touched resources are reloaded from disk and
+        the error propagates: nothing was acknowledged.
+        """
+        try:
+            self.store.commit(batch)
+        except sqlite3.Error:
+            self.store.discard(batch.touched())
+            raise
+        self._notify(batch.changes)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _notify(self, changes: list[ChangeRecord]) -> None:
+        listeners = self._listeners
+        if not listeners:
+            return
+        for rec in changes:
+            subscribed = listeners.get(rec.resource_id)
+            if not subscribed:
+                continue
+            array = self.assemble(rec)
+            for listener in list(subscribed):
+                try:
+                    listener(rec.resource_id, rec.rev, array)
+                except Exception:
+                    logger.exception("change listener for %s failed", rec.resource_id)
+
+    def _validate_body(
+        self,
+        resource_id: str,
+        path: Path,
+        value: Any,
+        found: list[tuple[Path, dict[str, Any]]],
+        headers: dict[str, str],
+    ) -> None:
+        if not path and not isinstance(value, dict):
+            raise Reject(
+                400,
+                f"expected a JSON object at the root of {resource_id},"
+                f" got {type(value).__name__ if value is not None else 'null'}",
+                headers,
+            )
+        budget = self.max_depth - len(path)
+        if budget < 1 or not self._scan(value, path, budget, found):
+            raise Reject(
+                400,
+                f"the body is nested more than {self.max_depth} levels deep"
+                " (counting the path inside the resource)",
+                headers,
+            )
+        root = nest(path, value)
+        if isinstance(root, dict):
+            ident = root.get("_id", resource_id)
+            if ident != resource_id:
+                raise Reject(
+                    422,
+                    f"the body's _id {ident!r} does not match the resource written to,"
+                    f" {resource_id!r}; to repoint a link, DELETE it first",
+                    headers,
+                )
+            meta = root.get("_meta", {})
+            if not isinstance(meta, dict):
+                raise Reject(400, "_meta must be an object", headers)
+            kind = root.get("_type", "")
+            if not isinstance(kind, str):
+                raise Reject(400, "_type must be a string", headers)
+
+    def _scan(
+        self, value: Any, path: Path, budget: int, found: list[tuple[Path, dict[str, Any]]]
+    ) -> bool:
+        """Check nesting depth and collect links; False when too deep."""
+        if budget < 1:
+            return False
+        if isinstance(value, dict):
+            if isinstance(value.get("_id"), str) and is_link_position(path):
+                found.append((path, value))
+                return all(
+                    self._depth_ok(v, budget - 1)
+                    for v in value.values()
+                    if isinstance(v, (dict, list))
+                )
+            for k, v in value.items():
+                if isinstance(v, (dict, list)) and not self._scan(v, (*path, k), budget - 1, found):
+                    return False
+            return True
+        if isinstance(value, list):
+            return all(self._depth_ok(v, budget - 1) for v in value if isinstance(v, (dict, list)))
+        return True
+
+    def _depth_ok(self, value: Any, budget: int) -> bool:
+        if budget < 1:
+            return False
+        children = value.values() if isinstance(value, dict) else value
+        return all(self._depth_ok(v, budget - 1) for v in children if isinstance(v, (dict, list)))
+
+    def _apply(
+        self,
+        batch: Batch,
+        user: str,
+        resource_id: str,
+        res: Resource | None,
+        fragment: dict[str, Any],
+        media_type: str,
+        data: bytes | None,
+    ) -> ChangeRecord:
+        """Merge *fragment* into the resource (creating it), recording the change."""
+        now = time.time()
+        store = self.store
+        change = dict(fragment)
+        user_meta = change.get("_meta")
+        meta = dict(user_meta) if isinstance(user_meta, dict) else {}
+        if res is None:
+            rev = store.max_change_rev(resource_id) + 1
+            kind = change.get("_type") if isinstance(change.get("_type"), str) else media_type
+            meta.update(
+                {
+                    "_id": f"{resource_id}/_meta",
+                    "_type": kind,
+                    "_owner": user,
+                    "stats": {"createdBy": user, "created": now},
+                    "modifiedBy": user,
+                    "modified": now,
+                    "_rev": rev,
+                    "_changes": {"_id": f"{resource_id}/_meta/_changes", "_rev": rev},
+                }
+            )
+            change["_type"] = kind
+            res = Resource(resource_id, {"_id": resource_id})
+            store.put_cached(res)
+        else:
+            rev = res.rev + 1
+            meta.update({"modifiedBy": user, "modified": now, "_rev": rev})
+            kind = change.get("_type")
+            if data is not None:
+                kind = change["_type"] = media_type
+            if isinstance(kind, str):
+                meta["_type"] = kind
+        change["_meta"] = meta
+        change["_rev"] = rev
+        if data is not None:
+            res.data = data
+            batch.data[resource_id] = data
+        # The document gets its own decoded copy so later merges never alter
+        # the recorded change body.
+        merge(res.doc, copy_json(change))
+        res.doc["_meta"]["_changes"] = {"_id": f"{resource_id}/_meta/_changes", "_rev": rev}
+        res.root_json = None
+        batch.saved[resource_id] = res
+        rec = ChangeRecord(resource_id, rev, "merge", change)
+        batch.changes.append(rec)
+        return rec
+
+    def _update_edges(
+        self,
+        batch: Batch,
+        resource_id: str,
+        path: Path,
+        fragment: dict[str, Any],
+        ignore_links: bool,
+    ) -> None:
+        """Bring the link graph in line with a merged *fragment*."""
+        store = self.store
+        has_links = resource_id in store.links
+        for key, value in fragment.items():
+            sub = (*path, key)
+            if isinstance(value, dict):
+                if isinstance(value.get("_id"), str) and is_link_position(sub):
+                    if ignore_links:
+                        store.remove_edges_under(batch, resource_id, sub, inclusive=True)
+                    else:
+                        store.remove_edges_under(batch, resource_id, sub, inclusive=False)
+                        store.set_edge(batch, resource_id, sub, value["_id"], "_rev" in value)
+                    has_links = resource_id in store.links
+                elif has_links and sub in store.links.get(resource_id, {}):
+                    continue  # merging into an existing link object keeps the link
+                else:
+                    self._update_edges(batch, resource_id, sub, value, ignore_links)
+                    has_links = resource_id in store.links
+            elif has_links:
+                store.remove_edges_under(batch, resource_id, sub, inclusive=True)
+                has_links = resource_id in store.links
