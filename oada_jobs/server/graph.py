@@ -271,7 +271,12 @@ class ResourceGraph:
         rev = res.rev + 1
         now = time.time()
         change = dict(fragment)
-        change["_meta"] = {"modifiedBy": user, "modified": now, "_rev": rev}
+        # The fragment may itself reach into _meta (e.g. deleting
+        # _meta/watchPersists/<name>): keep that next to the bookkeeping.
+        user_meta = change.get("_meta")
+        meta_change = dict(user_meta) if isinstance(user_meta, dict) else {}
+        meta_change.update({"modifiedBy": user, "modified": now, "_rev": rev})
+        change["_meta"] = meta_change
         change["_rev"] = rev
         doc = res.doc
         doc["_rev"] = rev

@@ -3,9 +3,9 @@
 The SQLite file is the source of truth. Three tables:
 
 ``resources``
-    One row per live resource: its id, current rev, the whole stored JSON
-    document (``_id``, ``_rev``, ``_type``, full ``_meta``) and, for binary
-    resources, the raw bytes.
+    One row per live resource: its id, a snapshot of the stored JSON document
+    (``_id``, ``_rev``, ``_type``, full ``_meta``) at rev ``rev`` and, for
+    binary resources, the raw bytes.
 ``changes``
     One row per ``(resource_id, rev)``: the change type (``merge`` or
     ``delete``), the change body as applied, and pointers to the child
@@ -18,6 +18,12 @@ The SQLite file is the source of truth. Three tables:
 Every write of one request (including the rev-graph bumps of its parents) is
 one transaction: :meth:`Store.commit` returns only after SQLite committed it
 in WAL mode, so an acknowledged write survives a process crash.
+
+The change records double as the write-ahead log of the documents: a large
+document is not re-serialised on every write. Its snapshot is rewritten only
+once the change bodies written since outweigh it (small documents are always
+rewritten), so the cost of a write stays proportional to the change, and a
+document is loaded as its snapshot plus the changes after it.
 
 Documents, the whole edge graph and recent change records are kept in memory;
 reads never touch SQLite once a document has been loaded. The core mutates the
@@ -34,9 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from oada_jobs.server.documents import dumpb
+from oada_jobs.server.documents import dumpb, merge
 
-__all__ = ["Batch", "ChangeRecord", "Path", "Resource", "Store"]
+__all__ = ["Batch", "ChangeRecord", "Path", "Resource", "Store", "pointer", "replay", "unpointer"]
 
 #: A key path inside a document, as a tuple of unescaped keys.
 Path = tuple[str, ...]
@@ -68,6 +74,8 @@ CREATE INDEX IF NOT EXISTS edges_child ON edges (child);
 
 #: How many change records stay cached (they are small; replay reads the rest).
 _CHANGE_CACHE_SIZE = 20_000
+#: Documents whose snapshot is smaller than this are rewritten on every write.
+_SNAPSHOT_ALWAYS = 16 * 1024
 
 
 def _dumps(value: Any) -> bytes:
@@ -95,6 +103,24 @@ def unpointer(text: str) -> Path:
     )
 
 
+def replay(doc: dict[str, Any], body: dict[str, Any], kind: str) -> None:
+    """Apply a recorded change body to *doc* again (loading a document).
+
+    A ``merge`` body is deep-merged; in a ``delete`` body a ``null`` marks
+    the removed key (a key delete records nothing else as ``null``).
+    """
+    if kind != "delete":
+        merge(doc, body)
+        return
+    for key, value in body.items():
+        if value is None:
+            doc.pop(key, None)
+        elif isinstance(value, dict) and isinstance(doc.get(key), dict):
+            replay(doc[key], value, kind)
+        else:
+            doc[key] = value
+
+
 @dataclass(slots=True)
 class Resource:
     """One cached resource.
@@ -109,6 +135,10 @@ class Resource:
     doc: dict[str, Any]
     data: bytes | None = None
     root_json: bytes | None = None
+    #: Size of the stored snapshot (0: none yet) and of the change bodies
+    #: written after it, which decide when the snapshot is rewritten.
+    snap_bytes: int = 0
+    pending_bytes: int = 0
 
     @property
     def rev(self) -> int:
@@ -212,10 +242,13 @@ class Store:
             self._add_edge(parent, unpointer(path), child, bool(versioned))
 
     def close(self) -> None:
-        """Close the database; the caches are dropped."""
+        """Write pending snapshots and close the database; the caches are dropped."""
         if self._db is not None:
-            self._db.close()
-            self._db = None
+            try:
+                self._flush_snapshots()
+            finally:
+                self._db.close()
+                self._db = None
         self._docs.clear()
         self._missing.clear()
         self.links.clear()
@@ -236,15 +269,31 @@ class Store:
         res = self._docs.get(resource_id)
         if res is not None or resource_id in self._missing:
             return res
-        row = self.db.execute(
-            "SELECT doc, data FROM resources WHERE id = ?", (resource_id,)
+        db = self.db
+        row = db.execute(
+            "SELECT rev, doc, data FROM resources WHERE id = ?", (resource_id,)
         ).fetchone()
         if row is None:
             if len(self._missing) > 100_000:
                 self._missing.clear()
             self._missing.add(resource_id)
             return None
-        res = Resource(resource_id, json.loads(row[0]), row[1])
+        snap_rev, snapshot, data = row
+        doc = json.loads(snapshot)
+        pending = 0
+        # Changes after the snapshot: the document's write-ahead log.
+        for kind, body in db.execute(
+            "SELECT type, body FROM changes WHERE resource_id = ? AND rev > ? ORDER BY rev",
+            (resource_id, snap_rev),
+        ):
+            if body is None:
+                continue
+            pending += len(body)
+            replay(doc, json.loads(body), kind)
+        meta = doc.get("_meta")
+        if isinstance(meta, dict):
+            meta["_changes"] = {"_id": f"{resource_id}/_meta/_changes", "_rev": doc.get("_rev")}
+        res = Resource(resource_id, doc, data, snap_bytes=len(snapshot), pending_bytes=pending)
         self._docs[resource_id] = res
         return res
 
@@ -347,42 +396,57 @@ class Store:
                 )
             for rid in batch.deleted:
                 db.execute("DELETE FROM resources WHERE id = ?", (rid,))
-            for rid, res in batch.saved.items():
-                if rid in batch.deleted:
-                    continue
-                doc = _dumps(res.doc)
-                if rid in batch.data:
-                    db.execute(
-                        "INSERT INTO resources (id, rev, doc, data) VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
-                        " doc = excluded.doc, data = excluded.data",
-                        (rid, res.rev, doc, batch.data[rid]),
-                    )
-                else:
-                    db.execute(
-                        "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
-                        " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, doc = excluded.doc",
-                        (rid, res.rev, doc),
-                    )
+            rows = []
+            written: dict[str, int] = {}
+            for c in batch.changes:
+                body = None if c.body is None else _dumps(c.body)
+                if body is not None:
+                    written[c.resource_id] = written.get(c.resource_id, 0) + len(body)
+                children = _dumps(c.children) if c.children else None
+                rows.append((c.resource_id, c.rev, c.type, body, children))
             db.executemany(
                 "INSERT OR REPLACE INTO changes (resource_id, rev, type, body, children)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.resource_id,
-                        c.rev,
-                        c.type,
-                        None if c.body is None else _dumps(c.body),
-                        _dumps(c.children) if c.children else None,
-                    )
-                    for c in batch.changes
-                ],
+                rows,
             )
+            snapshots: list[tuple[Resource, int]] = []
+            for rid, res in batch.saved.items():
+                if rid in batch.deleted:
+                    continue
+                pending = res.pending_bytes + written.get(rid, 0)
+                if res.snap_bytes < _SNAPSHOT_ALWAYS or pending > res.snap_bytes:
+                    doc = _dumps(res.doc)
+                    snapshots.append((res, len(doc)))
+                    if rid in batch.data:
+                        db.execute(
+                            "INSERT INTO resources (id, rev, doc, data) VALUES (?, ?, ?, ?)"
+                            " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
+                            " doc = excluded.doc, data = excluded.data",
+                            (rid, res.rev, doc, batch.data[rid]),
+                        )
+                    else:
+                        db.execute(
+                            "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
+                            " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
+                            " doc = excluded.doc",
+                            (rid, res.rev, doc),
+                        )
+                else:
+                    snapshots.append((res, -pending))
+                    if rid in batch.data:
+                        db.execute(
+                            "UPDATE resources SET data = ? WHERE id = ?", (batch.data[rid], rid)
+                        )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         batch.committed = True
+        for res, size in snapshots:
+            if size >= 0:
+                res.snap_bytes, res.pending_bytes = size, 0
+            else:
+                res.pending_bytes = -size
         for c in batch.changes:
             self._remember_change(c)
 
@@ -399,6 +463,23 @@ class Store:
                 self._add_edge(parent, unpointer(path), child, bool(versioned))
 
     # -- internals ----------------------------------------------------------
+
+    def _flush_snapshots(self) -> None:
+        """Snapshot every document with changes after its snapshot (faster reopen)."""
+        stale = [res for res in self._docs.values() if res.pending_bytes]
+        if not stale:
+            return
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "UPDATE resources SET rev = ?, doc = ? WHERE id = ?",
+                [(res.rev, _dumps(res.doc), res.id) for res in stale],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _add_edge(self, parent: str, path: Path, child: str, versioned: bool) -> None:
         self.links.setdefault(parent, {})[path] = (child, versioned)

@@ -232,3 +232,15 @@ async def test_tree_put_sequence_from_the_protocol() -> None:
         )
         assert stale.status == 412
         assert "svc2" not in (await c.get("/bookmarks/services")).data
+
+
+async def test_deleting_under_meta_is_in_the_change_body() -> None:
+    async with open_core() as c:
+        await c.ok("put", "/resources/A", {"x": 1})
+        await c.ok("put", "/resources/A/_meta/watchPersists/w", {"_id": "resources/P"})
+        seen = collect(c.core, "resources/A")
+        await c.ok("delete", "/resources/A/_meta/watchPersists/w")
+        body = seen[0][1][0]["body"]
+        assert body["_meta"]["watchPersists"] == {"w": None}
+        assert body["_meta"]["_rev"] == body["_rev"] == 3
+        assert (await c.get("/resources/A/_meta/watchPersists")).data == {}
