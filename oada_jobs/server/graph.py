@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from oada_jobs.server.auth import may_access
 from oada_jobs.server.documents import (
     copy_json,
     is_link_position,
@@ -322,6 +323,7 @@ class ResourceGraph:
                     continue
                 fragment: dict[str, Any] = {}
                 children: list[tuple[str, str, int]] = []
+                changed = False
                 for path, child in items:
                     child_rev = 0 if child.body is None else child.rev
                     link = lookup(parent.doc, path)
@@ -334,13 +336,30 @@ class ResourceGraph:
                         continue
                     link["_rev"] = child_rev
                     merge(fragment, nest(path, {"_rev": child_rev}))
-                    children.append((pointer(path), child.resource_id, child.rev))
-                if not children:
+                    changed = True
+                    if self._may_see(parent, child):
+                        children.append((pointer(path), child.resource_id, child.rev))
+                if not changed:
                     continue
                 rec = self.bump(batch, parent, SYSTEM_USER, fragment, "merge")
                 rec.children = children
                 causes.add(parent_id)
                 level.append((rec, frozenset(causes)))
+
+    def _may_see(self, parent: Resource, child: ChangeRecord) -> bool:
+        """Whether the parent's owner may read the child whose change would nest in it.
+
+        Nested change arrays carry the child's change body; a link to someone
+        else's resource must not reveal it to watchers of the parent (the link
+        ``_rev`` still follows).
+        """
+        if child.body is None:
+            return True
+        owner = parent.meta.get("_owner")
+        target = self.store.get(child.resource_id)
+        if target is None or not isinstance(owner, str):
+            return False
+        return may_access(target.meta, owner, write=False)
 
     def save(self, batch: Batch) -> None:
         """Commit *batch*, then call the listeners of every changed resource.

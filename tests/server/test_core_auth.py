@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from core_helpers import FRANK_BM, SAM_BM, open_core
+from core_helpers import FRANK_BM, SAM_BM, collect, open_core
 
 from oada_jobs.server.auth import scope_allows
 from oada_jobs.server.config import TokenInfo
@@ -195,3 +195,23 @@ async def test_write_if_none_match_and_delete_if_match() -> None:
         assert (await c.delete("/resources/A/x", headers={"if-match": '"A/2"'})).status == 204
         assert (await c.delete("/resources/A", headers={"if-match": '"A/2"'})).status == 412
         assert (await c.get("/resources/A")).status == 200
+
+
+async def test_change_arrays_do_not_leak_other_users_changes_through_links() -> None:
+    async with open_core() as c:
+        frank = c.as_token("abc")
+        await c.ok("put", "/resources/S", {"secret": 1})
+        await frank.ok("put", "/resources/F", {"s": {"_id": "resources/S", "_rev": 0}})
+        seen = collect(c.core, "resources/F")
+        await c.ok("put", "/resources/S", {"secret": 2})
+        rev, changes = seen[0]
+        # Frank's resource follows the link rev, but Sam's change stays hidden.
+        assert [ch["resource_id"] for ch in changes] == ["resources/F"]
+        assert changes[0]["body"]["s"] == {"_rev": 2}
+        assert (await frank.get(f"/resources/F/_meta/_changes/{rev}")).data == changes
+        assert b"secret" not in (await frank.get(f"/resources/F/_meta/_changes/{rev}")).raw.body
+        # With a read grant the child change nests as usual.
+        frank_id = "users/default:users_frank_123"
+        await c.ok("put", "/resources/S/_meta/_permissions", {frank_id: {"read": True}})
+        await c.ok("put", "/resources/S", {"secret": 3})
+        assert [ch["resource_id"] for ch in seen[-1][1]] == ["resources/F", "resources/S"]
