@@ -6,6 +6,7 @@ Pure functions on decoded JSON, shared by the read and write paths.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,15 +43,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+# orjson turns integers beyond 64 bits into floats; such bodies take the
+# exact (slower) stdlib decoder instead.
+_HUGE_INT = re.compile(rb"\d{20}")
+
+
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON request body, raising :class:`BadDocument` with the reason."""
+    """Decode a JSON request body (UTF-8), raising :class:`BadDocument` with the reason."""
     if not body.strip():
         raise BadDocument("expected a JSON body, got an empty body")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        if _HUGE_INT.search(body) is None:
+            return orjson.loads(body)
+        return _stdlib_decode(body.decode("utf-8"))
     except RecursionError:
         raise BadDocument("the JSON body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        if "depth limit" in str(exc):
+            raise BadDocument("the JSON body is nested too deeply") from None
         raise BadDocument(f"malformed JSON body: {exc}") from None
 
 

@@ -74,6 +74,9 @@ CREATE INDEX IF NOT EXISTS edges_child ON edges (child);
 
 #: How many change records stay cached (they are small; replay reads the rest).
 _CHANGE_CACHE_SIZE = 20_000
+_INSERT_CHANGE = (
+    "INSERT OR REPLACE INTO changes (resource_id, rev, type, body, children) VALUES (?, ?, ?, ?, ?)"
+)
 #: Documents whose snapshot is smaller than this are rewritten on every write.
 _SNAPSHOT_ALWAYS = 16 * 1024
 
@@ -404,11 +407,10 @@ class Store:
                     written[c.resource_id] = written.get(c.resource_id, 0) + len(body)
                 children = _dumps(c.children) if c.children else None
                 rows.append((c.resource_id, c.rev, c.type, body, children))
-            db.executemany(
-                "INSERT OR REPLACE INTO changes (resource_id, rev, type, body, children)"
-                " VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            if len(rows) == 1:  # the common case; execute() is cheaper
+                db.execute(_INSERT_CHANGE, rows[0])
+            else:
+                db.executemany(_INSERT_CHANGE, rows)
             snapshots: list[tuple[Resource, int]] = []
             for rid, res in batch.saved.items():
                 if rid in batch.deleted:

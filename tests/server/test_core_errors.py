@@ -42,7 +42,7 @@ BAD_WRITES: list[tuple[str, dict[str, Any], int, str]] = [
     ("trailing garbage", {"raw": b'{"a":1} x'}, 400, "malformed JSON"),
     ("empty JSON body", {"raw": b""}, 400, "empty body"),
     ("whitespace JSON body", {"raw": b"  \n"}, 400, "empty body"),
-    ("NaN", {"raw": b'{"a": NaN}'}, 400, "NaN"),
+    ("NaN", {"raw": b'{"a": NaN}'}, 400, "malformed JSON"),
     ("invalid UTF-8", {"raw": b'{"a": "\xff"}'}, 400, "malformed JSON"),
     ("array at root", {"raw": b"[1,2]"}, 400, "expected a JSON object"),
     ("scalar at root", {"raw": b"5"}, 400, "expected a JSON object"),
