@@ -221,3 +221,14 @@ async def test_core_refuses_reuse_and_answers_503_when_closed() -> None:
     with pytest.raises(RuntimeError):
         async with core:
             pass
+
+
+async def test_huge_integers_and_unicode_round_trip_exactly() -> None:
+    async with open_core() as c:
+        raw = b'{"big": 123456789012345678901234567890, "u64": 18446744073709551615, "t": "\xc3\xa9\xe2\x82\xac"}'
+        assert (await c.put("/resources/N", raw=raw)).status == 201
+        got = await c.get("/resources/N")
+        assert got.data["big"] == 123456789012345678901234567890
+        assert got.data["u64"] == 18446744073709551615
+        assert got.data["t"] == "\u00e9\u20ac"
+        assert (await c.get("/resources/N/big")).raw.body == b"123456789012345678901234567890"
