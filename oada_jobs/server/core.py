@@ -203,6 +203,9 @@ class OADACore:
         self._graph = ResourceGraph(self._store, max_depth=config.max_depth)
         self._task_group: TaskGroup | None = None
         self._deferred = config.quirks == "reference"
+        self._roots = frozenset(
+            rid for info in config.tokens.values() for rid in (info.bookmarks, info.shares_id)
+        )
 
     @property
     def state(self) -> CoreState:
@@ -606,6 +609,9 @@ class OADACore:
         self._authorize(token, res, write=True)
         self._check_preconditions(req, res.id, res.rev, headers)
         if not r.leftover:
+            if res.id in self._roots:
+                # A user's bookmarks or shares would come back empty on next use.
+                raise Reject(403, "a user's bookmarks and shares cannot be deleted", headers)
             with self._batch() as batch:
                 self._graph.delete_resource(batch, res)
                 self._commit(batch)

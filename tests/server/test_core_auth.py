@@ -96,6 +96,9 @@ async def test_shares_are_read_only_and_bookmarks_cannot_be_deleted() -> None:
         assert (await c.post("/shares", {"a": 1})).status == 403
         assert (await c.delete("/shares/x")).status == 403
         assert (await c.delete("/bookmarks")).status == 403
+        assert (await c.delete(f"/{SAM_BM}")).status == 403
+        assert (await c.delete("/resources/default:resources_shares_321")).status == 403
+        assert (await c.delete("/shares")).status == 403
         assert (await c.get("/bookmarks")).status == 200
 
 
