@@ -18,11 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._ksuid import ksuid
-from .exceptions import InvalidJob, JobError
+from .exceptions import InvalidJob, JobError, OADAJobsError, PreconditionFailed
+from .tree import JOBS_TYPE
 from .types import Json, JsonObject
+
+if TYPE_CHECKING:
+    from .client import OADAClient
 
 __all__ = [
     "ConfigT",
@@ -31,6 +35,7 @@ __all__ = [
     "Lease",
     "error_result",
     "new_update",
+    "request_cancel",
     "utc_now",
 ]
 
@@ -50,6 +55,9 @@ class JobStatus(StrEnum):
     SUCCESS = "success"
     #: Finished; ``result`` is the serialised error.
     FAILURE = "failure"
+    #: A requester asked to cancel the job; the runner files it as a failure
+    #: of type ``cancelled`` (at once if pending, within about a second if running).
+    CANCEL_REQUESTED = "cancel-requested"
 
 
 #: Statuses after which a job only needs to be filed, never run.
@@ -182,7 +190,7 @@ class Job(Generic[ConfigT]):
         """Whether *worker* may claim the job: not finished, and no live lease of another."""
         if self.finished:
             return False
-        if self.status != JobStatus.RUNNING.value or self.lease is None:
+        if self.lease is None:
             return True
         return self.lease.worker == worker or self.lease.expired(now)
 
@@ -261,3 +269,27 @@ def error_result(error: BaseException, *, fail_type: str | None = None) -> JsonO
     if fail_type is not None:
         result["failType"] = fail_type
     return result
+
+
+async def request_cancel(oada: OADAClient, job_id: str, reason: str = "cancelled") -> bool:
+    """Ask the service running *job_id* to cancel it.
+
+    Writes ``status: cancel-requested`` and an update entry, conditionally on
+    the ETag just read so a job that finishes meanwhile is never marked.
+    Returns ``False`` when the job had already finished (nothing written).
+    The runner then files the job as a failure of type ``cancelled`` — at
+    once if it had not started, within about a second if it was running.
+    """
+    for _attempt in range(5):
+        response = await oada.get(f"/{job_id}")
+        job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+        if job.finished:
+            return False
+        key, update = new_update(JobStatus.CANCEL_REQUESTED.value, reason)
+        body = {"status": JobStatus.CANCEL_REQUESTED.value, "updates": {key: update}}
+        try:
+            await oada.put(f"/{job_id}", body, content_type=JOBS_TYPE, if_match=job.etag)
+        except PreconditionFailed:
+            continue  # claimed, logged or finished meanwhile: look again
+        return True
+    raise OADAJobsError(f"could not cancel {job_id}: it kept changing (5 tries)")

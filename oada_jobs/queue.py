@@ -209,18 +209,17 @@ class Queue:
         bound = max(1, self.service.config.concurrency)
         send, receive = anyio.create_memory_object_stream[tuple[str, str]](bound)
         self._queued.clear()
-        async with oada.watch(self.pending_path, rev=response.rev) as changes:
+        async with send, receive, oada.watch(self.pending_path, rev=response.rev) as changes:
             self.log.info("queue %r: watching %s on %s", self.key, self.pending_path, self.domain)
             self._set_watching(True)
             ready()
             async with anyio.create_task_group() as intake:
                 intake.start_soon(self._dispatch, receive, runners)
-                intake.start_soon(self._sweep, send.clone())
-                async with send:
-                    await self._offer(response.data, send)
-                    async for change in changes:
-                        if change.type == "merge" and change.path in ("", "/") and change.body:
-                            await self._offer(change.body, send)
+                intake.start_soon(self._sweep, send)
+                await self._offer(response.data, send)
+                async for change in changes:
+                    if change.type == "merge" and change.path in ("", "/") and change.body:
+                        await self._offer(change.body, send)
                 intake.cancel_scope.cancel()
 
     def _set_watching(self, value: bool) -> None:
@@ -257,29 +256,27 @@ class Queue:
 
     async def _sweep(self, send: MemoryObjectSendStream[tuple[str, str]]) -> None:
         """Re-read the list now and then: jobs given back or left by a dead worker."""
-        async with send:
-            while True:
-                await anyio.sleep(self.service.config.sweep_interval)
-                try:
-                    response = await self.oada.get(self.pending_path)
-                except OADAError as error:
-                    self.log.warning("queue %r: sweep failed: %s", self.key, error)
-                    continue
-                await self._offer(response.data, send)
+        while True:
+            await anyio.sleep(self.service.config.sweep_interval)
+            try:
+                response = await self.oada.get(self.pending_path)
+            except OADAError as error:
+                self.log.warning("queue %r: sweep failed: %s", self.key, error)
+                continue
+            await self._offer(response.data, send)
 
     async def _dispatch(
         self, receive: MemoryObjectReceiveStream[tuple[str, str]], runners: TaskGroup
     ) -> None:
         limiter = self.service.limiter
-        async with receive:
-            async for key, job_id in receive:
-                self._queued.discard(job_id)
-                borrower = object()
-                await limiter.acquire_on_behalf_of(borrower)
-                if not self.service.claim_in_flight(self.domain, job_id):
-                    limiter.release_on_behalf_of(borrower)
-                    continue
-                runners.start_soon(self._run_job, key, job_id, borrower)
+        async for key, job_id in receive:
+            self._queued.discard(job_id)
+            borrower = object()
+            await limiter.acquire_on_behalf_of(borrower)
+            if not self.service.claim_in_flight(self.domain, job_id):
+                limiter.release_on_behalf_of(borrower)
+                continue
+            runners.start_soon(self._run_job, key, job_id, borrower)
 
     async def _run_job(self, key: str, job_id: str, borrower: object) -> None:
         try:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from .exceptions import (
     ClientClosed,
     InvalidJob,
+    JobCancelled,
     JobError,
     NotFound,
     OADAError,
@@ -60,6 +61,9 @@ TIMEOUT_FAIL_TYPE = "timeout"
 INVALID_CONFIG_FAIL_TYPE = "invalid-config"
 #: Fail type of resources in a job list that are not jobs.
 INVALID_JOB_FAIL_TYPE = "invalid-job"
+#: Seconds a job runs before the runner starts watching it for cancellation
+#: (short jobs then cost no watch).
+CANCEL_WATCH_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,13 +298,19 @@ class Runner:
         if not job.claimable_by(worker_id):
             self.log.debug("job is held by worker %s; skipping", job.lease and job.lease.worker)
             return None
+        if job.status == JobStatus.CANCEL_REQUESTED.value:
+            # Cancelled before it ran: file it, conditionally so that of
+            # several replicas only one does.
+            outcome = self._cancelled("the job was cancelled before it ran")
+            await self._shielded(self._write_and_file(outcome, job, etag=job.etag))
+            return outcome
         claimed = await self._claim(job)
         if claimed is None:
             return None
-        lease, etag = claimed
-        return await self._execute(job, lease, etag)
+        _lease, claim_rev = claimed
+        return await self._execute(job, claim_rev)
 
-    async def _claim(self, job: Job[JsonObject]) -> tuple[Lease, str | None] | None:
+    async def _claim(self, job: Job[JsonObject]) -> tuple[Lease, int | None] | None:
         """Conditionally mark the job running for this worker; ``None`` if another won."""
         for _attempt in range(3):
             lease = Lease.new(self.service.worker_id, self.service.config.lease)
@@ -323,13 +333,11 @@ class Runner:
                     return None
                 job = fresh
                 continue
-            return lease, response.etag
+            return lease, response.rev
         self.log.warning("could not claim the job after 3 tries (it keeps changing); skipping")
         return None
 
-    async def _execute(
-        self, job: Job[JsonObject], lease: Lease, etag: str | None
-    ) -> JobOutcome | None:
+    async def _execute(self, job: Job[JsonObject], claim_rev: int | None) -> JobOutcome | None:
         service = self.service
         worker = service.worker_for(job.type)
         metrics = service.metrics
@@ -344,7 +352,7 @@ class Runner:
         )
         outcome: JobOutcome | None = None
         try:
-            outcome = await self._call(worker, job, ctx, scoped)
+            outcome = await self._call(worker, job, ctx, scoped, claim_rev)
         except anyio.get_cancelled_exc_class():
             # Shutdown past its grace period: give the job back so it runs
             # again, here or on another replica.
@@ -360,7 +368,12 @@ class Runner:
         return outcome
 
     async def _call(
-        self, worker: Worker | None, job: Job[JsonObject], ctx: WorkerContext, scoped: OADAClient
+        self,
+        worker: Worker | None,
+        job: Job[JsonObject],
+        ctx: WorkerContext,
+        scoped: OADAClient,
+        claim_rev: int | None,
     ) -> JobOutcome:
         if worker is None:
             error = JobError(f"no work function is registered for job type {job.type!r}")
@@ -383,7 +396,7 @@ class Runner:
                     JobStatus.FAILURE.value, result, INVALID_CONFIG_FAIL_TYPE, message
                 )
 
-        timed_out = False
+        timed_out = cancelled = False
         outcome: JobOutcome | None = None
         with anyio.CancelScope() as work_scope:
             async with anyio.create_task_group() as helpers:
@@ -397,16 +410,36 @@ class Runner:
                     scoped.revoke()
                     work_scope.cancel()
 
+                async def cancel_watch() -> None:
+                    nonlocal cancelled
+                    await anyio.sleep(CANCEL_WATCH_AFTER)
+                    try:
+                        # From the claim's rev: a request made meanwhile is replayed.
+                        async with self.oada.watch(self.path, rev=claim_rev) as changes:
+                            async for change in changes:
+                                body = change.body or {}
+                                if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
+                                    cancelled = True
+                                    scoped.revoke()
+                                    work_scope.cancel()
+                                    return
+                    except OADAError as error:
+                        # Cancellation requests go unseen; the job itself goes on.
+                        self.log.warning("could not watch the job for cancellation: %s", error)
+
                 if worker.timeout is not None:
                     helpers.start_soon(watchdog, worker.timeout)
+                helpers.start_soon(cancel_watch)
                 helpers.start_soon(self._renew_lease)
                 try:
                     value = await worker.work(work_job, ctx)
                     outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
                 except Exception as error:
-                    if not timed_out:
+                    if not (timed_out or cancelled):
                         outcome = self._failure(error)
                 helpers.cancel_scope.cancel()
+        if cancelled:
+            return self._cancelled("the job was cancelled while it ran")
         if timed_out:
             message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
             self.log.error("%s", message)
@@ -416,6 +449,11 @@ class Runner:
             )
         assert outcome is not None
         return outcome
+
+    def _cancelled(self, message: str) -> JobOutcome:
+        self.log.warning("%s", message)
+        error = JobCancelled(message)
+        return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
 
     def _failure(self, error: Exception) -> JobOutcome:
         fail_type = error.fail_type if isinstance(error, JobError) else None
