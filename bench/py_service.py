@@ -1,0 +1,100 @@
+"""Run an :class:`oada_jobs.Service` with a benchmark worker, as a child process.
+
+The Python twin of ``bench/node/oada_jobs_service.cjs``: the same environment
+variables and the same stdout protocol, so :mod:`bench.jobs` drives both
+frameworks the same way.
+
+Environment (the token never goes on the command line):
+
+``OADA_DOMAIN``, ``OADA_TOKEN``, ``OADA_CA``
+    the server, the service token and the CA certificate to trust;
+``BENCH_SERVICE``, ``BENCH_JOB_TYPE``
+    service name and the job type the worker is registered for;
+``BENCH_SLEEP_MS``
+    milliseconds each job sleeps (0: a no-op worker);
+``BENCH_CONCURRENCY``
+    jobs running at once (the service's ``concurrency``).
+
+stdout, one JSON object a line: ``{"event": "ready"}`` once every queue is
+watched, and on SIGTERM/SIGINT ``{"event": "exit", "runs": n, "jobs": [...],
+"max_active": k}`` after a graceful stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from oada_jobs import Job, Service, WorkerContext
+from oada_jobs.client import OADAClient
+from oada_jobs.types import Json
+
+
+def _emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name) or default
+    if value is None:
+        raise SystemExit(f"missing environment variable {name}")
+    return value
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"expected an integer in {name}, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"expected a non-negative integer in {name}, got {value}")
+    return value
+
+
+async def main() -> None:
+    """Start the service, report readiness, run until SIGTERM, report what ran."""
+    domain = _env("OADA_DOMAIN")
+    token = _env("OADA_TOKEN")
+    ca = _env("OADA_CA")
+    name = _env("BENCH_SERVICE")
+    job_type = _env("BENCH_JOB_TYPE", "bench")
+    sleep = _int_env("BENCH_SLEEP_MS", 0) / 1000
+    concurrency = max(1, _int_env("BENCH_CONCURRENCY", 10))
+
+    ran: list[str] = []
+    active = 0
+    max_active = 0
+
+    async with OADAClient(domain, token, verify=ca, concurrency=concurrency) as oada:
+        service = Service(name, oada=oada, concurrency=concurrency, layout="classic")
+
+        @service.on(job_type, timeout=60)
+        async def work(job: Job[Any], ctx: WorkerContext) -> Json:
+            nonlocal active, max_active
+            active += 1
+            max_active = max(max_active, active)
+            try:
+                ran.append(ctx.job_id)
+                if sleep:
+                    await anyio.sleep(sleep)
+                return {"ok": True}
+            finally:
+                active -= 1
+
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with service:
+                _emit({"event": "ready"})
+                async for _ in signals:
+                    break
+    _emit({"event": "exit", "runs": len(ran), "jobs": ran, "max_active": max_active})
+
+
+if __name__ == "__main__":
+    anyio.run(main)

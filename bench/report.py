@@ -1,0 +1,496 @@
+"""Turn the results of ``python -m bench`` into docs/benchmarks.md and docs/benchmarks.png.
+
+Every figure in the report comes from the results dictionary; nothing is typed
+by hand. ``python -m bench.report [docs/benchmarks.json]`` re-renders the
+report from saved results without measuring again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .jobs import LABELS
+
+PY, NODE = LABELS["python"], LABELS["node"]
+TARGET_RATIO = 3.0
+# Typographic characters, spelled as escapes so no look-alike hides in the source.
+DASH, TIMES, GE, LE, ARROW = "\u2013", "\u00d7", "\u2265", "\u2264", "\u2192"
+TARGET_REQUESTS = 5.0
+
+
+# --------------------------------------------------------------- formatting
+
+
+def _num(value: float, digits: int) -> str:
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def fmt(summary: Mapping[str, Any] | None, digits: int = 0, suffix: str = "") -> str:
+    """``median (min-max)`` with an en dash, the value alone for one run, a dash when absent."""
+    if not summary:
+        return DASH
+    median = _num(summary["median"], digits)
+    if len(summary.get("runs", [])) <= 1 or summary["min"] == summary["max"]:
+        return f"{median}{suffix}"
+    return f"{median}{suffix} ({_num(summary['min'], digits)}{DASH}{_num(summary['max'], digits)})"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _error(section: Any) -> str | None:
+    if isinstance(section, Mapping) and "error" in section:
+        return f"**Not measured.** {section['error']}"
+    if section is None:
+        return "Not run in this invocation."
+    return None
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _met(value: float | None, ok: bool) -> str:
+    if value is None:
+        return "not measured"
+    return "yes" if ok else "**no**"
+
+
+# --------------------------------------------------------------- sections
+
+
+def _summary(results: Mapping[str, Any]) -> str:
+    rows = []
+    for key, what in (("throughput", "jobs queued at once"), ("backlog", "job backlog at start")):
+        section: Any = results.get(key)
+        ratio = _get(section, "ratio")
+        jobs = _get(section, "jobs")
+        label = (
+            f"Throughput vs @oada/jobs 1.0.4, {jobs:,} {what}" if jobs else f"Throughput ({key})"
+        )
+        median = ratio["median"] if ratio else None
+        rows.append(
+            [
+                label,
+                f"{GE} {TARGET_RATIO:g}{TIMES}",
+                fmt(ratio, 2, TIMES),
+                _met(median, median is not None and median >= TARGET_RATIO),
+            ]
+        )
+    requests = _get(results.get("throughput"), "requests_per_job", "python")
+    median = requests["median"] if requests else None
+    rows.append(
+        [
+            "OADA requests per job (oada-jobs)",
+            f"{LE} {TARGET_REQUESTS:g}",
+            fmt(requests, 2),
+            _met(median, median is not None and median <= TARGET_REQUESTS),
+        ]
+    )
+    scale = results.get("scale_out")
+    if isinstance(scale, list) and scale:
+        duplicates = sum(sum(row["duplicates"]) for row in scale)
+        replicas = "/".join(str(row["replicas"]) for row in scale)
+        rows.append(
+            [f"Jobs run twice, {replicas} replicas", "0", str(duplicates), _met(0, duplicates == 0)]
+        )
+    else:
+        rows.append(["Jobs run twice with replicas", "0", DASH, "not measured"])
+    return table(["Goal", "Target", f"Measured: median (min{DASH}max)", "Met"], rows)
+
+
+def _machine(results: Mapping[str, Any]) -> str:
+    m = results.get("machine", {})
+    load_before = results.get("load_before") or []
+    load_after = results.get("load_after") or []
+
+    def load(values: Sequence[float]) -> str:
+        return " / ".join(f"{v:.2f}" for v in values) if values else DASH
+
+    rows = [
+        ["CPU", f"{m.get('cpu')} ({m.get('cores')} cores)"],
+        ["Memory", f"{m.get('memory_gib')} GiB"],
+        ["OS", m.get("os")],
+        ["Python", m.get("python")],
+        ["Node", m.get("node")],
+        ["oada-jobs", f"{m.get('oada_jobs')} (commit {m.get('commit')})"],
+        [
+            "@oada/jobs (original)",
+            f"{m.get('oada_jobs_node')} with @oada/client {m.get('oada_client_node')}",
+        ],
+        [
+            f"Load average (1/5/15 min) before {ARROW} after",
+            f"{load(load_before)} {ARROW} {load(load_after)}",
+        ],
+        [
+            "Started (UTC), duration",
+            f"{results.get('started')}, {results.get('duration_s', 0):.0f} s",
+        ],
+    ]
+    return table(["", ""], rows)
+
+
+def _frameworks_table(section: Mapping[str, Any]) -> str:
+    def row(label: str, key: str, digits: int, ratio: bool = False) -> list[str]:
+        values = section.get(key, {})
+        out = [label, fmt(values.get("python"), digits), fmt(values.get("node"), digits)]
+        if ratio:
+            out.append(fmt(section.get("ratio"), 2, TIMES))
+        else:
+            out.append("")
+        return out
+
+    rows = [
+        row("Jobs per second", "jobs_per_second", 0, ratio=True),
+        row("OADA requests per job (service)", "requests_per_job", 2),
+        row("Service CPU per job, ms", "service_cpu_ms_per_job", 2),
+        row("Server CPU per job, ms", "server_cpu_ms_per_job", 2),
+        row("Peak RSS of the service, MiB", "peak_rss_mib", 0),
+    ]
+    dup = section.get("duplicates", {})
+    rows.append(["Jobs run twice", str(dup.get("python", DASH)), str(dup.get("node", DASH)), ""])
+    return table(["", PY, NODE, "oada-jobs / original"], rows)
+
+
+def _throughput(results: Mapping[str, Any]) -> str:
+    parts = []
+    burst: Any = results.get("throughput")
+    parts.append(f"### {(_get(burst, 'jobs') or 0):,} jobs queued at once on a running service\n")
+    parts.append(_error(burst) or _frameworks_table(burst))
+    backlog: Any = results.get("backlog")
+    parts.append(
+        f"\n### {(_get(backlog, 'jobs') or 0):,}-job backlog when the service starts "
+        "(throughput and memory)\n"
+    )
+    parts.append(
+        "The jobs are queued while the service is stopped; the time runs from starting "
+        "the service process (interpreter start-up and connecting included) until the "
+        "list is empty. Peak RSS is the service process's, sampled every 20 ms.\n"
+    )
+    parts.append(_error(backlog) or _frameworks_table(backlog))
+    return "\n".join(parts)
+
+
+def _latency(results: Mapping[str, Any]) -> str:
+    section: Any = results.get("latency")
+    problem = _error(section)
+    if problem:
+        return problem
+    ms = section["ms"]
+    rows = []
+    for fw, label in (("python", PY), ("node", NODE)):
+        if fw in ms:
+            rows.append([label, *(fmt(ms[fw][q], 1) for q in ("p50", "p95", "p99"))])
+    intro = (
+        f"{section['jobs']} jobs queued one at a time, {section['interval_ms']:.0f} ms apart, "
+        "per run. Latency is from just before the link is written to the time in the job's "
+        "`started` update (both frameworks write one when they take a job). Median over runs "
+        "of each run's percentile, with the range.\n\n"
+    )
+    return intro + table(["", "p50, ms", "p95, ms", "p99, ms"], rows)
+
+
+def _work(results: Mapping[str, Any]) -> str:
+    section: Any = results.get("work")
+    problem = _error(section)
+    if problem:
+        return problem
+    rows = []
+    for entry in section:
+        frac = entry["fraction_of_ideal"]
+        rate = entry["jobs_per_second"]
+        rows.append(
+            [
+                f"{entry['concurrency']} ({entry['jobs']:,} jobs)",
+                _num(entry["ideal_jobs_per_second"], 0),
+                fmt(rate.get("python"), 0),
+                fmt(_pct(frac.get("python")), 0, " %"),
+                fmt(rate.get("node"), 0),
+                fmt(_pct(frac.get("node")), 0, " %"),
+            ]
+        )
+    intro = (
+        f"Each job sleeps {section[0]['sleep_ms']} ms. Ideal throughput is concurrency / "
+        f"{section[0]['sleep_ms'] / 1000:g} s. oada-jobs runs with `concurrency=C`; "
+        "@oada/jobs 1.0.4 has no job concurrency setting (it starts a runner for every key "
+        "of a change, 100 at a time), so its work function takes a semaphore of C and its "
+        "Service `concurrency` (in-flight requests) is C too.\n\n"
+    )
+    return intro + table(
+        ["Concurrency", "Ideal jobs/s", f"{PY} jobs/s", "of ideal", f"{NODE} jobs/s", "of ideal"],
+        rows,
+    )
+
+
+def _pct(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not summary:
+        return None
+    return {
+        "median": 100 * summary["median"],
+        "min": 100 * summary["min"],
+        "max": 100 * summary["max"],
+        "runs": summary.get("runs", []),
+    }
+
+
+def _scale(results: Mapping[str, Any]) -> str:
+    section: Any = results.get("scale_out")
+    problem = _error(section)
+    if problem:
+        return problem
+    rows = [
+        [
+            str(entry["replicas"]),
+            f"{entry['jobs']:,}",
+            fmt(entry["jobs_per_second"], 0),
+            ", ".join(str(d) for d in entry["duplicates"]),
+        ]
+        for entry in section
+    ]
+    intro = (
+        "Separate `oada-jobs` service processes (concurrency 10 each) on one queue; the "
+        "jobs are queued at once. Every replica reports the job ids its work function ran; "
+        "a job counted more than once is a duplicate.\n\n"
+    )
+    return intro + table(["Replicas", "Jobs", "Jobs per second", "Jobs run twice, per run"], rows)
+
+
+def _external(section: Any) -> str:
+    problem = _error(section)
+    if problem:
+        return problem
+    if not isinstance(section, Mapping):
+        return "```json\n" + json.dumps(section, indent=1, default=str) + "\n```"
+    parts = []
+    if section.get("description"):
+        parts.append(str(section["description"]) + "\n")
+    if isinstance(section.get("columns"), list) and isinstance(section.get("rows"), list):
+        parts.append(table(section["columns"], section["rows"]))
+    for note in section.get("notes") or []:
+        parts.append(f"\n- {note}")
+    rest = {
+        k: v
+        for k, v in section.items()
+        if k not in {"title", "description", "columns", "rows", "notes"}
+    }
+    if rest:
+        parts.append("\n```json\n" + json.dumps(rest, indent=1, default=str) + "\n```")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------- plot
+
+
+def plot(results: Mapping[str, Any], path: Path) -> bool:
+    """Draw the four job-framework panels into *path*; ``False`` if nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"python": "#1f77b4", "node": "#d62728"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    drawn = False
+
+    def bars(ax: Any, groups: list[str], series: dict[str, list[Mapping[str, Any] | None]]) -> None:
+        width = 0.8 / max(len(series), 1)
+        for i, (fw, values) in enumerate(series.items()):
+            xs, ys, lo, hi = [], [], [], []
+            for g, summary in enumerate(values):
+                if summary:
+                    xs.append(g + (i - (len(series) - 1) / 2) * width)
+                    ys.append(summary["median"])
+                    lo.append(summary["median"] - summary["min"])
+                    hi.append(summary["max"] - summary["median"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=LABELS[fw], color=colors[fw])  # type: ignore[index]
+        ax.set_xticks(range(len(groups)), groups)
+
+    fws = ("python", "node")
+    burst: Any = results.get("throughput")
+    backlog: Any = results.get("backlog")
+    groups: list[str] = []
+    series: dict[str, list[Any]] = {fw: [] for fw in fws}
+    for name, section in (("queued at once", burst), ("backlog at start", backlog)):
+        if isinstance(section, Mapping) and "jobs_per_second" in section:
+            groups.append(f"{section['jobs']:,} jobs\n{name}")
+            for fw in fws:
+                series[fw].append(section["jobs_per_second"].get(fw))
+    ax = axes[0][0]
+    if groups:
+        bars(ax, groups, {fw: v for fw, v in series.items() if any(v)})
+        drawn = True
+    ax.set_title("No-op jobs: throughput (jobs/s)")
+    ax.set_ylabel("jobs/s")
+
+    ax = axes[0][1]
+    latency = results.get("latency")
+    if isinstance(latency, Mapping) and "ms" in latency:
+        bars(
+            ax,
+            ["p50", "p95", "p99"],
+            {fw: [latency["ms"][fw][q] for q in ("p50", "p95", "p99")] for fw in latency["ms"]},
+        )
+        drawn = True
+    ax.set_title("Pickup latency (ms)")
+    ax.set_ylabel("ms")
+
+    ax = axes[1][0]
+    work = results.get("work")
+    if isinstance(work, list) and work:
+        bars(
+            ax,
+            [f"concurrency {entry['concurrency']}" for entry in work],
+            {
+                fw: [_pct(entry["fraction_of_ideal"].get(fw)) for entry in work]
+                for fw in fws
+                if any(fw in entry["fraction_of_ideal"] for entry in work)
+            },
+        )
+        ax.axhline(100, color="grey", linestyle=":", linewidth=1)
+        drawn = True
+    ax.set_title("100 ms jobs: % of ideal throughput")
+    ax.set_ylabel("%")
+
+    ax = axes[1][1]
+    scale = results.get("scale_out")
+    if isinstance(scale, list) and scale:
+        bars(
+            ax,
+            [
+                f"{entry['replicas']} replica{'s' if entry['replicas'] > 1 else ''}"
+                for entry in scale
+            ],
+            {"python": [entry["jobs_per_second"] for entry in scale]},
+        )
+        drawn = True
+    ax.set_title("oada-jobs scale-out: jobs/s")
+    ax.set_ylabel("jobs/s")
+
+    for row in axes:
+        for ax in row:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+    m = results.get("machine", {})
+    fig.suptitle(
+        f"oada-jobs vs @oada/jobs 1.0.4, {m.get('cpu')}, {m.get('cores')} cores"
+        + (" (quick run)" if results.get("quick") else ""),
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+# --------------------------------------------------------------- document
+
+
+def render(results: Mapping[str, Any], image: str | None) -> str:
+    """The Markdown report."""
+    quick = results.get("quick")
+    sizes = results.get("sizes", {})
+    repeats = sizes.get("repeats", 1)
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `make bench` (python -m bench); edits are overwritten. -->",
+        "",
+        f"oada-jobs (Python) against the original TypeScript `@oada/jobs` 1.0.4, both run in "
+        f"the same invocation against one embedded OADA server (TLS, SQLite file, loopback). "
+        f"Figures are the median of {repeats} run{'s' if repeats != 1 else ''} with the range "
+        f"(min{DASH}max) in brackets; the two frameworks alternate run by run.",
+        "",
+    ]
+    if quick:
+        out += [
+            "> **Quick run** (`python -m bench --quick`): tiny sizes and one repeat, to check that "
+            "the benchmarks work. The figures mean little; run `make bench` for real ones.",
+            "",
+        ]
+    if results.get("node_problem"):
+        out += [f"> The Node side did not run: {results['node_problem']}.", ""]
+    out += ["## Summary", "", _summary(results), ""]
+    if image:
+        out += [f"![Benchmark plots]({image})", ""]
+    out += ["## Machine", "", _machine(results), ""]
+    out += [
+        "## How the job benchmarks work",
+        "",
+        "Each framework runs as its own process (`bench/py_service.py`, "
+        "`bench/node/oada_jobs_service.cjs`) with a worker for one job type, on the "
+        "`classic` job lists that @oada/jobs 1.0.4 uses: jobs are linked into "
+        "`/bookmarks/services/<name>/jobs` and filed under "
+        "`jobs-success/day-index/<date>`. Every run uses a new service name. Jobs are "
+        "created as @oada/jobs does (`POST /resources` with type "
+        "`application/vnd.oada.service.jobs.1+json`) before the clock starts and queued by "
+        "linking them into the list, 100 keys per PUT. The clock stops when the harness, "
+        "watching the list, has seen every job removed from it (each framework does that "
+        "last, after filing the job); afterwards every job is checked to be in "
+        "`jobs-success`. Requests are counted by the server per token (HTTP requests and "
+        "WebSocket request messages), over the timed part only. Each service first runs one "
+        "warm-up job, so that its day list exists (see the notes).",
+        "",
+        "## End-to-end throughput (no-op jobs)",
+        "",
+        _throughput(results),
+        "",
+        "## Pickup latency",
+        "",
+        _latency(results),
+        "",
+        "## Work-bound throughput",
+        "",
+        _work(results),
+        "",
+        "## Scale-out (oada-jobs replicas)",
+        "",
+        _scale(results),
+        "",
+        "## Embedded server (`bench/server.py`)",
+        "",
+        _external(results.get("server")),
+        "",
+        "## OADA client (`bench/client.py`)",
+        "",
+        _external(results.get("client")),
+        "",
+        "## Notes",
+        "",
+        f"- {results.get('notes', {}).get('first_filing_race', '')}",
+        "- The machine also ran other work during the benchmarks when the load average above "
+        "is much higher than the core count; the ranges show how much runs varied.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write(results: Mapping[str, Any], out_dir: Path) -> None:
+    """Write ``benchmarks.md`` and ``benchmarks.png`` into *out_dir*."""
+    image = out_dir / "benchmarks.png"
+    drawn = plot(results, image)
+    (out_dir / "benchmarks.md").write_text(render(results, image.name if drawn else None))
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/benchmarks.json")
+    write(json.loads(source.read_text()), source.parent)

@@ -1,0 +1,173 @@
+"""The benchmarks keep working: a quick run end to end, and the report from known figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.common import ROOT, node_available, percentile, summarize
+from bench.counted_server import CountingApp
+
+
+def test_percentile_interpolates_and_summarize_keeps_runs() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+    assert percentile([7.0], 99) == 7.0
+    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3, 1, 2]}
+    with pytest.raises(ValueError, match="at least one"):
+        summarize([])
+    with pytest.raises(ValueError, match="at least one"):
+        percentile([], 50)
+
+
+def _summary(*values: float) -> dict[str, Any]:
+    return summarize(list(values))
+
+
+def _section(py: float, node: float) -> dict[str, Any]:
+    return {
+        "jobs": 1000,
+        "jobs_per_second": {
+            "python": _summary(py - 10, py, py + 10),
+            "node": _summary(node, node, node + 2),
+        },
+        "ratio": _summary(py / node),
+        "requests_per_job": {"python": _summary(5.0), "node": _summary(7.0)},
+        "peak_rss_mib": {"python": _summary(50.0), "node": _summary(110.0)},
+        "service_cpu_ms_per_job": {"python": _summary(1.0), "node": _summary(2.0)},
+        "server_cpu_ms_per_job": {"python": _summary(3.0), "node": _summary(4.0)},
+        "duplicates": {"python": 0, "node": 0},
+    }
+
+
+def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
+    results = {
+        "quick": False,
+        "sizes": {"repeats": 3},
+        "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11.0", "node": "v20.0.0"},
+        "started": "2026-01-01T00:00:00+00:00",
+        "duration_s": 12.0,
+        "throughput": _section(400.0, 100.0),
+        "backlog": _section(150.0, 100.0),
+        "latency": {
+            "jobs": 10,
+            "interval_ms": 20,
+            "ms": {
+                fw: {q: _summary(v) for q, v in (("p50", 4.0), ("p95", 8.0), ("p99", 9.5))}
+                for fw in ("python", "node")
+            },
+        },
+        "work": [
+            {
+                "concurrency": 10,
+                "jobs": 300,
+                "sleep_ms": 100,
+                "ideal_jobs_per_second": 100.0,
+                "fraction_of_ideal": {"python": _summary(0.9), "node": _summary(0.5)},
+                "jobs_per_second": {"python": _summary(90.0), "node": _summary(50.0)},
+            }
+        ],
+        "scale_out": [
+            {"replicas": 1, "jobs": 100, "jobs_per_second": _summary(100.0), "duplicates": [0]},
+            {"replicas": 2, "jobs": 100, "jobs_per_second": _summary(180.0), "duplicates": [0]},
+        ],
+        "server": {"error": "bench/server.py did not finish within 600 s"},
+        "client": {"title": "Client", "columns": ["Phase", "Ours"], "rows": [["get", "1.0"]]},
+        "notes": {"first_filing_race": "the race"},
+    }
+    report.write(results, tmp_path)
+    text = (tmp_path / "benchmarks.md").read_text()
+    # Goals: 4x is met at 1,000 jobs; 1.5x is not met for the backlog.
+    assert "| 4.00\u00d7 | yes |" in text
+    assert "| 1.50\u00d7 | **no** |" in text
+    assert "| 400 (390\u2013410) | 100 (100\u2013102) |" in text
+    assert "| 90 % |" in text
+    assert "Jobs run twice, 1/2 replicas | 0 | 0 | yes" in text
+    assert "**Not measured.** bench/server.py did not finish within 600 s" in text
+    assert "| get | 1.0 |" in text
+    assert "Test CPU (2 cores)" in text
+    assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
+
+
+async def test_counting_app_counts_per_token_and_answers_counts() -> None:
+    seen: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+        if scope["type"] == "websocket":
+            await receive()
+            await receive()
+
+    app = CountingApp(inner, {"t-service": "service", "t-admin": "admin"})
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def no_body() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    def http(path: str, token: str) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "path": path,
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+        }
+
+    await app(http("/bookmarks", "t-service"), no_body, send)
+    await app(http("/bookmarks", "unknown"), no_body, send)
+    frames = iter(
+        [
+            {
+                "type": "websocket.receive",
+                "text": json.dumps({"headers": {"authorization": "Bearer t-service"}}),
+            },
+            {"type": "websocket.receive", "text": "{}"},
+        ]
+    )
+
+    async def ws_receive() -> dict[str, Any]:
+        return next(frames)
+
+    await app({"type": "websocket", "path": "/", "headers": []}, ws_receive, send)
+    await app(http("/_bench/counts", "t-admin"), no_body, send)
+    counts = json.loads(sent[-1]["body"])
+    assert counts == {"service": {"http": 1, "ws": 1}, "other": {"http": 1, "ws": 1}}
+    assert seen == ["http", "http", "websocket"]  # the counts request never reaches the server
+
+
+@pytest.mark.slow
+@pytest.mark.node
+@pytest.mark.timeout(600)
+def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
+    problem = node_available()
+    assert problem is None, problem
+    sections = "throughput,backlog,latency,work,scale_out"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", sections, "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "benchmarks.json").read_text())
+    for name in ("throughput", "backlog"):
+        section = results[name]
+        assert set(section["jobs_per_second"]) == {"python", "node"}
+        assert section["duplicates"] == {"python": 0, "node": 0}
+        assert section["requests_per_job"]["python"]["median"] > 0
+    assert set(results["latency"]["ms"]) == {"python", "node"}
+    assert [row["concurrency"] for row in results["work"]] == [10, 100]
+    assert all(sum(row["duplicates"]) == 0 for row in results["scale_out"])
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "Quick run" in text
+    assert "Not measured" not in text
+    assert (tmp_path / "benchmarks.png").exists()
