@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import SAM_BM, Caller, open_core
+from core_helpers import SAM_BM, Caller, collect, open_core
 
 from oada_jobs.server import store as store_module
 from oada_jobs.server.store import pointer, unpointer
@@ -189,3 +190,50 @@ async def test_large_documents_are_not_rewritten_on_every_write(
         assert doc["_rev"] == 21
         assert doc["n19"] == {"_id": "resources/x19"}
         assert (await c.get("/resources/L/n19")).location == "/resources/x19"
+
+
+class _FailingCommits:
+    """Wraps a connection so that COMMIT fails, as on a full disk."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+async def test_a_failed_commit_is_500_and_leaves_no_trace(tmp_path: Path) -> None:
+    async with open_core(db=str(tmp_path / "full.sqlite3")) as c:
+        await c.ok("put", "/resources/A", {"x": 1})
+        await c.ok("put", "/resources/P", {"a": {"_id": "resources/A", "_rev": 0}})
+        seen = collect(c.core, "resources/A")
+        store = c.core.store
+        links_before = {k: dict(v) for k, v in store.links.items()}
+        real = store._db
+        store._db = _FailingCommits(real)  # type: ignore[assignment]
+        try:
+            for method, path, body in [
+                ("put", "/resources/A", {"x": 2}),
+                ("put", "/resources/new", {"y": 1}),
+                ("put", "/resources/P", {"b": {"_id": "resources/A", "_rev": 0}}),
+                ("delete", "/resources/P/a", None),
+                ("delete", "/resources/A", None),
+            ]:
+                r = await c.request(method, path, body) if body else await c.request(method, path)
+                assert r.status == 500, (method, path)
+                assert r.data["message"] == "Internal Server Error"
+        finally:
+            store._db = real
+        assert (await c.get("/resources/A")).data["x"] == 1
+        assert (await c.get("/resources/A")).rev == 1
+        assert (await c.get("/resources/new")).status == 404
+        assert (await c.get("/resources/P")).rev == 1
+        assert {k: dict(v) for k, v in store.links.items()} == links_before
+        assert seen == []  # nothing was acknowledged, nobody was told
+        await c.ok("put", "/resources/A", {"x": 3})
+        assert (await c.get("/resources/P/a/_rev")).data == 2
