@@ -135,10 +135,8 @@ class Queue:
 
     def _explain(self, error: BaseException) -> str:
         if isinstance(error, Unauthorized | Forbidden):
-            return (
-                f"the queue's token was refused ({error.status}) by {self.domain}; check the "
-                f"token in the service's queues list"
-            )
+            where = "the service's token" if self._token is None else "its entry in the queues list"
+            return f"the queue's token was refused ({error.status}) by {self.domain}; check {where}"
         if isinstance(error, OADAStatusError):
             return f"{self.domain} answered {error.status}: {error}"
         return f"{type(error).__name__}: {error}"

@@ -200,6 +200,11 @@ def _json_result(value: object) -> Json:
     return value  # type: ignore[return-value]  # checked to be JSON just above
 
 
+def _lease_taken(value: object, worker: str) -> bool:
+    lease = Lease.from_json(value)
+    return lease is not None and lease.worker != worker
+
+
 class Runner:
     """Runs one job from a :class:`~oada_jobs.queue.Queue`."""
 
@@ -363,6 +368,8 @@ class Runner:
         finally:
             scoped.revoke()
             metrics.job_stopped(job.type)
+        if outcome is None:
+            return None
         duration = anyio.current_time() - started
         await self._shielded(self._write_and_file(outcome, job, etag=None, duration=duration))
         return outcome
@@ -374,7 +381,7 @@ class Runner:
         ctx: WorkerContext,
         scoped: OADAClient,
         claim_rev: int | None,
-    ) -> JobOutcome:
+    ) -> JobOutcome | None:
         if worker is None:
             error = JobError(f"no work function is registered for job type {job.type!r}")
             self.log.error("%s", error)
@@ -396,7 +403,7 @@ class Runner:
                     JobStatus.FAILURE.value, result, INVALID_CONFIG_FAIL_TYPE, message
                 )
 
-        timed_out = cancelled = False
+        timed_out = cancelled = lost = False
         outcome: JobOutcome | None = None
         with anyio.CancelScope() as work_scope:
             async with anyio.create_task_group() as helpers:
@@ -411,7 +418,7 @@ class Runner:
                     work_scope.cancel()
 
                 async def cancel_watch() -> None:
-                    nonlocal cancelled
+                    nonlocal cancelled, lost
                     await anyio.sleep(CANCEL_WATCH_AFTER)
                     try:
                         # From the claim's rev: a request made meanwhile is replayed.
@@ -420,9 +427,15 @@ class Runner:
                                 body = change.body or {}
                                 if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
                                     cancelled = True
-                                    scoped.revoke()
-                                    work_scope.cancel()
-                                    return
+                                elif _lease_taken(body.get("lease"), self.service.worker_id):
+                                    # This worker stalled past its lease and
+                                    # another claimed the job: that one owns it.
+                                    lost = True
+                                else:
+                                    continue
+                                scoped.revoke()
+                                work_scope.cancel()
+                                return
                     except OADAError as error:
                         # Cancellation requests go unseen; the job itself goes on.
                         self.log.warning("could not watch the job for cancellation: %s", error)
@@ -435,9 +448,14 @@ class Runner:
                     value = await worker.work(work_job, ctx)
                     outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
                 except Exception as error:
-                    if not (timed_out or cancelled):
+                    if not (timed_out or cancelled or lost):
                         outcome = self._failure(error)
                 helpers.cancel_scope.cancel()
+        if lost:
+            self.log.error(
+                "another worker claimed the job after this one's lease ran out; leaving it"
+            )
+            return None
         if cancelled:
             return self._cancelled("the job was cancelled while it ran")
         if timed_out:

@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._ksuid import ksuid
-from .client._common import parse_domain
+from .client import parse_domain
 from .exceptions import InvalidQueueEntry, OADAError, redact
 from .job import Job
 from .metrics import ServiceMetrics
@@ -181,6 +181,12 @@ def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model
     return None
+
+
+def _single_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 class Service:
@@ -497,10 +503,15 @@ class Service:
         try:
             group = await stack.enter_async_context(anyio.create_task_group())
             await group.start(self._main)
-        except BaseException:
+        except BaseException as error:
             self._stop_requested.set()
             self._state = ServiceState.STOPPED
             await stack.aclose()
+            # Task groups wrap a start-up failure; the caller wants the error
+            # itself (e.g. Unauthorized when the service token is refused).
+            leaf = _single_leaf(error)
+            if leaf is not error:
+                raise leaf from None
             raise
         self._stack = stack
         return self
