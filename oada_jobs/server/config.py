@@ -7,9 +7,10 @@ serving with a default.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["DEFAULT_TOKENS", "ServerConfig", "TokenInfo"]
 
@@ -95,11 +96,37 @@ class ServerConfig(BaseModel):
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Tokens are secrets: keep them out of reprs and validation errors.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     db: str = ":memory:"
-    tokens: dict[str, TokenInfo] = Field(default_factory=_default_tokens)
+    tokens: dict[str, TokenInfo] = Field(default_factory=_default_tokens, repr=False)
     quirks: Literal["none", "reference"] = "none"
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_depth: int = Field(default=64, ge=2)
     ws_ping_interval: float = Field(default=30.0, gt=0)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _validate_tokens(cls, value: Any) -> dict[str, TokenInfo]:
+        # Validated here so that an error names the token by position, never
+        # by its (secret) text, which pydantic would put in the error location.
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"expected a mapping of token to TokenInfo, got {type(value).__name__}"
+            )
+        tokens: dict[str, TokenInfo] = {}
+        for n, (token, info) in enumerate(value.items(), 1):
+            if not isinstance(token, str) or not token.strip() or token != token.strip():
+                raise ValueError(f"token #{n} must be a non-empty string without outer spaces")
+            try:
+                tokens[token] = (
+                    info if isinstance(info, TokenInfo) else TokenInfo.model_validate(info)
+                )
+            except ValidationError as exc:
+                reasons = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+                    for err in exc.errors()
+                )
+                raise ValueError(f"token #{n}: {reasons}") from None
+        return tokens
