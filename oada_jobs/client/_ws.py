@@ -46,6 +46,18 @@ __all__ = ["WSConnection", "WatchSink"]
 logger = logging.getLogger("oada_jobs.client")
 
 
+class _NoFrameDumps(logging.Filter):
+    """Drop websockets' DEBUG records: they dump frames, and frames carry tokens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+#: The logger handed to websockets for our sockets (connection events only).
+wire_logger = logging.getLogger("oada_jobs.client.websocket")
+wire_logger.addFilter(_NoFrameDumps())
+
+
 class WatchSink(Protocol):
     """What the connection needs from a watch to route, restore and end it."""
 
@@ -175,6 +187,7 @@ class WSConnection:
                         max_size=None,
                         open_timeout=None,
                         user_agent_header=self._user_agent,
+                        logger=wire_logger,
                     )
             except TimeoutError:
                 raise ConnectFailed(

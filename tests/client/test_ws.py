@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import Any
 
 import anyio
@@ -10,7 +12,13 @@ from client_helpers import TOKEN
 from fake_oada import RID, FakeOADA
 
 from oada_jobs.client import Change, OADAClient, Watch
-from oada_jobs.exceptions import ClientClosed, NotFound, OADATransportError, WatchLost
+from oada_jobs.exceptions import (
+    ClientClosed,
+    NotFound,
+    OADATimeout,
+    OADATransportError,
+    WatchLost,
+)
 
 
 def client(fake: FakeOADA, **options: Any) -> OADAClient:
@@ -142,7 +150,10 @@ async def test_get_watch_and_tree_watch() -> None:
     assert revs(array) == [3]
 
 
-async def test_watch_survives_dropped_sockets_exactly_once_in_order() -> None:
+async def test_watch_survives_dropped_sockets_exactly_once_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
     fake = FakeOADA()
     fake.duplicate_answers = True  # the reference server's resume quirk
     fake.overlap_replay = True  # replays start one rev early: must be dropped
@@ -165,6 +176,10 @@ async def test_watch_survives_dropped_sockets_exactly_once_in_order() -> None:
     # Each re-issue names the last rev the watch had queued.
     assert resumes[0]["headers"].get("x-oada-rev") is None
     assert all("x-oada-rev" in m["headers"] for m in resumes[1:])
+    assert "restored the watch" in caplog.text
+    client_side = [r for r in caplog.records if not r.name.startswith("websockets.server")]
+    assert client_side
+    assert all(TOKEN not in record.getMessage() for record in client_side)
 
 
 async def test_watch_survives_a_server_restart() -> None:
@@ -269,3 +284,28 @@ async def test_closing_the_client_ends_watches() -> None:
         with pytest.raises(ClientClosed):
             await take(watch, 1)
         await watch.aclose()
+
+
+async def test_a_request_without_an_answer_times_out_and_is_not_repeated() -> None:
+    fake = FakeOADA()
+    fake.hold = {"get"}
+    async with fake.running(), client(fake, timeout=0.2) as oada:
+        with pytest.raises(OADATimeout, match=r"no answer within 0\.2s"):
+            await oada.get("/bookmarks/r")
+        fake.hold = set()
+        assert (await oada.head("/bookmarks/r")).status == 200
+    assert [m["method"] for m in fake.received].count("get") == 1
+
+
+async def test_auto_falls_back_to_http_without_a_websocket() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens there: the probe fails, so requests go over HTTP (and
+    # fail there as transport errors after their retries).
+    async with OADAClient(
+        f"http://127.0.0.1:{port}", TOKEN, retries=1, max_backoff=0.01, connect_timeout=1
+    ) as oada:
+        assert oada.connection == "http"
+        with pytest.raises(OADATransportError, match="could not connect"):
+            await oada.get("/bookmarks")
