@@ -655,7 +655,14 @@ class OADAClient:
     ) -> Response:
         shared = self._shared
         assert shared.limiter is not None
-        async with shared.limiter:
+        limiter = shared.limiter
+        try:
+            # The free-slot path without `async with`: that would add an
+            # event-loop pass (a checkpoint) to every request.
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
             # Checked again here: a revoked clone sends nothing more, even
             # a request that was queued for a slot before the revocation.
             self._check_open(method, path)
@@ -689,6 +696,8 @@ class OADAClient:
                 response, reason = await shared.http.send(
                     method, path, headers, body=body, token=self._token
                 )
+        finally:
+            limiter.release()
         if response.status >= 400:
             raise status_error(response, method=method, path=path, reason=reason, token=self._token)
         return response
