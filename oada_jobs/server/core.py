@@ -653,7 +653,9 @@ class OADACore:
             self._graph.propagate(batch, roots)
         self._graph.save(batch)
         if self._deferred and self._task_group is not None:
-            self._task_group.start_soon(self._propagate_later, roots)
+            parents = self._store.versioned_parents
+            if any(rec.resource_id in parents for rec in roots):
+                self._task_group.start_soon(self._propagate_later, roots)
 
     async def _propagate_later(self, roots: list[ChangeRecord]) -> None:
         if self._state is not CoreState.OPEN:
