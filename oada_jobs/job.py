@@ -166,6 +166,10 @@ class Job(Generic[ConfigT]):
     lease: Lease | None = None
     #: The ETag the job was read at (for conditional writes).
     etag: str | None = None
+    #: How many times a worker has started the job.
+    tries: int = 0
+    #: Not to be run before this time (set when a work function raised ``Retry``).
+    retry_at: datetime | None = None
     #: The whole resource as read.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -189,6 +193,8 @@ class Job(Generic[ConfigT]):
     def claimable_by(self, worker: str, now: datetime | None = None) -> bool:
         """Whether *worker* may claim the job: not finished, and no live lease of another."""
         if self.finished:
+            return False
+        if self.retry_at is not None and (now or utc_now()) < self.retry_at:
             return False
         if self.lease is None:
             return True
@@ -248,6 +254,8 @@ class Job(Generic[ConfigT]):
             result=data.get("result"),
             lease=Lease.from_json(data.get("lease")),
             etag=etag,
+            tries=tries if isinstance(tries := data.get("tries"), int) and tries >= 0 else 0,
+            retry_at=parse_time(data.get("retryAt")),
             raw=dict(data),
         )
 

@@ -86,6 +86,9 @@ class Queue:
         self._known_days: set[str] = set()
         #: Whether the queue's list watch is open right now.
         self.watching = False
+        # Times (anyio clock) at which a sweep is wanted before the periodic one.
+        self._early_sweeps: list[float] = []
+        self._sweep_wakeup = anyio.Event()
         self.log = logging.LoggerAdapter(logger, {"service": service.name, "queue": key})
 
     def __repr__(self) -> str:
@@ -255,13 +258,27 @@ class Queue:
     async def _sweep(self, send: MemoryObjectSendStream[tuple[str, str]]) -> None:
         """Re-read the list now and then: jobs given back or left by a dead worker."""
         while True:
-            await anyio.sleep(self.service.config.sweep_interval)
+            interval = self.service.config.sweep_interval
+            next_at = anyio.current_time() + interval
+            while anyio.current_time() < next_at:
+                if self._early_sweeps:
+                    next_at = min(next_at, min(self._early_sweeps))
+                self._sweep_wakeup = anyio.Event()
+                with anyio.move_on_after(max(0.0, next_at - anyio.current_time())):
+                    await self._sweep_wakeup.wait()
+            now = anyio.current_time()
+            self._early_sweeps = [at for at in self._early_sweeps if at > now]
             try:
                 response = await self.oada.get(self.pending_path)
             except OADAError as error:
                 self.log.warning("queue %r: sweep failed: %s", self.key, error)
                 continue
             await self._offer(response.data, send)
+
+    def sweep_at(self, delay: float) -> None:
+        """Re-read the list *delay* seconds from now (e.g. for a job's retry)."""
+        self._early_sweeps.append(anyio.current_time() + delay)
+        self._sweep_wakeup.set()
 
     async def _dispatch(
         self, receive: MemoryObjectReceiveStream[tuple[str, str]], runners: TaskGroup

@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,8 +39,9 @@ from .exceptions import (
     NotFound,
     OADAError,
     PreconditionFailed,
+    Retry,
 )
-from .job import Job, JobStatus, Lease, error_result, new_update, parse_time, utc_now
+from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
 from .tree import JOB_TYPE, JOBS_TYPE
 from .types import Json, JsonObject, WorkFunction
 
@@ -61,6 +62,8 @@ TIMEOUT_FAIL_TYPE = "timeout"
 INVALID_CONFIG_FAIL_TYPE = "invalid-config"
 #: Fail type of resources in a job list that are not jobs.
 INVALID_JOB_FAIL_TYPE = "invalid-job"
+#: Fail type of jobs whose function asked to retry once too often.
+RETRY_LIMIT_FAIL_TYPE = "retry-limit"
 #: Seconds a job runs before the runner starts watching it for cancellation
 #: (short jobs then cost no watch).
 CANCEL_WATCH_AFTER = 1.0
@@ -78,6 +81,8 @@ class Worker:
     timeout: float | None
     #: The pydantic model the job's ``config`` is validated into, if any.
     config_model: type[BaseModel] | None = None
+    #: How many times a job may be started when its function raises ``Retry``.
+    tries: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,9 @@ class JobOutcome:
     fail_type: str | None = None
     #: Human-readable text for the finishing update.
     meta: str = "Runner finished"
+    #: Set when the job should run again after this many seconds instead
+    #: of being filed (the work function raised ``Retry``).
+    retry_after: float | None = None
 
 
 class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -300,6 +308,9 @@ class Runner:
             return None
 
         worker_id = self.service.worker_id
+        if job.retry_at is not None and job.retry_at > utc_now():
+            self.log.debug("job is not due before %s; skipping", iso(job.retry_at))
+            return None
         if not job.claimable_by(worker_id):
             self.log.debug("job is held by worker %s; skipping", job.lease and job.lease.worker)
             return None
@@ -323,8 +334,11 @@ class Runner:
             body = {
                 "status": JobStatus.RUNNING.value,
                 "lease": lease.to_json(),
+                "tries": job.tries + 1,
                 "updates": {key: update},
             }
+            if job.retry_at is not None:
+                body["retryAt"] = None
             try:
                 response = await self.oada.put(
                     self.path, body, content_type=JOBS_TYPE, if_match=job.etag
@@ -370,9 +384,29 @@ class Runner:
             metrics.job_stopped(job.type)
         if outcome is None:
             return None
+        if outcome.retry_after is not None:
+            await self._shielded(self._give_back(outcome))
+            return outcome
         duration = anyio.current_time() - started
         await self._shielded(self._write_and_file(outcome, job, etag=None, duration=duration))
         return outcome
+
+    async def _give_back(self, outcome: JobOutcome) -> None:
+        """Leave the job pending until its retry time; the queue picks it up then."""
+        assert outcome.retry_after is not None
+        retry_at = utc_now() + timedelta(seconds=outcome.retry_after)
+        key, update = new_update("retry", outcome.meta)
+        await self.oada.put(
+            self.path,
+            {
+                "status": JobStatus.PENDING.value,
+                "lease": None,
+                "retryAt": iso(retry_at),
+                "updates": {key: update},
+            },
+            content_type=JOBS_TYPE,
+        )
+        self.queue.sweep_at(outcome.retry_after)
 
     async def _call(
         self,
@@ -447,6 +481,9 @@ class Runner:
                 try:
                     value = await worker.work(work_job, ctx)
                     outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
+                except Retry as error:
+                    if not (timed_out or cancelled or lost):
+                        outcome = self._retry(error, worker, job)
                 except Exception as error:
                     if not (timed_out or cancelled or lost):
                         outcome = self._failure(error)
@@ -472,6 +509,27 @@ class Runner:
         self.log.warning("%s", message)
         error = JobCancelled(message)
         return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
+
+    def _retry(self, error: Retry, worker: Worker, job: Job[Any]) -> JobOutcome:
+        tried = job.tries + 1
+        if tried >= worker.tries:
+            message = f"asked to retry ({error.reason}) but the job already ran {tried} time(s)"
+            self.log.error("%s", message)
+            return JobOutcome(
+                JobStatus.FAILURE.value,
+                {**error_result(error), "message": message, "failType": RETRY_LIMIT_FAIL_TYPE},
+                RETRY_LIMIT_FAIL_TYPE,
+                message,
+            )
+        self.log.info(
+            "retry %d of %d in %g s: %s", tried, worker.tries - 1, error.defer, error.reason
+        )
+        return JobOutcome(
+            JobStatus.PENDING.value,
+            None,
+            meta=f"retry in {error.defer:g} s: {error.reason}",
+            retry_after=error.defer,
+        )
 
     def _failure(self, error: Exception) -> JobOutcome:
         fail_type = error.fail_type if isinstance(error, JobError) else None

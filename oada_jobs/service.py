@@ -352,12 +352,23 @@ class Service:
 
     @overload
     def on(
-        self, type: str, timeout: Timeout | None = None, *, config: type[BaseModel] | None = None
+        self,
+        type: str,
+        timeout: Timeout | None = None,
+        *,
+        config: type[BaseModel] | None = None,
+        tries: int = 3,
     ) -> Callable[[W], W]: ...
 
     @overload
     def on(
-        self, type: str, timeout: Timeout | None, work: W, *, config: type[BaseModel] | None = None
+        self,
+        type: str,
+        timeout: Timeout | None,
+        work: W,
+        *,
+        config: type[BaseModel] | None = None,
+        tries: int = 3,
     ) -> W: ...
 
     def on(
@@ -367,6 +378,7 @@ class Service:
         work: W | None = None,
         *,
         config: type[BaseModel] | None = None,
+        tries: int = 3,
     ) -> W | Callable[[W], W]:
         """Register *work* for jobs of *type*; usable as a decorator.
 
@@ -376,6 +388,8 @@ class Service:
         :param config: a pydantic model to validate the job's ``config`` into;
             by default taken from an annotation ``job: Job[Model]``. A config
             that does not validate fails the job with the validation errors.
+        :param tries: how many times a job may be started in all when the
+            function raises :class:`~oada_jobs.Retry`; after that it fails.
 
         >>> @service.on("email", timeout=10)  # doctest: +SKIP
         ... async def send(job: Job, ctx: WorkerContext) -> Json: ...
@@ -383,6 +397,8 @@ class Service:
         if not isinstance(type, str) or not type:
             raise ValueError(f"expected a non-empty job type string, got {type!r}")
         seconds = _seconds(timeout, "timeout")
+        if not isinstance(tries, int) or tries < 1:
+            raise ValueError(f"expected tries >= 1, got {tries!r}")
         if config is not None and not (
             isinstance(config, builtins.type) and issubclass(config, BaseModel)
         ):
@@ -392,7 +408,7 @@ class Service:
             if not callable(fn):
                 raise ValueError(f"expected an async work function, got {fn!r}")
             model = config or _config_model_of(fn)
-            self._workers[type] = Worker(type, fn, seconds, model)
+            self._workers[type] = Worker(type, fn, seconds, model, tries)
             return fn
 
         return register if work is None else register(work)
