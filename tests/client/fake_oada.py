@@ -37,6 +37,7 @@ class FakeOADA:
         #: do not answer these methods (to leave requests in flight)
         self.hold: set[str] = set()
         self.held = anyio.Event()
+        self.unwatched = anyio.Event()
         self.port = 0
         self._server: Server | None = None
 
@@ -150,6 +151,7 @@ class FakeOADA:
             return
         if method == "unwatch":
             self.watchers.get(conn, set()).discard(rid)
+            self.unwatched.set()
             await conn.send(json.dumps({"requestId": rid, "status": 200}))
             return
         if method == "put":

@@ -115,8 +115,7 @@ async def test_watch_delivers_changes_in_order_and_unwatches() -> None:
             assert watch.rev == 4
         request_id = watch.request_id
         with anyio.fail_after(5):
-            while not any(m["method"] == "unwatch" for m in fake.received):
-                await anyio.sleep(0.01)
+            await fake.unwatched.wait()
     assert revs(changes) == [2, 3, 4]
     assert [change.body["n"] for change in changes if change.body] == [0, 1, 2]
     assert all(change.type == "merge" and change.path == "" for change in changes)
