@@ -190,8 +190,8 @@ function describe(error) {
   return `rejected with ${JSON.stringify(error)}`;
 }
 
-function report(name, ok, detail) {
-  process.stdout.write(`${JSON.stringify({ case: name, ok, detail })}\n`);
+function report(name, ok, detail, ms) {
+  process.stdout.write(`${JSON.stringify({ case: name, ok, detail, ms })}\n`);
 }
 
 async function main() {
@@ -203,11 +203,13 @@ async function main() {
   const selected = Object.keys(cases).filter((name) => !only || only.has(name));
   const oada = await connect({ domain: URL_, token: TOKEN });
   for (const name of selected) {
+    const started = performance.now();
+    const elapsed = () => Math.round(performance.now() - started);
     try {
       const detail = await withTimeout(cases[name](oada), CASE_TIMEOUT_MS, `case ${name}`);
-      report(name, true, detail);
+      report(name, true, detail, elapsed());
     } catch (error) {
-      report(name, false, describe(error));
+      report(name, false, describe(error), elapsed());
     }
   }
   await withTimeout(oada.disconnect(), 5_000, "disconnect").catch(() => {});
