@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -124,8 +125,9 @@ class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
 
 def enabled_levels() -> frozenset[str]:
     """The optional update levels ``OADA_JOBS_LOGGING`` asks for (``debug``, ``trace``)."""
-    value = os.environ.get(LOGGING_ENV, "")
-    return frozenset(part.strip().lower() for part in value.replace(";", ",").split(",") if part)
+    # Any separator, as @oada/jobs only looks for the words in the value.
+    value = os.environ.get(LOGGING_ENV, "").lower()
+    return frozenset(part for part in re.split(r"[^a-z]+", value) if part)
 
 
 class JobLogger:
