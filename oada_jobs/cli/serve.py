@@ -1,0 +1,161 @@
+"""``oada-jobs serve``: run the embedded OADA server."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+from oada_jobs.cli import app
+from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
+
+__all__ = ["serve_command"]
+
+#: Environment variable with whitespace-separated tokens (keeps them out of `ps`).
+TOKENS_ENV = "OADA_JOBS_SERVE_TOKENS"
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Quirks(StrEnum):
+    """Values of ``--quirks``."""
+
+    #: Behave as the protocol recommends for an embedded server.
+    none = "none"
+    #: Imitate the reference server where clients can see a difference.
+    reference = "reference"
+
+
+def _tokens(tokens: list[str]) -> dict[str, TokenInfo]:
+    if not tokens:
+        return dict(DEFAULT_TOKENS)
+    sam = DEFAULT_TOKENS["god"]
+    return dict.fromkeys(tokens, sam)
+
+
+def _token_hint(tokens: dict[str, TokenInfo]) -> str:
+    """Say which tokens work without printing any secret one."""
+    if tokens == DEFAULT_TOKENS:
+        return "tokens: god (development token, user sam), abc (development token, user frank)"
+    shown = [t for t in tokens if t == "god"]
+    hidden = len(tokens) - len(shown)
+    parts = ["god (development token)"] if shown else []
+    if hidden:
+        parts.append(f"{hidden} token(s) from --token/{TOKENS_ENV} (not shown)")
+    return "tokens: " + ", ".join(parts) + "; all for user sam with scope all:all"
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")
+    ] = 8080,
+    db: Annotated[
+        str, typer.Option(help='SQLite database file, or ":memory:" for a throw-away one.')
+    ] = "oada.sqlite",
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token",
+            envvar=TOKENS_ENV,
+            help="Accept this bearer token for the default user with scope all:all "
+            "(repeatable). Default: the development tokens god and abc.",
+            show_default=False,
+        ),
+    ] = None,
+    quirks: Annotated[
+        Quirks, typer.Option(help="'reference' imitates the reference OADA server's quirks.")
+    ] = Quirks.none,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain) for HTTPS/WSS.", exists=True)
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="PEM private key for --tls-cert.", exists=True)
+    ] = None,
+    tls_self_signed: Annotated[
+        bool,
+        typer.Option(
+            help="Serve HTTPS/WSS with a generated development certificate "
+            "(its CA file is printed; trust it in clients)."
+        ),
+    ] = False,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where --tls-self-signed writes its files (default: a temp dir)."),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest accepted request body; larger ones get 413.")
+    ] = ServerConfig.model_fields["max_body_bytes"].default,
+    ws_ping_interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between WebSocket keepalive pings.")
+    ] = ServerConfig.model_fields["ws_ping_interval"].default,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
+) -> None:
+    """Run the embedded OADA server (HTTP and WebSocket on one port).
+
+    Example: oada-jobs serve --port 8080 --db oada.sqlite --token "$TOKEN"
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-key")
+    if tls_self_signed and tls_cert is not None:
+        raise typer.BadParameter(
+            "choose either --tls-self-signed or --tls-cert/--tls-key", param_hint="--tls-cert"
+        )
+    tokens = _tokens([t for t in token or [] if t.strip()])
+    config = ServerConfig(
+        db=db,
+        tokens=tokens,
+        quirks=quirks.value,
+        max_body_bytes=max_body_bytes,
+        ws_ping_interval=ws_ping_interval,
+    )
+    ca_note = ""
+    if tls_self_signed:
+        from oada_jobs.server.tls import self_signed
+
+        cert = self_signed(tls_dir)
+        tls_cert, tls_key = cert.cert, cert.key
+        ca_note = f"development CA certificate (trust it in clients): {cert.ca_cert}"
+
+    async def run() -> None:
+        from oada_jobs.server.runner import serve
+
+        async with anyio.create_task_group() as tg:
+            handle = await tg.start(
+                partial(
+                    serve,
+                    config,
+                    host=host,
+                    port=port,
+                    ssl_certfile=tls_cert,
+                    ssl_keyfile=tls_key,
+                    handle_signals=True,
+                )
+            )
+            typer.echo(f"oada-jobs server listening on {handle.url}/ (WebSocket {handle.ws_url})")
+            typer.echo(f"database: {db}; quirks: {quirks.value}")
+            typer.echo(_token_hint(tokens))
+            if ca_note:
+                typer.echo(ca_note)
+            if host not in _LOOPBACK and "god" in tokens:
+                typer.echo(
+                    "warning: the public development token 'god' is accepted on a "
+                    "non-loopback interface",
+                    err=True,
+                )
+
+    try:
+        anyio.run(run)
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        # Second Ctrl-C during the graceful stop, or the re-raised first one.
+        pass

@@ -1,0 +1,200 @@
+"""Run the embedded server with uvicorn: HTTP and WebSocket on one port, TLS optional.
+
+:func:`serve` is meant for a task group::
+
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(serve, ServerConfig(db="oada.sqlite3"))
+        print(handle.url)
+        ...
+        handle.shutdown()   # graceful: open sockets get close code 1012
+
+It reports readiness only after the port is bound and the core is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from starlette.applications import Starlette
+
+from oada_jobs.server.app import create_app
+from oada_jobs.server.config import ServerConfig
+from oada_jobs.server.core import OADACore
+
+__all__ = ["ServerHandle", "serve"]
+
+logger = logging.getLogger(__name__)
+
+# Room for the JSON envelope around a body of max_body_bytes in one WS frame.
+_WS_ENVELOPE = 1024 * 1024
+
+
+class _DropDebug(logging.Filter):
+    """Drops DEBUG records (they may quote WebSocket frames, tokens included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, with a start-up hook and optional signal handling."""
+
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+        super().__init__(config)
+        self._handle_signals = handle_signals
+        self.on_started: list[Any] = []
+
+    def capture_signals(self) -> Any:
+        if self._handle_signals:
+            return super().capture_signals()
+        # Embedded in a test or another program: the host owns the signals.
+        return contextlib.nullcontext()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            for callback in self.on_started:
+                callback()
+
+
+@dataclass(slots=True)
+class ServerHandle:
+    """A running server, as reported by :func:`serve` once it is ready."""
+
+    #: Bound host and (actual) port.
+    host: str
+    port: int
+    #: Whether the port speaks TLS.
+    tls: bool
+    config: ServerConfig
+    _server: _Uvicorn = field(repr=False)
+    _app: Starlette = field(repr=False)
+
+    @property
+    def core(self) -> OADACore | None:
+        """The open core (None before start-up and after shut-down)."""
+        slot = self._app.state.core_slot
+        core: OADACore | None = slot.core
+        return core
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080``."""
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """WebSocket URL, e.g. ``ws://127.0.0.1:8080/``."""
+        return self.url.replace("http", "ws", 1) + "/"
+
+    def shutdown(self) -> None:
+        """Ask the server to stop gracefully (close sockets, finish requests, close the core)."""
+        self._server.should_exit = True
+
+
+async def serve(
+    config: ServerConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+    handle_signals: bool = False,
+    graceful_timeout: float = 5.0,
+    task_status: TaskStatus[ServerHandle] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *config* until :meth:`ServerHandle.shutdown` (or a signal) stops it.
+
+    Parameters
+    ----------
+    config:
+        Server settings (defaults when ``None``).
+    host, port:
+        Where to listen; ``port=0`` picks a free port (see the handle).
+    ssl_certfile, ssl_keyfile:
+        PEM certificate (chain) and key; both or neither. With them the port
+        speaks HTTPS and WSS only.
+    handle_signals:
+        Install SIGINT/SIGTERM handlers for a graceful stop (for the
+        ``oada-jobs serve`` command; leave off when embedding).
+    graceful_timeout:
+        Seconds to let running requests finish on shutdown before they are
+        cancelled.
+    task_status:
+        Receives the :class:`ServerHandle` once the port is bound and the
+        core is open (use with ``task_group.start``).
+
+    Raises ``OSError`` if the port cannot be bound and ``RuntimeError`` if the
+    server fails to start otherwise.
+    """
+    config = config if config is not None else ServerConfig()
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("TLS needs both a certificate file and a key file")
+    app = create_app(config)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_ping_interval=config.ws_ping_interval,
+        # A peer that has not answered one ping by the next is gone.
+        ws_ping_timeout=config.ws_ping_interval,
+        ws_max_size=config.max_body_bytes + _WS_ENVELOPE,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=False,
+        ssl_certfile=os.fspath(ssl_certfile) if ssl_certfile is not None else None,
+        ssl_keyfile=os.fspath(ssl_keyfile) if ssl_keyfile is not None else None,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+    )
+    # The WebSocket protocol logs every frame at DEBUG, and frames carry
+    # bearer tokens: never let those records through.
+    frame_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropDebug) for f in frame_logger.filters):
+        frame_logger.addFilter(_DropDebug())
+    server = _Uvicorn(uv_config, handle_signals=handle_signals)
+
+    def started() -> None:
+        sock = server.servers[0].sockets[0]
+        bound_port = int(sock.getsockname()[1])
+        task_status.started(
+            ServerHandle(host, bound_port, ssl_certfile is not None, config, server, app)
+        )
+
+    server.on_started.append(started)
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind or the app fails to
+        # start; embedded, that must be an ordinary error.
+        if not server.started:
+            if _port_taken(host, port):
+                raise OSError(f"cannot listen on {host}:{port}: address in use") from None
+            raise RuntimeError(f"the OADA server on {host}:{port} failed to start") from None
+        raise
+    if not server.started:
+        raise RuntimeError(f"the OADA server on {host}:{port} failed to start")
+
+
+def _port_taken(host: str, port: int) -> bool:
+    if port == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False

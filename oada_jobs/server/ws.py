@@ -1,0 +1,434 @@
+"""The OADA WebSocket protocol (protocol §4.2 to §4.3) on top of :class:`OADACore`.
+
+One :class:`WebSocketSession` serves one socket. Each text frame is a JSON
+request ``{requestId, method, path, headers, data?}``:
+
+* ``head get put post delete`` run as ordinary core requests and are
+  answered with ``{requestId, status, headers, data?, statusText?}``:
+  ``headers`` holds only non-empty string values, ``data`` is the parsed
+  JSON body, ``statusText`` is added to errors;
+* ``watch`` (= ``head-watch``), ``get-watch`` and ``put/post/delete-watch``
+  run the underlying request; on success the socket is subscribed to the
+  whole resource named by the first two segments of ``content-location``.
+  With ``x-oada-rev: r`` the revisions ``r+1 … current`` are replayed right
+  after the (single) response. Later changes arrive as
+  ``{requestId: [...], resourceId, path_leftover, change}``;
+* ``unwatch`` → 200 (also for unknown ids), ``ping`` → 204;
+* anything that is not such a request gets status 400.
+
+Ordering: every outgoing message goes through one per-socket queue, and
+everything between running a watch's request and queueing its replay is
+synchronous (no ``await``), so a watch's response, its replay and its live
+changes can never be reordered or interleaved with another watch's.
+
+A socket that cannot keep up (more than :data:`MAX_QUEUED` unsent messages)
+is closed with code 1013 instead of silently losing changes; the client
+reconnects and resumes with ``x-oada-rev``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
+from oada_jobs.server.documents import is_json_type
+
+__all__ = ["MAX_QUEUED", "WebSocketSession"]
+
+logger = logging.getLogger(__name__)
+
+#: Unsent messages a socket may accumulate before it is closed as too slow.
+MAX_QUEUED = 10_000
+
+_PLAIN = frozenset({"head", "get", "put", "post", "delete"})
+_WATCHES = {
+    "watch": "head",
+    "head-watch": "head",
+    "get-watch": "get",
+    "put-watch": "put",
+    "post-watch": "post",
+    "delete-watch": "delete",
+}
+_METHODS = _PLAIN | _WATCHES.keys() | {"unwatch", "ping"}
+_BINARY_OVER_WS = "Cannot GET binary over WebSockets"
+_ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.md"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class InvalidMessage(ValueError):
+    """A frame that is not a valid OADA WebSocket request."""
+
+    def __init__(self, detail: str, request_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class WSRequest:
+    """One parsed WebSocket request."""
+
+    request_id: str
+    method: str
+    path: str
+    #: Lower-case names, string values.
+    headers: dict[str, str]
+    #: The request body: ``data`` as JSON text, or ``b""`` when absent.
+    body: bytes
+
+
+def parse_request(text: str | bytes) -> WSRequest:
+    """Parse and validate one frame (formats:``oada/websockets/request``).
+
+    Raises :class:`InvalidMessage` saying what was expected; it carries the
+    ``requestId`` when the frame had a usable one.
+    """
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"expected a JSON text frame, got unparseable data ({exc})") from None
+    if not isinstance(msg, dict):
+        raise InvalidMessage(f"expected a JSON object, got {type(msg).__name__}")
+    request_id = msg.get("requestId")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidMessage(f"expected 'requestId' to be a non-empty string, got {request_id!r}")
+    method = msg.get("method")
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise InvalidMessage(
+            f"expected 'method' to be one of {', '.join(sorted(_METHODS))}, got {method!r}",
+            request_id,
+        )
+    method = method.lower()
+    path = msg.get("path")
+    if not isinstance(path, str):
+        raise InvalidMessage(f"expected 'path' to be a string, got {path!r}", request_id)
+    raw_headers = msg.get("headers")
+    if not isinstance(raw_headers, dict):
+        raise InvalidMessage(
+            f"expected 'headers' to be an object, got {type(raw_headers).__name__}", request_id
+        )
+    headers: dict[str, str] = {}
+    for name, value in raw_headers.items():
+        if not isinstance(value, str):
+            raise InvalidMessage(
+                f"expected header {name!r} to be a string, got {type(value).__name__}",
+                request_id,
+            )
+        headers[name.lower()] = value
+    body = _dumps(msg["data"]).encode() if "data" in msg else b""
+    return WSRequest(request_id, method, path.split("?", 1)[0], headers, body)
+
+
+def _resource_of(content_location: str) -> str | None:
+    """``resources/<key>`` from a content-location such as ``/resources/K/a/b``."""
+    parts = content_location.split("/")
+    if len(parts) >= 3 and parts[0] == "" and parts[1] == "resources" and parts[2]:
+        return f"resources/{parts[2]}"
+    return None
+
+
+def _is_whole_delete(change: list[dict[str, Any]]) -> bool:
+    return bool(change) and change[0].get("type") == "delete" and change[0].get("body") is None
+
+
+@dataclass(slots=True)
+class _Notifier:
+    """All watches of one socket on one resource (they share one subscription)."""
+
+    resource_id: str
+    request_ids: list[str] = field(default_factory=list)
+    unsubscribe: Callable[[], None] = lambda: None
+
+
+class WebSocketSession:
+    """Serves the OADA WebSocket protocol on one accepted-or-not Starlette socket.
+
+    >>> await WebSocketSession(core, websocket).run()  # doctest: +SKIP
+    """
+
+    def __init__(self, core: OADACore, websocket: WebSocket) -> None:
+        self._core = core
+        self._ws = websocket
+        self._reference = core.config.quirks == "reference"
+        self._out: MemoryObjectSendStream[str] | None = None
+        self._overflowed = False
+        #: resource id → notifier
+        self._notifiers: dict[str, _Notifier] = {}
+        #: watch request id → notifier
+        self._watches: dict[str, _Notifier] = {}
+
+    async def run(self) -> None:
+        """Accept the socket and serve it until either side closes it."""
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=MAX_QUEUED)
+        with send, receive:
+            self._out = send
+            try:
+                await self._ws.accept()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer, receive, tg.cancel_scope)
+                    await self._reader()
+                    tg.cancel_scope.cancel()
+            finally:
+                self._drop_all()
+
+    # -- I/O --------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        while True:
+            message = await self._ws.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            frame: str | bytes = text if text is not None else message.get("bytes") or b""
+            try:
+                request = parse_request(frame)
+            except InvalidMessage as exc:
+                self._send_invalid(exc)
+                continue
+            try:
+                await self._dispatch(request)
+            except Exception:
+                logger.exception("WebSocket %s %s failed", request.method, request.path)
+                self._enqueue(
+                    {
+                        "requestId": request.request_id,
+                        "status": 500,
+                        "statusText": HTTPStatus(500).phrase,
+                        "headers": {},
+                    }
+                )
+
+    async def _writer(
+        self, receive: MemoryObjectReceiveStream[str], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            async for text in receive:
+                if self._overflowed:
+                    break
+                await self._ws.send_text(text)
+            if self._overflowed:
+                await self._ws.close(code=1013, reason="client too slow to receive changes")
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            # The socket is gone; the reader sees the disconnect too, but do
+            # not wait for it.
+            scope.cancel()
+
+    def _enqueue(self, message: dict[str, Any] | str) -> None:
+        """Queue one outgoing message; never blocks (ordering relies on that)."""
+        out = self._out
+        if self._overflowed or out is None:
+            return
+        text = message if isinstance(message, str) else _dumps(message)
+        try:
+            out.send_nowait(text)
+        except anyio.WouldBlock:
+            logger.warning("closing a WebSocket that is %d messages behind", MAX_QUEUED)
+            self._overflowed = True
+            # Wake the writer even if it was idle.
+            out.close()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    # -- requests ---------------------------------------------------------------
+
+    def _send_invalid(self, exc: InvalidMessage) -> None:
+        request_id: str | list[str] = ["error"]
+        # Answering under the sender's own id (when it had one) lets a client
+        # fail that request at once instead of waiting for a timeout; the
+        # reference server always answers under ["error"].
+        if exc.request_id is not None and not self._reference:
+            request_id = exc.request_id
+        self._enqueue(
+            {
+                "requestId": request_id,
+                "status": 400,
+                "statusText": HTTPStatus(400).phrase,
+                "headers": {},
+                "data": {
+                    "code": "400",
+                    "status": 400,
+                    "title": "Bad Request",
+                    "href": _ERROR_HREF,
+                    "userMessage": "Invalid WebSocket request",
+                    "detail": exc.detail,
+                },
+            }
+        )
+
+    async def _dispatch(self, req: WSRequest) -> None:
+        method = req.method
+        if method == "ping":
+            self._enqueue({"requestId": req.request_id, "status": 204})
+        elif method == "unwatch":
+            self._unwatch(req.request_id)
+            self._enqueue({"requestId": req.request_id, "status": 200})
+        elif method in _PLAIN:
+            response = await self._call(req, method)
+            self._enqueue(self._frame(req, method, response)[1])
+        else:
+            await self._watch(req, _WATCHES[method])
+
+    async def _call(self, req: WSRequest, method: str) -> CoreResponse:
+        headers = dict(req.headers)
+        headers["x-request-id"] = req.request_id
+        headers.setdefault("x-forwarded-proto", "https" if self._ws.url.scheme == "wss" else "http")
+        headers.setdefault("host", self._ws.headers.get("host", "localhost"))
+        body = req.body if method in ("put", "post") else b""
+        return await self._core.handle(CoreRequest(method, req.path, headers, body))
+
+    def _frame(self, req: WSRequest, method: str, response: CoreResponse) -> tuple[int, str]:
+        """The response status and message (JSON-encoded; bodies are spliced in as they are)."""
+        status = response.status
+        headers = {k: v for k, v in response.headers.items() if v}
+        headers["x-request-id"] = req.request_id
+        content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        body = response.body
+        data: bytes | None = None
+        if body and method != "head":
+            if is_json_type(content_type):
+                data = body
+            elif status < 300:
+                # Binary can only travel over HTTP (protocol §4.2).
+                message: dict[str, Any] = {
+                    "requestId": req.request_id,
+                    "status": 400,
+                    "statusText": _BINARY_OVER_WS,
+                    "headers": headers,
+                    "data": {
+                        "statusCode": 400,
+                        "error": "Bad Request",
+                        "message": f"{_BINARY_OVER_WS}; use HTTP to read {content_type} resources",
+                    },
+                }
+                return 400, _dumps(message)
+        out: dict[str, Any] = {"requestId": req.request_id, "status": status, "headers": headers}
+        if status >= 300:
+            out["statusText"] = HTTPStatus(status).phrase
+        text = _dumps(out)
+        if data is not None:
+            # The core's JSON text is valid JSON already: splice it in rather
+            # than parse and re-encode a possibly large document.
+            text = f'{text[:-1]},"data":{data.decode()}}}'
+        return status, text
+
+    # -- watches ----------------------------------------------------------------
+
+    async def _watch(self, req: WSRequest, method: str) -> None:
+        response = await self._call(req, method)
+        status, frame = self._frame(req, method, response)
+        resource_id = _resource_of(response.headers.get("content-location", ""))
+        if status >= 300:
+            # Errors (and binary GETs) are answered and no watch is made.
+            self._enqueue(frame)
+            return
+        if resource_id is None:
+            self._enqueue(
+                {
+                    "requestId": req.request_id,
+                    "status": 400,
+                    "statusText": HTTPStatus(400).phrase,
+                    "headers": {"x-request-id": req.request_id},
+                    "data": {
+                        "statusCode": 400,
+                        "error": "Bad Request",
+                        "message": f"only resources can be watched, not {req.path!r}",
+                    },
+                }
+            )
+            return
+        since = self._since(req, response)
+        # From here to the end nothing awaits: response, subscription and
+        # replay are queued atomically with respect to every other change.
+        resume = "x-oada-rev" in req.headers and since is not None
+        if resume and self._reference:
+            # The reference server answers a resume twice: first a bare 200,
+            # then (after the replay) the real response.
+            self._enqueue({"requestId": req.request_id, "status": 200})
+        else:
+            self._enqueue(frame)
+        self._unwatch(req.request_id)
+        notifier = self._notifiers.get(resource_id)
+        if notifier is None:
+            notifier = _Notifier(resource_id)
+            self._notifiers[resource_id] = notifier
+            notifier.unsubscribe = self._core.subscribe(resource_id, self._listener(notifier))
+        if since is not None:
+            for _rev, change in self._core.changes_since(resource_id, since):
+                self._enqueue(self._change_message([req.request_id], resource_id, change))
+        notifier.request_ids.append(req.request_id)
+        self._watches[req.request_id] = notifier
+        if resume and self._reference:
+            self._enqueue(frame)
+
+    @staticmethod
+    def _since(req: WSRequest, response: CoreResponse) -> int | None:
+        """The rev after which to replay, or None for no replay.
+
+        With ``x-oada-rev`` that is the client's rev. Without it, the rev the
+        underlying request saw: normally nothing is newer, but if a change
+        slipped in before the subscription it is replayed rather than lost.
+        """
+        asked = req.headers.get("x-oada-rev", "").strip()
+        if asked:
+            return int(asked) if asked.isdigit() else None
+        seen = response.headers.get("x-oada-rev", "")
+        return int(seen) if seen.isdigit() else None
+
+    def _listener(self, notifier: _Notifier) -> Callable[[str, int, list[dict[str, Any]]], None]:
+        def on_change(resource_id: str, rev: int, change: list[dict[str, Any]]) -> None:
+            if not notifier.request_ids:
+                return
+            self._enqueue(self._change_message(list(notifier.request_ids), resource_id, change))
+            if _is_whole_delete(change):
+                # A deleted resource ends all its watches (after the delete
+                # change itself was delivered).
+                self._drop(notifier)
+
+        return on_change
+
+    @staticmethod
+    def _change_message(
+        request_ids: list[str], resource_id: str, change: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "requestId": request_ids,
+            "resourceId": resource_id,
+            "path_leftover": [""] * len(request_ids),
+            "change": change,
+        }
+
+    def _unwatch(self, request_id: str) -> None:
+        notifier = self._watches.pop(request_id, None)
+        if notifier is None:
+            return
+        if request_id in notifier.request_ids:
+            notifier.request_ids.remove(request_id)
+        if not notifier.request_ids:
+            self._drop(notifier)
+
+    def _drop(self, notifier: _Notifier) -> None:
+        notifier.unsubscribe()
+        for request_id in notifier.request_ids:
+            self._watches.pop(request_id, None)
+        notifier.request_ids.clear()
+        if self._notifiers.get(notifier.resource_id) is notifier:
+            del self._notifiers[notifier.resource_id]
+
+    def _drop_all(self) -> None:
+        for notifier in list(self._notifiers.values()):
+            self._drop(notifier)

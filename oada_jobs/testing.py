@@ -1,0 +1,347 @@
+"""Test helpers: run an embedded OADA server for the duration of a test.
+
+>>> async with embedded_server() as server:  # doctest: +SKIP
+...     async with OADAClient(server.url, server.token) as oada:
+...         await oada.put("/bookmarks/x", {"a": 1})
+
+Two modes:
+
+* **in-process** (default): uvicorn runs in a task of the current event
+  loop; fast, and :attr:`EmbeddedServer.core` gives direct access to the
+  core.
+* **subprocess** (``subprocess=True``): ``python -m oada_jobs serve`` in a
+  child process, for fault tests: :meth:`EmbeddedServer.kill` sends SIGKILL
+  and :meth:`EmbeddedServer.restart` starts it again on the same port and
+  database.
+
+Both wait until the server really answers before yielding, and stop it
+(and remove temporary files) afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess as _subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import httpx
+from anyio.abc import Process
+
+from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
+
+if TYPE_CHECKING:
+    from oada_jobs.server.core import OADACore
+
+__all__ = ["EmbeddedServer", "embedded_server", "single_user_tokens"]
+
+#: Seconds a subprocess server may take to start answering.
+START_TIMEOUT = 30.0
+
+_URL_LINE = re.compile(rb"listening on (https?://\S+?)/?\s")
+
+
+def single_user_tokens(tokens: Sequence[str]) -> dict[str, TokenInfo]:
+    """Map every token to the default development user (sam) with ``all:all``.
+
+    This is what ``oada-jobs serve --token`` does.
+    """
+    sam = DEFAULT_TOKENS["god"]
+    return dict.fromkeys(tokens, sam)
+
+
+@dataclass(slots=True)
+class EmbeddedServer:
+    """A running embedded server, as yielded by :func:`embedded_server`."""
+
+    #: Base URL, e.g. ``http://127.0.0.1:41234``.
+    url: str
+    #: ``host:port`` (what OADA clients call the domain, without a scheme).
+    domain: str
+    #: A token with ``all:all`` for the default user (``god`` by default).
+    token: str
+    #: Every configured token.
+    tokens: tuple[str, ...]
+    #: The settings the server runs with.
+    config: ServerConfig
+    #: CA certificate to trust when TLS is on, else None.
+    ca_cert: Path | None = None
+    #: The core (in-process mode only; None for a subprocess).
+    core: OADACore | None = None
+    _proc: _Child | None = field(default=None, repr=False)
+
+    @property
+    def port(self) -> int:
+        """The TCP port."""
+        return int(self.domain.rsplit(":", 1)[1])
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint, e.g. ``ws://127.0.0.1:41234/``."""
+        return self.url.replace("http", "ws", 1) + "/"
+
+    @property
+    def pid(self) -> int | None:
+        """The server process id in subprocess mode."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def kill(self) -> None:
+        """SIGKILL the server process (subprocess mode) and wait until it is gone."""
+        await self._child().kill()
+
+    async def restart(self) -> None:
+        """Start the server again (after :meth:`kill`) on the same port and database."""
+        await self._child().start()
+
+    def _child(self) -> _Child:
+        if self._proc is None:
+            raise RuntimeError("kill() and restart() need embedded_server(subprocess=True)")
+        return self._proc
+
+
+class _Child:
+    """The ``oada-jobs serve`` child process of a subprocess-mode server."""
+
+    def __init__(self, args: list[str], env: dict[str, str], probe: httpx.AsyncClient) -> None:
+        self._args = args
+        self._env = env
+        self._probe = probe
+        self._process: Process | None = None
+        self.url = ""
+        self._log = b""
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def start(self, port: int | None = None) -> None:
+        if self._process is not None and self._process.returncode is None:
+            raise RuntimeError("the server process is still running; kill() it first")
+        args = list(self._args)
+        if port is not None:
+            args += ["--port", str(port)]
+        elif self.url:
+            args += ["--port", self.url.rsplit(":", 1)[1]]
+        else:
+            args += ["--port", "0"]
+        self._process = await anyio.open_process(
+            args, env=self._env, stdin=_subprocess.DEVNULL, stderr=_subprocess.STDOUT
+        )
+        with anyio.fail_after(START_TIMEOUT):
+            self.url = await self._read_url()
+            await self._wait_answering()
+
+    async def _read_url(self) -> str:
+        """Read the child's output until it says where it listens."""
+        process = self._process
+        assert process is not None
+        assert process.stdout is not None
+        buffer = b""
+        async for chunk in process.stdout:
+            buffer += chunk
+            match = _URL_LINE.search(buffer)
+            if match:
+                self._log = buffer
+                return match.group(1).decode()
+        await process.wait()
+        raise RuntimeError(
+            f"the server process exited with {process.returncode} before listening:\n"
+            + buffer.decode(errors="replace")
+        )
+
+    async def _wait_answering(self) -> None:
+        """Poll ``HEAD /bookmarks`` until the server answers at all."""
+        delay = 0.01
+        while True:
+            try:
+                await self._probe.head(f"{self.url}/bookmarks")
+                return
+            except httpx.TransportError:
+                if self._process is not None and self._process.returncode is not None:
+                    raise RuntimeError("the server process exited during start-up") from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    async def kill(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        await self._close_pipes()
+
+    async def stop(self) -> None:
+        """Graceful stop (SIGTERM), escalating to SIGKILL."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            process.terminate()
+            with anyio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await self._close_pipes()
+
+    async def _close_pipes(self) -> None:
+        if self._process is not None:
+            await self._process.aclose()
+
+
+def _resolve_tokens(tokens: Sequence[str] | Mapping[str, TokenInfo] | None) -> dict[str, TokenInfo]:
+    if tokens is None:
+        return dict(DEFAULT_TOKENS)
+    if isinstance(tokens, str):
+        raise TypeError("tokens must be a sequence of strings or a mapping, not one string")
+    if isinstance(tokens, Mapping):
+        return dict(tokens)
+    return single_user_tokens(tokens)
+
+
+@asynccontextmanager
+async def embedded_server(
+    *,
+    db: str | os.PathLike[str] = ":memory:",
+    tokens: Sequence[str] | Mapping[str, TokenInfo] | None = None,
+    quirks: Literal["none", "reference"] = "none",
+    tls: bool = False,
+    subprocess: bool = False,
+    port: int | None = None,
+    max_body_bytes: int | None = None,
+    ws_ping_interval: float | None = None,
+) -> AsyncIterator[EmbeddedServer]:
+    """Run an embedded OADA server on 127.0.0.1 while the block runs.
+
+    Parameters
+    ----------
+    db:
+        SQLite file, or ``":memory:"``. In subprocess mode ``":memory:"``
+        becomes a file in a temporary directory, so :meth:`EmbeddedServer.restart`
+        keeps the data.
+    tokens:
+        ``None`` for the development tokens (``god``, ``abc``); a list of
+        tokens that all stand for the default user with ``all:all``; or a
+        mapping token → :class:`~oada_jobs.server.config.TokenInfo`
+        (in-process mode only).
+    quirks:
+        ``"none"`` or ``"reference"`` (see :class:`ServerConfig`).
+    tls:
+        Serve HTTPS/WSS with a generated development certificate; trust
+        :attr:`EmbeddedServer.ca_cert`.
+    subprocess:
+        Run the server in a child process (for kill/restart tests).
+    port:
+        Fixed port; a free one when ``None``.
+    max_body_bytes, ws_ping_interval:
+        Override the :class:`ServerConfig` defaults.
+
+    >>> async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as s:  # doctest: +SKIP
+    ...     await s.kill()
+    ...     await s.restart()
+    """
+    token_map = _resolve_tokens(tokens)
+    if not token_map:
+        raise ValueError("at least one token is needed")
+    extra: dict[str, object] = {}
+    if max_body_bytes is not None:
+        extra["max_body_bytes"] = max_body_bytes
+    if ws_ping_interval is not None:
+        extra["ws_ping_interval"] = ws_ping_interval
+    tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
+    try:
+        db_path = os.fspath(db)
+        if subprocess and db_path == ":memory:":
+            db_path = str(tmp / "oada.sqlite")
+        config = ServerConfig.model_validate(
+            {"db": db_path, "tokens": token_map, "quirks": quirks, **extra}
+        )
+        cert = None
+        if tls:
+            from oada_jobs.server.tls import self_signed
+
+            cert = self_signed(tmp / "tls")
+        token = "god" if "god" in token_map else next(iter(token_map))
+        server_cm: AbstractAsyncContextManager[tuple[str, OADACore | None, _Child | None]]
+        if subprocess:
+            server_cm = _subprocess_server(config, cert_dir=tmp / "tls" if tls else None, port=port)
+        else:
+            server_cm = _in_process_server(config, cert_dir=tmp / "tls" if tls else None, port=port)
+        async with server_cm as (url, core, child):
+            yield EmbeddedServer(
+                url=url,
+                domain=url.split("://", 1)[1],
+                token=token,
+                tokens=tuple(token_map),
+                config=config,
+                ca_cert=cert.ca_cert if cert is not None else None,
+                core=core,
+                _proc=child,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _in_process_server(
+    config: ServerConfig, *, cert_dir: Path | None, port: int | None
+) -> AsyncIterator[tuple[str, OADACore | None, _Child | None]]:
+    from oada_jobs.server.runner import serve
+
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(
+            partial(
+                serve,
+                config,
+                host="127.0.0.1",
+                port=port or 0,
+                ssl_certfile=cert_dir / "cert.pem" if cert_dir else None,
+                ssl_keyfile=cert_dir / "key.pem" if cert_dir else None,
+                graceful_timeout=2.0,
+            )
+        )
+        try:
+            yield handle.url, handle.core, None
+        finally:
+            handle.shutdown()
+
+
+@asynccontextmanager
+async def _subprocess_server(
+    config: ServerConfig, *, cert_dir: Path | None, port: int | None
+) -> AsyncIterator[tuple[str, OADACore | None, _Child | None]]:
+    default_tokens = config.tokens == DEFAULT_TOKENS
+    if not default_tokens and any(i != DEFAULT_TOKENS["god"] for i in config.tokens.values()):
+        raise ValueError(
+            "a subprocess server takes the default tokens or a list of plain tokens "
+            "(each for the default user), not a mapping to other users"
+        )
+    args = [sys.executable, "-m", "oada_jobs", "serve", "--host", "127.0.0.1", "--db", config.db]
+    args += ["--quirks", config.quirks, "--max-body-bytes", str(config.max_body_bytes)]
+    args += ["--ws-ping-interval", str(config.ws_ping_interval)]
+    if cert_dir is not None:
+        args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if not default_tokens:
+        # Through the environment, so tokens never show up in `ps`.
+        env["OADA_JOBS_SERVE_TOKENS"] = " ".join(config.tokens)
+    verify: str | bool = str(cert_dir / "ca.pem") if cert_dir is not None else True
+    async with httpx.AsyncClient(verify=verify, timeout=5.0) as probe:
+        child = _Child(args, env, probe)
+        try:
+            await child.start(port)
+            yield child.url, None, child
+        finally:
+            with anyio.CancelScope(shield=True):
+                await child.stop()
