@@ -214,6 +214,11 @@ class WSConnection:
             pass
         except OSError as error:
             logger.debug("WebSocket read failed: %s", error)
+        except Exception:
+            # This task runs in the client's task group: an exception escaping
+            # it would cancel the code that opened the client. Treat it as a
+            # dropped socket instead.
+            logger.exception("WebSocket reader failed; reconnecting")
         finally:
             self._socket_lost(sock, generation)
 
@@ -420,6 +425,13 @@ class WSConnection:
                 pass  # _give_up has already failed every watch it gave up on
             except ClientClosed:
                 pass  # closing: the watches were ended by __aexit__
+        except Exception as error:
+            # Never let this escape into the client's task group (see _read).
+            logger.exception("restoring watches failed")
+            for watch in list(self._lost):
+                self._lost.pop(watch, None)
+                self._watches.pop(watch, None)
+                watch.fail(WatchLost(f"restoring the watch failed: {error!r}", path=watch.path))
         finally:
             self._restoring = False
 
