@@ -16,6 +16,10 @@ Two modes:
 
 Both wait until the server really answers before yielding, and stop it
 (and remove temporary files) afterwards.
+
+For testing job services, :func:`post_job` posts a job into a service's
+pending list and :func:`wait_for_job` waits (watching, never polling) until
+it has finished.
 """
 
 from __future__ import annotations
@@ -32,18 +36,29 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx
 from anyio.abc import Process
+from pydantic import BaseModel
 
+from oada_jobs.job import FINISHED, Job
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
+from oada_jobs.tree import JOBS_TYPE, LayoutName, get_layout
+from oada_jobs.types import JsonObject
 
 if TYPE_CHECKING:
+    from oada_jobs.client import OADAClient
     from oada_jobs.server.core import OADACore
 
-__all__ = ["EmbeddedServer", "embedded_server", "single_user_tokens"]
+__all__ = [
+    "EmbeddedServer",
+    "embedded_server",
+    "post_job",
+    "single_user_tokens",
+    "wait_for_job",
+]
 
 #: Seconds a subprocess server may take to start answering.
 START_TIMEOUT = 30.0
@@ -345,3 +360,77 @@ async def _subprocess_server(
         finally:
             with anyio.CancelScope(shield=True):
                 await child.stop()
+
+
+# --------------------------------------------------------------------------
+# Jobs: post one and wait for its outcome (for testing services).
+
+
+async def post_job(
+    oada: OADAClient,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    layout: LayoutName = "classic",
+) -> str:
+    """Create a job for *service* and link it into the service's pending list.
+
+    Returns the job's resource id (``resources/<k>``); its key in the list is
+    ``<k>``. *config* may be a JSON object or a pydantic model.
+
+    >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
+    """
+    if isinstance(config, BaseModel):
+        config = config.model_dump(mode="json")
+    job = {"service": service, "type": type, "config": dict(config or {})}
+    chosen = get_layout(layout)
+    job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
+    key = job_id.removeprefix("resources/")
+    await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
+    return job_id
+
+
+async def wait_for_job(
+    oada: OADAClient,
+    job_id: str,
+    timeout: float = 30.0,  # noqa: ASYNC109 -- a bounded wait is what a test helper is for
+    *,
+    filed: LayoutName | None = None,
+) -> Job[JsonObject]:
+    """Wait (watching, not polling) until the job is ``success`` or ``failure``.
+
+    With *filed* (the service's layout) it also waits until the runner has
+    removed the job from the pending list, i.e. it is completely filed.
+    Raises :class:`TimeoutError` after *timeout* seconds.
+
+    >>> job = await wait_for_job(oada, job_id, 10)  # doctest: +SKIP
+    >>> job.status, job.result  # doctest: +SKIP
+    """
+    path = f"/{job_id}"
+    with anyio.fail_after(timeout):
+        response = await oada.get(path)
+        job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+        if not job.finished:
+            async with oada.watch(path, rev=response.rev) as changes:
+                async for change in changes:
+                    body = change.body or {}
+                    if change.path in ("", "/") and body.get("status") in FINISHED:
+                        break
+            response = await oada.get(path)
+            job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+        if filed is not None:
+            await _wait_unlisted(oada, get_layout(filed).pending_path(job.service), job_id)
+    return job
+
+
+async def _wait_unlisted(oada: OADAClient, list_path: str, job_id: str) -> None:
+    key = job_id.removeprefix("resources/")
+    listing = await oada.get(list_path)
+    if not isinstance(listing.data, Mapping) or key not in listing.data:
+        return
+    async with oada.watch(list_path, rev=listing.rev) as changes:
+        async for change in changes:
+            body = change.body or {}
+            if change.path in ("", "/") and change.type == "delete" and key in body:
+                return

@@ -1,0 +1,142 @@
+"""Starting, stopping, restarting and sharing a queue between replicas."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+
+import anyio
+import pytest
+
+from oada_jobs import Job, Json, Service, ServiceState, WorkerContext
+from oada_jobs.client import OADAClient
+from oada_jobs.testing import post_job, wait_for_job
+from oada_jobs.tree import get_layout
+
+from .conftest import LogWaiter, key_of, today, wait_list_empty
+
+CLASSIC = get_layout("classic")
+
+
+async def test_stop_lets_running_jobs_finish_within_the_grace_period(
+    make_service: Callable[..., Service], oada: OADAClient, name: str, logs: LogWaiter
+) -> None:
+    service = make_service()
+    started, release = anyio.Event(), anyio.Event()
+
+    @service.on("wait", 10)
+    async def wait(job: Job, ctx: WorkerContext) -> Json:
+        started.set()
+        await release.wait()
+        return {"finished": True}
+
+    async with anyio.create_task_group() as group:
+        await group.start(partial(service.run, handle_signals=False))
+        job_id = await post_job(oada, name, "wait", {})
+        with anyio.fail_after(10):
+            await started.wait()
+        group.start_soon(partial(service.stop, grace=10))
+        await logs.wait_for(lambda r: r.getMessage() == f"service {name}: stopping")
+        assert service.state is ServiceState.STOPPING
+        release.set()
+    assert service.state is ServiceState.STOPPED
+    assert (await oada.get(f"/{job_id}")).data["status"] == "success"
+    with pytest.raises(RuntimeError, match="can be started once"):
+        await service.start()
+
+
+async def test_a_restart_resumes_the_backlog_and_reruns_jobs_cut_off_at_shutdown(
+    make_service: Callable[..., Service], oada: OADAClient, name: str
+) -> None:
+    first = make_service(concurrency=1)
+    started = anyio.Event()
+    cut_off: list[str] = []
+
+    @first.on("work", 10)
+    async def block(job: Job, ctx: WorkerContext) -> Json:
+        cut_off.append(job.oada_id)
+        started.set()
+        await anyio.sleep_forever()
+        return None
+
+    await first.start()
+    # start() returns once the queues are watched.
+    assert first.queues["_default"].watching
+    ids = [await post_job(oada, name, "work", {"n": n}) for n in range(6)]
+    with anyio.fail_after(10):
+        await started.wait()
+    await first.stop(grace=0)
+    [interrupted] = cut_off
+    released = (await oada.get(f"/{interrupted}")).data
+    assert released["status"] == "pending"
+    assert released["lease"] is None
+
+    second = make_service(concurrency=2)
+    ran: list[str] = []
+
+    @second.on("work", 10)
+    async def work(job: Job, ctx: WorkerContext) -> Json:
+        ran.append(job.oada_id)
+        return {"n": job.config["n"]}
+
+    async with second:
+        jobs = [await wait_for_job(oada, job_id, 10) for job_id in ids]
+    assert [job.result for job in jobs] == [{"n": n} for n in range(6)]
+    assert sorted(ran) == sorted(ids)
+    statuses = [u["status"] for u in jobs[ids.index(interrupted)].updates.values()]
+    assert statuses == ["started", "released", "started", "success"]
+
+
+@pytest.mark.slow
+async def test_two_services_on_one_queue_run_each_job_exactly_once(
+    make_service: Callable[..., Service], oada: OADAClient, domain: str, name: str
+) -> None:
+    total = 200
+    runs: Counter[str] = Counter()
+    done = anyio.Event()
+
+    def replica() -> Service:
+        service = make_service(concurrency=10)
+
+        @service.on("count", 10)
+        async def count(job: Job, ctx: WorkerContext) -> Json:
+            runs[job.oada_id] += 1
+            await anyio.sleep(0)
+            if sum(runs.values()) >= total:
+                done.set()
+            return {"by": service.worker_id}
+
+        return service
+
+    a, b = replica(), replica()
+    async with a, b:
+        ids = [await post_job(oada, name, "count", {"n": n}) for n in range(total)]
+        with anyio.fail_after(60):
+            await done.wait()
+        await wait_list_empty(oada, CLASSIC.pending_path(name), 60)
+    assert len(runs) == total
+    assert set(runs.values()) == {1}
+    filed = (
+        await oada.get(
+            CLASSIC.day_index_path(
+                name, "success", __import__("datetime").date.fromisoformat(today())
+            )
+        )
+    ).data
+    assert {key_of(job_id) for job_id in ids} <= set(filed)
+    workers = Counter()
+    for job_id in ids:
+        workers[(await oada.get(f"/{job_id}/result/by")).data] += 1
+    # Both replicas took part.
+    assert len(workers) == 2
+
+
+async def test_run_stops_on_sigterm(make_service: Callable[..., Service]) -> None:
+    service = make_service()
+    async with anyio.create_task_group() as group:
+        await group.start(service.run)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert service.state is ServiceState.STOPPED
