@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from core_helpers import FRANK_BM, SAM_BM, collect, open_core
 
-from oada_jobs.server.auth import scope_allows
+from oada_jobs.server.auth import may_access, scope_allows
 from oada_jobs.server.config import TokenInfo
 
 
@@ -218,3 +218,20 @@ async def test_change_arrays_do_not_leak_other_users_changes_through_links() -> 
         await c.ok("put", "/resources/S/_meta/_permissions", {frank_id: {"read": True}})
         await c.ok("put", "/resources/S", {"secret": 3})
         assert [ch["resource_id"] for ch in seen[-1][1]] == ["resources/F", "resources/S"]
+
+
+def test_may_access_table() -> None:
+    sam, frank = "users/sam", "users/frank"
+    assert may_access({"_owner": sam}, sam, write=True)
+    assert not may_access({"_owner": sam}, frank, write=False)
+    assert not may_access({}, frank, write=False)
+    assert not may_access({"_owner": sam, "_permissions": "all"}, frank, write=False)
+    assert not may_access({"_owner": sam, "_permissions": {frank: True}}, frank, write=False)
+    grants = {"_owner": sam, "_permissions": {frank: {"read": True}}}
+    assert may_access(grants, frank, write=False)
+    assert not may_access(grants, frank, write=True)
+    owner = {"_owner": sam, "_permissions": {frank: {"owner": True}}}
+    assert may_access(owner, frank, write=True)
+    assert not may_access(
+        {"_owner": sam, "_permissions": {frank: {"read": "yes"}}}, frank, write=False
+    )
