@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess as _subprocess
 import sys
 import tempfile
@@ -89,7 +90,7 @@ class EmbeddedServer:
     tokens: tuple[str, ...]
     #: The settings the server runs with.
     config: ServerConfig
-    #: CA certificate to trust when TLS is on, else None.
+    #: CA certificate to trust when TLS is on, else None (see :meth:`ssl_context`).
     ca_cert: Path | None = None
     #: The core (in-process mode only; None for a subprocess).
     core: OADACore | None = None
@@ -104,6 +105,15 @@ class EmbeddedServer:
     def ws_url(self) -> str:
         """The WebSocket endpoint, e.g. ``ws://127.0.0.1:41234/``."""
         return self.url.replace("http", "ws", 1) + "/"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting this server's certificate (``verify=`` for httpx).
+
+        Raises ``RuntimeError`` when the server runs without TLS.
+        """
+        if self.ca_cert is None:
+            raise RuntimeError("the server runs without TLS; use embedded_server(tls=True)")
+        return ssl.create_default_context(cafile=str(self.ca_cert))
 
     @property
     def pid(self) -> int | None:
@@ -351,7 +361,9 @@ async def _subprocess_server(
     if not default_tokens:
         # Through the environment, so tokens never show up in `ps`.
         env["OADA_JOBS_SERVE_TOKENS"] = " ".join(config.tokens)
-    verify: str | bool = str(cert_dir / "ca.pem") if cert_dir is not None else True
+    verify: ssl.SSLContext | bool = True
+    if cert_dir is not None:
+        verify = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
     async with httpx.AsyncClient(verify=verify, timeout=5.0) as probe:
         child = _Child(args, env, probe)
         try:

@@ -1,0 +1,58 @@
+"""Server-side WebSocket keepalive: pings every ws_ping_interval, silent peers dropped."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import anyio
+from anyio.abc import SocketStream
+from ws_helpers import ws_connect
+
+from oada_jobs.testing import embedded_server
+
+
+async def handshake(port: int) -> tuple[SocketStream, bytes]:
+    """A raw WebSocket upgrade, so the test sees (and does not answer) pings."""
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += await stream.receive()
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return stream, rest
+
+
+async def test_server_pings_and_drops_silent_peers() -> None:
+    async with embedded_server(ws_ping_interval=0.2) as server:
+        stream, pending = await handshake(server.port)
+        async with stream:
+            with anyio.fail_after(5):
+                while len(pending) < 2:
+                    pending += await stream.receive()
+                # FIN + opcode 0x9: a ping frame from the server.
+                assert pending[0] == 0x89, pending
+                # Never answered: the server closes the connection.
+                try:
+                    while True:
+                        await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    pass
+
+
+async def test_answering_peers_stay_connected() -> None:
+    async with embedded_server(ws_ping_interval=0.05) as server, ws_connect(server) as ws:
+        # websockets answers pings itself; across many intervals the session
+        # stays up and serves requests.
+        for _ in range(10):
+            assert (await ws.request("head", "/bookmarks"))["status"] == 200
+            with anyio.move_on_after(0.05):
+                await ws.conn.wait_closed()
+        assert (await ws.request("head", "/bookmarks"))["status"] == 200
