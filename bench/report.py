@@ -84,9 +84,7 @@ def _summary(results: Mapping[str, Any]) -> str:
         section: Any = results.get(key)
         ratio = _get(section, "ratio")
         jobs = _get(section, "jobs")
-        label = (
-            f"Throughput vs @oada/jobs 1.0.4, {jobs:,} {what}" if jobs else f"Throughput ({key})"
-        )
+        label = f"Throughput vs @oada/jobs 1.0.4, {f'{jobs:,} ' if jobs else ''}{what}"
         median = ratio["median"] if ratio else None
         rows.append(
             [
@@ -449,6 +447,16 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
         "`jobs-success`. Requests are counted by the server per token (HTTP requests and "
         "WebSocket request messages), over the timed part only. Each service first runs one "
         "warm-up job, so that its day list exists (see the notes).",
+        "",
+        "Unless a section says otherwise, oada-jobs runs with `concurrency=10` (jobs at "
+        "once, which is also its limit on requests in flight) and @oada/jobs 1.0.4 with "
+        "`new Service(name, domain, token, 10)` (10 requests in flight; it has no limit on "
+        "jobs at once).",
+        "",
+        "Run `make bench` (or `.venv/bin/python -m bench`) to measure again and rewrite this "
+        "page; `python -m bench --quick` is a short smoke run, `--only throughput,latency` "
+        "picks sections, and `python -m bench.report docs/benchmarks.json` re-renders the "
+        "page from saved results.",
         "",
         "## End-to-end throughput (no-op jobs)",
         "",
