@@ -1,0 +1,131 @@
+"""``oada-jobs serve``: starts, answers, prints the URL and never a secret token."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+from anyio.abc import Process
+from typer.testing import CliRunner
+
+from oada_jobs.cli import app
+
+URL = re.compile(r"listening on (https?://[\d.]+:\d+)/")
+
+
+@asynccontextmanager
+async def serve(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Process, str, str]]:
+    """Run the command; yield the process, its URL and everything it printed up to then."""
+    cmd = [sys.executable, "-m", "oada_jobs", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = await anyio.open_process(cmd, env=full_env, stderr=subprocess.STDOUT)
+    async with process:
+        assert process.stdout is not None
+        out = ""
+        with anyio.fail_after(30):
+            async for chunk in process.stdout:
+                out += chunk.decode()
+                # Wait for the full banner (URL plus the token line).
+                if URL.search(out) and "tokens:" in out:
+                    break
+        match = URL.search(out)
+        assert match, out
+        try:
+            yield process, match.group(1), out
+        finally:
+            process.terminate()
+            with anyio.fail_after(10):
+                await process.wait()
+
+
+async def test_serve_answers_and_stops_gracefully(tmp_path: Path) -> None:
+    db = tmp_path / "oada.sqlite"
+    async with serve("--db", str(db)) as (process, url, out):
+        assert "god" in out  # the documented development token may be shown
+        async with httpx.AsyncClient() as c:
+            r = await c.put(
+                f"{url}/bookmarks/cli", json={"ok": 1}, headers={"authorization": "Bearer god"}
+            )
+            assert r.status_code == 201
+            denied = await c.get(f"{url}/bookmarks", headers={"authorization": "Bearer nope"})
+            assert denied.status_code == 401
+    # SIGTERM stops it: killed by its own re-raised signal or a clean exit.
+    assert process.returncode in (0, -15)
+    assert db.exists()
+
+
+async def test_custom_tokens_are_never_printed(tmp_path: Path) -> None:
+    secret = "s3cret-token-value"
+    env = {"OADA_JOBS_SERVE_TOKENS": "from-env-token"}
+    async with serve("--db", ":memory:", "--token", secret, "--quirks", "reference", env=env) as (
+        _process,
+        url,
+        out,
+    ):
+        assert secret not in out
+        assert "from-env-token" not in out
+        assert "not shown" in out
+        async with httpx.AsyncClient() as c:
+            ok = await c.get(f"{url}/bookmarks", headers={"authorization": f"Bearer {secret}"})
+            assert ok.status_code == 200
+            # Only the given tokens are accepted: the defaults are off.
+            god = await c.get(f"{url}/bookmarks", headers={"authorization": "Bearer god"})
+            assert god.status_code == 401
+            # quirks=reference: a missing /resources/<id> is 403.
+            missing = await c.get(
+                f"{url}/resources/none", headers={"authorization": f"Bearer {secret}"}
+            )
+            assert missing.status_code == 403
+
+
+async def test_tls_self_signed(tmp_path: Path) -> None:
+    async with serve("--db", ":memory:", "--tls-self-signed", "--tls-dir", str(tmp_path)) as (
+        _process,
+        url,
+        out,
+    ):
+        assert url.startswith("https://")
+        assert str(tmp_path / "ca.pem") in out
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        async with httpx.AsyncClient(verify=ctx) as c:
+            r = await c.head(f"{url}/bookmarks", headers={"authorization": "Bearer god"})
+            assert r.status_code == 200
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    cases = [
+        ["serve", "--quirks", "weird"],
+        ["serve", "--port", "70000"],
+        ["serve", "--tls-cert", str(cert)],
+        ["serve", "--max-body-bytes", "0"],
+        ["serve", "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(cert)],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+
+
+async def test_port_in_use_is_a_clear_error() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        result = await anyio.run_process(
+            [sys.executable, "-m", "oada_jobs", "serve", "--port", str(port), "--db", ":memory:"],
+            check=False,
+        )
+    assert result.returncode == 1
+    assert b"address in use" in result.stderr
