@@ -1,0 +1,144 @@
+"""Helpers that run the official OADA Node clients against the embedded server.
+
+Each Node script in ``conformance/`` runs every case it knows against one
+server and prints one JSON line per case: ``{"case", "ok", "detail"}``. A
+module-scoped fixture starts the server, runs the script once, and the test
+functions then assert one case each, so a failure names its case and shows
+what the client saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFORMANCE = ROOT / "conformance"
+#: Upper bound for one whole script run (every case of one client and mode).
+RUN_TIMEOUT = 90.0
+
+CLIENT5_SCRIPT = "oada-client-5.mjs"
+CLIENT1_SCRIPT = "oada-client-1.cjs"
+JOBS1_SCRIPT = "oada-jobs-1.cjs"
+
+#: The cases of ``oada-client-5.mjs`` (@oada/client 5.3.0), in its order
+#: (the tests check this against the script's ``--list``).
+CLIENT5_CASES = [
+    "connect",
+    "connect_auto",
+    "get_bookmarks",
+    "head_bookmarks",
+    "get_subpath",
+    "put",
+    "post",
+    "post_resources",
+    "delete_key",
+    "delete_link",
+    "delete_resource",
+    "rev_propagation",
+    "rev_propagation_deep",
+    "ensure_create",
+    "ensure_noop",
+    "tree_put",
+    "tree_get",
+    "watch",
+    "watch_rev_resume",
+    "unwatch",
+    "get_watch",
+    "watch_resource_delete",
+    "concurrent_writes",
+    "large_body",
+    "not_found",
+    "bad_token",
+    "if_match",
+    "jobs_request",
+]
+
+#: The cases of ``oada-client-1.cjs`` (@oada/client 1.1.4), in its order.
+CLIENT1_CASES = ["connect", "get", "put", "post", "not_found", "watch", "tree_put"]
+
+#: The cases of ``oada-jobs-1.cjs`` (@oada/jobs 1.0.4 service), in its order.
+JOBS1_CASES = ["service_start", "job_success", "job_failure"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """What one case reported."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(slots=True)
+class NodeRun:
+    """Everything one run of a conformance script reported."""
+
+    label: str
+    returncode: int
+    results: dict[str, CaseResult] = field(default_factory=dict)
+    stderr: str = ""
+    #: stdout lines that were not case reports (kept for the failure message).
+    other_output: list[str] = field(default_factory=list)
+
+    def check(self, case: str) -> None:
+        """Fail with the case's own detail unless it passed."""
+        result = self.results.get(case)
+        context = f"\n--- node stderr ---\n{self.stderr[-3000:]}" if self.stderr.strip() else ""
+        if self.other_output:
+            context += "\n--- other node output ---\n" + "\n".join(self.other_output[-20:])
+        assert result is not None, (
+            f"{self.label}: case {case!r} was not reported (node exited {self.returncode}){context}"
+        )
+        assert result.ok, f"{self.label}: case {case!r} failed:\n{result.detail}{context}"
+
+
+def node_binary() -> str:
+    """The ``node`` executable, or a clear failure telling how to get the packages."""
+    node = shutil.which("node")
+    assert node is not None, "node is not on PATH; the conformance tests need Node 20 (make setup)"
+    assert (CONFORMANCE / "node_modules" / "@oada" / "client").is_dir(), (
+        "conformance/node_modules is missing; run `make setup` (npm ci in conformance/)"
+    )
+    return node
+
+
+async def list_cases(script: str) -> list[str]:
+    """The case names a script knows (``--list``)."""
+    with anyio.fail_after(30):
+        done = await anyio.run_process(
+            [node_binary(), str(CONFORMANCE / script), "--list"], cwd=CONFORMANCE
+        )
+    return done.stdout.decode().split()
+
+
+async def run_cases(script: str, label: str, env: Mapping[str, str]) -> NodeRun:
+    """Run *script* with *env* added to the environment and collect its reports."""
+    # Node's deprecation warnings (e.g. the ALPN probe's IP server name) would
+    # only bury the client's real complaints in the failure output.
+    node_options = f"{os.environ.get('NODE_OPTIONS', '')} --no-deprecation".strip()
+    full_env = {**os.environ, "NODE_OPTIONS": node_options, **env}
+    with anyio.fail_after(RUN_TIMEOUT):
+        done = await anyio.run_process(
+            [node_binary(), str(CONFORMANCE / script)],
+            cwd=CONFORMANCE,
+            env=full_env,
+            check=False,
+        )
+    run = NodeRun(
+        label=label, returncode=done.returncode, stderr=done.stderr.decode(errors="replace")
+    )
+    for line in done.stdout.decode(errors="replace").splitlines():
+        try:
+            report = json.loads(line)
+            run.results[report["case"]] = CaseResult(
+                ok=report["ok"] is True, detail=str(report["detail"])
+            )
+        except (ValueError, KeyError, TypeError):
+            run.other_output.append(line)
+    return run

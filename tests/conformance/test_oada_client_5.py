@@ -1,0 +1,52 @@
+"""The official ``@oada/client`` 5.3.0 against the embedded server.
+
+The client runs in Node (``conformance/oada-client-5.mjs``) once per
+connection mode, ``http`` (requests over HTTP, watches over a side
+WebSocket) and ``ws`` (everything over one WebSocket), each against a fresh
+server; every case is one thing the client does, checked from its side.
+
+A third run uses a server with ``quirks="reference"``: the client must work
+just as well against the imitation of the reference server, whose
+differences the cases then expect (``QUIRKS=reference``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases
+
+from oada_jobs.testing import embedded_server
+
+pytestmark = pytest.mark.node
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("http", "none"), ("ws", "none"), ("ws", "reference")],
+    ids=["http", "ws", "ws-reference"],
+)
+async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
+    """Every case run once against a fresh server, in one connection mode."""
+    mode, quirks = request.param
+    async with embedded_server(quirks=quirks) as server:
+        yield await run_cases(
+            CLIENT5_SCRIPT,
+            f"@oada/client 5.3.0 ({mode}, quirks={quirks})",
+            {
+                "OADA_URL": server.url,
+                "OADA_TOKEN": server.token,
+                "CONNECTION": mode,
+                "QUIRKS": quirks,
+            },
+        )
+
+
+async def test_case_list_matches_script() -> None:
+    assert await list_cases(CLIENT5_SCRIPT) == CLIENT5_CASES
+
+
+@pytest.mark.parametrize("case", CLIENT5_CASES)
+async def test_oada_client_5(client5: NodeRun, case: str) -> None:
+    client5.check(case)

@@ -1,0 +1,89 @@
+"""The official OADA clients against the embedded server over TLS.
+
+``@oada/client`` 1.1.4 speaks only ``wss://``, and so does the original job
+framework built on it, ``@oada/jobs`` 1.0.4, which runs here as a real job
+service; 5.3.0 runs again over ``https://`` and ``wss://`` (both modes). The server uses its generated
+development certificate, and Node trusts its CA through
+``NODE_EXTRA_CA_CERTS``: certificate and host name verification stay on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from node_cases import (
+    CLIENT1_CASES,
+    CLIENT1_SCRIPT,
+    CLIENT5_CASES,
+    CLIENT5_SCRIPT,
+    JOBS1_CASES,
+    JOBS1_SCRIPT,
+    NodeRun,
+    list_cases,
+    run_cases,
+)
+
+from oada_jobs.testing import EmbeddedServer, embedded_server
+
+pytestmark = pytest.mark.node
+
+
+@pytest.fixture(scope="module")
+async def tls_server() -> AsyncIterator[EmbeddedServer]:
+    """One TLS server for the module; every run writes under its own prefix."""
+    async with embedded_server(tls=True) as server:
+        assert server.url.startswith("https://")
+        assert server.ca_cert is not None
+        yield server
+
+
+def _env(server: EmbeddedServer) -> dict[str, str]:
+    return {
+        "OADA_URL": server.url,
+        "OADA_TOKEN": server.token,
+        "NODE_EXTRA_CA_CERTS": str(server.ca_cert),
+    }
+
+
+@pytest.fixture(scope="module")
+async def client1(tls_server: EmbeddedServer) -> NodeRun:
+    """Every @oada/client 1.1.4 case, run once."""
+    return await run_cases(CLIENT1_SCRIPT, "@oada/client 1.1.4 (wss)", _env(tls_server))
+
+
+@pytest.fixture(scope="module")
+async def jobs1(tls_server: EmbeddedServer) -> NodeRun:
+    """An @oada/jobs 1.0.4 service running a succeeding and a failing job."""
+    return await run_cases(JOBS1_SCRIPT, "@oada/jobs 1.0.4 service (wss)", _env(tls_server))
+
+
+@pytest.fixture(scope="module", params=["http", "ws"])
+async def client5_tls(request: pytest.FixtureRequest, tls_server: EmbeddedServer) -> NodeRun:
+    """Every @oada/client 5.3.0 case, run once per connection mode over TLS."""
+    mode: str = request.param
+    return await run_cases(
+        CLIENT5_SCRIPT,
+        f"@oada/client 5.3.0 ({mode} over TLS)",
+        {**_env(tls_server), "CONNECTION": mode},
+    )
+
+
+async def test_case_lists_match_scripts() -> None:
+    assert await list_cases(CLIENT1_SCRIPT) == CLIENT1_CASES
+    assert await list_cases(JOBS1_SCRIPT) == JOBS1_CASES
+
+
+@pytest.mark.parametrize("case", CLIENT1_CASES)
+async def test_oada_client_1(client1: NodeRun, case: str) -> None:
+    client1.check(case)
+
+
+@pytest.mark.parametrize("case", JOBS1_CASES)
+async def test_oada_jobs_1(jobs1: NodeRun, case: str) -> None:
+    jobs1.check(case)
+
+
+@pytest.mark.parametrize("case", CLIENT5_CASES)
+async def test_oada_client_5_tls(client5_tls: NodeRun, case: str) -> None:
+    client5_tls.check(case)
