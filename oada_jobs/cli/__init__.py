@@ -24,3 +24,7 @@ def _root() -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+# Sub-commands register themselves on `app` when imported.
+from . import serve  # noqa: E402, F401
