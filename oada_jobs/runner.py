@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
@@ -39,8 +39,11 @@ from .exceptions import (
     JobError,
     NotFound,
     OADAError,
+    OADATransportError,
     PreconditionFailed,
     Retry,
+    ServerError,
+    TooManyRequests,
 )
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
 from .tree import JOB_TYPE, JOBS_TYPE
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["JobLogAdapter", "JobLogger", "JobOutcome", "Runner", "Worker", "WorkerContext"]
 
 logger = logging.getLogger("oada_jobs")
+
+T = TypeVar("T")
 
 #: Environment variable naming the optional update levels (``"debug,trace"``).
 LOGGING_ENV = "OADA_JOBS_LOGGING"
@@ -290,7 +295,7 @@ class Runner:
                 {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
                 meta=str(error),
             )
-            await self._shielded(self._write_and_file(outcome, None, etag=None))
+            await self._write_and_file(outcome, None, etag=None)
             return outcome
         except NotFound:
             self.log.error(
@@ -299,14 +304,16 @@ class Runner:
                 self.key,
                 self.job_id,
             )
-            await self._shielded(self._file(JobStatus.FAILURE.value, None, utc_now()))
+            moment = utc_now()
+            await self._shielded(lambda: self._file(JobStatus.FAILURE.value, None, moment))
             return None
         self._bind(job)
 
         if job.finished:
             self.log.info("job is already %s; filing it", job.status)
             assert job.status is not None
-            await self._shielded(self._file(job.status, None, self._finish_time(job)))
+            status, moment = job.status, self._finish_time(job)
+            await self._shielded(lambda: self._file(status, None, moment))
             return None
 
         worker_id = self.service.worker_id
@@ -320,7 +327,7 @@ class Runner:
             # Cancelled before it ran: file it, conditionally so that of
             # several replicas only one does.
             outcome = self._cancelled("the job was cancelled before it ran")
-            await self._shielded(self._write_and_file(outcome, job, etag=job.etag))
+            await self._write_and_file(outcome, job, etag=job.etag)
             return outcome
         claimed = await self._claim(job)
         if claimed is None:
@@ -379,7 +386,7 @@ class Runner:
             # again, here or on another replica.
             scoped.revoke()
             self.log.warning("stopped before the job finished; releasing it")
-            await self._shielded(self._release())
+            await self._shielded(self._release)
             raise
         finally:
             scoped.revoke()
@@ -387,10 +394,10 @@ class Runner:
         if outcome is None:
             return None
         if outcome.retry_after is not None:
-            await self._shielded(self._give_back(outcome))
+            await self._shielded(lambda: self._give_back(outcome))
             return outcome
         duration = anyio.current_time() - started
-        await self._shielded(self._write_and_file(outcome, job, etag=None, duration=duration))
+        await self._write_and_file(outcome, job, etag=None, duration=duration)
         return outcome
 
     async def _give_back(self, outcome: JobOutcome) -> None:
@@ -558,20 +565,35 @@ class Runner:
 
     # --------------------------------------------------------------- finishing
 
-    async def _shielded(self, awaitable: Any) -> None:
-        # Once the work is done its outcome must be recorded even if the
-        # service is being cancelled; bounded so shutdown cannot hang.
+    async def _shielded(self, step: Callable[[], Awaitable[T]]) -> T | None:
+        """Run *step* to record an outcome; ``None`` if it could not be recorded.
+
+        Once the work is done its outcome must be recorded even while the
+        service is being cancelled, so this is shielded — and bounded by
+        ``finish_timeout`` so shutdown cannot hang. Transient failures (the
+        connection dropped, 5xx, 429) are retried: every step is idempotent.
+        """
+        delay = 0.1
         with anyio.move_on_after(self.service.config.finish_timeout, shield=True) as scope:
-            try:
-                await awaitable
-            except OADAError as error:
-                self.log.error(
-                    "could not record the job's outcome (it stays in the pending list and "
-                    "will be retried): %s",
-                    error,
-                )
+            while True:
+                try:
+                    return await step()
+                except (OADATransportError, ServerError, TooManyRequests) as error:
+                    self.log.warning(
+                        "recording the job's outcome failed (%s); retrying in %.1f s", error, delay
+                    )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                except OADAError as error:
+                    self.log.error(
+                        "could not record the job's outcome (it stays in the pending list and "
+                        "will be retried): %s",
+                        error,
+                    )
+                    return None
         if scope.cancelled_caught:
             self.log.error("recording the job's outcome took too long; it stays pending")
+        return None
 
     async def _release(self) -> None:
         key, update = new_update(
@@ -599,6 +621,7 @@ class Runner:
         duration: float | None = None,
     ) -> None:
         finished_at = utc_now()
+        # Made once, so a retried write does not add a second update.
         key, update = new_update(outcome.status, outcome.meta, at=finished_at)
         body: JsonObject = {
             "status": outcome.status,
@@ -606,8 +629,18 @@ class Runner:
             "lease": None,
             "updates": {key: update},
         }
-        await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
-        day_path = await self._file(outcome.status, outcome.fail_type, finished_at)
+        written = False
+
+        async def record() -> str:
+            nonlocal written
+            if not written:
+                await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
+                written = True
+            return await self._file(outcome.status, outcome.fail_type, finished_at)
+
+        day_path = await self._shielded(record)
+        if day_path is None:
+            return
         level = logging.INFO if outcome.status == JobStatus.SUCCESS.value else logging.WARNING
         self.log.log(level, "job finished: %s", outcome.status)
         job_type = job.type if job is not None else "(invalid)"

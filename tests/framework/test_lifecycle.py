@@ -7,13 +7,14 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import anyio
 import pytest
 
 from oada_jobs import Job, Json, Service, ServiceState, WorkerContext
 from oada_jobs.client import OADAClient
-from oada_jobs.testing import post_job, wait_for_job
+from oada_jobs.testing import embedded_server, post_job, wait_for_job
 from oada_jobs.tree import get_layout
 
 from .conftest import LogWaiter, key_of, today, wait_list_empty
@@ -140,3 +141,27 @@ async def test_run_stops_on_sigterm(make_service: Callable[..., Service]) -> Non
         await group.start(service.run)
         os.kill(os.getpid(), signal.SIGTERM)
     assert service.state is ServiceState.STOPPED
+
+
+@pytest.mark.slow
+async def test_the_service_carries_on_after_the_server_restarts(
+    make_service: Callable[..., Service], name: str, tmp_path: Path
+) -> None:
+    async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as server:
+        service = make_service(domain=server.url)
+
+        @service.on("echo", 10)
+        async def echo(job: Job, ctx: WorkerContext) -> Json:
+            return {"n": job.config["n"]}
+
+        async with service, OADAClient(server.url, "god") as oada:
+            first = await post_job(oada, name, "echo", {"n": 1})
+            assert (await wait_for_job(oada, first, 10)).result == {"n": 1}
+            await server.kill()
+            await server.restart()
+            # Posted right after the restart: the service's watch must have
+            # come back (resuming from its last rev) to see it.
+            second = await post_job(oada, name, "echo", {"n": 2})
+            assert (await wait_for_job(oada, second, 30)).result == {"n": 2}
+            # Filing cut off by the crash was retried, not left for a sweep.
+            await wait_for_job(oada, first, 10, filed="classic")
