@@ -3,6 +3,7 @@
 // Environment:
 //   OADA_URL      server origin, e.g. http://127.0.0.1:8080
 //   OADA_TOKEN    bearer token of a user allowed to write /bookmarks (all:all)
+//   OADA_OTHER_TOKEN  token of a second user (for the permission case)
 //   CONNECTION    "http" (default) or "ws": the client's transport
 //   CASES         optional comma-separated case names to run (default: all)
 //   CASE_TIMEOUT_MS  per-case time limit (default 15000)
@@ -25,6 +26,7 @@ import { doJob } from "@oada/client/jobs";
 
 const URL_ = process.env.OADA_URL ?? "http://127.0.0.1:8080";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
+const OTHER_TOKEN = process.env.OADA_OTHER_TOKEN;
 const MODE = process.env.CONNECTION ?? "http";
 const CASE_TIMEOUT_MS = Number(process.env.CASE_TIMEOUT_MS ?? 15_000);
 const REFERENCE = process.env.QUIRKS === "reference";
@@ -688,6 +690,36 @@ cases.large_body = async (oada) => {
   return `~${Math.round(JSON.stringify(big).length / 1024)} KiB written at rev ${w.rev} and read back`;
 };
 
+cases.binary = async (oada) => {
+  // Non-JSON content types are stored as raw bytes (protocol §2.1). Over a
+  // WebSocket they cannot be read back (only JSON travels in frames).
+  const id = `resources/conformance-binary-${RUN}-${MODE}`;
+  const bytes = new Uint8Array(Array.from({ length: 3000 }, (_, i) => (i * 7) % 256));
+  if (MODE === "http") {
+    const put = await oada.put({ path: `/${id}`, data: bytes, contentType: "application/octet-stream" });
+    assertWriteResponse(put, "binary PUT");
+  } else {
+    // The ws client cannot send bytes; write them over plain HTTP.
+    const put = await fetch(new URL(`/${id}`, URL_), {
+      method: "PUT",
+      body: bytes,
+      headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/octet-stream" },
+    });
+    assert.equal(put.status, 201, "binary PUT over HTTP");
+  }
+  if (MODE === "ws") {
+    const error = await rejectsWith(oada.get({ path: `/${id}` }), 400, "GET of a binary resource over a WebSocket");
+    return `binary GET over ws -> 400 (${error.message})`;
+  }
+  const response = await oada.get({ path: `/${id}` });
+  assert.equal(response.headers["content-type"], "application/octet-stream");
+  assert.ok(response.data instanceof Uint8Array, `binary body should come back as bytes, got ${typeof response.data}`);
+  assert.deepEqual(Array.from(response.data), Array.from(bytes), "the same bytes come back");
+  const meta = (await oada.get({ path: `/${id}/_meta` })).data;
+  assert.equal(meta._type, "application/octet-stream", "_meta._type of the binary resource");
+  return `${bytes.length} bytes stored and read back`;
+};
+
 cases.not_found = async (oada) => {
   await rejectsWith(oada.get({ path: `${BASE}/does-not-exist` }), 404, "GET of a missing key");
   await rejectsWith(oada.head({ path: `${BASE}/does-not-exist/deeper` }), 404, "HEAD of a missing path");
@@ -709,6 +741,25 @@ cases.bad_token = async () => {
     await bad.disconnect();
   }
   return "bad token -> 401 on GET, PUT and watch";
+};
+
+cases.other_user = async (oada) => {
+  assert.ok(OTHER_TOKEN, "needs OADA_OTHER_TOKEN, a token of a second user");
+  const mine = await newResource(oada, { secret: 1 });
+  const other = await connect({ domain: URL_, token: OTHER_TOKEN, connection: MODE });
+  try {
+    const theirs = (await other.get({ path: "/bookmarks" })).data;
+    const own = (await oada.get({ path: "/bookmarks" })).data;
+    assert.notEqual(theirs._id, own._id, "each user has their own bookmarks");
+    await rejectsWith(other.get({ path: `/${mine}` }), 403, "GET of another user's resource");
+    await rejectsWith(other.put({ path: `/${mine}`, data: { secret: 2 } }), 403, "PUT to another user's resource");
+    await rejectsWith(other.watch({ path: `/${mine}` }), 403, "watch of another user's resource");
+    const { data } = await oada.get({ path: `/${mine}` });
+    assert.equal(data.secret, 1, "the refused write changed nothing");
+    return "another user's GET, PUT and watch -> 403";
+  } finally {
+    await other.disconnect();
+  }
 };
 
 cases.if_match = async (oada) => {

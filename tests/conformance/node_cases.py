@@ -18,6 +18,8 @@ from pathlib import Path
 
 import anyio
 
+from oada_jobs.testing import EmbeddedServer
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFORMANCE = ROOT / "conformance"
 #: Upper bound for one whole script run (every case of one client and mode).
@@ -54,8 +56,10 @@ CLIENT5_CASES = [
     "watch_resource_delete",
     "concurrent_writes",
     "large_body",
+    "binary",
     "not_found",
     "bad_token",
+    "other_user",
     "if_match",
     "jobs_request",
 ]
@@ -96,6 +100,22 @@ class NodeRun:
             f"{self.label}: case {case!r} was not reported (node exited {self.returncode}){context}"
         )
         assert result.ok, f"{self.label}: case {case!r} failed:\n{result.detail}{context}"
+
+
+def server_env(server: EmbeddedServer) -> dict[str, str]:
+    """The environment that points a conformance script at *server*.
+
+    ``OADA_OTHER_TOKEN`` is a token of a second user (for permission cases);
+    ``NODE_EXTRA_CA_CERTS`` makes Node trust a TLS server's development CA.
+    """
+    env = {"OADA_URL": server.url, "OADA_TOKEN": server.token}
+    user = server.config.tokens[server.token].user
+    others = [t for t in server.tokens if server.config.tokens[t].user != user]
+    if others:
+        env["OADA_OTHER_TOKEN"] = others[0]
+    if server.ca_cert is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(server.ca_cert)
+    return env
 
 
 def node_binary() -> str:

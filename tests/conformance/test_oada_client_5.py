@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases
+from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases, server_env
 
 from oada_jobs.testing import embedded_server
 
@@ -34,12 +34,7 @@ async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
         yield await run_cases(
             CLIENT5_SCRIPT,
             f"@oada/client 5.3.0 ({mode}, quirks={quirks})",
-            {
-                "OADA_URL": server.url,
-                "OADA_TOKEN": server.token,
-                "CONNECTION": mode,
-                "QUIRKS": quirks,
-            },
+            {**server_env(server), "CONNECTION": mode, "QUIRKS": quirks},
         )
 
 
