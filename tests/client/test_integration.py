@@ -86,6 +86,12 @@ async def test_every_request_kind(oada: OADAClient) -> None:
     assert made.data["_type"] == J
     assert made.headers["content-type"].startswith(J)
 
+    # Binary bodies travel over HTTP even in ws mode (the socket carries JSON only).
+    await oada.put("/resources/blob", b"\x00\x01raw", content_type="application/octet-stream")
+    blob = await oada.get("/resources/blob")
+    assert blob.data == b"\x00\x01raw"
+    assert blob.headers["content-type"] == "application/octet-stream"
+
     deleted = await oada.delete("/bookmarks/it/a/x")
     assert deleted.status in (200, 204)
     with pytest.raises(NotFound):
