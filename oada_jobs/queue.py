@@ -128,7 +128,7 @@ class Queue:
             from .client import OADAClient
 
             async with OADAClient(
-                self.domain, self._token, concurrency=service.config.concurrency
+                self.domain, self._token, concurrency=service.request_concurrency
             ) as client:
                 yield client
 
@@ -294,8 +294,19 @@ class Queue:
             runners.start_soon(self._run_job, key, job_id, borrower)
 
     async def _run_job(self, key: str, job_id: str, borrower: object) -> None:
+        limiter = self.service.limiter
+        released = False
+
+        def release_slot() -> None:
+            # Called once the job's outcome is written: filing it (two more
+            # requests) need not hold up the next job.
+            nonlocal released
+            if not released:
+                released = True
+                limiter.release_on_behalf_of(borrower)
+
         try:
-            await Runner(self, key, job_id).run()
+            await Runner(self, key, job_id, release_slot=release_slot).run()
         except OADAError as error:
             # The job stays in the list; the sweep will try it again.
             self.log.error(
@@ -305,7 +316,7 @@ class Queue:
             self.log.exception("queue %r: job %s (%s) failed unexpectedly", self.key, key, job_id)
         finally:
             self.service.release_in_flight(self.domain, job_id)
-            self.service.limiter.release_on_behalf_of(borrower)
+            release_slot()
 
     # ------------------------------------------------------------- filing
 

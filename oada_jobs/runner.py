@@ -223,7 +223,17 @@ def _lease_taken(value: object, worker: str) -> bool:
 class Runner:
     """Runs one job from a :class:`~oada_jobs.queue.Queue`."""
 
-    def __init__(self, queue: Queue, key: str, job_id: str) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        key: str,
+        job_id: str,
+        *,
+        release_slot: Callable[[], None] = lambda: None,
+    ) -> None:
+        #: Frees the job's concurrency slot (idempotent); called once the
+        #: outcome is written, before filing.
+        self.release_slot = release_slot
         self.queue = queue
         self.service = queue.service
         self.oada = queue.oada
@@ -636,6 +646,7 @@ class Runner:
             if not written:
                 await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
                 written = True
+                self.release_slot()
             return await self._file(outcome.status, outcome.fail_type, finished_at)
 
         day_path = await self._shielded(record)

@@ -79,7 +79,8 @@ class ServiceConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Jobs running at once, over all queues; also the OADA request concurrency.
+    #: Jobs running at once, over all queues (clients the service opens allow
+    #: four times as many requests in flight).
     concurrency: PositiveInt = 10
     #: Job-list layout: ``"classic"`` or ``"pending"`` (see docs/layouts.md).
     layout: LayoutName = "classic"
@@ -337,6 +338,12 @@ class Service:
             self.reporters = list(reporters)
         self.limiter = anyio.CapacityLimiter(self.config.concurrency)
         self._grace = self.config.shutdown_grace
+
+    @property
+    def request_concurrency(self) -> int:
+        """OADA requests in flight for clients the service opens: a few per running job,
+        so one job's request never waits for another job's."""
+        return 4 * self.config.concurrency
 
     @property
     def domain(self) -> str:
@@ -609,7 +616,7 @@ class Service:
 
                     assert self._token is not None
                     self._oada = await stack.enter_async_context(
-                        OADAClient(self.domain, self._token, concurrency=self.config.concurrency)
+                        OADAClient(self.domain, self._token, concurrency=self.request_concurrency)
                     )
                 if self.config.metrics_port is not None:
                     self.metrics_bound_port = self.metrics.serve(
