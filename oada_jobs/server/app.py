@@ -19,20 +19,22 @@ The WebSocket endpoint is ``/`` (see :mod:`oada_jobs.server.ws`).
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from oada_jobs._ksuid import ksuid
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
 from oada_jobs.server.ws import WebSocketSession
@@ -65,6 +67,16 @@ _GONE = _Gone.GONE
 _NO_BODY = frozenset({204, 304})
 
 
+# Request ids only need to be unique and cheap: a random per-process prefix
+# and a counter (a KSUID per request cost more than serving a small GET).
+_REQUEST_PREFIX = os.urandom(6).hex()
+_request_counter = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_REQUEST_PREFIX}-{next(_request_counter)}"
+
+
 class _CoreSlot:
     """Where the endpoints find the core the lifespan opened."""
 
@@ -75,8 +87,6 @@ class _CoreSlot:
 
 
 def _error(status: int, message: str) -> CoreResponse:
-    from http import HTTPStatus
-
     body = json.dumps(
         {"statusCode": status, "error": HTTPStatus(status).phrase, "message": message}
     ).encode()
@@ -118,7 +128,7 @@ class _HTTPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = str(scope["method"]).lower()
         headers = _request_headers(scope)
-        request_id = headers.get("x-request-id") or ksuid()
+        request_id = headers.get("x-request-id") or _next_request_id()
         path = _raw_path(scope)
         core = self._slot.core
         if core is None:
@@ -179,6 +189,26 @@ class _HTTPEndpoint:
         await send({"type": "http.response.body", "body": b"" if method == "head" else body})
 
 
+class _OADAApp(Starlette):
+    """Starlette, with HTTP requests sent straight to the core endpoint.
+
+    Every HTTP request has one destination, so routing and Starlette's
+    exception layers (the endpoint never raises for a request) would only
+    add cost to each request. WebSocket and lifespan go through Starlette.
+    """
+
+    def __init__(self, http: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._http = http
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self._http(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(config: ServerConfig | None = None, *, core: OADACore | None = None) -> Starlette:
     """The ASGI application serving *config* (HTTP on every path, WebSocket on ``/``).
 
@@ -217,20 +247,16 @@ def create_app(config: ServerConfig | None = None, *, core: OADACore | None = No
             return
         await WebSocketSession(opened, websocket).run()
 
-    app = Starlette(
-        routes=[
-            WebSocketRoute("/", websocket_endpoint),
-            Route("/{path:path}", _HTTPEndpoint(slot, config), methods=None),
-        ],
-        middleware=[
-            Middleware(
-                CORSMiddleware,
-                allow_origins=["*"],
-                allow_methods=["*"],
-                allow_headers=["*"],
-                expose_headers=list(EXPOSED_HEADERS),
-            )
-        ],
+    cors: dict[str, Any] = {
+        "allow_origins": ["*"],
+        "allow_methods": ["*"],
+        "allow_headers": ["*"],
+        "expose_headers": list(EXPOSED_HEADERS),
+    }
+    app = _OADAApp(
+        CORSMiddleware(_HTTPEndpoint(slot, config), **cors),
+        routes=[WebSocketRoute("/", websocket_endpoint)],
+        middleware=[Middleware(CORSMiddleware, **cors)],
         lifespan=lifespan,
     )
     app.state.core_slot = slot
