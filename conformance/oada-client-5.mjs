@@ -506,6 +506,32 @@ cases.tree_put = async (oada) => {
   return `created ${root}/jobs/{pending,success/day-index/2026-01-01}`;
 };
 
+cases.tree_put_race = async () => {
+  // Two tree PUTs that both find the service missing: both create their own
+  // service resource and race to link it with If-Match on the same ETag. The
+  // loser must get 412 (the client then retries and links into the winner),
+  // or one subtree would be orphaned.
+  const busy = await connect({ domain: URL_, token: TOKEN, connection: MODE, concurrency: 10 });
+  try {
+    const svc = serviceName("race");
+    const root = `/bookmarks/services/${svc}`;
+    await busy.ensure({ path: "/bookmarks/services", data: {}, tree: JOBS_TREE });
+    const branches = ["pending", "success", "failure"];
+    await Promise.all(
+      branches.map((branch) => busy.put({ path: `${root}/jobs/${branch}`, data: { branch }, tree: JOBS_TREE })),
+    );
+    const jobs = (await busy.get({ path: `${root}/jobs` })).data;
+    for (const branch of branches) {
+      assert.ok(jobs[branch]?._id, `jobs/${branch} linked after the race: ${JSON.stringify(jobs)}`);
+      const { data } = await busy.get({ path: `${root}/jobs/${branch}` });
+      assert.equal(data.branch, branch, `the data written under ${branch} survived`);
+    }
+    return `3 racing tree PUTs all landed under one ${root}/jobs`;
+  } finally {
+    await busy.disconnect();
+  }
+};
+
 cases.tree_get = async (oada) => {
   const svc = serviceName("treeget");
   const root = `/bookmarks/services/${svc}`;

@@ -48,6 +48,7 @@ CLIENT5_CASES = [
     "ensure_create",
     "ensure_noop",
     "tree_put",
+    "tree_put_race",
     "tree_get",
     "watch",
     "watch_rev_resume",
