@@ -144,6 +144,9 @@ async def test_concurrent_tree_puts_link_one_resource(oada: OADAClient) -> None:
 
 
 async def test_watches_single_tree_and_resume(oada: OADAClient) -> None:
+    with pytest.raises(NotFound):
+        async with oada.watch("/bookmarks/no/such/thing"):
+            pass
     await oada.put("/bookmarks/services/w/jobs/first", {"a": 0}, tree=TREE)
     async with oada.watch("/bookmarks/services/w/jobs") as single:
         start = single.rev
