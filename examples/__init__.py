@@ -1,0 +1,1 @@
+"""Example oada-jobs services (not part of the installed package)."""

@@ -1,0 +1,463 @@
+"""``oada-jobs jobs``: list, show, post, retry and cancel jobs of a service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.table import Table
+
+from ..client import OADAClient
+from ..exceptions import InvalidJob, NotFound, OADAError, OADAJobsError
+from ..job import Job, parse_time, request_cancel
+from ..testing import post_job, wait_for_job
+from ..tree import Layout, service_root
+from . import app
+from ._common import (
+    CLIError,
+    DomainOption,
+    ExitCode,
+    JsonOption,
+    LayoutOption,
+    ServiceOption,
+    TokenOption,
+    command,
+    connect,
+    job_id_of,
+    out_console,
+    print_json,
+    read_json_argument,
+    resolve_layout,
+    resolve_service,
+    run_command,
+    settings_from,
+)
+
+jobs_app = typer.Typer(
+    name="jobs",
+    help="List, show, post, retry and cancel the jobs of a service.",
+    no_args_is_help=True,
+)
+app.add_typer(jobs_app)
+
+#: Status colours in tables.
+_STYLE = {
+    "success": "green",
+    "failure": "red",
+    "running": "yellow",
+    "pending": "cyan",
+    "cancel-requested": "magenta",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One line of ``jobs list``."""
+
+    list: str
+    key: str
+    job_id: str | None
+    type: str | None
+    status: str | None
+    updated: str | None
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        row = {
+            "key": self.key,
+            "id": self.job_id,
+            "type": self.type,
+            "status": self.status,
+            "updated": self.updated,
+        }
+        if self.problem is not None:
+            row["problem"] = self.problem
+        return row
+
+
+def _entries(listing: object) -> list[tuple[str, str | None]]:
+    """``(key, resources/<id> or None)`` of a job list, oldest key first."""
+    if not isinstance(listing, Mapping):
+        return []
+    found = []
+    for key, value in listing.items():
+        if key.startswith("_") or key == "day-index":
+            continue
+        link = value.get("_id") if isinstance(value, Mapping) else None
+        found.append((key, link if isinstance(link, str) else None))
+    # Keys posted by OADA or by this framework are time-ordered KSUIDs.
+    return sorted(found)
+
+
+def _last_update(job: Job[Any]) -> str | None:
+    times = [
+        str(update["time"])
+        for update in job.updates.values()
+        if isinstance(update, Mapping) and isinstance(update.get("time"), str)
+    ]
+    return max(times) if times else None
+
+
+async def _row(oada: OADAClient, list_name: str, key: str, job_id: str | None) -> JobRow:
+    if job_id is None:
+        return JobRow(list_name, key, None, None, None, None, "entry is not a link to a job")
+    try:
+        response = await oada.get(f"/{job_id}")
+        job = Job.from_resource(response.data, oada_id=job_id, key=key)
+    except NotFound:
+        return JobRow(list_name, key, job_id, None, None, None, "job resource does not exist")
+    except OADAError as error:
+        return JobRow(list_name, key, job_id, None, None, None, f"cannot read: {error}")
+    except InvalidJob as error:
+        return JobRow(list_name, key, job_id, None, None, None, str(error))
+    return JobRow(list_name, key, job_id, job.type, job.status or "pending", _last_update(job))
+
+
+async def _rows(
+    oada: OADAClient, list_name: str, entries: list[tuple[str, str | None]]
+) -> list[JobRow]:
+    rows: list[JobRow | None] = [None] * len(entries)
+
+    async def fill(index: int, key: str, job_id: str | None) -> None:
+        rows[index] = await _row(oada, list_name, key, job_id)
+
+    async with anyio.create_task_group() as group:
+        for index, (key, job_id) in enumerate(entries):
+            group.start_soon(fill, index, key, job_id)
+    return [row for row in rows if row is not None]
+
+
+async def _get_or_none(oada: OADAClient, path: str) -> Any:
+    try:
+        return (await oada.get(path)).data
+    except NotFound:
+        return None
+
+
+async def _latest_day(oada: OADAClient, list_path: str) -> str | None:
+    index = await _get_or_none(oada, f"{list_path}/day-index")
+    if not isinstance(index, Mapping):
+        return None
+    days = [key for key in index if not key.startswith("_")]
+    return max(days) if days else None
+
+
+async def _finished(
+    oada: OADAClient, layout: Layout, service: str, status: str, day: str | None, limit: int
+) -> tuple[str | None, list[JobRow]]:
+    base = f"{service_root(service)}/{layout.success if status == 'success' else layout.failure}"
+    chosen = day or await _latest_day(oada, base)
+    if chosen is None:
+        return None, []
+    listing = await _get_or_none(oada, f"{base}/day-index/{chosen}")
+    return chosen, await _rows(oada, status, _entries(listing)[-limit:])
+
+
+def _status_text(status: str | None) -> str:
+    if status is None:
+        return "[dim]?[/]"
+    return f"[{_STYLE.get(status, 'white')}]{status}[/]"
+
+
+@command(jobs_app, "list")
+def list_jobs(
+    service: ServiceOption = None,
+    day: Annotated[
+        str | None,
+        typer.Option(help="Show finished jobs of this day (YYYY-MM-DD) instead of the latest."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Show at most this many jobs per list (newest).")
+    ] = 20,
+    layout: LayoutOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """List a service's pending jobs and its successes and failures of the latest day."""
+    settings = settings_from(domain=domain, token=token, layout=layout, service=service)
+    name = resolve_service(settings, service)
+    if day is not None:
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            message = f"--day must be a date like 2026-01-31, got {day!r}"
+            raise CLIError(message, ExitCode.USAGE) from None
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            chosen = await resolve_layout(oada, settings, name)
+            pending = _entries(await _get_or_none(oada, chosen.pending_path(name)))
+            pending_rows = await _rows(oada, "pending", pending[-limit:])
+            success_day, success = await _finished(oada, chosen, name, "success", day, limit)
+            failure_day, failure = await _finished(oada, chosen, name, "failure", day, limit)
+        if json:
+            print_json(
+                {
+                    "service": name,
+                    "layout": chosen.name,
+                    "pending": [row.to_json() for row in pending_rows],
+                    "success": {"day": success_day, "jobs": [row.to_json() for row in success]},
+                    "failure": {"day": failure_day, "jobs": [row.to_json() for row in failure]},
+                },
+                plain=True,
+            )
+            return
+        table = Table(title=f"jobs of {name} ({chosen.name} layout)", expand=False)
+        for column in ("list", "key", "type", "status", "updated"):
+            table.add_column(column, overflow="fold")
+        for label, rows in (
+            ("pending", pending_rows),
+            (f"success {success_day or ''}".strip(), success),
+            (f"failure {failure_day or ''}".strip(), failure),
+        ):
+            for row in rows:
+                status = _status_text(row.status) if row.problem is None else f"[red]{row.problem}"
+                table.add_row(label, row.key, row.type or "", status, row.updated or "")
+        if table.row_count:
+            out_console.print(table)
+        else:
+            out_console.print(f"no jobs for service {name!r} yet")
+        out_console.print(
+            f"pending: {len(pending)}  success ({success_day or '-'}): {len(success)}  "
+            f"failure ({failure_day or '-'}): {len(failure)}"
+        )
+
+    run_command(main)
+
+
+@command(jobs_app, "show")
+def show_job(
+    job: Annotated[str, typer.Argument(help="The job: resources/<key> or just <key>.")],
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Print a job: its type, config, status, result and updates."""
+    settings = settings_from(domain=domain, token=token)
+    job_id = job_id_of(job)
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            try:
+                response = await oada.get(f"/{job_id}")
+            except NotFound:
+                raise CLIError(f"no job {job_id} on {oada.domain}") from None
+        print_json(_public(response.data), plain=json)
+
+    run_command(main)
+
+
+def _public(data: Any) -> Any:
+    """The job as stored, without the server's bookkeeping keys."""
+    if isinstance(data, Mapping):
+        return {key: value for key, value in data.items() if key not in ("_meta", "_rev")}
+    return data
+
+
+def _next_steps(job_id: str) -> None:
+    out_console.print(f"  look at it:  oada-jobs jobs show {job_id}")
+
+
+@command(jobs_app, "post")
+def post(
+    job_type: Annotated[str, typer.Argument(metavar="TYPE", help="The job type, e.g. email.")],
+    config: Annotated[
+        str,
+        typer.Option(
+            "--config",
+            "-c",
+            help="The job's config: JSON text, @file.json, or - for stdin.",
+        ),
+    ] = "{}",
+    service: ServiceOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the job finished and print it.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds --wait waits before giving up.")
+    ] = 60.0,
+    layout: LayoutOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Post a new job of TYPE to the service's pending list.
+
+    With --wait, exits 0 when the job succeeds and 1 when it fails.
+    """
+    settings = settings_from(domain=domain, token=token, layout=layout, service=service)
+    name = resolve_service(settings, service)
+    if not job_type.strip():
+        raise CLIError("TYPE must not be empty", ExitCode.USAGE)
+    parsed = read_json_argument(config, "--config")
+    if not isinstance(parsed, Mapping):
+        raise CLIError(
+            f"--config must be a JSON object, got {type(parsed).__name__}", ExitCode.USAGE
+        )
+    run_command(
+        lambda: _post_and_report(settings, name, job_type, dict(parsed), wait, timeout, json)
+    )
+
+
+async def _post_and_report(
+    settings: Any,
+    name: str,
+    job_type: str,
+    config: dict[str, Any],
+    wait: bool,
+    wait_seconds: float,
+    plain: bool,
+    retry_of: str | None = None,
+) -> None:
+    async with connect(settings) as oada:
+        chosen = await resolve_layout(oada, settings, name)
+        job_id = await post_job(oada, name, job_type, config, layout=chosen.name)
+        key = job_id.removeprefix("resources/")
+        finished: Job[Any] | None = None
+        if wait:
+            try:
+                finished = await wait_for_job(oada, job_id, wait_seconds)
+            except TimeoutError:
+                finished = None
+    if plain:
+        summary: dict[str, Any] = {"id": job_id, "key": key, "service": name}
+        if retry_of is not None:
+            summary["retryOf"] = retry_of
+        if finished is not None:
+            summary["status"] = finished.status
+            summary["result"] = finished.result
+        print_json(summary, plain=True)
+    else:
+        what = f"retry of {retry_of}" if retry_of else f"{job_type!r} job"
+        out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {name}")
+        if finished is not None:
+            print_json(_public(finished.raw), plain=False)
+        else:
+            _next_steps(job_id)
+    if wait and finished is None:
+        raise CLIError(f"{job_id} did not finish within {wait_seconds:g} s", ExitCode.FAILED)
+    if finished is not None and finished.status != "success":
+        raise CLIError(f"{job_id} finished with status {finished.status}", ExitCode.FAILED)
+
+
+@command(jobs_app, "retry")
+def retry(
+    job: Annotated[str, typer.Argument(help="The failed job: resources/<key> or <key>.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-post even if the job did not fail.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the new job finished and print it.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds --wait waits before giving up.")
+    ] = 60.0,
+    layout: LayoutOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Post a failed job's service, type and config again, as a new job.
+
+    The failed job stays where it was filed.
+    """
+    settings = settings_from(domain=domain, token=token, layout=layout)
+    job_id = job_id_of(job)
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            try:
+                response = await oada.get(f"/{job_id}")
+            except NotFound:
+                raise CLIError(f"no job {job_id} on {oada.domain}") from None
+        try:
+            old = Job.from_resource(response.data, oada_id=job_id)
+        except InvalidJob as error:
+            raise CLIError(f"cannot retry {job_id}: {error}") from None
+        if old.status != "failure" and not force:
+            raise CLIError(
+                f"{job_id} has status {old.status or 'pending'}, not failure; "
+                "pass --force to post it again anyway"
+            )
+        await _post_and_report(
+            settings, old.service, old.type, dict(old.config), wait, timeout, json, job_id
+        )
+
+    run_command(main)
+
+
+@command(jobs_app, "cancel")
+def cancel(
+    job: Annotated[str, typer.Argument(help="The job: resources/<key> or <key>.")],
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Ask for a pending or running job to be cancelled.
+
+    The service stops a running work function and files the job as a failure
+    of type "cancelled"; a pending job is filed that way without running.
+    """
+    settings = settings_from(domain=domain, token=token)
+    job_id = job_id_of(job)
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            try:
+                requested = await request_cancel(
+                    oada, job_id, "cancelled with oada-jobs jobs cancel"
+                )
+            except NotFound:
+                raise CLIError(f"no job {job_id} on {oada.domain}") from None
+            except InvalidJob as error:
+                raise CLIError(f"cannot cancel {job_id}: {error}") from None
+            except OADAError:
+                raise
+            except OADAJobsError as error:  # it kept changing under us
+                raise CLIError(str(error)) from None
+            if not requested:
+                current = Job.from_resource((await oada.get(f"/{job_id}")).data, oada_id=job_id)
+                raise CLIError(f"{job_id} already finished with status {current.status}")
+        if json:
+            print_json({"id": job_id, "cancel": "requested"}, plain=True)
+        else:
+            out_console.print(f"asked to cancel {job_id}")
+            _next_steps(job_id)
+
+    run_command(main)
+
+
+def finished_at(job: Job[Any]) -> date | None:
+    """The day the job finished (from its last finishing update), if it did."""
+    for update in reversed(list(job.updates.values())):
+        if isinstance(update, Mapping) and update.get("status") == job.status:
+            moment = parse_time(update.get("time"))
+            if moment is not None:
+                return moment.date()
+    return None
+
+
+def filed_paths(job: Job[Any], layout: Layout) -> list[str]:
+    """Where a finished job is linked: its day list, and its typed-failure day list."""
+    day = finished_at(job)
+    if day is None or not job.finished or job.status is None:
+        return []
+    paths = [layout.day_index_path(job.service, job.status, day)]
+    result = job.result
+    fail_type = result.get("failType") if isinstance(result, Mapping) else None
+    if job.status == "failure" and isinstance(fail_type, str):
+        paths.append(layout.day_index_path(job.service, job.status, day, fail_type))
+    return paths
+
+
+__all__ = [
+    "JobRow",
+    "filed_paths",
+    "finished_at",
+    "jobs_app",
+]

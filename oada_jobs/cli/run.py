@@ -1,0 +1,248 @@
+"""``oada-jobs run MODULE:SERVICE``: run a service defined in your code (the container entrypoint)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from ..exceptions import OADAError
+from ..runner import LOGGING_ENV
+from ..service import Service
+from ..settings import Settings
+from . import app
+from ._common import (
+    CLIError,
+    DomainOption,
+    ExitCode,
+    TokenOption,
+    command,
+    connect,
+    describe_oada_error,
+    err_console,
+    settings_from,
+)
+
+logger = logging.getLogger("oada_jobs")
+
+
+def import_service(target: str, app_dir: Path | None = None) -> Service:
+    """Import ``module[:attribute]`` (attribute defaults to ``service``) and return the Service.
+
+    The attribute may also be a function without arguments that returns one.
+    Errors are :class:`CLIError` with a message saying what was expected.
+    """
+    module_name, _, attribute = target.partition(":")
+    attribute = attribute or "service"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise CLIError(
+            f"expected MODULE:SERVICE like examples.email_service:service, got {target!r}",
+            ExitCode.USAGE,
+        )
+    # Like `python -m`, find modules in the working directory (or --app-dir).
+    directory = str((app_dir or Path.cwd()).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and module_name.startswith(error.name):
+            raise CLIError(
+                f"cannot import {module_name!r}: no module named {error.name!r} "
+                f"(looked in {directory} and the installed packages)",
+                ExitCode.USAGE,
+            ) from None
+        raise CLIError(_import_failure(module_name, error)) from None
+    except Exception as error:
+        raise CLIError(_import_failure(module_name, error)) from None
+    try:
+        found: Any = module
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except AttributeError:
+        raise CLIError(
+            f"module {module_name!r} has no attribute {attribute!r}; expected "
+            f"{module_name}:<name of your Service object>",
+            ExitCode.USAGE,
+        ) from None
+    if not isinstance(found, Service) and callable(found):
+        found = found()
+    if not isinstance(found, Service):
+        raise CLIError(
+            f"{target} is not a Service: expected oada_jobs.Service(...) (or a function "
+            f"returning one), got {type(found).__name__}",
+            ExitCode.USAGE,
+        )
+    return found
+
+
+def _import_failure(module_name: str, error: BaseException) -> str:
+    text = "".join(traceback.format_exception(error)).rstrip()
+    return f"importing {module_name!r} failed:\n{text}"
+
+
+def apply_settings(service: Service, settings: Settings) -> None:
+    """Give *service* every option set by a flag, the environment or ``.env``.
+
+    Options not set anywhere keep what the service's code chose.
+    """
+    explicit = settings.explicit()
+    options: dict[str, Any] = {}
+    if settings.domain is not None:
+        options["domain"] = settings.domain
+    token = settings.token_value()
+    if token is not None:
+        options["token"] = token
+    if "concurrency" in explicit:
+        options["concurrency"] = settings.concurrency
+    if "layout" in explicit:
+        options["layout"] = settings.layout
+    if "metrics_port" in explicit and settings.metrics_port is not None:
+        options["metrics_port"] = settings.metrics_port
+    if "grace_period" in explicit:
+        options["shutdown_grace"] = settings.grace_period
+    try:
+        service.configure(**options)
+    except (ValueError, RuntimeError) as error:
+        raise CLIError(f"cannot configure {service.name}: {error}", ExitCode.USAGE) from None
+    if "logging" in explicit:
+        # The runner reads the update levels from the process environment,
+        # which a value from .env has not reached.
+        os.environ[LOGGING_ENV] = ",".join(sorted(settings.logging))
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+@command(app, "run")
+def run(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODULE:SERVICE",
+            help="Where your Service is, e.g. examples.email_service:service.",
+        ),
+    ],
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Jobs run at once. \\[env: OADA_JOBS_CONCURRENCY]", show_default=False, min=1
+        ),
+    ] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Job-list layout: classic or pending. \\[env: OADA_JOBS_LAYOUT]",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port. \\[env: OADA_JOBS_METRICS_PORT]",
+            show_default=False,
+        ),
+    ] = None,
+    grace_period: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds running jobs get to finish on SIGTERM/SIGINT before they are "
+            "given back. \\[env: OADA_JOBS_GRACE_PERIOD]",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option(help="Python log level: debug, info, warning, error.")
+    ] = "info",
+    app_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory to import MODULE from (default: the current one)."),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only check the service, the settings and the server, then exit."
+        ),
+    ] = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Run a service until SIGTERM or SIGINT (Ctrl-C).
+
+    Settings come from the flags, else the environment, else a .env file, else
+    what the service's code chose. Exits non-zero at once when the domain or
+    token is missing, the server cannot be reached or the token is refused.
+    """
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise CLIError(
+            f"--log-level must be debug, info, warning or error, got {log_level!r}", ExitCode.USAGE
+        )
+    settings = settings_from(
+        domain=domain,
+        token=token,
+        concurrency=concurrency,
+        layout=layout,
+        metrics_port=metrics_port,
+        grace_period=grace_period,
+    )
+    service = import_service(target, app_dir)
+    apply_settings(service, settings)
+    try:
+        service_domain = service.domain
+    except RuntimeError:
+        raise CLIError(
+            f"no OADA domain for {service.name}: pass --domain https://your.oada.server or "
+            "set OADA_DOMAIN",
+            ExitCode.USAGE,
+        ) from None
+    _setup_logging(log_level)
+
+    async def main() -> None:
+        if settings.token is not None:
+            # Fail in a second, not after the client's retries, when the
+            # server is down or refuses the token.
+            async with connect(settings.model_copy(update={"domain": service_domain})):
+                pass
+        if check:
+            err_console.print(f"{service.name}: settings and server OK ({service_domain})")
+            return
+        async with anyio.create_task_group() as group:
+            await group.start(service.run)
+            logger.info(
+                "%s is running on %s; stop it with SIGTERM or Ctrl-C", service.name, service_domain
+            )
+
+    try:
+        anyio.run(main)
+    except BaseException as error:
+        leaf = _first_leaf(error)
+        if isinstance(leaf, CLIError):
+            raise leaf from None
+        if isinstance(leaf, OADAError):
+            raise describe_oada_error(leaf, service_domain) from None
+        if isinstance(leaf, ValueError):
+            raise CLIError(f"{service.name} cannot start: {leaf}", ExitCode.USAGE) from None
+        raise
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first non-group exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+__all__ = ["apply_settings", "import_service"]

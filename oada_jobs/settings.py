@@ -1,0 +1,167 @@
+"""Configuration from the environment (and a ``.env`` file), for services and the CLI.
+
+=============================  ==========================================  ==========
+variable                       meaning                                     default
+=============================  ==========================================  ==========
+``OADA_DOMAIN``                the OADA server, ``https://host[:port]``    (required)
+``OADA_TOKEN``                 the service's token for that server         (required)
+``OADA_JOBS_CONCURRENCY``      jobs run at once                            ``10``
+``OADA_JOBS_LOGGING``          extra update levels: ``debug``, ``trace``   (none)
+``OADA_JOBS_METRICS_PORT``     serve Prometheus ``/metrics`` on this port  (off)
+``OADA_JOBS_GRACE_PERIOD``     seconds running jobs get at shutdown        ``30``
+``OADA_JOBS_LAYOUT``           job-list layout: ``classic``, ``pending``   ``classic``
+``OADA_JOBS_SERVICE``          service the CLI's ``jobs``/``queues`` use   (none)
+=============================  ==========================================  ==========
+
+Values come, highest priority first, from keyword arguments, the process
+environment, and a ``.env`` file in the working directory if there is one.
+The token is a :class:`~pydantic.SecretStr`: it never shows in reprs, logs or
+validation errors.
+
+>>> settings = load_settings(domain="http://127.0.0.1:8080", token="god")
+>>> settings.token
+SecretStr('**********')
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .client._common import parse_domain
+from .tree import LayoutName, validate_service_name
+
+__all__ = ["ENV_NAMES", "Settings", "describe_error", "load_settings"]
+
+_LEVELS = frozenset({"debug", "trace"})
+
+
+class Settings(BaseSettings):
+    """Everything a service or the CLI reads from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        # Values may be secrets (the token); errors must not echo them.
+        hide_input_in_errors=True,
+        # Containers and CI set the empty string for "unset" too often to
+        # treat it as a value.
+        env_ignore_empty=True,
+    )
+
+    #: The OADA server, normalised to ``scheme://host[:port]``; ``None`` when unset.
+    domain: str | None = Field(default=None, validation_alias="OADA_DOMAIN")
+    #: The token for :attr:`domain`; ``None`` when unset.
+    token: SecretStr | None = Field(default=None, validation_alias="OADA_TOKEN")
+    #: Jobs run at once (over all queues).
+    concurrency: int = Field(default=10, gt=0, validation_alias="OADA_JOBS_CONCURRENCY")
+    #: Extra update levels written by ``ctx.log``: any of ``debug``, ``trace``.
+    logging: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), validation_alias="OADA_JOBS_LOGGING"
+    )
+    #: Port for Prometheus ``/metrics``; ``None`` serves no metrics.
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias="OADA_JOBS_METRICS_PORT",
+    )
+    #: Seconds running jobs may take to finish after a stop is requested.
+    grace_period: float = Field(default=30.0, ge=0, validation_alias="OADA_JOBS_GRACE_PERIOD")
+    #: The job-list layout (see docs/layouts.md).
+    layout: LayoutName = Field(default="classic", validation_alias="OADA_JOBS_LAYOUT")
+
+    #: Default service name for the ``oada-jobs jobs`` and ``queues`` commands.
+    service: str | None = Field(default=None, validation_alias="OADA_JOBS_SERVICE")
+
+    @field_validator("service")
+    @classmethod
+    def _check_service(cls, value: str | None) -> str | None:
+        return None if value is None else validate_service_name(value)
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _check_domain(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"expected a URL like https://oada.example.org, got {value!r}")
+        return parse_domain(value).http
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _check_token(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.strip():
+            # Never echo the value: it is a secret even when it is wrong.
+            raise ValueError("expected a non-empty token")
+        if isinstance(text, str) and any(char.isspace() for char in text.strip()):
+            raise ValueError("expected a token without spaces (give the token alone, no 'Bearer')")
+        return text.strip() if isinstance(text, str) else value
+
+    @field_validator("logging", mode="before")
+    @classmethod
+    def _check_logging(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+        if isinstance(value, list | tuple | set | frozenset):
+            levels = frozenset(str(part).strip().lower() for part in value)
+            unknown = sorted(levels - _LEVELS)
+            if unknown:
+                raise ValueError(
+                    f"expected a comma-separated list of {sorted(_LEVELS)}, got {unknown}"
+                )
+            return levels
+        return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _check_metrics_port(cls, value: object) -> object:
+        # "off"/"none" read better than an empty string in a compose file.
+        if isinstance(value, str) and value.strip().lower() in {"off", "none", "no"}:
+            return None
+        return value
+
+    def token_value(self) -> str | None:
+        """The token as plain text (for building a client), or ``None``."""
+        return self.token.get_secret_value() if self.token is not None else None
+
+    def explicit(self) -> set[str]:
+        """Names of the fields given by keyword, environment or ``.env`` (not defaults)."""
+        return set(self.model_fields_set)
+
+
+#: Field name -> environment variable.
+ENV_NAMES: dict[str, str] = {
+    name: str(field.validation_alias) for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read :class:`Settings`, with *overrides* (by field name; ``None`` ignored) on top.
+
+    >>> load_settings(domain="localhost:8080", token="god").domain
+    'http://localhost:8080'
+
+    Raises :class:`pydantic.ValidationError` naming the bad variable; use
+    :func:`describe_error` for a message without any of the values.
+    """
+    unknown = sorted(set(overrides) - set(ENV_NAMES))
+    if unknown:
+        raise TypeError(f"unknown settings {unknown}; expected some of {sorted(ENV_NAMES)}")
+    given = {ENV_NAMES[name]: value for name, value in overrides.items() if value is not None}
+    return Settings(**given)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per problem, ``OADA_X: what is wrong``, never quoting a value."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "settings"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""``oada-jobs jobs``: list, show, post, retry and cancel against the embedded server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from product_helpers import CLI
+from prometheus_client import CollectorRegistry
+
+from oada_jobs import Job, JobError, Service, WorkerContext
+from oada_jobs.client import OADAClient
+from oada_jobs.testing import EmbeddedServer
+
+FAST: dict[str, Any] = {"sweep_interval": 3600, "retry_initial": 0.05, "shutdown_grace": 2}
+
+
+@pytest.fixture
+def upstream() -> dict[str, bool]:
+    """Whether ``fail`` jobs have been fixed."""
+    return {"fixed": False}
+
+
+@pytest.fixture
+async def service(server: EmbeddedServer, upstream: dict[str, bool]) -> AsyncIterator[Service]:
+    """Service ``svc``: ``ok`` jobs succeed, ``fail`` jobs fail until ``upstream`` is fixed."""
+    svc = Service(
+        "svc", domain=server.url, token=server.token, metrics_registry=CollectorRegistry(), **FAST
+    )
+
+    async def ok(job: Job[Any], ctx: WorkerContext) -> Any:
+        return {"echo": job.config}
+
+    async def fail(job: Job[Any], ctx: WorkerContext) -> Any:
+        if not upstream["fixed"]:
+            raise JobError("upstream said no", "upstream")
+        return {"fixed": True}
+
+    svc.on("ok", 5, ok)
+    svc.on("fail", 5, fail)
+    async with svc:
+        yield svc
+
+
+async def test_post_then_show_and_list(cli: CLI, oada: OADAClient) -> None:
+    posted = await cli("jobs", "post", "ok", "--config", '{"n": 1}', "--json")
+    assert posted.exit_code == 0, posted
+    job_id = posted.json()["id"]
+    key = posted.json()["key"]
+    assert job_id == f"resources/{key}"
+
+    stored = (await oada.get(f"/{job_id}")).data
+    assert stored["service"] == "svc"
+    assert stored["type"] == "ok"
+    assert stored["config"] == {"n": 1}
+    pending = (await oada.get("/bookmarks/services/svc/jobs")).data
+    assert pending[key] == {"_id": job_id}
+
+    shown = await cli("jobs", "show", key, "--json")
+    assert shown.exit_code == 0, shown
+    assert shown.json()["config"] == {"n": 1}
+    assert "_meta" not in shown.json()
+
+    listed = await cli("jobs", "list", "--json")
+    assert listed.exit_code == 0, listed
+    assert [row["id"] for row in listed.json()["pending"]] == [job_id]
+    assert listed.json()["pending"][0]["status"] == "pending"
+
+    table = await cli("jobs", "list")
+    assert table.exit_code == 0
+    assert "pending: 1" in table.stdout
+
+
+async def test_post_reads_config_from_a_file_and_stdin(cli: CLI, tmp_path: Any) -> None:
+    (tmp_path / "config.json").write_text('{"from": "file"}')
+    from_file = await cli("jobs", "post", "ok", "--config", "@config.json", "--json")
+    assert from_file.exit_code == 0, from_file
+    from_stdin = await cli("jobs", "post", "ok", "--config", "-", "--json", input='{"a": [1]}')
+    assert from_stdin.exit_code == 0, from_stdin
+    shown = await cli("jobs", "show", from_stdin.json()["id"], "--json")
+    assert shown.json()["config"] == {"a": [1]}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ("@missing.json", "cannot read --config"),
+    ],
+)
+async def test_bad_config_posts_nothing(
+    cli: CLI, oada: OADAClient, config: str, message: str
+) -> None:
+    result = await cli("jobs", "post", "ok", "--config", config)
+    assert result.exit_code == 2, result
+    assert message in result.stderr
+    listed = await cli("jobs", "list", "--json")
+    assert listed.json()["pending"] == []
+
+
+async def test_post_wait_reports_success_and_failure(cli: CLI, service: Service) -> None:
+    good = await cli("jobs", "post", "ok", "-c", '{"x": 2}', "--wait", "--json")
+    assert good.exit_code == 0, good
+    assert good.json()["status"] == "success"
+    assert good.json()["result"] == {"echo": {"x": 2}}
+
+    bad = await cli("jobs", "post", "fail", "--wait", "--json")
+    assert bad.exit_code == 1, bad
+    assert bad.json()["status"] == "failure"
+    assert bad.json()["result"]["failType"] == "upstream"
+    assert "finished with status failure" in bad.stderr
+
+
+async def test_list_shows_finished_jobs_of_the_latest_day(cli: CLI, service: Service) -> None:
+    good = (await cli("jobs", "post", "ok", "--wait", "--json")).json()
+    bad = (await cli("jobs", "post", "fail", "--wait", "--json")).json()
+    with anyio.fail_after(10):
+        while True:
+            listed = (await cli("jobs", "list", "--json")).json()
+            if not listed["pending"]:
+                break
+    assert [row["id"] for row in listed["success"]["jobs"]] == [good["id"]]
+    assert [row["id"] for row in listed["failure"]["jobs"]] == [bad["id"]]
+    assert listed["success"]["day"] == listed["failure"]["day"]
+    assert listed["layout"] == "classic"
+
+    other_day = (await cli("jobs", "list", "--day", "2001-01-01", "--json")).json()
+    assert other_day["success"]["jobs"] == []
+    assert other_day["failure"]["jobs"] == []
+
+
+async def test_retry_posts_the_failed_config_again(
+    cli: CLI, service: Service, upstream: dict[str, bool]
+) -> None:
+    failed = (await cli("jobs", "post", "fail", "-c", '{"to": "x"}', "--wait", "--json")).json()
+    assert failed["status"] == "failure"
+
+    succeeded = (await cli("jobs", "post", "ok", "--wait", "--json")).json()
+    refused = await cli("jobs", "retry", succeeded["id"])
+    assert refused.exit_code == 1
+    assert "not failure" in refused.stderr
+    assert "--force" in refused.stderr
+
+    upstream["fixed"] = True
+    retried = await cli("jobs", "retry", failed["id"], "--wait", "--json")
+    assert retried.exit_code == 0, retried
+    again = retried.json()
+    assert again["retryOf"] == failed["id"]
+    assert again["id"] != failed["id"]
+    assert again["status"] == "success"
+    shown = (await cli("jobs", "show", again["id"], "--json")).json()
+    assert shown["config"] == {"to": "x"}
+    assert shown["type"] == "fail"
+    # The failed job is left as it was.
+    assert (await cli("jobs", "show", failed["id"], "--json")).json()["status"] == "failure"
+
+
+async def test_cancel_marks_a_pending_job(cli: CLI, oada: OADAClient) -> None:
+    job_id = (await cli("jobs", "post", "ok", "--json")).json()["id"]
+    cancelled = await cli("jobs", "cancel", job_id, "--json")
+    assert cancelled.exit_code == 0, cancelled
+    stored = (await oada.get(f"/{job_id}")).data
+    assert stored["status"] == "cancel-requested"
+    assert [u["status"] for u in stored["updates"].values()] == ["cancel-requested"]
+
+
+async def test_cancel_refuses_a_finished_job(cli: CLI, service: Service) -> None:
+    done = (await cli("jobs", "post", "ok", "--wait", "--json")).json()
+    result = await cli("jobs", "cancel", done["id"])
+    assert result.exit_code == 1
+    assert "already finished with status success" in result.stderr
+
+
+async def test_unknown_and_malformed_jobs(cli: CLI) -> None:
+    missing = await cli("jobs", "show", "resources/nope")
+    assert missing.exit_code == 1
+    assert "no job resources/nope" in missing.stderr
+    for command in ("show", "retry", "cancel"):
+        malformed = await cli("jobs", command, "resources/a/b")
+        assert malformed.exit_code == 2, malformed
+        assert "expected a job id" in malformed.stderr
+
+
+async def test_usage_errors(cli: CLI, bare_cli: CLI) -> None:
+    no_domain = await bare_cli("jobs", "list", "-s", "svc")
+    assert no_domain.exit_code == 2
+    assert "no OADA domain" in no_domain.stderr
+    no_token = await bare_cli("jobs", "list", "-s", "svc", "-d", "http://127.0.0.1:9")
+    assert no_token.exit_code == 2
+    assert "no OADA token" in no_token.stderr
+    no_service = await cli("jobs", "list", env={"OADA_JOBS_SERVICE": None})
+    assert no_service.exit_code == 2
+    assert "--service" in no_service.stderr
+    bad_service = await cli("jobs", "list", "-s", "a b")
+    assert bad_service.exit_code == 2
+    assert "--service" in bad_service.stderr
+    bad_layout = await cli("jobs", "list", "--layout", "flat")
+    assert bad_layout.exit_code == 2
+    assert "--layout" in bad_layout.stderr
+    bad_day = await cli("jobs", "list", "--day", "yesterday")
+    assert bad_day.exit_code == 2
+    assert "--day" in bad_day.stderr
+
+
+async def test_unreachable_server_and_refused_token(cli: CLI, server: EmbeddedServer) -> None:
+    with anyio.fail_after(20):
+        unreachable = await cli("jobs", "list", "-d", "http://127.0.0.1:9")
+    assert unreachable.exit_code == 3, unreachable
+    assert "cannot reach the OADA server at http://127.0.0.1:9" in unreachable.stderr
+
+    refused = await cli("jobs", "list", "--token", "not-a-token")
+    assert refused.exit_code == 4, refused
+    assert "refused the token" in refused.stderr
+    assert "not-a-token" not in refused.stderr + refused.stdout
+
+
+async def test_pending_layout_is_detected(cli: CLI, server: EmbeddedServer) -> None:
+    posted = await cli("jobs", "post", "ok", "--layout", "pending", "--json")
+    assert posted.exit_code == 0, posted
+    listed = (await cli("jobs", "list", "--json")).json()
+    assert listed["layout"] == "pending"
+    assert [row["id"] for row in listed["pending"]] == [posted.json()["id"]]
