@@ -5,6 +5,10 @@ connection mode, ``http`` (requests over HTTP, watches over a side
 WebSocket) and ``ws`` (everything over one WebSocket), each against a fresh
 server; every case is one thing the client does, checked from its side.
 
+The ``ws`` run's server pings every 0.2 s, so the client's sockets live
+through many keepalive rounds (a session that the keepalive wrongly ended
+would fail the cases that follow).
+
 A third run uses a server with ``quirks="reference"``: the client must work
 just as well against the imitation of the reference server, whose
 differences the cases then expect (``QUIRKS=reference``).
@@ -24,13 +28,13 @@ pytestmark = pytest.mark.node
 
 @pytest.fixture(
     scope="module",
-    params=[("http", "none"), ("ws", "none"), ("ws", "reference")],
+    params=[("http", "none", None), ("ws", "none", 0.2), ("ws", "reference", None)],
     ids=["http", "ws", "ws-reference"],
 )
 async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
     """Every case run once against a fresh server, in one connection mode."""
-    mode, quirks = request.param
-    async with embedded_server(quirks=quirks) as server:
+    mode, quirks, ping_interval = request.param
+    async with embedded_server(quirks=quirks, ws_ping_interval=ping_interval) as server:
         yield await run_cases(
             CLIENT5_SCRIPT,
             f"@oada/client 5.3.0 ({mode}, quirks={quirks})",
