@@ -1,9 +1,9 @@
 """Embedded server benchmark: requests/s over HTTP and WebSocket, watch latency.
 
 The server runs as ``oada-jobs serve`` in its own process (plain HTTP, SQLite
-file), exactly as users run it. The load comes from this process, with raw
-``httpx`` and ``websockets`` (not the OADA client, so only the server is
-measured):
+file), exactly as users run it. The load comes from this process, with a
+minimal keep-alive HTTP/1.1 client and ``websockets`` (not httpx or the OADA
+client, whose own per-request CPU would dominate on a shared machine):
 
 * **HTTP GET / PUT**: ``CONCURRENCY`` keep-alive connections, each sending
   requests back to back;
@@ -32,11 +32,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection, connect
 
 from oada_jobs.testing import EmbeddedServer, embedded_server
@@ -68,22 +69,72 @@ async def _timed(total: int, worker: Callable[[int], Awaitable[None]]) -> float:
     return total / (time.perf_counter() - start)
 
 
+class _RawHTTP:
+    """A minimal keep-alive HTTP/1.1 client, so the load generator costs little.
+
+    Full clients (httpx) spend more CPU per request than the server does;
+    on a shared machine they would make the benchmark measure themselves.
+    The server always sends Content-Length (except for HEAD, 204 and 304).
+    """
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", "Host: bench", f"Authorization: Bearer {TOKEN}"]
+        payload = b""
+        if body is not None:
+            payload = json.dumps(body).encode()
+            lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        await self.stream.send(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += await self.stream.receive()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if method == "HEAD":
+            length = 0
+        while len(rest) < length:
+            rest += await self.stream.receive()
+        self.buffer = rest[length:]
+        return status, rest[:length]
+
+
 async def _http_rates(server: EmbeddedServer, total: int) -> tuple[float, float]:
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=server.url, headers=AUTH, limits=limits) as c:
-        r = await c.put("/bookmarks/bench/http", json=DOC)
-        if r.status_code != 201:
-            raise RuntimeError(f"setup PUT failed: {r.status_code} {r.text}")
+    async with AsyncExitStack() as stack:
+        clients = []
+        for _ in range(CONCURRENCY):
+            stream = await stack.enter_async_context(
+                await anyio.connect_tcp("127.0.0.1", server.port)
+            )
+            clients.append(_RawHTTP(stream))
+        status, _ = await clients[0].request("PUT", "/bookmarks/bench/http", DOC)
+        if status != 201:
+            raise RuntimeError(f"setup PUT failed: {status}")
+        free = list(clients)
 
         async def get(_: int) -> None:
-            r = await c.get("/bookmarks/bench/http")
-            if r.status_code != 200:
-                raise RuntimeError(f"GET answered {r.status_code}")
+            c = free.pop()
+            try:
+                status, _ = await c.request("GET", "/bookmarks/bench/http")
+            finally:
+                free.append(c)
+            if status != 200:
+                raise RuntimeError(f"GET answered {status}")
 
         async def put(i: int) -> None:
-            r = await c.put(f"/bookmarks/bench/http/k{i % 50}", json={"i": i})
-            if r.status_code != 201:
-                raise RuntimeError(f"PUT answered {r.status_code}")
+            c = free.pop()
+            try:
+                status, _ = await c.request("PUT", f"/bookmarks/bench/http/k{i % 50}", {"i": i})
+            finally:
+                free.append(c)
+            if status != 201:
+                raise RuntimeError(f"PUT answered {status}")
 
         return await _timed(total, get), await _timed(total, put)
 
@@ -144,11 +195,10 @@ async def _ws_rates(server: EmbeddedServer, total: int) -> tuple[float, float]:
 async def _watch_latency(server: EmbeddedServer, samples: int) -> list[float]:
     """Milliseconds from sending a PUT to receiving its change message."""
     latencies: list[float] = []
-    async with (
-        httpx.AsyncClient(base_url=server.url, headers=AUTH) as c,
-        connect(server.ws_url) as conn,
-    ):
-        await c.put("/resources/bench-watch", json={"t": 0})
+    stream = await anyio.connect_tcp("127.0.0.1", server.port)
+    async with stream, connect(server.ws_url) as conn:
+        writer = _RawHTTP(stream)
+        await writer.request("PUT", "/resources/bench-watch", {"t": 0})
         await conn.send(
             json.dumps(
                 {
@@ -164,7 +214,7 @@ async def _watch_latency(server: EmbeddedServer, samples: int) -> list[float]:
                 raise RuntimeError("the benchmark watch was refused")
         for i in range(samples):
             start = time.perf_counter()
-            await c.put("/resources/bench-watch", json={"t": i})
+            await writer.request("PUT", "/resources/bench-watch", {"t": i})
             with anyio.fail_after(10):
                 while True:
                     msg = json.loads(await conn.recv())
@@ -211,8 +261,8 @@ async def _measure(quick: bool) -> dict[str, Any]:
         "title": "Embedded server",
         "description": (
             "`oada-jobs serve` in its own process (plain HTTP, SQLite file in WAL mode), "
-            f"driven from another process with raw httpx/websockets: {CONCURRENCY} concurrent "
-            f"HTTP keep-alive connections, or one WebSocket with {CONCURRENCY} requests in "
+            f"driven from another process with a minimal HTTP/1.1 client and websockets: "
+            f"{CONCURRENCY} concurrent HTTP keep-alive connections, or one WebSocket with {CONCURRENCY} requests in "
             f"flight; {total} requests per figure on a small JSON document (PUTs merge one key). "
             "Watch latency: one write at a time over HTTP, timed until its change message "
             f"arrives on a watching socket ({samples} writes). Median (min-max) of "
