@@ -85,11 +85,11 @@ class EmbeddedServer:
     #: ``host:port`` (what OADA clients call the domain, without a scheme).
     domain: str
     #: A token with ``all:all`` for the default user (``god`` by default).
-    token: str
+    token: str = field(repr=False)
     #: Every configured token.
-    tokens: tuple[str, ...]
-    #: The settings the server runs with.
-    config: ServerConfig
+    tokens: tuple[str, ...] = field(repr=False)
+    #: The settings the server runs with (tokens included: kept out of the repr).
+    config: ServerConfig = field(repr=False)
     #: CA certificate to trust when TLS is on, else None (see :meth:`ssl_context`).
     ca_cert: Path | None = None
     #: The core (in-process mode only; None for a subprocess).

@@ -74,7 +74,8 @@ class ServerHandle:
     port: int
     #: Whether the port speaks TLS.
     tls: bool
-    config: ServerConfig
+    #: The settings served (they hold the tokens: kept out of the repr).
+    config: ServerConfig = field(repr=False)
     _server: _Uvicorn = field(repr=False)
     _app: Starlette = field(repr=False)
 

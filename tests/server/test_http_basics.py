@@ -159,6 +159,12 @@ async def test_body_limit_gives_413_and_stores_nothing() -> None:
         r = await c.put("/bookmarks/big", json=big)
         assert r.status_code == 413
         assert "1000" in r.json()["message"]
+        # A large declared upload is refused without being read, and the
+        # client still gets the answer.
+        huge = await c.put(
+            "/bookmarks/big", content=b"x" * 5_000_000, headers={"content-type": "text/plain"}
+        )
+        assert huge.status_code == 413
 
         # Without a declared length (chunked upload) the limit holds while reading.
         async def chunks():  # type: ignore[no-untyped-def]
@@ -192,3 +198,8 @@ async def test_well_known_uses_request_scheme_and_host(server: EmbeddedServer) -
             r = await c.get(r.headers["location"])
         assert r.status_code == 200
         assert r.json()["oada_base_uri"] == server.url
+
+
+async def test_reprs_hold_no_tokens() -> None:
+    async with embedded_server(tokens=["very-secret-token"]) as server:
+        assert "very-secret-token" not in repr(server)
