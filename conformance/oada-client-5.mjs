@@ -810,30 +810,46 @@ cases.jobs_request = async (oada) => {
   const pendingPath = `/bookmarks/services/${svc}/jobs/pending`;
   await oada.ensure({ path: pendingPath, data: {}, tree: JOBS_TREE });
   const { changes } = await oada.watch({ path: pendingPath });
-  try {
-    const result = doJob(oada, { service: svc, type: "conformance", config: { x: 1 } });
-    // Play the job service: wait for the job in pending, finish it.
+
+  // Play the job service: wait for the next job in pending, check it, finish it.
+  async function serveOne(config, final) {
     const { change } = await nextMatching(
       changes,
       (c) => c.type === "merge" && Object.entries(c.body ?? {}).some(([k, v]) => !k.startsWith("_") && v?._id),
-      "the job to appear in pending",
+      "a job to appear in pending",
     );
     const [key, link] = Object.entries(change.body).find(([k, v]) => !k.startsWith("_") && v?._id);
     const job = (await oada.get({ path: `/${link._id}` })).data;
     assert.equal(job.service, svc);
     assert.equal(job.type, "conformance");
-    assert.deepEqual(job.config, { x: 1 });
+    assert.deepEqual(job.config, config);
     await oada.post({
       path: `/${link._id}/updates`,
       data: { status: "started", time: new Date().toISOString() },
       contentType: JOB_TYPE,
     });
-    await oada.put({ path: `/${link._id}`, data: { status: "success", result: { answer: 42 } } });
-    const done = await withTimeout(result, CASE_TIMEOUT_MS - 2_000, "doJob to resolve");
+    await oada.put({ path: `/${link._id}`, data: final });
+    await oada.delete({ path: `${pendingPath}/${key}` });
+    return link._id;
+  }
+
+  try {
+    const succeeding = doJob(oada, { service: svc, type: "conformance", config: { x: 1 } });
+    const okId = await serveOne({ x: 1 }, { status: "success", result: { answer: 42 } });
+    const done = await withTimeout(succeeding, CASE_TIMEOUT_MS / 3, "doJob to resolve");
     assert.equal(done.status, "success");
     assert.deepEqual(done.result, { answer: 42 });
-    await oada.delete({ path: `${pendingPath}/${key}` });
-    return `doJob resolved for ${link._id}`;
+
+    const failing = doJob(oada, { service: svc, type: "conformance", config: { x: 2 } });
+    // Keep the rejection handled while the service plays its part.
+    const outcome = failing.then(
+      () => assert.fail("doJob should reject for a failed job"),
+      (error) => error,
+    );
+    const failedId = await serveOne({ x: 2 }, { status: "failure", result: { name: "Error", message: "boom" } });
+    const error = await withTimeout(outcome, CASE_TIMEOUT_MS / 3, "doJob to reject");
+    assert.equal(error?.message, "boom", "doJob rejects with the job's serialised error");
+    return `doJob resolved for ${okId}, rejected for ${failedId}`;
   } finally {
     await closeQuietly(changes);
   }
