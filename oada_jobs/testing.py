@@ -24,6 +24,7 @@ it has finished.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import httpx
-from anyio.abc import Process
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from pydantic import BaseModel
 
 from oada_jobs.job import FINISHED, Job
@@ -137,10 +138,17 @@ class EmbeddedServer:
 class _Child:
     """The ``oada-jobs serve`` child process of a subprocess-mode server."""
 
-    def __init__(self, args: list[str], env: dict[str, str], probe: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        probe: httpx.AsyncClient,
+        task_group: TaskGroup,
+    ) -> None:
         self._args = args
         self._env = env
         self._probe = probe
+        self._task_group = task_group
         self._process: Process | None = None
         self.url = ""
         self._log = b""
@@ -177,12 +185,25 @@ class _Child:
             match = _URL_LINE.search(buffer)
             if match:
                 self._log = buffer
+                # Keep reading, or a chatty server would block on a full pipe.
+                self._task_group.start_soon(self._drain, process.stdout)
                 return match.group(1).decode()
         await process.wait()
         raise RuntimeError(
             f"the server process exited with {process.returncode} before listening:\n"
             + buffer.decode(errors="replace")
         )
+
+    async def _drain(self, stdout: ByteReceiveStream) -> None:
+        """Read the child's output until it ends, keeping the last 64 KiB."""
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            async for chunk in stdout:
+                self._log = (self._log + chunk)[-65536:]
+
+    @property
+    def output(self) -> str:
+        """The end of what the child printed (for failure messages)."""
+        return self._log.decode(errors="replace")
 
     async def _wait_answering(self) -> None:
         """Poll ``HEAD /bookmarks`` until the server answers at all."""
@@ -364,8 +385,11 @@ async def _subprocess_server(
     verify: ssl.SSLContext | bool = True
     if cert_dir is not None:
         verify = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
-    async with httpx.AsyncClient(verify=verify, timeout=5.0) as probe:
-        child = _Child(args, env, probe)
+    async with (
+        httpx.AsyncClient(verify=verify, timeout=5.0) as probe,
+        anyio.create_task_group() as tg,
+    ):
+        child = _Child(args, env, probe, tg)
         try:
             await child.start(port)
             yield child.url, None, child
