@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from .exceptions import (
     ClientClosed,
+    Forbidden,
     InvalidJob,
     JobCancelled,
     JobError,
@@ -307,12 +308,15 @@ class Runner:
             )
             await self._write_and_file(outcome, None, etag=None)
             return outcome
-        except NotFound:
+        except (NotFound, Forbidden) as error:
+            # Older OADA servers answer 403 for a resource that does not
+            # exist; either way this queue can never run the job.
             self.log.error(
-                "list entry %r links to %s, which does not exist; moving the link to the "
-                "failure list",
+                "list entry %r links to %s, which does not exist or this queue's token may "
+                "not read (%s); moving the link to the failure list",
                 self.key,
                 self.job_id,
+                error.status,
             )
             moment = utc_now()
             await self._shielded(lambda: self._file(JobStatus.FAILURE.value, None, moment))

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from oada_jobs import Service
 from oada_jobs._ksuid import ksuid
 from oada_jobs.client import OADAClient
+from oada_jobs.testing import EmbeddedServer, embedded_server
 
 #: Options that keep tests fast and deterministic: no sweeps unless a test
 #: asks, quick retries, short grace.
@@ -32,6 +33,14 @@ def today() -> str:
 
 def key_of(job_id: str) -> str:
     return job_id.removeprefix("resources/")
+
+
+@pytest.fixture
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[EmbeddedServer]:
+    """The shared fresh embedded server; ``parametrize("server", ["reference"], indirect=True)``
+    runs a test against one imitating the reference OADA server's quirks."""
+    async with embedded_server(quirks=getattr(request, "param", "none")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ def register(service: Service) -> None:
     service.on("typed", 10, typed)
 
 
+@pytest.mark.parametrize("server", ["none", "reference"], indirect=True)
 @pytest.mark.parametrize("layout", LAYOUTS)
 async def test_a_successful_job_is_filed_with_its_result_verbatim(
     make_service: Callable[..., Service], oada: OADAClient, name: str, layout: Any
@@ -109,6 +110,7 @@ async def test_a_resource_that_is_not_a_job_fails_with_a_clear_message(
     assert data["hello"] == "world"  # nothing of the resource is lost
 
 
+@pytest.mark.parametrize("server", ["none", "reference"], indirect=True)
 async def test_a_job_created_with_a_tree_put_still_runs(
     make_service: Callable[..., Service], oada: OADAClient, name: str
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import anyio
+import pytest
 
 from oada_jobs import Job, Json, Queue, Service, WorkerContext
 from oada_jobs.client import OADAClient
@@ -32,6 +33,7 @@ def watching(key: str) -> Callable[[Mapping[str, Queue]], bool]:
     return lambda queues: key in queues and queues[key].watching
 
 
+@pytest.mark.parametrize("server", ["none", "reference"], indirect=True)
 async def test_queues_are_added_changed_and_removed_live(
     make_service: Callable[..., Service], oada: OADAClient, domain: str, name: str
 ) -> None:

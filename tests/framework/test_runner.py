@@ -74,6 +74,7 @@ def anyio_date(job: Job[Any]) -> Any:
     return moment.date()
 
 
+@pytest.mark.parametrize("server", ["none", "reference"], indirect=True)
 async def test_one_bad_link_does_not_stop_the_batch(
     make_service: Callable[..., Service], oada: OADAClient, name: str, logs: LogWaiter
 ) -> None:
