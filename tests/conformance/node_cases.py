@@ -28,6 +28,7 @@ RUN_TIMEOUT = 90.0
 CLIENT5_SCRIPT = "oada-client-5.mjs"
 CLIENT1_SCRIPT = "oada-client-1.cjs"
 JOBS1_SCRIPT = "oada-jobs-1.cjs"
+REQUESTER_SCRIPT = "jobs-requester.mjs"
 
 #: The cases of ``oada-client-5.mjs`` (@oada/client 5.3.0), in its order
 #: (the tests check this against the script's ``--list``).
@@ -70,6 +71,9 @@ CLIENT1_CASES = ["connect", "get", "put", "post", "not_found", "watch", "tree_pu
 
 #: The cases of ``oada-jobs-1.cjs`` (@oada/jobs 1.0.4 service), in its order.
 JOBS1_CASES = ["service_start", "job_success", "job_failure"]
+
+#: The cases of ``jobs-requester.mjs`` (@oada/client/jobs 5.3.0), in its order.
+REQUESTER_CASES = ["job_success", "job_failure", "job_events"]
 
 
 @dataclass(frozen=True, slots=True)
