@@ -141,9 +141,10 @@ def serve_command(
             )
             typer.echo(f"oada-jobs server listening on {handle.url}/ (WebSocket {handle.ws_url})")
             typer.echo(f"database: {db}; quirks: {quirks.value}")
-            typer.echo(_token_hint(tokens))
             if ca_note:
                 typer.echo(ca_note)
+            # The token line ends the banner (scripts may wait for it).
+            typer.echo(_token_hint(tokens))
             if host not in _LOOPBACK and "god" in tokens:
                 typer.echo(
                     "warning: the public development token 'god' is accepted on a "
