@@ -128,7 +128,7 @@ async def test_a_job_held_by_a_live_worker_is_skipped_and_an_expired_lease_is_ta
 
     async with service:
         dead = await oada.create_resource(running(-5), content_type=JOBS_TYPE)
-        expiring = await oada.create_resource(running(1.0), content_type=JOBS_TYPE)
+        expiring = await oada.create_resource(running(3.0), content_type=JOBS_TYPE)
         await oada.put(
             CLASSIC.pending_path(name),
             {key_of(dead): {"_id": dead}, key_of(expiring): {"_id": expiring}},
@@ -424,12 +424,12 @@ async def test_leases_are_renewed_so_a_long_job_is_not_taken_over(
     runs: list[str] = []
 
     def replica() -> Service:
-        service = make_service(lease=0.3, sweep_interval=0.1)
+        service = make_service(lease=1.0, sweep_interval=0.1)
 
         @service.on("long", 10)
         async def long(job: Job, ctx: WorkerContext) -> Json:
             runs.append(service.worker_id)
-            await anyio.sleep(1.2)  # four lease periods: held only by renewal
+            await anyio.sleep(2.5)  # past two lease periods: held only by renewal
             return None
 
         return service
