@@ -504,3 +504,43 @@ async def test_retry_runs_a_job_again_later_up_to_its_tries(
     assert "already ran 3 time(s)" in failed.result["message"]
     with pytest.raises(ValueError, match="expected tries >= 1"):
         service.on("x", 1, flaky, tries=0)
+
+
+async def test_links_of_jobs_finishing_together_are_written_together(
+    make_service: Callable[..., Service], oada: OADAClient, domain: str, name: str
+) -> None:
+    counting = CountingTransport()
+    started = 0
+    all_started = anyio.Event()
+    async with OADAClient(
+        domain, "god", connection="http", transport=counting, concurrency=40
+    ) as counted:
+        service = make_service(oada=counted, concurrency=10)
+
+        @service.on("together", 10)
+        async def together(job: Job, ctx: WorkerContext) -> Json:
+            nonlocal started
+            started += 1
+            if started == 10:
+                all_started.set()
+            await all_started.wait()
+            return {"n": job.config["n"]}
+
+        async with service:
+            ids = [
+                await oada.create_resource(
+                    {"service": name, "type": "together", "config": {"n": n}},
+                    content_type=JOBS_TYPE,
+                )
+                for n in range(10)
+            ]
+            await oada.put(
+                CLASSIC.pending_path(name), {key_of(i): {"_id": i} for i in ids}, tree=CLASSIC.tree
+            )
+            jobs = [await wait_for_job(oada, job_id, 10, filed="classic") for job_id in ids]
+    day = CLASSIC.day_index_path(name, "success", anyio_date(jobs[0]))
+    link_writes = [path for method, path in counting.requests if method == "PUT" and path == day]
+    assert 1 <= len(link_writes) < 10, link_writes
+    filed = (await oada.get(day)).data
+    assert {key_of(i) for i in ids} <= set(filed)
+    assert all(filed[key_of(i)]["_id"] == i for i in ids)
