@@ -1,0 +1,124 @@
+"""WebSocketSession against a scripted socket: what a real client cannot easily provoke."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from oada_jobs.server import ws as ws_module
+from oada_jobs.server.config import ServerConfig
+from oada_jobs.server.core import CoreRequest, OADACore
+from oada_jobs.server.ws import WebSocketSession
+
+AUTH = {"authorization": "Bearer god", "content-type": "application/json"}
+
+
+class _URL:
+    scheme = "ws"
+
+
+class ScriptedSocket:
+    """Enough of Starlette's WebSocket for a session; sends block until released."""
+
+    url = _URL()
+
+    def __init__(self) -> None:
+        self.headers = {"host": "test"}
+        self._progress = anyio.Event()
+        self.incoming_send, self.incoming = anyio.create_memory_object_stream[dict[str, Any]](100)
+        self.sent: list[dict[str, Any]] = []
+        self.first_sent = anyio.Event()
+        self.release = anyio.Event()
+        self.closed_with: int | None = None
+        self.closed = anyio.Event()
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.receive()
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+        self.first_sent.set()
+        self._progress.set()
+        self._progress = anyio.Event()
+        # The peer stops reading after the first message.
+        await self.release.wait()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed_with = code
+        self.closed.set()
+
+    async def wait_sent(self, count: int) -> None:
+        while len(self.sent) < count:
+            await self._progress.wait()
+
+    def __enter__(self) -> ScriptedSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.incoming_send.close()
+        self.incoming.close()
+
+    def frame(self, **msg: Any) -> None:
+        self.incoming_send.send_nowait({"type": "websocket.receive", "text": json.dumps(msg)})
+
+
+async def test_a_peer_that_stops_reading_is_closed_with_1013(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ws_module, "MAX_QUEUED", 5)
+    with ScriptedSocket() as sock:
+        await flood(sock)
+
+
+async def flood(sock: ScriptedSocket) -> None:
+    async with OADACore(ServerConfig()) as core, anyio.create_task_group() as tg:
+        await core.handle(CoreRequest("put", "/resources/flood", AUTH, b'{"n": 0}'))
+        tg.start_soon(WebSocketSession(core, sock).run)  # type: ignore[arg-type]
+        sock.frame(requestId="w", method="watch", path="/resources/flood", headers=AUTH)
+        with anyio.fail_after(5):
+            await sock.first_sent.wait()
+        for n in range(1, 20):
+            r = await core.handle(
+                CoreRequest("put", "/resources/flood", AUTH, json.dumps({"n": n}).encode())
+            )
+            # Writers are never held up by a slow watcher.
+            assert r.status == 201
+        sock.release.set()
+        with anyio.fail_after(5):
+            await sock.closed.wait()
+        assert sock.closed_with == 1013
+        # What was sent before the close is an in-order prefix, never a gap.
+        assert sock.sent[0]["requestId"] == "w"
+        sock.incoming_send.send_nowait({"type": "websocket.disconnect", "code": 1013})
+    assert len(sock.sent) <= 2
+
+
+async def test_session_ends_its_subscriptions_on_disconnect() -> None:
+    with ScriptedSocket() as sock:
+        await watch_and_disconnect(sock)
+
+
+async def watch_and_disconnect(sock: ScriptedSocket) -> None:
+    sock.release.set()
+    async with OADACore(ServerConfig()) as core:
+        await core.handle(CoreRequest("put", "/resources/w1", AUTH, b'{"n": 0}'))
+        calls: list[int] = []
+        core.subscribe("resources/w1", lambda rid, rev, change: calls.append(rev))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(WebSocketSession(core, sock).run)  # type: ignore[arg-type]
+            sock.frame(requestId="a", method="watch", path="/resources/w1", headers=AUTH)
+            sock.frame(requestId="b", method="watch", path="/resources/w1", headers=AUTH)
+            sock.frame(requestId="p", method="ping", path="", headers={"authorization": ""})
+            with anyio.fail_after(5):
+                await sock.wait_sent(3)
+            sock.incoming_send.send_nowait({"type": "websocket.disconnect", "code": 1000})
+        await core.handle(CoreRequest("put", "/resources/w1", AUTH, b'{"n": 1}'))
+        # Only the test's own listener is left; the session's was removed.
+        assert len(calls) == 1
+        assert [m["requestId"] for m in sock.sent] == ["a", "b", "p"]
