@@ -13,11 +13,13 @@ It reports readiness only after the port is bound and the core is open.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -45,12 +47,42 @@ class _DropDebug(logging.Filter):
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn's server, with a start-up hook and optional signal handling."""
+    """uvicorn's server, with a start-up hook and optional signal handling.
+
+    uvicorn runs on asyncio only, so its hooks here use asyncio directly.
+    """
 
     def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
         super().__init__(config)
         self._handle_signals = handle_signals
         self.on_started: list[Any] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_requested: asyncio.Event | None = None
+
+    def request_exit(self) -> None:
+        """Stop serving; safe from any thread and from signal handlers."""
+        self.should_exit = True
+        loop, event = self._loop, self._exit_requested
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.request_exit()
+
+    async def main_loop(self) -> None:
+        # uvicorn polls should_exit every 0.1 s; waking on an event instead
+        # makes every stop (and so every test using a server) 0.1 s faster.
+        # The tick still runs about once a second for the Date header.
+        self._loop = asyncio.get_running_loop()
+        self._exit_requested = asyncio.Event()
+        if self.should_exit:
+            return
+        counter = 0
+        while not await self.on_tick(counter):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_requested.wait(), 1.0)
+            counter += 10
 
     def capture_signals(self) -> Any:
         if self._handle_signals:
@@ -100,7 +132,7 @@ class ServerHandle:
 
     def shutdown(self) -> None:
         """Ask the server to stop gracefully (close sockets, finish requests, close the core)."""
-        self._server.should_exit = True
+        self._server.request_exit()
 
 
 async def serve(
