@@ -126,8 +126,14 @@ class EmbeddedServer:
         await self._child().kill()
 
     async def restart(self) -> None:
-        """Start the server again (after :meth:`kill`) on the same port and database."""
-        await self._child().start()
+        """Start the server again on the same port and database.
+
+        After :meth:`kill` it just starts; a running server is first stopped
+        gracefully (SIGTERM).
+        """
+        child = self._child()
+        await child.stop()
+        await child.start()
 
     def _child(self) -> _Child:
         if self._proc is None:

@@ -78,6 +78,10 @@ async def test_restart_keeps_data_with_default_db() -> None:
         assert server.port == port
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as c:
             assert (await c.get("/bookmarks/keep")).json() == {"x": 1}
+        # Restarting a running server stops it gracefully first.
+        await server.restart()
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as c:
+            assert (await c.get("/bookmarks/keep")).json() == {"x": 1}
 
 
 async def test_kill_and_restart_need_subprocess_mode() -> None:
