@@ -74,9 +74,9 @@ FULL = Sizes(
     backlog=10_000,
     latency=200,
     latency_interval=0.025,
-    work=((10, 300), (100, 2000)),
+    work=((10, 300), (100, 1000)),
     replicas=(1, 2, 4),
-    scale_jobs=1000,
+    scale_jobs=500,
 )
 QUICK = Sizes(
     repeats=1,

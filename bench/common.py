@@ -16,6 +16,7 @@ import platform
 import secrets
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -298,7 +299,8 @@ class BenchServer:
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Requests so far per token label: ``{label: {"http": n, "ws": n}}``."""
-        async with httpx.AsyncClient(verify=str(self.ca_cert)) as http:
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        async with httpx.AsyncClient(verify=context) as http:
             response = await http.get(
                 f"{self.url}/_bench/counts",
                 headers={"authorization": f"Bearer {self.tokens['admin']}"},

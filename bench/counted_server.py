@@ -101,6 +101,8 @@ async def main(config_path: str) -> None:
         host="127.0.0.1",
         port=0,
         ws="websockets-sansio",
+        ws_ping_interval=config.ws_ping_interval,
+        ws_ping_timeout=config.ws_ping_interval,
         ws_max_size=config.max_body_bytes + 2**20,
         log_level="warning",
         access_log=False,

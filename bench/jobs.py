@@ -55,7 +55,7 @@ JOB_TYPE = "bench"
 #: Keys per link PUT when a batch of jobs is queued.
 LINK_CHUNK = 100
 #: In-flight requests of the harness while it creates job resources.
-CREATE_CONCURRENCY = 16
+CREATE_CONCURRENCY = 32
 
 _names = itertools.count(1)
 

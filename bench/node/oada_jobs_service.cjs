@@ -103,8 +103,10 @@ async function work(job) {
 }
 
 function stop() {
-  emit({ event: 'exit', runs: ran.length, jobs: ran, max_active: maxActive });
-  process.exit(0);
+  // Exit only once the (possibly large) report has been written: a pipe
+  // takes 64 KiB at once and process.exit() would drop the rest.
+  const report = { event: 'exit', runs: ran.length, jobs: ran, max_active: maxActive };
+  process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0));
 }
 
 process.on('SIGTERM', stop);
