@@ -76,13 +76,19 @@ class WatchSink(Protocol):
 
 
 class _Pending:
-    __slots__ = ("error", "event", "generation", "message")
+    __slots__ = ("deadline", "error", "event", "generation", "limit", "message")
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, limit: float) -> None:
         self.event = anyio.Event()
         self.generation = generation
+        self.limit = limit
+        self.deadline = anyio.current_time() + limit
         self.message: dict[str, Any] | None = None
         self.error: OADAError | None = None
+
+
+#: Longest the timeout watchdog sleeps; a request times out at most this late.
+_WATCHDOG_TICK = 0.25
 
 
 def _ids(value: Any) -> list[str]:
@@ -129,10 +135,12 @@ class WSConnection:
         self._restoring = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._wake_watchdog = anyio.Event()
 
     async def __aenter__(self) -> WSConnection:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._task_group.start_soon(self._watchdog)
         return self
 
     async def __aexit__(
@@ -299,8 +307,9 @@ class WSConnection:
         method, path = message["method"], message["path"]
         sock, generation = await self._ensure_socket()
         request_id = message["requestId"]
-        pending = _Pending(generation)
+        pending = _Pending(generation, answer_within)
         self._pending[request_id] = pending
+        self._wake_watchdog.set()
         try:
             if sock.state is not State.OPEN:
                 if self._socket is sock:
@@ -311,13 +320,10 @@ class WSConnection:
             else:
                 # Request ids are made of [0-9a-f-]: no escaping needed.
                 text = f'{{"requestId":"{request_id}",{encoded[1:]}'
-            with anyio.fail_after(answer_within):
-                await sock.send(text)
-                await pending.event.wait()
-        except TimeoutError:
-            raise OADATimeout(
-                f"no answer within {answer_within}s", method=method, path=path
-            ) from None
+            # No cancel scope per request (it costs more than the rest of the
+            # round trip): the watchdog task fails requests past their deadline.
+            await sock.send(text)
+            await pending.event.wait()
         except ConnectionClosed:
             raise ConnectionLost(
                 "the WebSocket closed while sending", method=method, path=path
@@ -339,6 +345,23 @@ class WSConnection:
             redact(status_text, token) if isinstance(status_text, str) else None,
             generation,
         )
+
+    async def _watchdog(self) -> None:
+        """Fail requests whose answer is overdue with :class:`OADATimeout`."""
+        while True:
+            await self._wake_watchdog.wait()
+            self._wake_watchdog = anyio.Event()
+            while self._pending:
+                now = anyio.current_time()
+                earliest = min(pending.deadline for pending in self._pending.values())
+                if earliest > now:
+                    await anyio.sleep(min(earliest - now, _WATCHDOG_TICK))
+                    continue
+                for request_id, pending in list(self._pending.items()):
+                    if pending.deadline <= now:
+                        del self._pending[request_id]
+                        pending.error = OADATimeout(f"no answer within {pending.limit}s")
+                        pending.event.set()
 
     # -- watches ------------------------------------------------------------
 
