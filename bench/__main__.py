@@ -146,7 +146,24 @@ def _runs_section(runs: dict[Framework, list[RunResult]], jobs: int) -> dict[str
 
 async def section_throughput(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
     runs = await _alternating(sizes, fws, lambda fw: burst_run(h, fw, sizes.burst))
-    return _runs_section(runs, sizes.burst)
+    out = _runs_section(runs, sizes.burst)
+    # The same jobs on oada-jobs' other layout (jobs/pending, as current
+    # @oada/jobs has it), which @oada/jobs 1.0.4 cannot serve.
+    pending = [
+        await burst_run(h, "python", sizes.burst, layout="pending") for _ in range(sizes.repeats)
+    ]
+    node = [r.jobs_per_second for r in runs.get("node", [])]
+    out["pending_layout"] = {
+        "jobs_per_second": summarize([r.jobs_per_second for r in pending]),
+        "ratio": _pairs({"python": [r.jobs_per_second for r in pending], "node": node}),
+        "requests_per_job": summarize([r.requests / r.jobs for r in pending]),
+        "service_cpu_ms_per_job": summarize([1000 * r.service_cpu / r.jobs for r in pending]),
+        "server_cpu_ms_per_job": summarize([1000 * r.server_cpu / r.jobs for r in pending]),
+        "peak_rss_mib": summarize([r.peak_rss / 2**20 for r in pending]),
+        "duplicates": sum(r.runs - r.distinct for r in pending),
+        "runs": [r.as_dict() for r in pending],
+    }
+    return out
 
 
 async def section_backlog(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:

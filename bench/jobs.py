@@ -47,6 +47,7 @@ from .common import (
 )
 
 Framework = Literal["python", "node"]
+Layout = Literal["classic", "pending"]
 FRAMEWORKS: tuple[Framework, ...] = ("python", "node")
 LABELS: dict[Framework, str] = {"python": "oada-jobs (Python)", "node": "@oada/jobs 1.0.4 (Node)"}
 
@@ -94,7 +95,13 @@ class Harness:
         return max(60.0, jobs * self.seconds_per_job + 3 * ideal)
 
     def service_argv_env(
-        self, framework: Framework, name: str, *, sleep_ms: int, concurrency: int
+        self,
+        framework: Framework,
+        name: str,
+        *,
+        sleep_ms: int,
+        concurrency: int,
+        layout: Layout = "classic",
     ) -> tuple[list[str], dict[str, str]]:
         """Command line and environment of one service process."""
         env = {
@@ -107,9 +114,12 @@ class Harness:
         if framework == "python":
             env |= {
                 "OADA_TOKEN": self.server.tokens["service"],
-                "OADA_CA": str(self.server.ca_cert),
+                "SSL_CERT_FILE": str(self.server.ca_cert),
+                "BENCH_LAYOUT": layout,
             }
             return [sys.executable, "-m", "bench.py_service"], env
+        if layout != "classic":
+            raise ValueError("@oada/jobs 1.0.4 only knows the classic layout")
         env |= {
             "OADA_TOKEN": self.server.tokens["node"],
             # @oada/client 1.1.4 only speaks wss://: trust the server's dev CA.
@@ -130,6 +140,7 @@ class Harness:
         replicas: int = 1,
         wait_ready: bool = True,
         warm_up: bool = True,
+        layout: Layout = "classic",
     ) -> AsyncIterator[list[ChildProcess]]:
         """Run *replicas* service processes; by default wait until each is watching.
 
@@ -140,7 +151,7 @@ class Harness:
         their lists in place, as a long-running service has them.
         """
         argv, env = self.service_argv_env(
-            framework, name, sleep_ms=sleep_ms, concurrency=concurrency
+            framework, name, sleep_ms=sleep_ms, concurrency=concurrency, layout=layout
         )
         async with AsyncExitStack() as stack:
             children = [
@@ -153,12 +164,12 @@ class Harness:
                 for child in children:
                     await child.expect("ready", 60)
                 if warm_up:
-                    await self.run_one(name)
+                    await self.run_one(name, layout)
             yield children
 
-    async def run_one(self, name: str) -> None:
+    async def run_one(self, name: str, layout: Layout = "classic") -> None:
         """Queue one job on service *name* and wait until it has left the list."""
-        path = list_path(name)
+        path = list_path(name, layout)
         ids = await create_jobs(self.oada, name, 1)
         async with ListDrain(self.oada, path).watching() as drain:
             keys = await link_jobs(self.oada, path, ids)
@@ -170,9 +181,15 @@ def new_service_name(framework: Framework) -> str:
     return f"bench-{framework}-{next(_names)}-{ksuid()[-6:].lower()}"
 
 
-def list_path(name: str) -> str:
-    """The classic pending list of service *name*."""
-    return f"/bookmarks/services/{name}/jobs"
+def list_path(name: str, layout: Layout = "classic") -> str:
+    """The list jobs are queued on for service *name*."""
+    return f"/bookmarks/services/{name}/{'jobs' if layout == 'classic' else 'jobs/pending'}"
+
+
+def filed_path(name: str, status: str, layout: Layout = "classic") -> str:
+    """Parent of the day lists jobs finished with *status* are filed under."""
+    base = f"jobs-{status}" if layout == "classic" else f"jobs/{status}"
+    return f"/bookmarks/services/{name}/{base}/day-index"
 
 
 async def create_jobs(
@@ -254,9 +271,11 @@ class ListDrain:
         return time.perf_counter()
 
 
-async def filed_jobs(oada: OADAClient, name: str, status: str) -> set[str]:
-    """Job ids linked under ``jobs-<status>/day-index/*`` of service *name*."""
-    base = f"/bookmarks/services/{name}/jobs-{status}/day-index"
+async def filed_jobs(
+    oada: OADAClient, name: str, status: str, layout: Layout = "classic"
+) -> set[str]:
+    """Job ids filed under the *status* day lists of service *name*."""
+    base = filed_path(name, status, layout)
     try:
         days = (await oada.get(base)).data
     except NotFound:
@@ -277,10 +296,12 @@ async def filed_jobs(oada: OADAClient, name: str, status: str) -> set[str]:
     return found
 
 
-async def check_filed(oada: OADAClient, name: str, ids: Sequence[str]) -> None:
+async def check_filed(
+    oada: OADAClient, name: str, ids: Sequence[str], layout: Layout = "classic"
+) -> None:
     """Raise :class:`BenchError` unless every job is in the success list and none failed."""
-    success = await filed_jobs(oada, name, "success")
-    failure = await filed_jobs(oada, name, "failure")
+    success = await filed_jobs(oada, name, "success", layout)
+    failure = await filed_jobs(oada, name, "failure", layout)
     missing = set(ids) - success
     if missing or failure:
         raise BenchError(
@@ -357,12 +378,18 @@ async def burst_run(
     sleep_ms: int = 0,
     concurrency: int = 10,
     replicas: int = 1,
+    layout: Layout = "classic",
 ) -> RunResult:
     """Queue *jobs* at once on running service(s); time until all have left the list."""
     name = new_service_name(framework)
-    path = list_path(name)
+    path = list_path(name, layout)
     async with h.services(
-        framework, name, sleep_ms=sleep_ms, concurrency=concurrency, replicas=replicas
+        framework,
+        name,
+        sleep_ms=sleep_ms,
+        concurrency=concurrency,
+        replicas=replicas,
+        layout=layout,
     ) as children:
         ids = await create_jobs(h.oada, name, jobs)
         samplers = [RssSampler(child.pid) for child in children]
@@ -384,7 +411,7 @@ async def burst_run(
             after = await h.server.counts()
             group.cancel_scope.cancel()
         exits = [await child.stop() for child in children]
-    await check_filed(h.oada, name, ids)
+    await check_filed(h.oada, name, ids, layout)
     runs, distinct = _ran(exits)
     return RunResult(
         framework=framework,
@@ -397,7 +424,12 @@ async def burst_run(
         max_active=max(int((report or {}).get("max_active", 0)) for report in exits),
         service_cpu=service_cpu,
         server_cpu=server_cpu,
-        extra={"replicas": replicas, "sleep_ms": sleep_ms, "concurrency": concurrency},
+        extra={
+            "replicas": replicas,
+            "sleep_ms": sleep_ms,
+            "concurrency": concurrency,
+            "layout": layout,
+        },
     )
 
 

@@ -6,8 +6,12 @@ frameworks the same way.
 
 Environment (the token never goes on the command line):
 
-``OADA_DOMAIN``, ``OADA_TOKEN``, ``OADA_CA``
-    the server, the service token and the CA certificate to trust;
+``OADA_DOMAIN``, ``OADA_TOKEN``
+    the server and the service token; the server's development CA is
+    trusted through ``SSL_CERT_FILE``, as a deployment with a private CA
+    would do, so the service opens its own client as users' services do;
+``BENCH_LAYOUT``
+    ``classic`` (default) or ``pending``;
 ``BENCH_SERVICE``, ``BENCH_JOB_TYPE``
     service name and the job type the worker is registered for;
 ``BENCH_SLEEP_MS``
@@ -31,7 +35,6 @@ from typing import Any
 import anyio
 
 from oada_jobs import Job, Service, WorkerContext
-from oada_jobs.client import OADAClient
 from oada_jobs.types import Json
 
 
@@ -62,7 +65,9 @@ async def main() -> None:
     """Start the service, report readiness, run until SIGTERM, report what ran."""
     domain = _env("OADA_DOMAIN")
     token = _env("OADA_TOKEN")
-    ca = _env("OADA_CA")
+    layout = _env("BENCH_LAYOUT", "classic")
+    if layout not in ("classic", "pending"):
+        raise SystemExit(f"expected BENCH_LAYOUT classic or pending, got {layout!r}")
     name = _env("BENCH_SERVICE")
     job_type = _env("BENCH_JOB_TYPE", "bench")
     sleep = _int_env("BENCH_SLEEP_MS", 0) / 1000
@@ -72,27 +77,32 @@ async def main() -> None:
     active = 0
     max_active = 0
 
-    async with OADAClient(domain, token, verify=ca, concurrency=concurrency) as oada:
-        service = Service(name, oada=oada, concurrency=concurrency, layout="classic")
+    service = Service(
+        name,
+        domain=domain,
+        token=token,
+        concurrency=concurrency,
+        layout="pending" if layout == "pending" else "classic",
+    )
 
-        @service.on(job_type, timeout=60)
-        async def work(job: Job[Any], ctx: WorkerContext) -> Json:
-            nonlocal active, max_active
-            active += 1
-            max_active = max(max_active, active)
-            try:
-                ran.append(ctx.job_id)
-                if sleep:
-                    await anyio.sleep(sleep)
-                return {"ok": True}
-            finally:
-                active -= 1
+    @service.on(job_type, timeout=60)
+    async def work(job: Job[Any], ctx: WorkerContext) -> Json:
+        nonlocal active, max_active
+        active += 1
+        max_active = max(max_active, active)
+        try:
+            ran.append(ctx.job_id)
+            if sleep:
+                await anyio.sleep(sleep)
+            return {"ok": True}
+        finally:
+            active -= 1
 
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with service:
-                _emit({"event": "ready"})
-                async for _ in signals:
-                    break
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with service:
+            _emit({"event": "ready"})
+            async for _ in signals:
+                break
     _emit({"event": "exit", "runs": len(ran), "jobs": ran, "max_active": max_active})
 
 

@@ -174,6 +174,30 @@ def _throughput(results: Mapping[str, Any]) -> str:
     burst: Any = results.get("throughput")
     parts.append(f"### {(_get(burst, 'jobs') or 0):,} jobs queued at once on a running service\n")
     parts.append(_error(burst) or _frameworks_table(burst))
+    pending = _get(burst, "pending_layout")
+    if pending:
+        parts.append(
+            "\nThe same measurement with oada-jobs on its `pending` layout (`jobs/pending`, "
+            "`jobs/success/day-index/<date>`, as current @oada/jobs lays lists out; 1.0.4 "
+            "cannot use it). Its finished lists sit one link closer to the service, so each "
+            "filing bumps fewer parent revisions.\n"
+        )
+        parts.append(
+            table(
+                ["", f"{PY}, layout pending", "vs @oada/jobs 1.0.4 (classic)"],
+                [
+                    [
+                        "Jobs per second",
+                        fmt(pending["jobs_per_second"]),
+                        fmt(pending.get("ratio"), 2, TIMES),
+                    ],
+                    ["OADA requests per job", fmt(pending["requests_per_job"], 2), ""],
+                    ["Service CPU per job, ms", fmt(pending["service_cpu_ms_per_job"], 2), ""],
+                    ["Server CPU per job, ms", fmt(pending["server_cpu_ms_per_job"], 2), ""],
+                    ["Jobs run twice", str(pending["duplicates"]), ""],
+                ],
+            )
+        )
     backlog: Any = results.get("backlog")
     parts.append(
         f"\n### {(_get(backlog, 'jobs') or 0):,}-job backlog when the service starts "
@@ -291,7 +315,11 @@ def _external(section: Any) -> str:
         if k not in {"title", "description", "columns", "rows", "notes"}
     }
     if rest:
-        parts.append("\n```json\n" + json.dumps(rest, indent=1, default=str) + "\n```")
+        parts.append(
+            "\n<details><summary>All figures</summary>\n\n```json\n"
+            + json.dumps(rest, indent=1, default=str)
+            + "\n```\n\n</details>"
+        )
     return "\n".join(parts)
 
 
