@@ -308,3 +308,19 @@ async def test_auto_falls_back_to_http_without_a_websocket() -> None:
         assert oada.connection == "http"
         with pytest.raises(OADATransportError, match="could not connect"):
             await oada.get("/bookmarks")
+
+
+async def test_two_watches_on_one_resource_each_get_a_shared_notification_once() -> None:
+    fake = FakeOADA()
+    async with (
+        fake.running(),
+        client(fake) as oada,
+        oada.watch("/bookmarks/r") as first,
+        oada.watch("/bookmarks/r", type="tree") as second,
+    ):
+        await fake.write({"a": 1})
+        await fake.write({"a": 2})
+        singles = await take(first, 2)
+        arrays = await take(second, 2)
+    assert revs(singles) == [2, 3]
+    assert [revs(array) for array in arrays] == [[2], [3]]
