@@ -218,12 +218,13 @@ async def test_tls() -> None:
                 assert change.body is not None
 
 
-async def test_watch_survives_the_socket_being_cut() -> None:
+@pytest.mark.parametrize("connection", ["ws", "http"])
+async def test_watch_survives_the_socket_being_cut(connection: str) -> None:
     async with (
         embedded_server() as server,
         relay(server.port) as cutter,
         OADAClient(server.url, server.token, connection="http") as writer,
-        OADAClient(cutter.url, server.token, connection="ws", max_backoff=0.05) as oada,
+        OADAClient(cutter.url, server.token, connection=connection, max_backoff=0.05) as oada,
     ):
         await writer.put("/bookmarks/cut", {"r": -1})
         async with oada.watch("/bookmarks/cut") as watch:
