@@ -339,6 +339,24 @@ class Service:
         self.limiter = anyio.CapacityLimiter(self.config.concurrency)
         self._grace = self.config.shutdown_grace
 
+    def copy(self) -> Service:
+        """A new, not yet started service with this one's name, options, work
+        functions and reporters (a service runs once; its copy can run again).
+
+        ``oada-jobs run`` starts a copy, so a service object defined at module
+        level can be run any number of times in one process.
+        """
+        twin = Service(self.name, metrics_registry=self.metrics.registry)
+        twin.config = self.config
+        twin.layout = self.layout
+        twin._domain, twin._token = self._domain, self._token
+        twin._given_client = twin._oada = self._given_client
+        twin.reporters = list(self.reporters)
+        twin.limiter = anyio.CapacityLimiter(self.config.concurrency)
+        twin._grace = self.config.shutdown_grace
+        twin._workers = dict(self._workers)
+        return twin
+
     @property
     def request_concurrency(self) -> int:
         """OADA requests in flight for clients the service opens: a few per running job,

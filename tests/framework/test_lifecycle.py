@@ -165,3 +165,24 @@ async def test_the_service_carries_on_after_the_server_restarts(
             assert (await wait_for_job(oada, second, 30)).result == {"n": 2}
             # Filing cut off by the crash was retried, not left for a sweep.
             await wait_for_job(oada, first, 10, filed="classic")
+
+
+async def test_a_copy_of_a_stopped_service_runs_again(
+    make_service: Callable[..., Service], oada: OADAClient, name: str
+) -> None:
+    service = make_service()
+
+    @service.on("echo", 10)
+    async def echo(job: Job, ctx: WorkerContext) -> Json:
+        return {"n": job.config["n"]}
+
+    async with service:
+        assert (
+            await wait_for_job(oada, await post_job(oada, name, "echo", {"n": 1}), 10)
+        ).result == {"n": 1}
+    with pytest.raises(RuntimeError, match="can be started once"):
+        await service.start()
+    async with service.copy():
+        assert (
+            await wait_for_job(oada, await post_job(oada, name, "echo", {"n": 2}), 10)
+        ).result == {"n": 2}

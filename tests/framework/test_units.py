@@ -116,3 +116,29 @@ def test_configure_replaces_only_the_given_options_before_start() -> None:
     assert service.config.lease.total_seconds() == 5
     with pytest.raises(ValueError, match="concurrency"):
         service.configure(concurrency=0)
+
+
+def test_copy_gives_a_fresh_service_with_the_same_setup() -> None:
+    service = Service(
+        "email-service", domain="localhost:8080", token="t", concurrency=4, layout="pending"
+    )
+
+    async def work(job: Job, ctx: object) -> None:
+        return None
+
+    service.on("email", 5, work)
+    twin = service.copy()
+    assert twin is not service
+    assert twin.state.value == "created"
+    assert (twin.name, twin.domain, twin.layout.name) == (
+        "email-service",
+        "http://localhost:8080",
+        "pending",
+    )
+    assert twin.config == service.config
+    worker = twin.worker_for("email")
+    assert worker is not None
+    assert worker.timeout == 5
+    twin.off("email")
+    assert service.worker_for("email") is not None  # the copy's registry is its own
+    assert twin.worker_id != service.worker_id
