@@ -585,6 +585,9 @@ class OADAClient:
 
         await self._with_retries(attempt, "get")
         self._watches.add(watch)
+        if self.state is not ClientState.OPEN:
+            # Revoked or closed while the server was answering.
+            watch.fail(ClientClosed("the client was revoked or closed", path=watch.path))
 
     async def _close_watch(self, watch: Watch[Any]) -> None:
         self._watches.discard(watch)
