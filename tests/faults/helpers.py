@@ -148,7 +148,8 @@ async def collect(oada: OADAClient, name: str, keys: Iterable[str] | None = None
 
         async def read(key: str) -> None:
             async with limiter:
-                outcome.bodies[key] = dict((await oada.get(f"/resources/{key}")).data)
+                data = (await oada.get(f"/resources/{key}")).data
+                outcome.bodies[key] = dict(data) if isinstance(data, Mapping) else {"_raw": data}
 
         async with anyio.create_task_group() as tg:
             for key in keys:
