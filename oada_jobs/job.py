@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 from ._ksuid import ksuid
 from .exceptions import InvalidJob, JobError, OADAJobsError, PreconditionFailed
@@ -41,7 +43,7 @@ __all__ = [
 
 #: The type of :attr:`Job.config`: a JSON object, or a pydantic model when the
 #: work function declares one.
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", default=dict[str, Any])
 
 
 class JobStatus(StrEnum):
