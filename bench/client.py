@@ -12,7 +12,7 @@ mode (``ws`` and ``http``):
 The table shows requests per second (median, min-max) and ours / official
 throughput (above 1x: this client is faster).
 
-    python -m bench.client [--quick] [--n 1000] [--rounds 3] [--concurrency 10]
+    python -m bench.client [--quick] [--n 1000] [--http-n 300] [--rounds 3] [--concurrency 10]
 
 ``run(quick=False)`` returns the figures as a report table (``title``,
 ``description``, ``columns``, ``rows``, ``notes``) plus the raw samples.
@@ -155,9 +155,12 @@ LABELS = {
 
 
 async def measure(
-    *, n: int, rounds: int, concurrency: int, modes: Sequence[str] = MODES
+    *, sizes: dict[str, int], rounds: int, concurrency: int, modes: Sequence[str] = MODES
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Seconds per phase: ``samples[mode][side][phase]`` has one entry per round."""
+    """Seconds per phase: ``samples[mode][side][phase]`` has one entry per round.
+
+    ``sizes[mode]`` is the number of requests per phase in that mode.
+    """
     samples: dict[str, dict[str, dict[str, list[float]]]] = {
         mode: {side: {phase: [] for phase in PHASES} for side in ("python", "node")}
         for mode in modes
@@ -171,7 +174,7 @@ async def measure(
                     base = f"/resources/bench-client-{side}-{mode}-{round_}"
                     runner = python_side if side == "python" else node_side
                     try:
-                        figures = await runner(server.url, mode, n, concurrency, base)
+                        figures = await runner(server.url, mode, sizes[mode], concurrency, base)
                     except Exception as error:
                         raise RuntimeError(
                             f"the {side} client failed in {mode} mode, round {round_ + 1}: {error}"
@@ -190,21 +193,28 @@ def _rate(n: int, seconds: list[float]) -> str:
 
 
 def run(
-    quick: bool = False,
     *,
+    quick: bool = False,
     n: int | None = None,
+    http_n: int | None = None,
     rounds: int | None = None,
     concurrency: int = 10,
     modes: Sequence[str] = MODES,
 ) -> dict[str, Any]:
     """Run the benchmark and return it as a report table (see the module docstring).
 
-    *quick*: 50 requests per phase, one round (a smoke run of a few seconds);
-    otherwise 1,000 requests per phase and 3 rounds.
+    *quick*: 50 requests per phase, one round (a smoke run of a few seconds).
+    Otherwise *n* = 1,000 requests per phase over the WebSocket and *http_n*
+    = 300 over HTTP (an HTTP round trip costs the server several times a
+    WebSocket one; this keeps the full run near two minutes), 3 rounds.
     """
     n = n if n is not None else (50 if quick else 1000)
+    http_n = http_n if http_n is not None else (n if quick else max(50, n * 3 // 10))
     rounds = rounds if rounds is not None else (1 if quick else 3)
-    samples = anyio.run(lambda: measure(n=n, rounds=rounds, concurrency=concurrency, modes=modes))
+    sizes = {"ws": n, "http": http_n}
+    samples = anyio.run(
+        lambda: measure(sizes=sizes, rounds=rounds, concurrency=concurrency, modes=modes)
+    )
     rows: list[list[Any]] = []
     ratios: dict[str, float] = {}
     for mode in modes:
@@ -216,8 +226,8 @@ def run(
             rows.append(
                 [
                     f"{mode.upper()} {LABELS[phase]}, req/s",
-                    _rate(n, ours),
-                    _rate(n, theirs),
+                    _rate(sizes[mode], ours),
+                    _rate(sizes[mode], theirs),
                     f"{ratio:.2f}x",
                 ]
             )
@@ -226,9 +236,10 @@ def run(
         "description": (
             f"oada_jobs.client.OADAClient against the official @oada/client 5.3.0 (Node), "
             f"both on one embedded OADA server (plain HTTP, in-memory store) in its own "
-            f"process, taking turns. Per connection mode, each client makes {n:,} PUTs "
-            f"then {n:,} GETs one after the other, then {n:,} PUTs and {n:,} GETs all at "
-            f"once with a concurrency limit of {concurrency}. Median requests/s over "
+            f"process, taking turns. Per connection mode, each client makes N PUTs "
+            f"then N GETs one after the other, then N PUTs and N GETs all at once with "
+            f"a concurrency limit of {concurrency} (N = {n:,} over the WebSocket, "
+            f"{http_n:,} over HTTP). Median requests/s over "
             f"{rounds} round(s), min-max in brackets; the last column is ours / official "
             f"throughput (above 1x: oada-jobs is faster)."
         ),
@@ -239,6 +250,7 @@ def run(
             "server runs in a separate process, so the clients never share its event loop.",
         ],
         "n": n,
+        "http_n": http_n,
         "rounds": rounds,
         "concurrency": concurrency,
         "speedup": ratios,
@@ -262,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="50 requests per phase, one round")
     parser.add_argument("--n", type=int, help="requests per phase (default 1000)")
+    parser.add_argument("--http-n", type=int, help="requests per HTTP phase (default 300)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--modes", default=",".join(MODES))
@@ -272,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve_child(args.serve)
         return
     result = run(
-        args.quick,
+        quick=args.quick,
         n=args.n,
+        http_n=args.http_n,
         rounds=args.rounds,
         concurrency=args.concurrency,
         modes=args.modes.split(","),
