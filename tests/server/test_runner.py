@@ -1,0 +1,49 @@
+"""serve() and the oada_jobs.server package surface."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+import httpx
+import pytest
+
+import oada_jobs.server as server_pkg
+from oada_jobs.server import OADACore, ServerConfig, ServerHandle, serve
+
+
+async def test_serve_reports_ready_and_stops_on_shutdown() -> None:
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(partial(serve, ServerConfig(), port=0))
+        assert isinstance(handle, ServerHandle)
+        assert handle.port > 0
+        assert handle.url == f"http://127.0.0.1:{handle.port}"
+        assert handle.ws_url == f"ws://127.0.0.1:{handle.port}/"
+        assert isinstance(handle.core, OADACore)
+        async with httpx.AsyncClient() as c:
+            r = await c.head(f"{handle.url}/bookmarks", headers={"authorization": "Bearer god"})
+            assert r.status_code == 200
+        handle.shutdown()
+    # The task group only ends once serve() returned; the core is closed.
+    assert handle.core is None
+
+
+async def test_busy_port_is_an_os_error() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        with pytest.raises(OSError, match="address in use"):
+            await serve(ServerConfig(), port=port)
+
+
+async def test_certificate_without_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="both a certificate file and a key file"):
+        await serve(ServerConfig(), port=0, ssl_certfile="cert.pem")
+
+
+def test_package_exports_resolve_lazily() -> None:
+    for name in server_pkg.__all__:
+        assert getattr(server_pkg, name) is not None
+    assert set(server_pkg.__all__) <= set(dir(server_pkg))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = server_pkg.nope  # type: ignore[attr-defined]
