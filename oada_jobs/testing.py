@@ -463,6 +463,9 @@ async def wait_for_job(
             job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
         if filed is not None:
             await _wait_unlisted(oada, get_layout(filed).pending_path(job.service), job_id)
+            # Read again: a runner may add its last update after the status.
+            response = await oada.get(path)
+            job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
     return job
 
 
