@@ -142,3 +142,23 @@ def test_copy_gives_a_fresh_service_with_the_same_setup() -> None:
     twin.off("email")
     assert service.worker_for("email") is not None  # the copy's registry is its own
     assert twin.worker_id != service.worker_id
+
+
+def test_services_share_metrics_in_one_registry_without_collisions() -> None:
+    from prometheus_client import REGISTRY
+
+    a = Service("metrics-a", domain="localhost:1", token="t")
+    b = Service("metrics-b", domain="localhost:1", token="t")
+    assert a.metrics.registry is REGISTRY
+    a.metrics.job_started("x")
+    b.metrics.job_started("x")
+    a.metrics.job_stopped("x")
+    assert (
+        REGISTRY.get_sample_value("oada_jobs_jobs_running", {"service": "metrics-a", "type": "x"})
+        == 0
+    )
+    assert (
+        REGISTRY.get_sample_value("oada_jobs_jobs_running", {"service": "metrics-b", "type": "x"})
+        == 1
+    )
+    b.metrics.job_stopped("x")
