@@ -641,6 +641,47 @@ cases.unwatch = async (oada) => {
   return "unwatch answered; a new watch on the same resource works";
 };
 
+cases.watch_persist = async (oada) => {
+  // persist: {name} keeps the watch's progress in a resource linked from
+  // <path>/_meta/watchPersists/<name>: links inside _meta, writes through
+  // them, and scalar PUT bodies (protocol §4.4).
+  const id = await newResource(oada, { n: 0 });
+  const name = `conformance-${RUN}`;
+  const persistPath = `/${id}/_meta/watchPersists/${name}`;
+  const { changes } = await oada.watch({ path: `/${id}`, persist: { name } });
+  try {
+    const record = (await oada.get({ path: persistPath })).data;
+    assert.match(record?._id ?? "", /^resources\//, `the persist record is a linked resource: ${JSON.stringify(record)}`);
+    assert.ok(Number.isInteger(record.rev), "it holds the rev the watch started from");
+    const meta = (await oada.get({ path: `/${id}/_meta` })).data;
+    assert.deepEqual(meta.watchPersists[name], { _id: record._id }, "linked from the watched resource's _meta");
+
+    const { changes: recordChanges } = await oada.watch({ path: `/${record._id}` });
+    try {
+      await oada.put({ path: `/${id}`, data: { n: 1 } });
+      await nextMatching(changes, (c) => c.body?.n === 1, "the change with n=1");
+      // The client writes its progress when asked for the next change.
+      const pending = changes.next();
+      const { change: saved } = await nextMatching(
+        recordChanges,
+        (c) => c.type === "merge" && "rev" in (c.body ?? {}),
+        "the client's progress write through the _meta link",
+      );
+      assert.ok(Number.isInteger(saved.body.rev), `progress is a rev number: ${JSON.stringify(saved.body)}`);
+      await oada.put({ path: `/${id}`, data: { n: 2 } });
+      const next = await withTimeout(pending, 5_000, "the change with n=2");
+      assert.equal(next.value?.body?.n, 2);
+    } finally {
+      await closeQuietly(recordChanges);
+    }
+    const through = (await oada.get({ path: `${persistPath}/rev` })).data;
+    assert.ok(Number.isInteger(through), `GET through the _meta link reads the rev: ${JSON.stringify(through)}`);
+    return `progress kept in ${record._id} via ${persistPath}`;
+  } finally {
+    await closeQuietly(changes);
+  }
+};
+
 cases.get_watch = async (oada) => {
   const id = await newResource(oada, { n: 0 });
   const response = await oada.watch({ path: `/${id}`, initialMethod: "get" });

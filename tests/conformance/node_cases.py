@@ -54,6 +54,7 @@ CLIENT5_CASES = [
     "watch",
     "watch_rev_resume",
     "unwatch",
+    "watch_persist",
     "get_watch",
     "watch_resource_delete",
     "concurrent_writes",
