@@ -351,10 +351,9 @@ class WebSocketSession:
                 }
             )
             return
-        since = self._since(req, response)
+        since, resume = self._since(req, response)
         # From here to the end nothing awaits: response, subscription and
         # replay are queued atomically with respect to every other change.
-        resume = "x-oada-rev" in req.headers and since is not None
         if resume and self._reference:
             # The reference server answers a resume twice: first a bare 200,
             # then (after the replay) the real response.
@@ -376,18 +375,19 @@ class WebSocketSession:
             self._enqueue(frame)
 
     @staticmethod
-    def _since(req: WSRequest, response: CoreResponse) -> int | None:
-        """The rev after which to replay, or None for no replay.
+    def _since(req: WSRequest, response: CoreResponse) -> tuple[int | None, bool]:
+        """The rev after which to replay (None: no replay), and whether the client resumes.
 
-        With ``x-oada-rev`` that is the client's rev. Without it, the rev the
-        underlying request saw: normally nothing is newer, but if a change
-        slipped in before the subscription it is replayed rather than lost.
+        With a numeric ``x-oada-rev`` that is the client's rev. Otherwise
+        (no header, or one that is not a number) the rev the underlying
+        request saw: normally nothing is newer, but a change that slipped in
+        before the subscription is replayed rather than lost.
         """
         asked = req.headers.get("x-oada-rev", "").strip()
-        if asked:
-            return int(asked) if asked.isdigit() else None
+        if asked.isascii() and asked.isdigit():
+            return int(asked), True
         seen = response.headers.get("x-oada-rev", "")
-        return int(seen) if seen.isdigit() else None
+        return (int(seen) if seen.isascii() and seen.isdigit() else None), False
 
     def _listener(self, notifier: _Notifier) -> Callable[[str, int, list[dict[str, Any]]], None]:
         def on_change(resource_id: str, rev: int, change: list[dict[str, Any]]) -> None:
