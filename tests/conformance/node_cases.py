@@ -156,10 +156,20 @@ async def run_cases(script: str, label: str, env: Mapping[str, str]) -> NodeRun:
             env=full_env,
             check=False,
         )
+    secrets = [env[name] for name in ("OADA_TOKEN", "OADA_OTHER_TOKEN") if env.get(name)]
+
+    def redact(text: str) -> str:
+        # Tokens never reach test output, even when DEBUG tracing prints them.
+        for secret in secrets:
+            text = text.replace(secret, "<token>")
+        return text
+
     run = NodeRun(
-        label=label, returncode=done.returncode, stderr=done.stderr.decode(errors="replace")
+        label=label,
+        returncode=done.returncode,
+        stderr=redact(done.stderr.decode(errors="replace")),
     )
-    for line in done.stdout.decode(errors="replace").splitlines():
+    for line in redact(done.stdout.decode(errors="replace")).splitlines():
         try:
             report = json.loads(line)
             run.results[report["case"]] = CaseResult(

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases, server_env
 
-from oada_jobs.testing import embedded_server
+from oada_jobs.testing import EmbeddedServer, embedded_server
 
 pytestmark = pytest.mark.node
 
@@ -49,3 +49,16 @@ async def test_case_list_matches_script() -> None:
 @pytest.mark.parametrize("case", CLIENT5_CASES)
 async def test_oada_client_5(client5: NodeRun, case: str) -> None:
     client5.check(case)
+
+
+async def test_tokens_never_reach_the_test_output(server: EmbeddedServer) -> None:
+    # The client's DEBUG tracing prints the bearer token; failure messages
+    # quote node's output, so run_cases redacts it.
+    run = await run_cases(
+        CLIENT5_SCRIPT,
+        "@oada/client 5.3.0 (http, traced)",
+        {**server_env(server), "CONNECTION": "http", "CASES": "connect", "DEBUG": "@oada/client:*"},
+    )
+    run.check("connect")
+    assert "Bearer <token>" in run.stderr
+    assert server.token not in run.stderr
