@@ -203,3 +203,18 @@ async def test_well_known_uses_request_scheme_and_host(server: EmbeddedServer) -
 async def test_reprs_hold_no_tokens() -> None:
     async with embedded_server(tokens=["very-secret-token"]) as server:
         assert "very-secret-token" not in repr(server)
+
+
+async def test_not_modified_and_not_implemented(server: EmbeddedServer) -> None:
+    async with client(server) as c:
+        r = await c.put("/bookmarks/a", json={"b": 1})
+        etag = r.headers["etag"]
+        same = await c.get("/bookmarks/a", headers={"if-none-match": etag})
+        assert same.status_code == 304
+        assert same.content == b""
+        assert same.headers["etag"] == etag
+
+        await c.put("/resources/bin", content=b"abc", headers={"content-type": "image/png"})
+        sub = await c.get("/resources/bin/x")
+        assert sub.status_code == 501
+        assert sub.json()["statusCode"] == 501
