@@ -106,16 +106,26 @@ def _request_headers(scope: Scope) -> dict[str, str]:
 
 
 def _raw_path(scope: Scope) -> str | None:
-    """The request path exactly as sent (no percent-decoding), or None if not UTF-8."""
+    """The request path exactly as sent (no percent-decoding), or None if not ASCII.
+
+    A URI is ASCII; other characters must be percent-encoded (and then stay
+    encoded, protocol §1.2).
+    """
     raw: bytes | None = scope.get("raw_path")
     if raw is None:
         # Servers without raw_path (rare): the decoded path is the best we have.
         return str(scope["path"])
     path = raw.split(b"?", 1)[0]
+    return path.decode("ascii") if path.isascii() else None
+
+
+def _header_bytes(value: str) -> bytes:
     try:
-        return path.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        # A value built from non-Latin-1 data (e.g. a key written over
+        # WebSocket, echoed in content-location) still goes out intact.
+        return value.encode("utf-8")
 
 
 class _HTTPEndpoint:
@@ -134,7 +144,9 @@ class _HTTPEndpoint:
         if core is None:
             response = _error(503, "the server is starting or stopping")
         elif path is None:
-            response = _error(400, "the request path is not valid UTF-8")
+            response = _error(
+                400, "the request path must be ASCII; percent-encode other characters"
+            )
         else:
             body = await self._read_body(headers, receive)
             if body is _GONE:
@@ -173,7 +185,7 @@ class _HTTPEndpoint:
     async def _respond(send: Send, method: str, request_id: str, response: CoreResponse) -> None:
         headers = response.headers
         out: list[tuple[bytes, bytes]] = [
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+            (name.encode("latin-1"), _header_bytes(value)) for name, value in headers.items()
         ]
         if "content-location" in headers and "x-oada-path-leftover" not in headers:
             # The reference server sends it (empty) on every resolved path.
