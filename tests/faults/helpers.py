@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
+from prometheus_client import CollectorRegistry
 
+from oada_jobs import Service
 from oada_jobs._ksuid import ksuid
 from oada_jobs.client import OADAClient
 from oada_jobs.exceptions import OADAError
@@ -292,3 +295,98 @@ class ServiceProcess:
                 process.kill()
                 await process.wait()
         await process.aclose()
+
+
+# ------------------------------------------------------------------ harness
+
+#: Options that keep an in-process test service fast: no periodic sweep, quick retries.
+FAST: dict[str, Any] = {"sweep_interval": 3600, "retry_initial": 0.05, "retry_max": 0.2}
+
+
+def make_service(name: str, server: Any, token: str | None = None, **options: Any) -> Service:
+    """An in-process service on *server* with fast test options and its own metrics registry."""
+    return Service(
+        name,
+        domain=server.url,
+        token=token or server.token,
+        metrics_registry=CollectorRegistry(),
+        **{**FAST, **options},
+    )
+
+
+def fleet(
+    server_url: str, token: str, name: str, record: Path, workers: Iterable[str], **options: Any
+) -> dict[str, ServiceProcess]:
+    """Service processes named by *workers*, all on one queue and one record file."""
+    return {
+        worker: ServiceProcess(server_url, token, name, record, worker, **options)
+        for worker in workers
+    }
+
+
+@asynccontextmanager
+async def running(
+    *services: ServiceProcess, later: Iterable[ServiceProcess] = ()
+) -> AsyncIterator[TaskGroup]:
+    """Start the service processes, keep their output drained, stop them on exit.
+
+    *later* are services the block starts itself (with :func:`start_again`);
+    they are stopped on exit too. Yields a task group for background work.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+            for service in services:
+                await service.start()
+                tg.start_soon(service.drain)
+            yield tg
+            tg.cancel_scope.cancel()
+    finally:
+        for service in (*services, *later):
+            await service.stop()
+
+
+async def start_again(tg: TaskGroup, service: ServiceProcess) -> None:
+    """Start a (new) service process inside a :func:`running` block."""
+    await service.start()
+    tg.start_soon(service.drain)
+
+
+def post_in_background(
+    tg: TaskGroup, oada: OADAClient, name: str, count: int, **options: Any
+) -> list[str]:
+    """Post *count* jobs in a background task; the returned list fills when done."""
+    keys: list[str] = []
+
+    async def post() -> None:
+        keys.extend(await post_jobs(oada, name, count, **options))
+
+    tg.start_soon(post)
+    return keys
+
+
+async def finish(
+    oada: OADAClient,
+    name: str,
+    keys: list[str],
+    count: int,
+    *survivors: ServiceProcess,
+    timeout: float = 90,
+) -> Outcome:
+    """Wait until all *count* jobs are posted and the queue is empty, then check
+    every job is filed once and the *survivors* are still running."""
+    await wait_until(lambda: len(keys) == count, 60)
+    await wait_pending_empty(oada, name, timeout=timeout)
+    outcome = await check_all_filed(oada, name, keys)
+    for service in survivors:
+        assert service.process is not None
+        assert service.process.returncode is None, f"service {service.worker} died"
+    return outcome
+
+
+def check_runs(record: Path, keys: list[str], *, max_extra: int) -> int:
+    """Check every job ran and at most *max_extra* ran again; returns how many extra runs there were."""
+    runs = read_runs(record)
+    assert {run.job for run in runs} == {f"resources/{key}" for key in keys}
+    extra = len(runs) - len(keys)
+    assert extra <= max_extra, f"{extra} extra runs"
+    return extra

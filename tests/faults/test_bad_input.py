@@ -10,10 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from oada_jobs import Job, Service, ServiceState, WorkerContext
+from oada_jobs import Job, ServiceState, WorkerContext
 from oada_jobs._ksuid import ksuid
 from oada_jobs.client import OADAClient
 from oada_jobs.testing import embedded_server
@@ -23,6 +22,7 @@ from .helpers import (
     LAYOUT,
     collect,
     job_keys,
+    make_service,
     pending_path,
     post_jobs,
     service_name,
@@ -69,17 +69,7 @@ async def test_bad_jobs_fail_clearly_and_good_ones_run(caplog: pytest.LogCapture
         embedded_server(subprocess=True) as server,
         OADAClient(server.url, server.token) as oada,
     ):
-        service = Service(
-            name,
-            domain=server.url,
-            token=server.token,
-            concurrency=10,
-            sweep_interval=3600,
-            invalid_job_wait=0.2,
-            retry_initial=0.05,
-            retry_max=0.2,
-            metrics_registry=CollectorRegistry(),
-        )
+        service = make_service(name, server, concurrency=10, invalid_job_wait=0.2)
         service.on("noop", 10, noop)
         service.on("email", 10, email)
         async with service:
@@ -194,15 +184,7 @@ async def test_bad_queue_entries_are_ignored_with_a_warning(
         embedded_server(subprocess=True) as server,
         OADAClient(server.url, server.token) as oada,
     ):
-        service = Service(
-            name,
-            domain=server.url,
-            token=server.token,
-            sweep_interval=3600,
-            retry_initial=0.05,
-            retry_max=0.2,
-            metrics_registry=CollectorRegistry(),
-        )
+        service = make_service(name, server)
         service.on("noop", 10, noop)
         async with service:
             entries: dict[str, Any] = {

@@ -11,20 +11,21 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import anyio
 import pytest
 
 from oada_jobs.client import OADAClient
 from oada_jobs.testing import embedded_server
 
 from .helpers import (
-    ServiceProcess,
-    check_all_filed,
+    check_runs,
     count_lines,
-    post_jobs,
+    finish,
+    fleet,
+    post_in_background,
     read_runs,
+    running,
     service_name,
-    wait_pending_empty,
+    start_again,
     wait_until,
 )
 
@@ -40,41 +41,29 @@ async def test_service_sigkill_mid_batch_and_restart(tmp_path: Path) -> None:
         embedded_server(subprocess=True) as server,
         OADAClient(server.url, server.token) as oada,
     ):
-        options = {"lease": LEASE, "sweep_interval": 0.5, "sleep": 0.02, "concurrency": 20}
-        first = ServiceProcess(server.url, server.token, name, record, "A", **options)
-        second = ServiceProcess(server.url, server.token, name, record, "B", **options)
-        try:
-            await first.start()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(first.drain)
-                keys: list[str] = []
+        services = fleet(
+            server.url, server.token, name, record, "AB",
+            lease=LEASE, sweep_interval=0.5, sleep=0.02, concurrency=20,
+        )  # fmt: skip
+        async with running(services["A"], later=[services["B"]]) as tg:
+            keys = post_in_background(tg, oada, name, JOBS)
+            # Kill while jobs are both running and still being posted.
+            await wait_until(lambda: count_lines(record) >= JOBS // 4, timeout=60)
+            await services["A"].kill()
+            killed_at = count_lines(record)
+            await start_again(tg, services["B"])
+            await finish(oada, name, keys, JOBS, services["B"])
 
-                async def post() -> None:
-                    keys.extend(await post_jobs(oada, name, JOBS))
-
-                tg.start_soon(post)
-                # Kill while jobs are both running and still being posted.
-                await wait_until(lambda: count_lines(record) >= JOBS // 4, timeout=60)
-                await first.kill()
-                killed_at = count_lines(record)
-                await second.start()
-                tg.start_soon(second.drain)
-                await wait_pending_empty(oada, name, timeout=90)
-                await check_all_filed(oada, name, keys)
-                tg.cancel_scope.cancel()
-        finally:
-            await first.stop()
-            await second.stop()
-
+    check_runs(record, keys, max_extra=20)
     runs = read_runs(record)
-    per_worker = Counter((run.job, run.worker) for run in runs)
-    assert max(per_worker.values()) == 1, "a process ran one job twice"
+    assert max(Counter((run.job, run.worker) for run in runs).values()) == 1, (
+        "a process ran one job twice"
+    )
     by_job: dict[str, list[str]] = {}
     for run in sorted(runs, key=lambda r: r.start):
         by_job.setdefault(run.job, []).append(run.worker)
     twice = {job: workers for job, workers in by_job.items() if len(workers) > 1}
     # Only the killed process's unfinished jobs run again, and only after it died.
     assert all(workers == ["A", "B"] for workers in twice.values()), twice
-    assert len(twice) <= 20, f"{len(twice)} jobs ran twice; at most the 20 in flight may"
-    assert len(by_job) == JOBS
     assert killed_at < JOBS
+    print(f"killed after {killed_at} runs; {len(twice)} jobs ran again after the lease expired")

@@ -11,20 +11,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import anyio
 import pytest
 
 from oada_jobs.client import OADAClient
 from oada_jobs.testing import embedded_server
 
 from .helpers import (
-    ServiceProcess,
-    check_all_filed,
+    check_runs,
     count_lines,
-    post_jobs,
+    finish,
+    fleet,
+    post_in_background,
     read_runs,
+    running,
     service_name,
-    wait_pending_empty,
     wait_until,
 )
 
@@ -40,50 +40,25 @@ async def test_three_replicas_one_killed(tmp_path: Path) -> None:
         embedded_server(subprocess=True) as server,
         OADAClient(server.url, server.token) as oada,
     ):
-        replicas = {
-            worker: ServiceProcess(
-                server.url,
-                server.token,
-                name,
-                record,
-                worker,
-                lease=LEASE,
-                sweep_interval=0.5,
-                # Long enough that the killed replica has jobs in hand.
-                sleep=0.2,
-                concurrency=10,
-            )
-            for worker in ("A", "B", "C")
-        }
-        try:
-            async with anyio.create_task_group() as tg:
-                for replica in replicas.values():
-                    await replica.start()
-                    tg.start_soon(replica.drain)
-                keys: list[str] = []
+        # sleep: long enough that the killed replica has jobs in hand.
+        replicas = fleet(
+            server.url, server.token, name, record, "ABC",
+            lease=LEASE, sweep_interval=0.5, sleep=0.2, concurrency=10,
+        )  # fmt: skip
+        async with running(*replicas.values()) as tg:
+            keys = post_in_background(tg, oada, name, JOBS)
+            await wait_until(lambda: count_lines(record) >= JOBS // 3, 60)
+            await replicas["B"].kill()
+            killed_at = time.time()
+            await finish(oada, name, keys, JOBS, replicas["A"], replicas["C"], timeout=120)
 
-                async def post() -> None:
-                    keys.extend(await post_jobs(oada, name, JOBS))
-
-                tg.start_soon(post)
-                await wait_until(lambda: count_lines(record) >= JOBS // 3, 60)
-                await replicas["B"].kill()
-                killed_at = time.time()
-                await wait_until(lambda: len(keys) == JOBS, 60)
-                await wait_pending_empty(oada, name, timeout=120)
-                await check_all_filed(oada, name, keys)
-                tg.cancel_scope.cancel()
-        finally:
-            for replica in replicas.values():
-                await replica.stop()
-
+    check_runs(record, keys, max_extra=10)
     runs = read_runs(record)
-    assert {run.job for run in runs} == {f"resources/{key}" for key in keys}
+    live_runs = Counter(run.job for run in runs if run.worker != "B")
+    assert max(live_runs.values()) <= 1, "a job ran twice on live replicas"
     by_job: dict[str, list[tuple[float, str]]] = {}
     for run in runs:
         by_job.setdefault(run.job, []).append((run.start, run.worker))
-    live_runs = Counter(run.job for run in runs if run.worker != "B")
-    assert max(live_runs.values()) <= 1, "a job ran twice on live replicas"
     taken_over = 0
     for job, starts in by_job.items():
         if len(starts) == 1:

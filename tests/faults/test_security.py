@@ -13,16 +13,23 @@ import anyio
 import httpx
 import pytest
 import websockets
-from prometheus_client import CollectorRegistry
 
-from oada_jobs import Job, Service, WorkerContext
+from oada_jobs import Job, WorkerContext
 from oada_jobs._ksuid import ksuid
 from oada_jobs.client import OADAClient
 from oada_jobs.exceptions import JobError, OADAError
 from oada_jobs.testing import embedded_server
 from oada_jobs.tree import JOBS_TYPE
 
-from .helpers import LAYOUT, ROOT, collect, post_jobs, service_name, wait_pending_empty
+from .helpers import (
+    LAYOUT,
+    ROOT,
+    collect,
+    make_service,
+    post_jobs,
+    service_name,
+    wait_pending_empty,
+)
 
 SERVICE_TOKEN = "svc-SeCrEt-7f3a9c2e1b"
 QUEUE_TOKEN = "q-SeCrEt-5d8e2a4c6f"
@@ -72,14 +79,8 @@ async def test_tokens_never_leak_end_to_end(caplog: pytest.LogCaptureFixture) ->
                 {"second": {"domain": server.url, "token": QUEUE_TOKEN}},
                 tree=LAYOUT.tree,
             )
-            service = Service(
-                name,
-                domain=server.url,
-                token=SERVICE_TOKEN,
-                sweep_interval=3600,
-                metrics_port=0,
-                metrics_addr="127.0.0.1",
-                metrics_registry=CollectorRegistry(),
+            service = make_service(
+                name, server, SERVICE_TOKEN, metrics_port=0, metrics_addr="127.0.0.1"
             )
             service.on("noop", 5, work)
             async with service:
@@ -166,13 +167,7 @@ async def test_work_code_gets_only_its_queues_token() -> None:
             {"frank": {"domain": server.url, "token": "abc"}},
             tree=LAYOUT.tree,
         )
-        service = Service(
-            name,
-            domain=server.url,
-            token="god",
-            sweep_interval=3600,
-            metrics_registry=CollectorRegistry(),
-        )
+        service = make_service(name, server, "god")
         service.on("noop", 5, whoami)
         async with service:
             with anyio.fail_after(10):

@@ -9,15 +9,22 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client import CollectorRegistry
 
-from oada_jobs import Job, Service, WorkerContext
+from oada_jobs import Job, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.exceptions import ClientClosed
 from oada_jobs.testing import embedded_server
 from oada_jobs.tree import JOBS_TYPE
 
-from .helpers import LAYOUT, check_all_filed, list_keys, post_jobs, service_name, wait_pending_empty
+from .helpers import (
+    LAYOUT,
+    check_all_filed,
+    list_keys,
+    make_service,
+    post_jobs,
+    service_name,
+    wait_pending_empty,
+)
 
 JOBS = 100
 CONCURRENCY = 20
@@ -55,14 +62,7 @@ async def test_timeouts_cancel_every_job_and_nothing_writes_late() -> None:
         embedded_server(subprocess=True) as server,
         OADAClient(server.url, server.token) as oada,
     ):
-        service = Service(
-            name,
-            domain=server.url,
-            token=server.token,
-            concurrency=CONCURRENCY,
-            sweep_interval=3600,
-            metrics_registry=CollectorRegistry(),
-        )
+        service = make_service(name, server, concurrency=CONCURRENCY)
         service.on("noop", TIMEOUT, slow)
         async with service:
             keys = await post_jobs(oada, name, JOBS)
