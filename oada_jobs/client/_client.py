@@ -11,7 +11,6 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from enum import StrEnum
-from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 from weakref import WeakSet
 
@@ -29,7 +28,7 @@ from ..exceptions import (
     ServerError,
     TooManyRequests,
 )
-from ._common import BaseURL, dumps, make_ssl_context, new_request_id, parse_domain
+from ._common import BaseURL, ClosesOnExit, dumps, make_ssl_context, new_request_id, parse_domain
 from ._http import ConnectFailed, HTTPTransport
 from ._response import Change, Response, status_error
 from ._tree import choose_content_type, path_exists, tree_get, tree_put
@@ -155,7 +154,7 @@ def _retryable(error: BaseException, method: str) -> bool:
     return False
 
 
-class OADAClient:
+class OADAClient(ClosesOnExit):
     """An async client for one OADA server and token.
 
     >>> async with OADAClient("https://oada.example.org", token) as oada:  # doctest: +SKIP
@@ -300,14 +299,6 @@ class OADAClient:
         shared.state = ClientState.OPEN
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         """Close the client. On a clone this only revokes the clone."""
         if not self._root:
@@ -428,14 +419,7 @@ class OADAClient:
                 headers=headers,
                 if_match=if_match,
             )
-        return await self._send(
-            "put",
-            path,
-            data=data,
-            content_type=choose_content_type(path, data, content_type, None),
-            headers=headers,
-            if_match=if_match,
-        )
+        return await self._write("put", path, data, content_type, headers, if_match)
 
     async def post(
         self,
@@ -462,13 +446,7 @@ class OADAClient:
                 tree=tree,
                 headers=headers,
             )
-        return await self._send(
-            "post",
-            path,
-            data=data,
-            content_type=choose_content_type(path, data, content_type, None),
-            headers=headers,
-        )
+        return await self._write("post", path, data, content_type, headers, None)
 
     async def delete(
         self,
@@ -596,6 +574,25 @@ class OADAClient:
             await ws.close_watch(watch)
 
     # -- the request path ---------------------------------------------------
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        data: Any,
+        content_type: str | None,
+        headers: Mapping[str, str] | None,
+        if_match: str | None,
+    ) -> Response:
+        """A plain (tree-less) PUT or POST with the content type chosen for *data*."""
+        return await self._send(
+            method,
+            path,
+            data=data,
+            content_type=choose_content_type(path, data, content_type, None),
+            headers=headers,
+            if_match=if_match,
+        )
 
     async def _send(
         self,

@@ -9,6 +9,7 @@ import os
 import re
 import ssl
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ import httpx
 __all__ = [
     "JSON_TYPES",
     "BaseURL",
+    "ClosesOnExit",
     "dumps",
     "is_json_type",
     "loads",
@@ -167,3 +169,18 @@ _counter = itertools.count(1)
 def new_request_id() -> str:
     """A request id unique within this process (cheap: a random prefix and a counter)."""
     return f"{_prefix}-{next(_counter)}"
+
+
+class ClosesOnExit:
+    """Mixin for objects whose ``async with`` block ends by awaiting ``aclose()``."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -7,13 +7,13 @@ import itertools
 import math
 from collections import deque
 from enum import StrEnum
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..exceptions import ClientClosed, OADAError
+from ._common import ClosesOnExit
 from ._response import Change, Response
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class WatchState(StrEnum):
 _End = object()  # queued after a whole-resource delete: the server drops the watch
 
 
-class Watch(Generic[T]):
+class Watch(ClosesOnExit, Generic[T]):
     """A watch on one OADA resource; use it as ``async with`` and iterate it.
 
     Iterating yields each :class:`Change` in order (``type="single"``) or each
@@ -149,14 +149,6 @@ class Watch(Generic[T]):
             raise
         self.state = WatchState.OPEN
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the watch and send ``unwatch``; safe to call more than once."""
