@@ -244,7 +244,7 @@ def run(
             f"then N GETs one after the other, then N PUTs and N GETs all at once with "
             f"a concurrency limit of {concurrency} (N = {n:,} over the WebSocket, "
             f"{http_n:,} over HTTP). Median requests/s over "
-            f"{rounds} round(s), min-max in brackets; the last column is ours / official "
+            f"{rounds} round(s), min-max in brackets; the last two columns are ours / official "
             f"throughput (above 1x: oada-jobs is faster)."
         ),
         "columns": [
