@@ -11,8 +11,7 @@
 //   CASES         optional comma-separated case names to run (default: all)
 //   CASE_TIMEOUT_MS  per-case time limit (default 20000)
 //
-// Output: one JSON line per case on stdout,
-//   {"case": "<name>", "ok": true|false, "detail": "<what was seen>", "ms": <duration>}
+// Output: one JSON line per case on stdout (see harness.cjs);
 // `node jobs-requester.mjs --list` prints the case names, one per line.
 
 import assert from "node:assert/strict";
@@ -20,19 +19,15 @@ import assert from "node:assert/strict";
 import { connect } from "@oada/client";
 import { doJob, JobEventType, JobsRequest } from "@oada/client/jobs";
 
+import harness from "./harness.cjs";
+
+const { logUnhandledRejections, runCases, withTimeout } = harness;
+
 const URL_ = process.env.OADA_URL ?? "http://127.0.0.1:8080";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
 const SERVICE = process.env.SERVICE ?? "conformance-service";
 const MODE = process.env.CONNECTION ?? "http";
 const CASE_TIMEOUT_MS = Number(process.env.CASE_TIMEOUT_MS ?? 20_000);
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 function statuses(job) {
   return Object.entries(job.updates ?? {})
@@ -83,49 +78,13 @@ cases.job_events = async (oada) => {
   return `${_id}: events ${[...new Set(events)].join(", ")} then Success`;
 };
 
-function describe(error) {
-  if (error instanceof assert.AssertionError) {
-    return error.message.split("\n").slice(0, 12).join("\n");
-  }
-  const code = error?.code === undefined ? "" : ` (code ${error.code})`;
-  return `${error?.name ?? "Error"}: ${error?.message ?? String(error)}${code}`;
-}
-
-function report(name, ok, detail, ms) {
-  process.stdout.write(`${JSON.stringify({ case: name, ok, detail, ms })}\n`);
-}
-
-async function main() {
-  if (process.argv.includes("--list")) {
-    process.stdout.write(`${Object.keys(cases).join("\n")}\n`);
-    return;
-  }
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  const selected = Object.keys(cases).filter((name) => !only || only.has(name));
-  const oada = await withTimeout(connect({ domain: URL_, token: TOKEN, connection: MODE }), CASE_TIMEOUT_MS, "connect");
-  for (const name of selected) {
-    const started = performance.now();
-    const elapsed = () => Math.round(performance.now() - started);
-    try {
-      const detail = await withTimeout(cases[name](oada), CASE_TIMEOUT_MS, `case ${name}`);
-      report(name, true, detail, elapsed());
-    } catch (error) {
-      report(name, false, describe(error), elapsed());
-    }
-  }
-}
-
 // The requester starts its work without awaiting it; a failure there must
 // be reported by its case, not crash the remaining ones.
-process.on("unhandledRejection", (error) => {
-  process.stderr.write(`unhandled rejection: ${describe(error)}\n`);
-});
+logUnhandledRejections();
 
-try {
-  await main();
-} catch (error) {
-  process.stderr.write(`${describe(error)}\n`);
-  process.exitCode = 1;
-}
+await runCases(cases, {
+  connect: () => connect({ domain: URL_, token: TOKEN, connection: MODE }),
+  timeoutMs: CASE_TIMEOUT_MS,
+});
 // Watches left open by the requester must not keep the process alive.
-process.exit();
+process.exit(0);

@@ -9,8 +9,7 @@
 //   CASES         optional comma-separated case names to run (default: all)
 //   CASE_TIMEOUT_MS  per-case time limit (default 15000)
 //
-// Output: one JSON line per case on stdout,
-//   {"case": "<name>", "ok": true|false, "detail": "<what was seen>"}
+// Output: one JSON line per case on stdout (see harness.cjs);
 // `node oada-client-1.cjs --list` prints the case names, one per line.
 
 "use strict";
@@ -18,6 +17,14 @@
 const assert = require("node:assert/strict");
 
 const { connect } = require("oada-client-1");
+
+const {
+  ChangeQueue,
+  failAllOnUncaughtException,
+  logUnhandledRejections,
+  runCases,
+  withTimeout,
+} = require("./harness.cjs");
 
 const URL_ = process.env.OADA_URL ?? "https://127.0.0.1:8443";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
@@ -36,38 +43,6 @@ const TREE = {
     },
   },
 };
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** A queue of watch changes that a case can await one at a time. */
-class ChangeQueue {
-  constructor() {
-    this.items = [];
-    this.waiters = [];
-  }
-
-  push(change) {
-    const waiter = this.waiters.shift();
-    if (waiter) {
-      waiter(change);
-    } else {
-      this.items.push(change);
-    }
-  }
-
-  next(what) {
-    if (this.items.length > 0) {
-      return Promise.resolve(this.items.shift());
-    }
-    return withTimeout(new Promise((resolve) => this.waiters.push(resolve)), CASE_TIMEOUT_MS - 2_000, what);
-  }
-}
 
 function idFromLocation(location) {
   const match = /^\/(resources\/[^/]+)/.exec(location ?? "");
@@ -136,7 +111,7 @@ cases.not_found = async (oada) => {
 cases.watch = async (oada) => {
   const created = await oada.post({ path: "/resources", data: { n: 0 }, contentType: TEST_TYPE });
   const id = idFromLocation(created.headers["content-location"]);
-  const queue = new ChangeQueue();
+  const queue = new ChangeQueue(CASE_TIMEOUT_MS - 2_000);
   const requestId = await oada.watch({ path: `/${id}`, watchCallback: (change) => queue.push(change) });
   assert.equal(typeof requestId, "string", "watch resolves to its request id");
   const put = await oada.put({ path: `/${id}`, data: { n: 1 } });
@@ -148,7 +123,7 @@ cases.watch = async (oada) => {
   assert.equal(`${change.body._rev}`, put.headers["x-oada-rev"], "change _rev is the write's rev");
 
   // Resume from the rev before that change: exactly the missed change, again.
-  const resumed = new ChangeQueue();
+  const resumed = new ChangeQueue(CASE_TIMEOUT_MS - 2_000);
   const resumeId = await oada.watch({
     path: `/${id}`,
     rev: `${change.body._rev - 1}`,
@@ -180,61 +155,11 @@ cases.tree_put = async (oada) => {
   return `tree PUT created ${outer._id} -> ${inner._id}`;
 };
 
-function describe(error) {
-  if (error instanceof assert.AssertionError) {
-    return error.message.split("\n").slice(0, 12).join("\n");
-  }
-  if (error instanceof Error) {
-    return `${error.name}: ${error.message}`;
-  }
-  return `rejected with ${JSON.stringify(error)}`;
-}
+logUnhandledRejections();
+failAllOnUncaughtException(cases);
 
-function report(name, ok, detail, ms) {
-  process.stdout.write(`${JSON.stringify({ case: name, ok, detail, ms })}\n`);
-}
-
-async function main() {
-  if (process.argv.includes("--list")) {
-    process.stdout.write(`${Object.keys(cases).join("\n")}\n`);
-    return;
-  }
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  const selected = Object.keys(cases).filter((name) => !only || only.has(name));
-  const oada = await connect({ domain: URL_, token: TOKEN });
-  for (const name of selected) {
-    const started = performance.now();
-    const elapsed = () => Math.round(performance.now() - started);
-    try {
-      const detail = await withTimeout(cases[name](oada), CASE_TIMEOUT_MS, `case ${name}`);
-      report(name, true, detail, elapsed());
-    } catch (error) {
-      report(name, false, describe(error), elapsed());
-    }
-  }
-  await withTimeout(oada.disconnect(), 5_000, "disconnect").catch(() => {});
-}
-
-process.on("unhandledRejection", (error) => {
-  process.stderr.write(`unhandled rejection: ${describe(error)}\n`);
-});
-
-// This client has no error handler on its socket: a TLS or connection failure
-// surfaces as an uncaught exception. Report it against every case, so the
-// cause shows up instead of a run of time-outs.
-process.on("uncaughtException", (error) => {
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  for (const name of Object.keys(cases).filter((n) => !only || only.has(n))) {
-    report(name, false, `connection failed: ${describe(error)}`);
-  }
-  process.exit(1);
-});
-
-main().then(
+runCases(cases, { connect: () => connect({ domain: URL_, token: TOKEN }), timeoutMs: CASE_TIMEOUT_MS })
+  .then((oada) => withTimeout(oada?.disconnect() ?? Promise.resolve(), 5_000, "disconnect"))
+  .catch(() => {})
   // The socket must not keep the process alive once every case has reported.
-  () => process.exit(0),
-  (error) => {
-    process.stderr.write(`${describe(error)}\n`);
-    process.exit(1);
-  },
-);
+  .finally(() => process.exit(0));

@@ -12,8 +12,7 @@
 //                 after the write is acknowledged, no data in a resumed
 //                 get-watch answer); the cases then expect exactly that
 //
-// Output: one JSON line per case on stdout,
-//   {"case": "<name>", "ok": true|false, "detail": "<what was seen>"}
+// Output: one JSON line per case on stdout (see harness.cjs);
 // `node oada-client-5.mjs --list` prints the case names, one per line.
 //
 // Every case builds its own data under a unique prefix, so the cases can run
@@ -23,6 +22,10 @@ import assert from "node:assert/strict";
 
 import { connect } from "@oada/client";
 import { doJob } from "@oada/client/jobs";
+
+import harness from "./harness.cjs";
+
+const { logUnhandledRejections, runCases, withTimeout } = harness;
 
 const URL_ = process.env.OADA_URL ?? "http://127.0.0.1:8080";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
@@ -86,14 +89,6 @@ const ENSURE_TREE = {
 
 // ----------------------------------------------------------------------------
 // Helpers
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 /** Expect `promise` to reject with an OADA error of `status`; return the error. */
 async function rejectsWith(promise, status, what) {
@@ -898,55 +893,15 @@ cases.jobs_request = async (oada) => {
 
 // ----------------------------------------------------------------------------
 
-function describe(error) {
-  if (error instanceof assert.AssertionError) {
-    return error.message.split("\n").slice(0, 12).join("\n");
-  }
-  const code = error?.code === undefined ? "" : ` (code ${error.code})`;
-  return `${error?.name ?? "Error"}: ${error?.message ?? String(error)}${code}`;
-}
-
-function report(name, ok, detail, ms) {
-  process.stdout.write(`${JSON.stringify({ case: name, ok, detail, ms })}\n`);
-}
-
-async function main() {
-  if (process.argv.includes("--list")) {
-    process.stdout.write(`${Object.keys(cases).join("\n")}\n`);
-    return;
-  }
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  const selected = Object.keys(cases).filter((name) => !only || only.has(name));
-
-  let oada;
-  try {
-    oada = await withTimeout(connect({ domain: URL_, token: TOKEN, connection: MODE }), CASE_TIMEOUT_MS, "connect");
-  } catch (error) {
-    for (const name of selected) {
-      report(name, false, `connect failed: ${describe(error)}`);
-    }
-    return;
-  }
-  for (const name of selected) {
-    const started = performance.now();
-    const elapsed = () => Math.round(performance.now() - started);
-    try {
-      const detail = await withTimeout(cases[name](oada), CASE_TIMEOUT_MS, `case ${name}`);
-      report(name, true, detail, elapsed());
-    } catch (error) {
-      report(name, false, describe(error), elapsed());
-    }
-  }
-  await withTimeout(oada.disconnect(), 5_000, "disconnect").catch(() => {});
-}
-
 // doJob starts its request without awaiting it; a failure there must be
 // reported by its case, not crash the remaining ones.
-process.on("unhandledRejection", (error) => {
-  process.stderr.write(`unhandled rejection: ${describe(error)}\n`);
-});
+logUnhandledRejections();
 
-await main();
+const oada = await runCases(cases, {
+  connect: () => connect({ domain: URL_, token: TOKEN, connection: MODE }),
+  timeoutMs: CASE_TIMEOUT_MS,
+});
+await withTimeout(oada?.disconnect() ?? Promise.resolve(), 5_000, "disconnect").catch(() => {});
 // Open sockets (reconnecting WebSocket, keep-alive agent) must not keep the
 // process alive once every case has reported.
 process.exit(0);

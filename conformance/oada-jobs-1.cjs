@@ -10,8 +10,7 @@
 //   CASES         optional comma-separated case names to run (default: all)
 //   CASE_TIMEOUT_MS  per-case time limit (default 20000)
 //
-// Output: one JSON line per case on stdout,
-//   {"case": "<name>", "ok": true|false, "detail": "<what was seen>", "ms": <duration>}
+// Output: one JSON line per case on stdout (see harness.cjs);
 // `node oada-jobs-1.cjs --list` prints the case names, one per line.
 
 "use strict";
@@ -20,6 +19,13 @@ const assert = require("node:assert/strict");
 
 const { connect } = require("oada-client-1");
 const { Service } = require("oada-jobs-1");
+
+const {
+  ChangeQueue,
+  failAllOnUncaughtException,
+  logUnhandledRejections,
+  runCases,
+} = require("./harness.cjs");
 
 const URL_ = process.env.OADA_URL ?? "https://127.0.0.1:8443";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
@@ -30,50 +36,6 @@ const ROOT = `/bookmarks/services/${SERVICE}`;
 // @oada/jobs 1.0.4 content types (older than the ones in the protocol notes).
 const JOBS_TYPE = "application/vnd.oada.service.jobs+json";
 const JOB_TYPE = "application/vnd.oada.service.job+json";
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Watch changes collected in order, awaited one at a time. */
-class ChangeQueue {
-  constructor() {
-    this.items = [];
-    this.waiters = [];
-  }
-
-  push(change) {
-    const waiter = this.waiters.shift();
-    if (waiter) {
-      waiter(change);
-    } else {
-      this.items.push(change);
-    }
-  }
-
-  async until(predicate, what) {
-    const seen = [];
-    const deadline = Date.now() + CASE_TIMEOUT_MS - 2_000;
-    for (;;) {
-      const change =
-        this.items.length > 0
-          ? this.items.shift()
-          : await withTimeout(
-              new Promise((resolve) => this.waiters.push(resolve)),
-              Math.max(1, deadline - Date.now()),
-              `${what}; saw ${JSON.stringify(seen).slice(0, 600)}`,
-            );
-      if (predicate(change)) {
-        return change;
-      }
-      seen.push(change);
-    }
-  }
-}
 
 /** moment().format("YYYY-MM-DD") as @oada/jobs files finished jobs: local time. */
 function today() {
@@ -113,7 +75,7 @@ cases.service_start = async (oada) => {
   await service.start();
   const jobs = await oada.get({ path: `${ROOT}/jobs` });
   assert.equal(jobs.data._type, JOBS_TYPE, "the service created its job queue");
-  const queue = new ChangeQueue();
+  const queue = new ChangeQueue(CASE_TIMEOUT_MS - 2_000);
   await oada.watch({ path: `${ROOT}/jobs`, watchCallback: (change) => queue.push(change) });
   jobsWatch = queue;
   return `service ${SERVICE} started; queue ${jobs.data._id}`;
@@ -142,59 +104,10 @@ cases.job_failure = async (oada) => {
   return `job ${key} failed and was filed under jobs-failure`;
 };
 
-function describe(error) {
-  if (error instanceof assert.AssertionError) {
-    return error.message.split("\n").slice(0, 12).join("\n");
-  }
-  if (error instanceof Error) {
-    return `${error.name}: ${error.message}`;
-  }
-  return `rejected with ${JSON.stringify(error)}`;
-}
+logUnhandledRejections();
+failAllOnUncaughtException(cases);
 
-function report(name, ok, detail, ms) {
-  process.stdout.write(`${JSON.stringify({ case: name, ok, detail, ms })}\n`);
-}
-
-async function main() {
-  if (process.argv.includes("--list")) {
-    process.stdout.write(`${Object.keys(cases).join("\n")}\n`);
-    return;
-  }
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  const selected = Object.keys(cases).filter((name) => !only || only.has(name));
-  const oada = await connect({ domain: URL_, token: TOKEN });
-  for (const name of selected) {
-    const started = performance.now();
-    const elapsed = () => Math.round(performance.now() - started);
-    try {
-      const detail = await withTimeout(cases[name](oada), CASE_TIMEOUT_MS, `case ${name}`);
-      report(name, true, detail, elapsed());
-    } catch (error) {
-      report(name, false, describe(error), elapsed());
-    }
-  }
-}
-
-process.on("unhandledRejection", (error) => {
-  process.stderr.write(`unhandled rejection: ${describe(error)}\n`);
-});
-
-// These packages have no error handler on their sockets: a TLS or connection
-// failure surfaces as an uncaught exception. Report it against every case.
-process.on("uncaughtException", (error) => {
-  const only = process.env.CASES ? new Set(process.env.CASES.split(",")) : undefined;
-  for (const name of Object.keys(cases).filter((n) => !only || only.has(n))) {
-    report(name, false, `connection failed: ${describe(error)}`);
-  }
-  process.exit(1);
-});
-
-main().then(
+runCases(cases, { connect: () => connect({ domain: URL_, token: TOKEN }), timeoutMs: CASE_TIMEOUT_MS })
+  .catch(() => {})
   // The service's sockets must not keep the process alive once every case has reported.
-  () => process.exit(0),
-  (error) => {
-    process.stderr.write(`${describe(error)}\n`);
-    process.exit(1);
-  },
-);
+  .finally(() => process.exit(0));

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+import subprocess
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,18 +145,43 @@ async def list_cases(script: str) -> list[str]:
 
 
 async def run_cases(script: str, label: str, env: Mapping[str, str]) -> NodeRun:
-    """Run *script* with *env* added to the environment and collect its reports."""
+    """Run *script* with *env* added to the environment and collect its reports.
+
+    A run that outlives :data:`RUN_TIMEOUT` is killed; what it reported so
+    far is kept, and the cases it never reached fail as "not reported".
+    """
     # Node's deprecation warnings (e.g. the ALPN probe's IP server name) would
     # only bury the client's real complaints in the failure output.
     node_options = f"{os.environ.get('NODE_OPTIONS', '')} --no-deprecation".strip()
     full_env = {**os.environ, "NODE_OPTIONS": node_options, **env}
-    with anyio.fail_after(RUN_TIMEOUT):
-        done = await anyio.run_process(
-            [node_binary(), str(CONFORMANCE / script)],
-            cwd=CONFORMANCE,
-            env=full_env,
-            check=False,
-        )
+    stdout = bytearray()
+    stderr = bytearray()
+    timed_out = False
+
+    async def drain(stream: AsyncIterable[bytes], into: bytearray) -> None:
+        async for chunk in stream:
+            into += chunk
+
+    async with await anyio.open_process(
+        [node_binary(), str(CONFORMANCE / script)],
+        cwd=CONFORMANCE,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        with anyio.move_on_after(RUN_TIMEOUT) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, process.stdout, stdout)
+                tg.start_soon(drain, process.stderr, stderr)
+                await process.wait()
+        if scope.cancelled_caught:
+            timed_out = True
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+    if timed_out:
+        stderr += f"\n[killed: the run took longer than {RUN_TIMEOUT:.0f} s]\n".encode()
     secrets = [env[name] for name in ("OADA_TOKEN", "OADA_OTHER_TOKEN") if env.get(name)]
 
     def redact(text: str) -> str:
@@ -166,10 +192,10 @@ async def run_cases(script: str, label: str, env: Mapping[str, str]) -> NodeRun:
 
     run = NodeRun(
         label=label,
-        returncode=done.returncode,
-        stderr=redact(done.stderr.decode(errors="replace")),
+        returncode=process.returncode if process.returncode is not None else -1,
+        stderr=redact(stderr.decode(errors="replace")),
     )
-    for line in redact(done.stdout.decode(errors="replace")).splitlines():
+    for line in redact(stdout.decode(errors="replace")).splitlines():
         try:
             report = json.loads(line)
             run.results[report["case"]] = CaseResult(

@@ -5,8 +5,8 @@ connection mode, ``http`` (requests over HTTP, watches over a side
 WebSocket) and ``ws`` (everything over one WebSocket), each against a fresh
 server; every case is one thing the client does, checked from its side.
 
-The ``ws`` run's server pings every 0.2 s, so the client's sockets live
-through many keepalive rounds (a session that the keepalive wrongly ended
+The ``ws`` run's server pings every second, so the client's sockets live
+through several keepalive rounds (a session that the keepalive wrongly ended
 would fail the cases that follow).
 
 A third run uses a server with ``quirks="reference"``: the client must work
@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
+import anyio.abc
+import node_cases
 import pytest
 from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases, server_env
 
@@ -28,7 +31,7 @@ pytestmark = pytest.mark.node
 
 @pytest.fixture(
     scope="module",
-    params=[("http", "none", None), ("ws", "none", 0.2), ("ws", "reference", None)],
+    params=[("http", "none", None), ("ws", "none", 1.0), ("ws", "reference", None)],
     ids=["http", "ws", "ws-reference"],
 )
 async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
@@ -62,3 +65,25 @@ async def test_tokens_never_reach_the_test_output(server: EmbeddedServer) -> Non
     run.check("connect")
     assert "Bearer <token>" in run.stderr
     assert server.token not in run.stderr
+
+
+async def test_a_hung_run_is_killed_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that accepts connections and never answers: the client hangs.
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await anyio.sleep_forever()
+
+    monkeypatch.setattr(node_cases, "RUN_TIMEOUT", 3.0)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, silent)
+            run = await node_cases.run_cases(
+                CLIENT5_SCRIPT,
+                "@oada/client 5.3.0 (silent server)",
+                {"OADA_URL": f"http://127.0.0.1:{port}", "CASE_TIMEOUT_MS": "60000"},
+            )
+            tg.cancel_scope.cancel()
+    assert "[killed: the run took longer than 3 s]" in run.stderr
+    with pytest.raises(AssertionError, match="case 'connect' was not reported"):
+        run.check("connect")

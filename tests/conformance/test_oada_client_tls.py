@@ -35,10 +35,10 @@ pytestmark = pytest.mark.node
 async def tls_server() -> AsyncIterator[EmbeddedServer]:
     """One TLS server for the module; every run writes under its own prefix.
 
-    It pings every 0.2 s: @oada/client 1.1.4 never reconnects, so a session
+    It pings every second: @oada/client 1.1.4 never reconnects, so a session
     that the keepalive wrongly ended would fail every later case.
     """
-    async with embedded_server(tls=True, ws_ping_interval=0.2) as server:
+    async with embedded_server(tls=True, ws_ping_interval=1.0) as server:
         assert server.url.startswith("https://")
         assert server.ca_cert is not None
         yield server
