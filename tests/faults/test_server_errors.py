@@ -1,4 +1,4 @@
-"""The server answers 503, then 429 with Retry-After, then stalls, while 500 jobs are in
+"""The server answers 503, then 429 with Retry-After, then 500, then stalls, while 500 jobs are in
 flight: the service backs off, keeps running (same process, same state) and
 catches up; every job ends in exactly one list."""
 
@@ -54,6 +54,10 @@ async def test_errors_and_stalls_are_ridden_out(tmp_path: Path, connection: str,
             await anyio.sleep(FAULT)
             proxy.heal()
             await wait_until(lambda: count_lines(record) >= 3 * jobs // 5, 60)
+            proxy.fail(500)
+            await anyio.sleep(FAULT)
+            proxy.heal()
+            await wait_until(lambda: count_lines(record) >= 4 * jobs // 5, 60)
             proxy.stall()
             await wait_until(lambda: proxy.held >= 10, 30)
             await anyio.sleep(FAULT)
