@@ -1,4 +1,5 @@
-"""SIGKILL a service process in the middle of a batch of 500 jobs, then restart it.
+"""Stop a service process (SIGKILL, or SIGTERM) in the middle of a batch of 500 jobs,
+then start a new one.
 
 No job is lost: every job ends in exactly one of the success/failure lists.
 A job runs a second time only when the killed process had started it and
@@ -34,7 +35,10 @@ LEASE = 2.0
 
 
 @pytest.mark.slow
-async def test_service_sigkill_mid_batch_and_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_service_stopped_mid_batch_and_restarted(tmp_path: Path, how: str) -> None:
+    """SIGKILL: the dead process's jobs wait for their leases to expire.
+    SIGTERM: a graceful stop lets running jobs finish (or gives them back)."""
     record = tmp_path / "runs.txt"
     name = service_name()
     async with (
@@ -49,7 +53,10 @@ async def test_service_sigkill_mid_batch_and_restart(tmp_path: Path) -> None:
             keys = post_in_background(tg, oada, name, JOBS)
             # Kill while jobs are both running and still being posted.
             await wait_until(lambda: count_lines(record) >= JOBS // 4, timeout=60)
-            await services["A"].kill()
+            if how == "SIGKILL":
+                await services["A"].kill()
+            else:
+                await services["A"].stop()
             killed_at = count_lines(record)
             await start_again(tg, services["B"])
             await finish(oada, name, keys, JOBS, services["B"])
@@ -66,4 +73,6 @@ async def test_service_sigkill_mid_batch_and_restart(tmp_path: Path) -> None:
     # Only the killed process's unfinished jobs run again, and only after it died.
     assert all(workers == ["A", "B"] for workers in twice.values()), twice
     assert killed_at < JOBS
-    print(f"killed after {killed_at} runs; {len(twice)} jobs ran again after the lease expired")
+    if how == "SIGTERM":
+        assert not twice, f"{len(twice)} jobs ran again after a graceful stop"
+    print(f"{how} after {killed_at} runs; {len(twice)} jobs ran again after the lease expired")
