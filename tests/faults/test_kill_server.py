@@ -51,3 +51,27 @@ async def test_server_sigkill_mid_batch_and_restart(tmp_path: Path) -> None:
     # server died: at most the jobs that were in flight then.
     extra = check_runs(record, keys, max_extra=40)
     print(f"server killed after {killed_at} runs; {extra} jobs ran again")
+
+
+@pytest.mark.slow
+async def test_watch_resumes_from_its_last_rev_after_a_server_restart(tmp_path: Path) -> None:
+    """With no sweep at all, only the resumed list watch (replaying from the last
+    rev it delivered) can see jobs posted right after the restart."""
+    record = tmp_path / "runs.txt"
+    name = service_name()
+    async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as server:
+        service = ServiceProcess(
+            server.url, server.token, name, record, "A", sweep_interval=3600, concurrency=20
+        )
+        async with running(service):
+            async with OADAClient(server.url, server.token) as oada:
+                keys = await post_jobs(oada, name, 50)
+                await finish(oada, name, keys, 50, service)
+            for round_ in range(2):
+                await server.kill()
+                await server.restart()
+                # Posted at once, most likely before the service has reconnected.
+                async with OADAClient(server.url, server.token) as oada:
+                    keys += await post_jobs(oada, name, 100, first=50 + 100 * round_)
+                    await finish(oada, name, keys, 250 if round_ else 150, service)
+    check_runs(record, keys, max_extra=0)
