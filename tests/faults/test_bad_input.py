@@ -195,13 +195,17 @@ async def test_bad_queue_entries_are_ignored_with_a_warning(
                 "token-number": {"domain": server.url, "token": 5},
                 "not-object": "https://example.org",
                 "refused": {"domain": server.url, "token": "t0ken-refused"},
+                # Nothing listens there: the queue keeps retrying.
+                "unreachable": {"domain": "http://127.0.0.1:9", "token": "t0ken-unreachable"},
             }
             await oada.put(LAYOUT.queues_path(name), entries, content_type=JOBS_TYPE)
             with anyio.fail_after(20):
-                await service.wait_for_queues(lambda queues: "refused" in queues)
-                while "token was refused" not in caplog.text:
+                await service.wait_for_queues(
+                    lambda queues: "refused" in queues and "unreachable" in queues
+                )
+                while "token was refused" not in caplog.text or "retrying" not in caplog.text:
                     await anyio.sleep(0.05)
-            assert set(service.queues) == {"_default", "refused"}
+            assert set(service.queues) == {"_default", "refused", "unreachable"}
             keys = await post_jobs(oada, name, 10)
             await wait_pending_only(oada, name, set(), timeout=30)
             assert service.state is ServiceState.RUNNING
