@@ -231,6 +231,7 @@ async def section_scale_out(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]
                 "replicas": replicas,
                 "jobs": sizes.scale_jobs,
                 "jobs_per_second": summarize([r.jobs_per_second for r in results]),
+                "requests_per_job": summarize([r.requests / r.jobs for r in results]),
                 "duplicates": [r.runs - r.distinct for r in results],
                 "runs": [r.as_dict() for r in results],
             }

@@ -284,6 +284,7 @@ def _scale(results: Mapping[str, Any]) -> str:
             str(entry["replicas"]),
             f"{entry['jobs']:,}",
             fmt(entry["jobs_per_second"], 0),
+            fmt(entry.get("requests_per_job"), 2),
             ", ".join(str(d) for d in entry["duplicates"]),
         ]
         for entry in section
@@ -291,9 +292,13 @@ def _scale(results: Mapping[str, Any]) -> str:
     intro = (
         "Separate `oada-jobs` service processes (concurrency 10 each) on one queue; the "
         "jobs are queued at once. Every replica reports the job ids its work function ran; "
-        "a job counted more than once is a duplicate.\n\n"
+        "a job counted more than once is a duplicate. Requests per job count every "
+        "replica's requests.\n\n"
     )
-    return intro + table(["Replicas", "Jobs", "Jobs per second", "Jobs run twice, per run"], rows)
+    return intro + table(
+        ["Replicas", "Jobs", "Jobs per second", "OADA requests per job", "Jobs run twice, per run"],
+        rows,
+    )
 
 
 def _external(section: Any) -> str:

@@ -148,7 +148,7 @@ async def test_counting_app_counts_per_token_and_answers_counts() -> None:
 def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     problem = node_available()
     assert problem is None, problem
-    sections = "throughput,backlog,latency,work,scale_out,server"
+    sections = "throughput,backlog,latency,work,scale_out,server,client"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", sections, "--out", str(tmp_path)],
         cwd=ROOT,
@@ -168,6 +168,7 @@ def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     assert [row["concurrency"] for row in results["work"]] == [10, 100]
     assert all(sum(row["duplicates"]) == 0 for row in results["scale_out"])
     assert results["server"]["rows"], results["server"]
+    assert results["client"]["rows"], results["client"]
     text = (tmp_path / "benchmarks.md").read_text()
     assert "Quick run" in text
     assert "Not measured" not in text
