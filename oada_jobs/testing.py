@@ -25,6 +25,7 @@ it has finished.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -38,16 +39,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import httpx
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
-from pydantic import BaseModel
 
 from oada_jobs.job import FINISHED, Job
+from oada_jobs.requester import post_job
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
-from oada_jobs.tree import JOBS_TYPE, LayoutName, get_layout
+from oada_jobs.tree import LayoutName, get_layout
 from oada_jobs.types import JsonObject
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ async def embedded_server(
         ``None`` for the development tokens (``god``, ``abc``); a list of
         tokens that all stand for the default user with ``all:all``; or a
         mapping token → :class:`~oada_jobs.server.config.TokenInfo`
-        (in-process mode only).
+        (a subprocess gets them through a private ``--tokens-file``).
     quirks:
         ``"none"`` or ``"reference"`` (see :class:`ServerConfig`).
     tls:
@@ -326,7 +327,9 @@ async def embedded_server(
         token = "god" if "god" in token_map else next(iter(token_map))
         server_cm: AbstractAsyncContextManager[tuple[str, OADACore | None, _Child | None]]
         if subprocess:
-            server_cm = _subprocess_server(config, cert_dir=tmp / "tls" if tls else None, port=port)
+            server_cm = _subprocess_server(
+                config, cert_dir=tmp / "tls" if tls else None, port=port, workdir=tmp
+            )
         else:
             server_cm = _in_process_server(config, cert_dir=tmp / "tls" if tls else None, port=port)
         async with server_cm as (url, core, child):
@@ -370,14 +373,8 @@ async def _in_process_server(
 
 @asynccontextmanager
 async def _subprocess_server(
-    config: ServerConfig, *, cert_dir: Path | None, port: int | None
+    config: ServerConfig, *, cert_dir: Path | None, port: int | None, workdir: Path
 ) -> AsyncIterator[tuple[str, OADACore | None, _Child | None]]:
-    default_tokens = config.tokens == DEFAULT_TOKENS
-    if not default_tokens and any(i != DEFAULT_TOKENS["god"] for i in config.tokens.values()):
-        raise ValueError(
-            "a subprocess server takes the default tokens or a list of plain tokens "
-            "(each for the default user), not a mapping to other users"
-        )
     args = [sys.executable, "-m", "oada_jobs", "serve", "--host", "127.0.0.1", "--db", config.db]
     args += ["--quirks", config.quirks, "--max-body-bytes", str(config.max_body_bytes)]
     args += ["--ws-ping-interval", str(config.ws_ping_interval)]
@@ -385,9 +382,14 @@ async def _subprocess_server(
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    if not default_tokens:
-        # Through the environment, so tokens never show up in `ps`.
-        env["OADA_JOBS_SERVE_TOKENS"] = " ".join(config.tokens)
+    env.pop("OADA_JOBS_SERVE_TOKENS", None)
+    if config.tokens != DEFAULT_TOKENS:
+        # Through a private file, so tokens never show up in `ps`.
+        tokens_file = workdir / "tokens.json"
+        fd = os.open(tokens_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({t: info.model_dump() for t, info in config.tokens.items()}, f)
+        args += ["--tokens-file", str(tokens_file)]
     verify: ssl.SSLContext | bool = True
     if cert_dir is not None:
         verify = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
@@ -406,31 +408,6 @@ async def _subprocess_server(
 
 # --------------------------------------------------------------------------
 # Jobs: post one and wait for its outcome (for testing services).
-
-
-async def post_job(
-    oada: OADAClient,
-    service: str,
-    type: str,
-    config: Mapping[str, Any] | BaseModel | None = None,
-    *,
-    layout: LayoutName = "classic",
-) -> str:
-    """Create a job for *service* and link it into the service's pending list.
-
-    Returns the job's resource id (``resources/<k>``); its key in the list is
-    ``<k>``. *config* may be a JSON object or a pydantic model.
-
-    >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
-    """
-    if isinstance(config, BaseModel):
-        config = config.model_dump(mode="json")
-    job = {"service": service, "type": type, "config": dict(config or {})}
-    chosen = get_layout(layout)
-    job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
-    key = job_id.removeprefix("resources/")
-    await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
-    return job_id
 
 
 async def wait_for_job(

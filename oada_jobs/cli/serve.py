@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from enum import StrEnum
 from functools import partial
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import anyio
 import typer
+from pydantic import ValidationError
 
 from oada_jobs.cli import app
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
@@ -38,10 +40,38 @@ def _tokens(tokens: list[str]) -> dict[str, TokenInfo]:
     return dict.fromkeys(tokens, sam)
 
 
+def _tokens_file(path: Path) -> dict[str, TokenInfo]:
+    """Read ``{token: {user, bookmarks, shares?, scopes?}}``; errors never quote a token."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint="--tokens-file") from None
+    if not isinstance(raw, dict) or not raw:
+        raise typer.BadParameter(
+            f"expected a non-empty JSON object token → user in {path}", param_hint="--tokens-file"
+        )
+    tokens: dict[str, TokenInfo] = {}
+    for index, (token, info) in enumerate(raw.items(), start=1):
+        try:
+            tokens[token] = TokenInfo.model_validate(info)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise typer.BadParameter(
+                f"entry {index} of {path} is not a valid user: {problems}",
+                param_hint="--tokens-file",
+            ) from None
+    return tokens
+
+
 def _token_hint(tokens: dict[str, TokenInfo]) -> str:
     """Say which tokens work without printing any secret one."""
     if tokens == DEFAULT_TOKENS:
         return "tokens: god (development token, user sam), abc (development token, user frank)"
+    if any(info != DEFAULT_TOKENS["god"] for info in tokens.values()):
+        users = sorted({info.user for info in tokens.values()})
+        return f"tokens: {len(tokens)} configured (not shown) for {', '.join(users)}"
     shown = [t for t in tokens if t == "god"]
     hidden = len(tokens) - len(shown)
     parts = ["god (development token)"] if shown else []
@@ -67,6 +97,15 @@ def serve_command(
             help="Accept this bearer token for the default user with scope all:all "
             "(repeatable). Default: the development tokens god and abc.",
             show_default=False,
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help='JSON file {"<token>": {"user": "users/x", "bookmarks": "resources/x_bm", '
+            '"scopes": ["all:all"]}} for several users (added to --token).',
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
     quirks: Annotated[
@@ -108,7 +147,10 @@ def serve_command(
         raise typer.BadParameter(
             "choose either --tls-self-signed or --tls-cert/--tls-key", param_hint="--tls-cert"
         )
-    tokens = _tokens([t for t in token or [] if t.strip()])
+    plain = [t for t in token or [] if t.strip()]
+    tokens = _tokens(plain) if plain or tokens_file is None else {}
+    if tokens_file is not None:
+        tokens.update(_tokens_file(tokens_file))
     config = ServerConfig(
         db=db,
         tokens=tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -129,3 +130,37 @@ async def test_port_in_use_is_a_clear_error() -> None:
         )
     assert result.returncode == 1
     assert b"address in use" in result.stderr
+
+
+async def test_tokens_file_configures_several_users(tmp_path: Path) -> None:
+    tokens = {
+        "alice-secret": {"user": "users/alice", "bookmarks": "resources/alice_bm"},
+        "bob-secret": {
+            "user": "users/bob",
+            "bookmarks": "resources/bob_bm",
+            "scopes": ["oada.yield:read"],
+        },
+    }
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(tokens))
+    async with serve("--db", ":memory:", "--tokens-file", str(path)) as (_process, url, out):
+        assert "secret" not in out
+        assert "users/alice" in out
+        async with httpx.AsyncClient() as c:
+            r = await c.get(f"{url}/bookmarks", headers={"authorization": "Bearer alice-secret"})
+            assert r.headers["content-location"] == "/resources/alice_bm"
+            god = await c.get(f"{url}/bookmarks", headers={"authorization": "Bearer god"})
+            assert god.status_code == 401
+
+
+def test_bad_tokens_file_never_quotes_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"hidden-token-value": {"user": "nobody"}}))
+    result = CliRunner().invoke(app, ["serve", "--tokens-file", str(path)])
+    assert result.exit_code == 2
+    assert "entry 1" in result.output
+    assert "hidden-token-value" not in result.output
+    path.write_text("[1, 2]")
+    result = CliRunner().invoke(app, ["serve", "--tokens-file", str(path)])
+    assert result.exit_code == 2
+    assert "non-empty JSON object" in result.output

@@ -88,3 +88,16 @@ async def test_kill_and_restart_need_subprocess_mode() -> None:
     async with embedded_server() as server:
         with pytest.raises(RuntimeError, match="subprocess=True"):
             await server.kill()
+
+
+async def test_subprocess_server_takes_a_token_mapping() -> None:
+    from oada_jobs.server.config import TokenInfo
+
+    tokens = {"carol-token": TokenInfo(user="users/carol", bookmarks="resources/carol_bm")}
+    async with (
+        embedded_server(subprocess=True, tokens=tokens) as server,
+        httpx.AsyncClient(base_url=server.url) as c,
+    ):
+        assert server.token == "carol-token"
+        r = await c.get("/bookmarks", headers={"authorization": "Bearer carol-token"})
+        assert r.headers["content-location"] == "/resources/carol_bm"
