@@ -151,18 +151,17 @@ def add_queue(
         str, typer.Argument(help="The OADA server to take jobs from, e.g. https://other.org.")
     ],
     token: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--token",
             "-t",
-            prompt="Token for that server",
-            hide_input=True,
+            show_default=False,
             help="Token the service uses on DOMAIN (asked for when not given, "
             "so it stays out of your shell history). \\[env: OADA_QUEUE_TOKEN]",
             envvar="OADA_QUEUE_TOKEN",
             show_envvar=False,
         ),
-    ],
+    ] = None,
     service: ServiceOption = None,
     json: JsonOption = False,
     oada_domain: StoreDomainOption = None,
@@ -174,6 +173,9 @@ def add_queue(
     """
     settings = settings_from(domain=oada_domain, token=oada_token, service=service)
     name = resolve_service(settings, service)
+    if token is None:
+        # On stderr, so --json output stays clean.
+        token = str(typer.prompt("Token for that server", hide_input=True, err=True))
     try:
         normalised = parse_domain(domain).http
     except ValueError as error:

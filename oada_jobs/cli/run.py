@@ -52,6 +52,11 @@ def import_service(target: str, app_dir: Path | None = None) -> Service:
         sys.path.insert(0, directory)
     try:
         module = importlib.import_module(module_name)
+        if getattr(module, "__oada_jobs_run__", False):
+            # Imported by an earlier run in this process (tests): a Service
+            # starts once, so take a fresh one.
+            module = importlib.reload(module)
+        module.__oada_jobs_run__ = True  # type: ignore[attr-defined]
     except ModuleNotFoundError as error:
         if error.name is not None and module_name.startswith(error.name):
             raise CLIError(
