@@ -37,6 +37,11 @@ class TCPProxy:
         self.connections = 0
         self._scopes: set[anyio.CancelScope] = set()
 
+    @property
+    def open(self) -> int:
+        """Connections open right now."""
+        return len(self._scopes)
+
     def cut(self) -> int:
         """Drop every open connection; returns how many."""
         count = len(self._scopes)

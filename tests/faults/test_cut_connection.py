@@ -50,6 +50,7 @@ async def test_connections_cut_while_jobs_are_posted(
             dropped = 0
             for cut in range(1, CUTS + 1):
                 await wait_until(lambda c=cut: count_lines(record) >= c * jobs // 8, 60)
+                await wait_until(lambda: proxy.open >= 1, 30)
                 dropped += proxy.cut()
             await finish(oada, name, keys, jobs, service)
     assert dropped >= CUTS
