@@ -467,7 +467,11 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
     out += [
         "## How the job benchmarks work",
         "",
-        "Each framework runs as its own process (`bench/py_service.py`, "
+        "The server is the embedded one (`oada_jobs.server.create_app` under uvicorn, HTTPS "
+        "and WSS with a development CA from `oada_jobs.server.tls`, SQLite file) in its own "
+        "process on a free loopback port (`bench/counted_server.py`); a thin ASGI layer in "
+        "front of it counts requests per bearer token, at the same small cost for every "
+        "client. Each framework runs as its own process (`bench/py_service.py`, "
         "`bench/node/oada_jobs_service.cjs`) with a worker for one job type, on the "
         "`classic` job lists that @oada/jobs 1.0.4 uses: jobs are linked into "
         "`/bookmarks/services/<name>/jobs` and filed under "
@@ -477,12 +481,13 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
         "linking them into the list, 100 keys per PUT. The clock stops when the harness, "
         "watching the list, has seen every job removed from it (each framework does that "
         "last, after filing the job); afterwards every job is checked to be in "
-        "`jobs-success`. Requests are counted by the server per token (HTTP requests and "
-        "WebSocket request messages), over the timed part only. Each service first runs one "
+        "`jobs-success`. Requests (HTTP requests and WebSocket request messages) are "
+        "counted for the service's token over the timed part only. Each service first runs one "
         "warm-up job, so that its day list exists (see the notes).",
         "",
-        "Unless a section says otherwise, oada-jobs runs with `concurrency=10` (jobs at "
-        "once, which is also its limit on requests in flight) and @oada/jobs 1.0.4 with "
+        "Unless a section says otherwise, oada-jobs runs as `Service(name, domain=..., "
+        "token=..., concurrency=10)` (10 jobs at once; the client it opens allows "
+        "`Service.request_concurrency` requests in flight) and @oada/jobs 1.0.4 with "
         "`new Service(name, domain, token, 10)` (10 requests in flight; it has no limit on "
         "jobs at once).",
         "",
