@@ -69,7 +69,8 @@ FIRST_FILING_RACE = (
     "day-list level and re-PUTs its stale link onto the now existing jobs-success, "
     "which any OADA server rejects (422: body _id differs from the resource's). The "
     "runner then catches that error and re-files the job, whose work succeeded, as a "
-    "failure. This is in the old package, not the server; the benchmarks run one "
+    "failure (and when that filing races too, the rejection goes unhandled and ends the "
+    "Node process). This is in the old package, not the server; the benchmarks run one "
     "warm-up job through every service before timing so the day list exists."
 )
 
