@@ -35,6 +35,9 @@ __all__ = ["ServerHandle", "serve"]
 
 logger = logging.getLogger(__name__)
 
+# Seconds a peer always has to answer a keepalive ping.
+_MIN_PONG_WAIT = 5.0
+
 # Room for the JSON envelope around a body of max_body_bytes in one WS frame.
 _WS_ENVELOPE = 1024 * 1024
 
@@ -180,8 +183,10 @@ async def serve(
         port=port,
         ws="websockets-sansio",
         ws_ping_interval=config.ws_ping_interval,
-        # A peer that has not answered one ping by the next is gone.
-        ws_ping_timeout=config.ws_ping_interval,
+        # A peer that has not answered one ping by the next is gone; but give
+        # it at least _MIN_PONG_WAIT, so short test intervals do not drop
+        # healthy clients whose loop is briefly busy (e.g. with a big frame).
+        ws_ping_timeout=max(config.ws_ping_interval, _MIN_PONG_WAIT),
         ws_max_size=config.max_body_bytes + _WS_ENVELOPE,
         log_level="warning",
         access_log=False,
