@@ -14,6 +14,7 @@ from .exceptions import (
     InvalidQueueEntry,
     JobCancelled,
     JobError,
+    JobFailed,
     NotFound,
     OADAError,
     OADAJobsError,
@@ -33,6 +34,7 @@ from .job import Job, JobStatus
 from .metrics import ServiceMetrics
 from .queue import Queue
 from .reporters import FinishReport, Reporter, SlackReporter
+from .requester import post_job, run_job
 from .runner import JobLogger, WorkerContext
 from .service import Service, ServiceConfig, ServiceState
 from .tree import Layout
@@ -50,6 +52,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobError",
+    "JobFailed",
     "JobLogger",
     "JobStatus",
     "Json",
@@ -82,4 +85,6 @@ __all__ = [
     "WorkFunction",
     "WorkerContext",
     "__version__",
+    "post_job",
+    "run_job",
 ]

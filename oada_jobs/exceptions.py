@@ -22,7 +22,8 @@
     ├── InvalidJob                   a job resource or list entry does not have the shape of a job
     ├── InvalidQueueEntry            a service-config queue entry is not ``{"domain", "token"}``
     ├── JobError                     raised by a work function to fail its job with a type
-    │   └── JobCancelled             the job was cancelled by a requester
+    │   ├── JobCancelled             the job was cancelled by a requester
+    │   └── JobFailed                a job a requester waited for failed (requester side)
     └── Retry                        raised by a work function to ask for another try later
 
 Tokens are secrets: no exception message or repr in this module ever contains
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidQueueEntry",
     "JobCancelled",
     "JobError",
+    "JobFailed",
     "NotFound",
     "OADAError",
     "OADAJobsError",
@@ -307,6 +309,29 @@ class JobCancelled(JobError):
 
     def __init__(self, message: str = "job cancelled") -> None:
         super().__init__(message, "cancelled")
+
+
+class JobFailed(JobError):
+    """A job posted with :func:`oada_jobs.run_job` ended as ``failure``.
+
+    ``result`` is the job's failure result as stored
+    (``{name, message, traceback, failType?, details?}``), ``fail_type`` its
+    ``failType`` and ``job_id`` the job resource id.
+    """
+
+    def __init__(
+        self, message: str, fail_type: str | None = None, *, job_id: str, result: Any = None
+    ) -> None:
+        super().__init__(message, fail_type, details=result)
+        self.job_id = job_id
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_job_failed, (self.message, self.fail_type, self.job_id, self.result))
+
+
+def _job_failed(message: str, fail_type: str | None, job_id: str, result: Any) -> JobFailed:
+    return JobFailed(message, fail_type, job_id=job_id, result=result)
 
 
 class Retry(OADAJobsError):

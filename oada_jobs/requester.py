@@ -1,0 +1,194 @@
+"""The requester side: post jobs to a service and wait for their outcome.
+
+This is the Python counterpart of the job requester of ``@oada/client``
+(``doJob``): :func:`post_job` creates a job resource and links it into the
+service's pending list; :func:`run_job` posts and then waits — watching the
+job, never polling — until it has succeeded (returns the result) or failed
+(raises :class:`~oada_jobs.JobFailed`).
+
+>>> async with OADAClient(domain, token) as oada:  # doctest: +SKIP
+...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
+
+A work function starts a follow-up job with ``await ctx.post_job(...)``;
+parent and child are linked to each other (``parent`` on the child,
+``children/<key>`` on the parent).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import BaseModel
+
+from .exceptions import JobFailed
+from .job import FINISHED, Job, JobStatus
+from .tree import JOBS_TYPE, LayoutName, get_layout, validate_service_name
+from .types import Json, JsonObject
+
+if TYPE_CHECKING:
+    from .client import OADAClient
+    from .runner import WorkerContext
+
+__all__ = ["post_child_job", "post_job", "raise_for_failure", "run_job", "wait_for_outcome"]
+
+# A job key becomes a resource key and a list key: one safe path segment.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,199}")
+
+
+def _config_json(config: Mapping[str, Any] | BaseModel | None) -> JsonObject:
+    if config is None:
+        return {}
+    if isinstance(config, BaseModel):
+        return dict(config.model_dump(mode="json"))
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"expected the job config as an object (a mapping or a pydantic model), "
+            f"got {type(config).__name__}"
+        )
+    return dict(config)
+
+
+def _check_type(type: str) -> str:
+    if not isinstance(type, str) or not type:
+        raise ValueError(f"expected the job type as a non-empty string, got {type!r}")
+    return type
+
+
+async def post_job(
+    oada: OADAClient,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    layout: LayoutName = "classic",
+    key: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Create a job for *service* and link it into the service's pending list.
+
+    Returns the job's resource id (``resources/<k>``); its key in the list is
+    ``<k>``. *config* may be a JSON object or a pydantic model. *layout* must
+    be the layout the service runs with (see ``docs/layouts.md``).
+
+    *key* picks the job's key (and resource id ``resources/<key>``) instead
+    of a server-made one; writing the same key twice writes the same job, so
+    a requester that retries after an error does not post twice. *extra*
+    adds keys to the job resource (e.g. a ``parent`` link).
+
+    >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
+    """
+    validate_service_name(service)
+    job: JsonObject = {**(extra or {}), "service": service, "type": _check_type(type)}
+    job["config"] = _config_json(config)
+    chosen = get_layout(layout)
+    if key is None:
+        job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
+        key = job_id.removeprefix("resources/")
+    else:
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ValueError(
+                "expected a job key of letters, digits and '.', '_', '~', '-' "
+                f"(starting with a letter or digit, at most 200), got {key!r}"
+            )
+        job_id = f"resources/{key}"
+        await oada.put(f"/{job_id}", job, content_type=JOBS_TYPE)
+    await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
+    return job_id
+
+
+async def wait_for_outcome(
+    oada: OADAClient,
+    job_id: str,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
+) -> Job[JsonObject]:
+    """Wait until the job is ``success`` or ``failure`` and return it as read then.
+
+    Reads the job and watches it from the rev read (so an outcome written in
+    between is not missed); never polls. *timeout* (seconds, ``None`` for no
+    limit) raises :class:`TimeoutError`.
+    """
+    path = f"/{job_id}"
+    with anyio.fail_after(timeout):
+        response = await oada.get(path)
+        job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+        if job.finished:
+            return job
+        async with oada.watch(path, rev=response.rev) as changes:
+            async for change in changes:
+                body = change.body or {}
+                if change.path in ("", "/") and body.get("status") in FINISHED:
+                    break
+        response = await oada.get(path)
+        return Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+
+
+def raise_for_failure(job: Job[Any]) -> Json:
+    """Return a successful *job*'s result, or raise :class:`JobFailed` for a failed one."""
+    if job.status == JobStatus.SUCCESS.value:
+        return job.result
+    result = job.result
+    message, fail_type = f"job {job.oada_id} failed", None
+    if isinstance(result, Mapping):
+        if isinstance(result.get("message"), str):
+            message = result["message"]
+        if isinstance(result.get("failType"), str):
+            fail_type = result["failType"]
+    raise JobFailed(message, fail_type, job_id=job.oada_id, result=result)
+
+
+async def run_job(
+    oada: OADAClient,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
+    layout: LayoutName = "classic",
+    key: str | None = None,
+) -> Json:
+    """Post a job and wait for its outcome: its result, or :class:`JobFailed`.
+
+    :class:`JobFailed` (a :class:`~oada_jobs.JobError`) carries the job's
+    ``result`` (``{name, message, traceback, failType?, details?}``), its
+    ``fail_type`` and ``job_id``. *timeout* (seconds) raises
+    :class:`TimeoutError` while the job is still pending or running; the job
+    is left as it is (cancel it with :func:`oada_jobs.job.request_cancel`).
+
+    >>> try:  # doctest: +SKIP
+    ...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
+    ... except JobFailed as error:
+    ...     print(error.fail_type, error.result)
+    """
+    job_id = await post_job(oada, service, type, config, layout=layout, key=key)
+    job = await wait_for_outcome(oada, job_id, timeout=timeout)
+    return raise_for_failure(job)
+
+
+async def post_child_job(
+    ctx: WorkerContext,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    layout: LayoutName = "classic",
+) -> str:
+    """Post a follow-up job from inside a work function (``ctx.post_job``).
+
+    The child gets ``parent: {"_id": <this job>}``; this job gets
+    ``children/<child key>: {"_id": <child>}``. Both links are unversioned,
+    so neither job's updates change the other. Uses the job-scoped client,
+    so after this job timed out or was cancelled nothing is posted.
+    """
+    parent = ctx.job_id
+    child_id = await post_job(
+        ctx.oada, service, type, config, layout=layout, extra={"parent": {"_id": parent}}
+    )
+    child_key = child_id.removeprefix("resources/")
+    await ctx.oada.put(
+        f"/{parent}/children", {child_key: {"_id": child_id}}, content_type=JOBS_TYPE
+    )
+    return child_id
