@@ -261,12 +261,12 @@ def _summary(jobs: list[Tracked], layout_name: LayoutName) -> Table:
     layout = get_layout(layout_name)
     root = f"{service_root(SERVICE)}/"
     table = Table(
-        title=f"where each job was filed (below {root}; job id = resources/<key>)",
+        title=f"where each job was filed (below {root})",
         title_justify="left",
     )
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("key", overflow="fold")
-    table.add_column("outcome", overflow="fold")
+    table.add_column("job", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
     table.add_column("filed under", overflow="fold")
     for tracked in jobs:
         job = tracked.job
@@ -278,7 +278,7 @@ def _summary(jobs: list[Tracked], layout_name: LayoutName) -> Table:
         paths = filed_paths(job, layout) if job is not None else []
         table.add_row(
             str(tracked.number),
-            tracked.key,
+            "…" + tracked.key[-6:],
             outcome,
             "\n".join(path.removeprefix(root) for path in paths) or "(not filed)",
         )

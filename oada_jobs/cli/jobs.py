@@ -44,6 +44,13 @@ jobs_app = typer.Typer(
 )
 app.add_typer(jobs_app)
 
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Wait until the (new) job finished and print it.")
+]
+WaitTimeoutOption = Annotated[
+    float, typer.Option(min=0.1, help="Seconds --wait waits before giving up.")
+]
+
 #: Status colours in tables.
 _STYLE = {
     "success": "green",
@@ -275,12 +282,8 @@ def post(
         ),
     ] = "{}",
     service: ServiceOption = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until the job finished and print it.")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds --wait waits before giving up.")
-    ] = 60.0,
+    wait: WaitOption = False,
+    timeout: WaitTimeoutOption = 60.0,
     layout: LayoutOption = None,
     json: JsonOption = False,
     domain: DomainOption = None,
@@ -351,12 +354,8 @@ def retry(
     force: Annotated[
         bool, typer.Option("--force", help="Re-post even if the job did not fail.")
     ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until the new job finished and print it.")
-    ] = False,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds --wait waits before giving up.")
-    ] = 60.0,
+    wait: WaitOption = False,
+    timeout: WaitTimeoutOption = 60.0,
     layout: LayoutOption = None,
     json: JsonOption = False,
     domain: DomainOption = None,

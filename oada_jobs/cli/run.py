@@ -52,11 +52,6 @@ def import_service(target: str, app_dir: Path | None = None) -> Service:
         sys.path.insert(0, directory)
     try:
         module = importlib.import_module(module_name)
-        if getattr(module, "__oada_jobs_run__", False):
-            # Imported by an earlier run in this process (tests): a Service
-            # starts once, so take a fresh one.
-            module = importlib.reload(module)
-        module.__oada_jobs_run__ = True  # type: ignore[attr-defined]
     except ModuleNotFoundError as error:
         if error.name is not None and module_name.startswith(error.name):
             raise CLIError(
@@ -85,7 +80,9 @@ def import_service(target: str, app_dir: Path | None = None) -> Service:
             f"returning one), got {type(found).__name__}",
             ExitCode.USAGE,
         )
-    return found
+    # A Service runs once; a fresh copy keeps the imported object untouched
+    # (so importing twice in one process, as tests do, works).
+    return found.copy()
 
 
 def _import_failure(module_name: str, error: BaseException) -> str:
