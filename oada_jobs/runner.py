@@ -146,17 +146,27 @@ class JobLogger:
     >>> await ctx.log.info("sending", {"to": "a@example.org"})  # doctest: +SKIP
     """
 
-    def __init__(self, oada: OADAClient, job_id: str, log: JobLogAdapter) -> None:
+    def __init__(
+        self,
+        oada: OADAClient,
+        job_id: str,
+        log: JobLogAdapter,
+        on_write: Callable[[str | None], None] = lambda etag: None,
+    ) -> None:
         self._oada = oada
         self._job_id = job_id
         self._log = log
+        self._on_write = on_write
 
     async def _update(self, level: int, status: str, meta: Json) -> None:
         self._log.log(level, "update %s: %s", status, meta)
         key, body = new_update(status, meta)
         # PUT at a client-chosen KSUID key is what POST does server-side, but
         # keeps the keys time-ordered by this process's clock.
-        await self._oada.put(f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE)
+        response = await self._oada.put(
+            f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE
+        )
+        self._on_write(response.etag)
 
     async def info(self, status: str, meta: Json = None) -> None:
         """Record an update with *status* and optional JSON *meta*."""
@@ -235,6 +245,9 @@ class Runner:
         #: Frees the job's concurrency slot (idempotent); called once the
         #: outcome is written, before filing.
         self.release_slot = release_slot
+        # ETag of this worker's latest write to the job while it holds it:
+        # writes conditional on it fail (412) if anyone else wrote since.
+        self._etag: str | None = None
         self.queue = queue
         self.service = queue.service
         self.oada = queue.oada
@@ -375,6 +388,7 @@ class Runner:
                     return None
                 job = fresh
                 continue
+            self._etag = response.etag
             return lease, response.rev
         self.log.warning("could not claim the job after 3 tries (it keeps changing); skipping")
         return None
@@ -388,7 +402,7 @@ class Runner:
         scoped = self.oada.clone()
         ctx = WorkerContext(
             job_id=self.job_id,
-            log=JobLogger(scoped, self.job_id, self.log),
+            log=JobLogger(scoped, self.job_id, self.log, self._note_write),
             oada=scoped,
             logger=self.log,
         )
@@ -411,7 +425,7 @@ class Runner:
             await self._shielded(lambda: self._give_back(outcome))
             return outcome
         duration = anyio.current_time() - started
-        await self._write_and_file(outcome, job, etag=None, duration=duration)
+        await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
         return outcome
 
     async def _give_back(self, outcome: JobOutcome) -> None:
@@ -419,17 +433,14 @@ class Runner:
         assert outcome.retry_after is not None
         retry_at = utc_now() + timedelta(seconds=outcome.retry_after)
         key, update = new_update("retry", outcome.meta)
-        await self.oada.put(
-            self.path,
-            {
-                "status": JobStatus.PENDING.value,
-                "lease": None,
-                "retryAt": iso(retry_at),
-                "updates": {key: update},
-            },
-            content_type=JOBS_TYPE,
-        )
-        self.queue.sweep_at(outcome.retry_after)
+        body: JsonObject = {
+            "status": JobStatus.PENDING.value,
+            "lease": None,
+            "retryAt": iso(retry_at),
+            "updates": {key: update},
+        }
+        if await self._owned_put(body):
+            self.queue.sweep_at(outcome.retry_after)
 
     async def _call(
         self,
@@ -500,7 +511,14 @@ class Runner:
                 if worker.timeout is not None:
                     helpers.start_soon(watchdog, worker.timeout)
                 helpers.start_soon(cancel_watch)
-                helpers.start_soon(self._renew_lease)
+
+                def on_lost() -> None:
+                    nonlocal lost
+                    lost = True
+                    scoped.revoke()
+                    work_scope.cancel()
+
+                helpers.start_soon(self._renew_lease, on_lost)
                 try:
                     value = await worker.work(work_job, ctx)
                     outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
@@ -567,13 +585,55 @@ class Runner:
             meta=f"{type(error).__name__}: {error}",
         )
 
-    async def _renew_lease(self) -> None:
+    def _note_write(self, etag: str | None) -> None:
+        if etag is not None:
+            self._etag = etag
+
+    async def _still_ours(self) -> bool:
+        """Re-read the job after a 412: may this worker still write its outcome?
+
+        Not when the job finished meanwhile or another worker holds a lease on
+        it (this one stalled past its lease and the job was taken over).
+        """
+        response = await self.oada.get(self.path)
+        try:
+            job = Job.from_resource(response.data, oada_id=self.job_id, etag=response.etag)
+        except InvalidJob:
+            return False
+        if job.finished or _lease_taken(job.raw.get("lease"), self.service.worker_id):
+            return False
+        self._etag = response.etag
+        return True
+
+    async def _owned_put(self, body: JsonObject) -> bool:
+        """PUT *body* on the job if this worker still owns it; ``False`` if it does not."""
+        while True:
+            try:
+                response = await self.oada.put(
+                    self.path, body, content_type=JOBS_TYPE, if_match=self._etag
+                )
+            except PreconditionFailed:
+                # Someone wrote the job since our last write: the work
+                # function through ctx.oada, or another worker that took it.
+                if not await self._still_ours():
+                    return False
+                continue
+            self._note_write(response.etag)
+            return True
+
+    async def _renew_lease(self, on_lost: Callable[[], None]) -> None:
         interval = max(self.service.config.lease.total_seconds() / 3, 0.05)
         while True:
             await anyio.sleep(interval)
             lease = Lease.new(self.service.worker_id, self.service.config.lease)
             try:
-                await self.oada.put(self.path, {"lease": lease.to_json()}, content_type=JOBS_TYPE)
+                if not await self._owned_put({"lease": lease.to_json()}):
+                    self.log.error(
+                        "another worker took the job over after this one's lease ran out; "
+                        "abandoning this run"
+                    )
+                    on_lost()
+                    return
             except OADAError as error:
                 self.log.warning("could not renew the job lease: %s", error)
 
@@ -613,11 +673,13 @@ class Runner:
         key, update = new_update(
             "released", "Worker stopped before the job finished; it will run again"
         )
-        await self.oada.put(
-            self.path,
-            {"status": JobStatus.PENDING.value, "lease": None, "updates": {key: update}},
-            content_type=JOBS_TYPE,
-        )
+        body: JsonObject = {
+            "status": JobStatus.PENDING.value,
+            "lease": None,
+            "updates": {key: update},
+        }
+        if not await self._owned_put(body):
+            return  # another worker has it now; nothing to give back
         # Re-link the entry so other replicas' list watches see it at once
         # instead of at their next sweep.
         await self.oada.put(
@@ -633,7 +695,14 @@ class Runner:
         *,
         etag: str | None,
         duration: float | None = None,
+        owned: bool = False,
     ) -> None:
+        """Write the outcome, then file the job.
+
+        *owned*: the job was claimed by this worker; the write is conditional
+        on this worker's last write and skipped if another worker owns the
+        job by now. Otherwise it is conditional on *etag* (if given).
+        """
         finished_at = utc_now()
         # Made once, so a retried write does not add a second update.
         key, update = new_update(outcome.status, outcome.meta, at=finished_at)
@@ -645,15 +714,28 @@ class Runner:
         }
         written = False
 
-        async def record() -> str:
-            nonlocal written
+        abandoned = False
+
+        async def record() -> str | None:
+            nonlocal written, abandoned
             if not written:
-                await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
+                if owned:
+                    if not await self._owned_put(body):
+                        abandoned = True
+                        return None
+                else:
+                    await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
                 written = True
                 self.release_slot()
             return await self._file(outcome.status, outcome.fail_type, finished_at)
 
         day_path = await self._shielded(record)
+        if abandoned:
+            self.log.error(
+                "another worker took the job over after this one's lease ran out; not "
+                "recording this run's outcome (%s)",
+                outcome.status,
+            )
         if day_path is None:
             return
         level = logging.INFO if outcome.status == JobStatus.SUCCESS.value else logging.WARNING

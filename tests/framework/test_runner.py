@@ -544,3 +544,33 @@ async def test_links_of_jobs_finishing_together_are_written_together(
     filed = (await oada.get(day)).data
     assert {key_of(i) for i in ids} <= set(filed)
     assert all(filed[key_of(i)]["_id"] == i for i in ids)
+
+
+async def test_an_outcome_is_not_written_over_a_job_another_worker_took_over(
+    make_service: Callable[..., Service], oada: OADAClient, name: str, logs: LogWaiter
+) -> None:
+    service = make_service()
+    started, go_on = anyio.Event(), anyio.Event()
+
+    @service.on("slowpoke", 30)
+    async def slowpoke(job: Job, ctx: WorkerContext) -> Json:
+        started.set()
+        await go_on.wait()
+        return {"stale": True}
+
+    async with service:
+        job_id = await post_job(oada, name, "slowpoke", {})
+        with anyio.fail_after(10):
+            await started.wait()
+        # As if this worker had stalled past its lease and another had
+        # claimed, run and filed the job meanwhile.
+        await oada.put(
+            f"/{job_id}",
+            {"status": "success", "result": {"by": "other"}, "lease": None},
+            content_type=JOBS_TYPE,
+        )
+        go_on.set()
+        await logs.wait_for(lambda r: "took the job over" in r.getMessage())
+    data = (await oada.get(f"/{job_id}")).data
+    assert data["result"] == {"by": "other"}
+    assert data["status"] == "success"
