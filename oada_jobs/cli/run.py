@@ -127,6 +127,9 @@ def _setup_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level.upper())
+    if level.upper() != "DEBUG":
+        # One line per HTTP request drowns the service's own log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @command(app, "run")
