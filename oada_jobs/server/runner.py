@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
+from oada_jobs.server.ws import FRAME_ENVELOPE, MAX_FRAME
 
 __all__ = ["ServerHandle", "serve"]
 
@@ -37,9 +38,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds a peer always has to answer a keepalive ping.
 _MIN_PONG_WAIT = 5.0
-
-# Room for the JSON envelope around a body of max_body_bytes in one WS frame.
-_WS_ENVELOPE = 1024 * 1024
 
 
 class _DropDebug(logging.Filter):
@@ -187,7 +185,9 @@ async def serve(
         # it at least _MIN_PONG_WAIT, so short test intervals do not drop
         # healthy clients whose loop is briefly busy (e.g. with a big frame).
         ws_ping_timeout=max(config.ws_ping_interval, _MIN_PONG_WAIT),
-        ws_max_size=config.max_body_bytes + _WS_ENVELOPE,
+        # Oversized requests are answered 413 under their requestId (ws.py);
+        # only frames beyond this hard cap close the socket (code 1009).
+        ws_max_size=max(MAX_FRAME, config.max_body_bytes + FRAME_ENVELOPE),
         log_level="warning",
         access_log=False,
         lifespan="on",

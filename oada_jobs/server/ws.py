@@ -28,8 +28,10 @@ reconnects and resumes with ``x-oada-rev``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -42,12 +44,21 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
 from oada_jobs.server.documents import is_json_type
 
-__all__ = ["MAX_QUEUED", "WebSocketSession"]
+__all__ = ["FRAME_ENVELOPE", "MAX_FRAME", "MAX_QUEUED", "WebSocketSession"]
 
 logger = logging.getLogger(__name__)
 
 #: Unsent messages a socket may accumulate before it is closed as too slow.
 MAX_QUEUED = 10_000
+
+#: Room for the JSON envelope (requestId, method, headers) around a body.
+FRAME_ENVELOPE = 1024 * 1024
+
+#: Largest frame the socket accepts at all (as the reference server, 100 MiB);
+#: frames between the body limit and this get 413 under their requestId.
+MAX_FRAME = 100 * 1024 * 1024
+
+_REQUEST_ID = re.compile(r'"requestId"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
 _PLAIN = frozenset({"head", "get", "put", "post", "delete"})
 _WATCHES = {
@@ -162,6 +173,8 @@ class WebSocketSession:
         self._core = core
         self._ws = websocket
         self._reference = core.config.quirks == "reference"
+        # Frames this large cannot hold an acceptable body: refuse unparsed.
+        self._frame_limit = core.config.max_body_bytes + FRAME_ENVELOPE
         self._out: MemoryObjectSendStream[str] | None = None
         self._overflowed = False
         #: resource id → notifier
@@ -195,6 +208,9 @@ class WebSocketSession:
                 continue
             text = message.get("text")
             frame: str | bytes = text if text is not None else message.get("bytes") or b""
+            if len(frame) > self._frame_limit:
+                self._send_too_large(frame)
+                continue
             try:
                 request = parse_request(frame)
             except InvalidMessage as exc:
@@ -245,6 +261,30 @@ class WebSocketSession:
             pass
 
     # -- requests ---------------------------------------------------------------
+
+    def _send_too_large(self, frame: str | bytes) -> None:
+        """Answer an oversized frame with 413 without parsing it."""
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        match = _REQUEST_ID.search(text)
+        request_id: str | list[str] = ["error"]
+        if match:
+            with contextlib.suppress(ValueError):
+                request_id = json.loads(f'"{match.group(1)}"')
+        limit = self._core.config.max_body_bytes
+        self._enqueue(
+            {
+                "requestId": request_id,
+                "status": 413,
+                "statusText": HTTPStatus(413).phrase,
+                "headers": {},
+                "data": {
+                    "statusCode": 413,
+                    "error": HTTPStatus(413).phrase,
+                    "message": f"the message is {len(frame)} bytes; "
+                    f"bodies of at most {limit} bytes are accepted",
+                },
+            }
+        )
 
     def _send_invalid(self, exc: InvalidMessage) -> None:
         request_id: str | list[str] = ["error"]

@@ -224,6 +224,28 @@ async def test_too_large_ws_body_gets_413() -> None:
         assert r["status"] == 413
 
 
+async def test_oversized_frame_gets_413_under_its_request_id_and_socket_stays() -> None:
+    from oada_jobs.server.ws import FRAME_ENVELOPE
+
+    async with embedded_server(max_body_bytes=1000) as server, ws_connect(server) as ws:
+        pad = "x" * (FRAME_ENVELOPE + 5000)
+        # requestId after the data: found without parsing the frame.
+        frame = (
+            '{"method":"put","path":"/bookmarks/big","headers":{"authorization":"Bearer god",'
+            f'"content-type":"application/json"}},"data":{{"pad":"{pad}"}},"requestId":"big1"}}'
+        )
+        await ws.conn.send(frame)
+        r = await ws.recv()
+        assert r["requestId"] == "big1"
+        assert r["status"] == 413
+        assert "1000" in r["data"]["message"]
+        # Without a findable id the answer goes to ["error"].
+        await ws.conn.send('{"data":"' + pad + '"}')
+        assert (await ws.recv())["requestId"] == ["error"]
+        # The socket is still open and nothing was written.
+        assert (await ws.request("get", "/bookmarks/big"))["status"] == 404
+
+
 async def test_ws_client_sees_unused(server: EmbeddedServer) -> None:
     # The helper class is exercised with a non-default token too.
     async with ws_connect(server, token="abc") as ws:
