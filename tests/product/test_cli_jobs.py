@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, JobError, Service, WorkerContext
 from oada_jobs.client import OADAClient
-from oada_jobs.testing import EmbeddedServer
+from oada_jobs.testing import EmbeddedServer, wait_for_job
 
 FAST: dict[str, Any] = {"sweep_interval": 3600, "retry_initial": 0.05, "shutdown_grace": 2}
 
@@ -223,3 +223,26 @@ async def test_pending_layout_is_detected(cli: CLI, server: EmbeddedServer) -> N
     listed = (await cli("jobs", "list", "--json")).json()
     assert listed["layout"] == "pending"
     assert [row["id"] for row in listed["pending"]] == [posted.json()["id"]]
+
+
+async def test_cancel_stops_a_running_job(cli: CLI, server: EmbeddedServer) -> None:
+    started = anyio.Event()
+
+    async def slow(job: Job[Any], ctx: WorkerContext) -> Any:
+        started.set()
+        await anyio.sleep_forever()
+
+    svc = Service(
+        "svc", domain=server.url, token=server.token, metrics_registry=CollectorRegistry(), **FAST
+    )
+    svc.on("slow", 60, slow)
+    async with svc, OADAClient(server.url, server.token) as oada:
+        job_id = (await cli("jobs", "post", "slow", "--json")).json()["id"]
+        with anyio.fail_after(10):
+            await started.wait()
+        cancelled = await cli("jobs", "cancel", job_id)
+        assert cancelled.exit_code == 0, cancelled
+        job = await wait_for_job(oada, job_id, 10, filed="classic")
+    assert job.status == "failure"
+    assert isinstance(job.result, dict)
+    assert job.result["failType"] == "cancelled"
