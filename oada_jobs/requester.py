@@ -16,8 +16,10 @@ parent and child are linked to each other (``parent`` on the child,
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,7 +34,20 @@ if TYPE_CHECKING:
     from .client import OADAClient
     from .runner import WorkerContext
 
-__all__ = ["post_child_job", "post_job", "raise_for_failure", "run_job", "wait_for_outcome"]
+__all__ = [
+    "PROGRESS_STATUS",
+    "Progress",
+    "latest_progress",
+    "post_child_job",
+    "post_job",
+    "raise_for_failure",
+    "run_job",
+    "wait_for_outcome",
+    "write_progress",
+]
+
+#: The ``status`` of the job updates that record progress.
+PROGRESS_STATUS = "progress"
 
 # A job key becomes a resource key and a list key: one safe path segment.
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,199}")
@@ -192,3 +207,75 @@ async def post_child_job(
         f"/{parent}/children", {child_key: {"_id": child_id}}, content_type=JOBS_TYPE
     )
     return child_id
+
+
+# --------------------------------------------------------------------------
+# Progress: updates with status "progress" and meta {fraction, message}.
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The latest progress a work function reported on a job."""
+
+    #: Done so far, from 0.0 to 1.0.
+    fraction: float
+    #: What the work function said, if anything.
+    message: str | None
+    #: When it was written (ISO text, as in the update).
+    time: str | None
+
+
+def _check_fraction(fraction: float) -> float:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not math.isfinite(fraction)
+        or not 0.0 <= fraction <= 1.0
+    ):
+        raise ValueError(f"expected a progress fraction from 0 to 1, got {fraction!r}")
+    return float(fraction)
+
+
+async def write_progress(ctx: WorkerContext, fraction: float, message: str | None = None) -> None:
+    """Record progress on the running job (what ``ctx.progress`` does).
+
+    Writes an update ``{"status": "progress", "meta": {"fraction", "message"}}``
+    through the job-scoped client, so nothing lands after a timeout or
+    cancellation. A fraction outside 0..1 (or not a number) and a message
+    that is not text raise :class:`ValueError` / :class:`TypeError`.
+
+    >>> await ctx.progress(0.5, "half of the files copied")  # doctest: +SKIP
+    """
+    meta: JsonObject = {"fraction": _check_fraction(fraction)}
+    if message is not None:
+        if not isinstance(message, str):
+            raise TypeError(f"expected the progress message as text, got {type(message).__name__}")
+        meta["message"] = message
+    await ctx.log.info(PROGRESS_STATUS, meta)
+
+
+def latest_progress(job: Job[Any] | Mapping[str, Any]) -> Progress | None:
+    """The last well-formed progress update of *job* (a :class:`Job` or a job body)."""
+    updates = job.updates if isinstance(job, Job) else job.get("updates")
+    if not isinstance(updates, Mapping):
+        return None
+    # Update keys are time-ordered, so the last key is the latest update.
+    for key in sorted(updates, reverse=True):
+        update = updates[key]
+        if not isinstance(update, Mapping) or update.get("status") != PROGRESS_STATUS:
+            continue
+        meta = update.get("meta")
+        if not isinstance(meta, Mapping):
+            continue
+        try:
+            fraction = _check_fraction(meta.get("fraction"))  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        message = meta.get("message")
+        time = update.get("time")
+        return Progress(
+            fraction,
+            message if isinstance(message, str) else None,
+            time if isinstance(time, str) else None,
+        )
+    return None
