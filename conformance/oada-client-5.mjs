@@ -4,6 +4,7 @@
 //   OADA_URL      server origin, e.g. http://127.0.0.1:8080
 //   OADA_TOKEN    bearer token of a user allowed to write /bookmarks (all:all)
 //   OADA_OTHER_TOKEN  token of a second user (for the permission case)
+//   OADA_MAX_BODY_BYTES  the server's body limit (for the too_large case)
 //   CONNECTION    "http" (default) or "ws": the client's transport
 //   CASES         optional comma-separated case names to run (default: all)
 //   CASE_TIMEOUT_MS  per-case time limit (default 15000)
@@ -30,6 +31,7 @@ const { logUnhandledRejections, runCases, withTimeout } = harness;
 const URL_ = process.env.OADA_URL ?? "http://127.0.0.1:8080";
 const TOKEN = process.env.OADA_TOKEN ?? "god";
 const OTHER_TOKEN = process.env.OADA_OTHER_TOKEN;
+const MAX_BODY_BYTES = Number(process.env.OADA_MAX_BODY_BYTES ?? 20 * 1024 * 1024);
 const MODE = process.env.CONNECTION ?? "http";
 const CASE_TIMEOUT_MS = Number(process.env.CASE_TIMEOUT_MS ?? 15_000);
 const REFERENCE = process.env.QUIRKS === "reference";
@@ -750,6 +752,28 @@ cases.large_body = async (oada) => {
   assert.equal(data.rows.length, 40_000);
   assert.deepEqual(data.rows[39_999], { i: 39_999, pad: "x".repeat(80) });
   return `~${Math.round(JSON.stringify(big).length / 1024)} KiB written at rev ${w.rev} and read back`;
+};
+
+cases.too_large = async (oada) => {
+  // A body over the server's limit is refused with 413 for that request only
+  // (over a WebSocket too: the reference server takes frames up to 100 MiB),
+  // and the connection goes on serving.
+  const id = await newResource(oada, {});
+  const seen = [];
+  for (const extra of [512 * 1024, 3 * 1024 * 1024]) {
+    const size = MAX_BODY_BYTES + extra;
+    const data = { pad: "x".repeat(size) };
+    const error = await rejectsWith(
+      oada.put({ path: `/${id}/big`, data, timeout: 10_000 }),
+      413,
+      `PUT of ${size} bytes (limit ${MAX_BODY_BYTES})`,
+    );
+    seen.push(`${size} bytes -> 413 (${error.message})`);
+  }
+  const after = await oada.get({ path: `/${id}` });
+  assert.equal(after.status, 200, "the connection still serves after a refused body");
+  assert.equal(after.data.big, undefined, "nothing was written");
+  return seen.join("; ");
 };
 
 cases.binary = async (oada) => {

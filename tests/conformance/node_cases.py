@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFORMANCE = ROOT / "conformance"
 #: Upper bound for one whole script run (every case of one client and mode).
 RUN_TIMEOUT = 90.0
+#: The conformance servers' body limit: small enough that the too_large case
+#: stays quick, big enough for large_body (~4 MiB).
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 CLIENT5_SCRIPT = "oada-client-5.mjs"
 CLIENT1_SCRIPT = "oada-client-1.cjs"
@@ -60,6 +63,7 @@ CLIENT5_CASES = [
     "watch_resource_delete",
     "concurrent_writes",
     "large_body",
+    "too_large",
     "binary",
     "not_found",
     "bad_token",
@@ -115,7 +119,11 @@ def server_env(server: EmbeddedServer) -> dict[str, str]:
     ``OADA_OTHER_TOKEN`` is a token of a second user (for permission cases);
     ``NODE_EXTRA_CA_CERTS`` makes Node trust a TLS server's development CA.
     """
-    env = {"OADA_URL": server.url, "OADA_TOKEN": server.token}
+    env = {
+        "OADA_URL": server.url,
+        "OADA_TOKEN": server.token,
+        "OADA_MAX_BODY_BYTES": str(server.config.max_body_bytes),
+    }
     user = server.config.tokens[server.token].user
     others = [t for t in server.tokens if server.config.tokens[t].user != user]
     if others:

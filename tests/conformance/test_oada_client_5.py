@@ -22,7 +22,15 @@ import anyio
 import anyio.abc
 import node_cases
 import pytest
-from node_cases import CLIENT5_CASES, CLIENT5_SCRIPT, NodeRun, list_cases, run_cases, server_env
+from node_cases import (
+    CLIENT5_CASES,
+    CLIENT5_SCRIPT,
+    MAX_BODY_BYTES,
+    NodeRun,
+    list_cases,
+    run_cases,
+    server_env,
+)
 
 from oada_jobs.testing import EmbeddedServer, embedded_server
 
@@ -37,7 +45,9 @@ pytestmark = pytest.mark.node
 async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
     """Every case run once against a fresh server, in one connection mode."""
     mode, quirks, ping_interval = request.param
-    async with embedded_server(quirks=quirks, ws_ping_interval=ping_interval) as server:
+    async with embedded_server(
+        quirks=quirks, ws_ping_interval=ping_interval, max_body_bytes=MAX_BODY_BYTES
+    ) as server:
         yield await run_cases(
             CLIENT5_SCRIPT,
             f"@oada/client 5.3.0 ({mode}, quirks={quirks})",

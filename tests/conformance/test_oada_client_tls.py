@@ -20,6 +20,7 @@ from node_cases import (
     CLIENT5_SCRIPT,
     JOBS1_CASES,
     JOBS1_SCRIPT,
+    MAX_BODY_BYTES,
     NodeRun,
     list_cases,
     run_cases,
@@ -38,7 +39,9 @@ async def tls_server() -> AsyncIterator[EmbeddedServer]:
     It pings every second: @oada/client 1.1.4 never reconnects, so a session
     that the keepalive wrongly ended would fail every later case.
     """
-    async with embedded_server(tls=True, ws_ping_interval=1.0) as server:
+    async with embedded_server(
+        tls=True, ws_ping_interval=1.0, max_body_bytes=MAX_BODY_BYTES
+    ) as server:
         assert server.url.startswith("https://")
         assert server.ca_cert is not None
         yield server
