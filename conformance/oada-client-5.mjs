@@ -295,6 +295,21 @@ cases.put = async (oada) => {
   return `201 rev ${w1.rev} -> ${w2.rev}; new resource ${id} at rev 1`;
 };
 
+cases.key_escapes = async (oada) => {
+  // Path segments are JSON-pointer tokens, not percent-decoded (protocol
+  // §1.2): "%20" stays literal, "~1" is "/" and "~0" is "~", over HTTP and
+  // WebSocket alike.
+  const path = `${BASE}/escapes`;
+  for (const key of ["a%20b", "a~1b", "a~0b"]) {
+    await oada.put({ path: `${path}/${key}`, data: { key } });
+  }
+  const { data } = await oada.get({ path });
+  assert.deepEqual(Object.keys(data).sort(), ["a%20b", "a/b", "a~b"], "stored keys");
+  assert.deepEqual((await oada.get({ path: `${path}/a~1b` })).data, { key: "a~1b" }, "read back through ~1");
+  assert.deepEqual((await oada.get({ path: `${path}/a%20b` })).data, { key: "a%20b" }, "read back through %20");
+  return `keys stored as ${JSON.stringify(Object.keys(data).sort())}`;
+};
+
 cases.post = async (oada) => {
   const path = `${BASE}/post/list`;
   const r1 = await oada.post({ path, data: { n: 1 } });

@@ -43,6 +43,7 @@ CLIENT5_CASES = [
     "head_bookmarks",
     "get_subpath",
     "put",
+    "key_escapes",
     "post",
     "post_resources",
     "delete_key",
