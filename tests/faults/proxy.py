@@ -36,6 +36,8 @@ class TCPProxy:
         self.cuts = 0
         self.connections = 0
         self._scopes: set[anyio.CancelScope] = set()
+        #: While true, new connections are closed at once (a partition).
+        self.refusing = False
 
     @property
     def open(self) -> int:
@@ -57,9 +59,19 @@ class TCPProxy:
         with contextlib.suppress(OSError, anyio.BrokenResourceError):
             await sink.send_eof()
 
+    def partition(self) -> None:
+        """Drop every connection and refuse new ones until :meth:`mend`."""
+        self.refusing = True
+        self.cut()
+
+    def mend(self) -> None:
+        self.refusing = False
+
     async def _handle(self, client: SocketStream) -> None:
         self.connections += 1
         async with client:
+            if self.refusing:
+                return
             try:
                 upstream = await anyio.connect_tcp("127.0.0.1", self.upstream_port)
             except OSError:

@@ -7,7 +7,7 @@ It registers ``noop`` jobs: each run appends ``start <job> <worker> <time>``
 to the record file, sleeps ``config.sleep`` seconds (default ``--sleep``),
 appends ``end ...`` and returns ``{"n": config.n}``. On the worker named by
 ``config.stall_worker`` it first blocks its event loop for ``config.stall``
-seconds; on the one named by ``config.fail_worker`` the job then fails. Lines are written with
+seconds; on the one named by ``config.fail_worker`` the job fails after its sleep. Lines are written with
 one ``write`` on an ``O_APPEND`` descriptor, so several processes can share
 one file and a SIGKILL never leaves half a line. The token comes from
 ``FAULTS_SERVICE_TOKEN`` (or ``--token``) so it does not show in ``ps``.
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             # Block the event loop, as a CPU-bound or blocking call would:
             # the lease is not renewed meanwhile.
             time.sleep(float(job.config["stall"]))
+        await anyio.sleep(float(job.config.get("sleep", args.sleep)))
         if job.config.get("fail_worker") == args.worker:
             _record(fd, "fail", job.oada_id, args.worker)
             raise RuntimeError(f"failed on purpose on worker {args.worker}")
-        await anyio.sleep(float(job.config.get("sleep", args.sleep)))
         _record(fd, "end", job.oada_id, args.worker)
         return {"n": job.config.get("n")}
 

@@ -14,6 +14,7 @@ from oada_jobs.client import OADAClient
 from oada_jobs.testing import embedded_server
 
 from .helpers import (
+    ServiceProcess,
     collect,
     count_lines,
     fleet,
@@ -24,6 +25,7 @@ from .helpers import (
     wait_pending_empty,
     wait_until,
 )
+from .proxy import TCPProxy
 
 LEASE = 1.0
 STALL = 4.0
@@ -60,3 +62,40 @@ async def test_worker_stalled_past_its_lease_does_not_file_twice(tmp_path: Path)
     assert body["status"] == "success", (
         f"A's stale outcome overwrote B's: status {body['status']}, result {body['result']}"
     )
+
+
+@pytest.mark.slow
+async def test_worker_partitioned_past_its_lease_does_not_file_twice(tmp_path: Path) -> None:
+    """The same with a network partition: A finishes its work while it cannot reach
+    the server; B takes the job over; A's outcome, retried once the partition
+    heals, is dropped."""
+    record = tmp_path / "runs.txt"
+    name = service_name()
+    async with (
+        embedded_server(subprocess=True) as server,
+        TCPProxy(server.port).running() as proxy,
+        OADAClient(server.url, server.token) as oada,
+    ):
+        a = ServiceProcess(
+            f"http://127.0.0.1:{proxy.port}", server.token, name, record, "A",
+            lease=LEASE, sweep_interval=0.3,
+        )  # fmt: skip
+        (b,) = fleet(
+            server.url, server.token, name, record, "B", lease=LEASE, sweep_interval=0.3
+        ).values()
+        async with running(a, later=[b]) as tg:
+            config = {"sleep": 1.5, "fail_worker": "A"}
+            keys = await post_jobs(oada, name, 1, config=config)
+            await wait_until(lambda: count_lines(record) >= 1, 30)
+            proxy.partition()
+            await start_again(tg, b)
+            await wait_pending_empty(oada, name, timeout=30)
+            await wait_until(lambda: count_lines(record, "fail") >= 1, 30)
+            proxy.mend()
+            # A reconnects and tries to record its failure: nothing to await.
+            await anyio.sleep(3 * LEASE)
+            outcome = await collect(oada, name, keys)
+    (key,) = keys
+    lists = [status for status in ("success", "failure") if key in getattr(outcome, status)]
+    assert lists == ["success"], f"the job is filed in {lists} (A's stale outcome was filed too)"
+    assert outcome.bodies[key]["status"] == "success", outcome.bodies[key].get("result")
