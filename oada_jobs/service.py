@@ -442,6 +442,14 @@ class Service:
         """Remove the work function for *type*; later jobs of that type fail."""
         self._workers.pop(type, None)
 
+    def cron(
+        self, name: str, schedule: str, *, type: str | None = None, config: Any = None
+    ) -> None:
+        """Post a job of *type* (default *name*) on a cron *schedule*; see docs/periodic-jobs.md."""
+        from .cron import add_entry
+
+        add_entry(self, name, schedule, type=type, config=config)
+
     def worker_for(self, type: str) -> Worker | None:
         """The registered :class:`~oada_jobs.runner.Worker` for *type*, if any."""
         return self._workers.get(type)
@@ -627,6 +635,8 @@ class Service:
                 return
 
     async def _main(self, *, task_status: TaskStatus[None]) -> None:
+        from .cron import run_cron
+
         try:
             async with AsyncExitStack() as stack:
                 if self._given_client is None:
@@ -645,6 +655,7 @@ class Service:
                     async with anyio.create_task_group() as work:
                         self._work = work
                         await work.start(self._follow_config)
+                        cron_scope = await work.start(run_cron, self)
                         self._state = ServiceState.RUNNING
                         logger.info("service %s: running (worker %s)", self.name, self.worker_id)
                         task_status.started()
@@ -653,6 +664,7 @@ class Service:
                         logger.info("service %s: stopping", self.name)
                         if self._config_scope is not None:
                             self._config_scope.cancel()
+                        cron_scope.cancel()
                         for queue in self._queues.values():
                             queue.stop()
                         # Queues end once their running jobs end; past the

@@ -11,7 +11,7 @@ import pytest
 
 from oada_jobs import Job, Json, WorkerContext
 from oada_jobs.client import OADAClient
-from oada_jobs.cron import CronEntry, CronScheduler, add_entry, cron_job_key, entries_of, run_cron
+from oada_jobs.cron import CronEntry, CronScheduler, cron_job_key, entries_of, run_cron
 from oada_jobs.requester import wait_for_outcome
 from oada_jobs.testing import EmbeddedServer
 from oada_jobs.tree import get_layout
@@ -160,25 +160,32 @@ async def test_service_cron_entries_run_as_normal_jobs(
 
     service = make_service(server, name, layout="pending")
     service.on("cleanup", 10, cleanup)
-    add_entry(service, "cleanup", "*/5 * * * *", config={"days": 30})
+    # A yearly schedule: the service's own scheduler (real clock) stays idle
+    # while the test steps a second one through the tick with a fake clock.
+    service.cron("cleanup", "0 0 1 1 *", config={"days": 30})
     with pytest.raises(ValueError, match="already exists"):
-        add_entry(service, "cleanup", "* * * * *")
+        service.cron("cleanup", "* * * * *")
     with pytest.raises(TypeError, match="expected the job config as an object"):
-        add_entry(service, "other", "* * * * *", config=[1])  # type: ignore[arg-type]
+        service.cron("other", "* * * * *", config=[1])
+    with pytest.raises(ValueError, match="invalid cron schedule"):
+        service.cron("other", "99 * * * *")
     assert [e.name for e in entries_of(service)] == ["cleanup"]
-    time = FakeTime(START, limit=1)
-    async with service:
-        with pytest.raises(RuntimeError, match="before the service starts"):
-            add_entry(service, "late", "* * * * *")
-        with anyio.fail_after(20):
+    time = FakeTime(datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC), limit=1)
+    with anyio.fail_after(20):
+        async with service:
+            # Starting the service created the cron state.
+            assert (await oada.get(f"/bookmarks/services/{name}/cron")).status == 200
+            with pytest.raises(RuntimeError, match="before the service starts"):
+                service.cron("late", "* * * * *")
             async with anyio.create_task_group() as group:
                 scope = await group.start(
                     partial(run_cron, service, clock=time.clock, sleep=time.sleep)
                 )
                 await time.done.wait()
                 scope.cancel()
-            key = cron_job_key(name, "cleanup", datetime(2026, 11, 23, 10, 5, tzinfo=UTC))
+            key = cron_job_key(name, "cleanup", datetime(2027, 1, 1, tzinfo=UTC))
             job = await wait_for_outcome(oada, f"resources/{key}", timeout=15)
+    # Leaving the block stopped the service's own scheduler too (no hang).
     assert job.status == "success"
     assert job.result == {"cleaned": True}
     assert seen == [{"days": 30}]

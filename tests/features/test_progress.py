@@ -31,8 +31,8 @@ async def test_progress_is_written_as_updates_and_read_back(
     go_on = anyio.Event()
 
     async def copy(job: Job[Json], ctx: WorkerContext) -> Json:
-        await write_progress(ctx, 0.25)
-        await write_progress(ctx, 0.5, "half of the files copied")
+        await ctx.progress(0.25)
+        await ctx.progress(0.5, "half of the files copied")
         halfway.set()
         await go_on.wait()
         await write_progress(ctx, 1, "all copied")

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from oada_jobs import Job, JobError, JobFailed, Json, WorkerContext, post_job, run_job, testing
 from oada_jobs.client import OADAClient
-from oada_jobs.requester import post_child_job, wait_for_outcome
+from oada_jobs.requester import wait_for_outcome
 from oada_jobs.testing import EmbeddedServer
 from oada_jobs.tree import get_layout
 
@@ -144,7 +144,7 @@ async def test_child_jobs_are_linked_to_their_parent(
     children: list[str] = []
 
     async def parent(job: Job[Json], ctx: WorkerContext) -> Json:
-        children.append(await post_child_job(ctx, name, "echo", {"from": "parent"}))
+        children.append(await ctx.post_job(name, "echo", {"from": "parent"}))
         return {"children": len(children)}
 
     service = make_service(server, name)
