@@ -26,7 +26,7 @@ import anyio
 from pydantic import BaseModel
 
 from .exceptions import JobFailed
-from .job import FINISHED, Job, JobStatus
+from .job import FINISHED, Job, JobStatus, request_cancel
 from .tree import JOBS_TYPE, LayoutName, get_layout, validate_service_name
 from .types import Json, JsonObject
 
@@ -164,6 +164,7 @@ async def run_job(
     timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
     layout: LayoutName = "classic",
     key: str | None = None,
+    cancel_on_timeout: bool = False,
 ) -> Json:
     """Post a job and wait for its outcome: its result, or :class:`JobFailed`.
 
@@ -171,7 +172,8 @@ async def run_job(
     ``result`` (``{name, message, traceback, failType?, details?}``), its
     ``fail_type`` and ``job_id``. *timeout* (seconds) raises
     :class:`TimeoutError` while the job is still pending or running; the job
-    is left as it is (cancel it with :func:`oada_jobs.job.request_cancel`).
+    is left as it is, unless *cancel_on_timeout* asks for it to be cancelled
+    first (:func:`oada_jobs.job.request_cancel`).
 
     >>> try:  # doctest: +SKIP
     ...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
@@ -179,7 +181,13 @@ async def run_job(
     ...     print(error.fail_type, error.result)
     """
     job_id = await post_job(oada, service, type, config, layout=layout, key=key)
-    job = await wait_for_outcome(oada, job_id, timeout=timeout)
+    try:
+        job = await wait_for_outcome(oada, job_id, timeout=timeout)
+    except TimeoutError:
+        if cancel_on_timeout:
+            with anyio.CancelScope(shield=True):
+                await request_cancel(oada, job_id, f"the requester gave up after {timeout} s")
+        raise
     return raise_for_failure(job)
 
 

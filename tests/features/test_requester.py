@@ -79,6 +79,31 @@ async def test_run_job_times_out_when_nobody_runs_the_job(oada: OADAClient, name
     assert [k for k in listing if not k.startswith("_")]
 
 
+async def test_run_job_can_cancel_the_job_it_gave_up_on(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    with pytest.raises(TimeoutError):
+        await run_job(oada, name, "echo", timeout=0.3, cancel_on_timeout=True)
+    listing = (await oada.get(get_layout("classic").pending_path(name))).data
+    (key,) = [k for k in listing if not k.startswith("_")]
+    assert (await oada.get(f"/resources/{key}/status")).data == "cancel-requested"
+    # A service that comes up later files it as cancelled instead of running it.
+    ran: list[str] = []
+
+    async def record(job: Job[Json], ctx: WorkerContext) -> Json:
+        ran.append(job.oada_id)
+        return None
+
+    service = make_service(server, name)
+    service.on("echo", 10, record)
+    async with service:
+        job = await wait_for_outcome(oada, f"resources/{key}", timeout=15)
+    assert job.status == "failure"
+    assert isinstance(job.result, dict)
+    assert job.result["failType"] == "cancelled"
+    assert ran == []
+
+
 async def test_wait_for_outcome_of_a_finished_job_returns_at_once(
     server: EmbeddedServer, oada: OADAClient, name: str
 ) -> None:
