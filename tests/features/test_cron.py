@@ -197,3 +197,39 @@ async def test_run_cron_without_entries_returns_at_once(server: EmbeddedServer, 
         with anyio.fail_after(5):
             scope = await group.start(run_cron, service)
     assert isinstance(scope, anyio.CancelScope)
+
+
+async def test_two_service_replicas_run_each_tick_once(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    runs: list[str] = []
+
+    async def tick(job: Job[Json], ctx: WorkerContext) -> Json:
+        runs.append(job.oada_id)
+        return {"ok": True}
+
+    replicas = [make_service(server, name) for _ in range(2)]
+    for replica in replicas:
+        replica.on("tick", 10, tick)
+        replica.cron("tick", "0 0 1 1 *")
+    # Each replica steps its own fake clock through the same three (yearly) ticks;
+    # the service's real-clock scheduler stays idle.
+    start = datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC)
+    times = [FakeTime(start, limit=3) for _ in replicas]
+    with anyio.fail_after(30):
+        async with replicas[0], replicas[1], anyio.create_task_group() as group:
+            scopes = [
+                await group.start(partial(run_cron, r, clock=t.clock, sleep=t.sleep))
+                for r, t in zip(replicas, times, strict=True)
+            ]
+            for time in times:
+                await time.done.wait()
+            for scope in scopes:
+                scope.cancel()
+            keys = [
+                cron_job_key(name, "tick", datetime(y, 1, 1, tzinfo=UTC))
+                for y in (2027, 2028, 2029)
+            ]
+            jobs = [await wait_for_outcome(oada, f"resources/{k}", timeout=15) for k in keys]
+    assert [j.status for j in jobs] == ["success"] * 3
+    assert sorted(runs) == sorted(f"resources/{k}" for k in keys)
