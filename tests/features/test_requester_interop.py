@@ -1,9 +1,9 @@
 """Interop: the official job requester (``@oada/client/jobs`` 5.3.0) and ours.
 
 A job posted with ``doJob`` from Node is run by a Python Service and Node
-sees its result (and a failure as a rejection); a job the Python requester
-posts is visible to Node exactly as Node's own. Runs a small inline script
-with the packages in ``conformance/node_modules``.
+sees its result, the progress the work function reported, and a failure
+as a rejection; ``run_job`` gets results from the same service side by side.
+Runs a small inline script with the packages in ``conformance/node_modules``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ const out = {};
 const job = await doJob(oada, { service: process.env.SERVICE, type: "echo", config: { n: 7 } });
 out.status = job.status;
 out.result = job.result;
+out.progress = Object.values(job.updates ?? {})
+  .filter((update) => update.status === "progress")
+  .map((update) => update.meta);
 try {
   await doJob(oada, { service: process.env.SERVICE, type: "fail", config: {} });
   out.failure = "resolved";
@@ -50,6 +53,7 @@ process.exit(0);
 
 
 async def echo(job: Job[Json], ctx: WorkerContext) -> Json:
+    await ctx.progress(0.5, "halfway")
     return {"echo": job.config, "by": "python"}
 
 
@@ -86,6 +90,7 @@ async def test_node_requester_sees_the_python_service_results(
     assert seen == {
         "status": "success",
         "result": {"echo": {"n": 7}, "by": "python"},
+        "progress": [{"fraction": 0.5, "message": "halfway"}],
         "failure": "boom",
     }
     assert ours == {"echo": {"n": 8}, "by": "python"}
