@@ -377,35 +377,32 @@ class Runner:
         return await self._execute(job, claim_rev)
 
     async def _claim(self, job: Job[JsonObject]) -> tuple[Lease, int | None] | None:
-        """Conditionally mark the job running for this worker; ``None`` if another won."""
-        for _attempt in range(3):
-            lease = Lease.new(self.service.worker_id, self.service.config.lease)
-            key, update = new_update("started", "Runner started")
-            body = {
-                "status": JobStatus.RUNNING.value,
-                "lease": lease.to_json(),
-                "tries": job.tries + 1,
-                "updates": {key: update},
-            }
-            if job.retry_at is not None:
-                body["retryAt"] = None
-            try:
-                response = await self.oada.put(
-                    self.path, body, content_type=JOBS_TYPE, if_match=job.etag
-                )
-            except PreconditionFailed:
-                # Someone wrote the job since we read it: another worker's claim,
-                # or an unrelated write. Re-read to know which.
-                fresh = await self.read()
-                if not fresh.claimable_by(self.service.worker_id):
-                    self.log.debug("lost the claim to another worker; skipping")
-                    return None
-                job = fresh
-                continue
-            self._etag = response.etag
-            return lease, response.rev
-        self.log.warning("could not claim the job after 3 tries (it keeps changing); skipping")
-        return None
+        """Conditionally mark the job running for this worker; ``None`` if another won.
+
+        A 412 means someone wrote the job since it was read — almost always
+        another replica's claim. The job is skipped without re-reading it (a
+        loser costs two requests, not three); in the rare case of an
+        unrelated write, the queue's next sweep offers the job again.
+        """
+        lease = Lease.new(self.service.worker_id, self.service.config.lease)
+        key, update = new_update("started", "Runner started")
+        body: JsonObject = {
+            "status": JobStatus.RUNNING.value,
+            "lease": lease.to_json(),
+            "tries": job.tries + 1,
+            "updates": {key: update},
+        }
+        if job.retry_at is not None:
+            body["retryAt"] = None
+        try:
+            response = await self.oada.put(
+                self.path, body, content_type=JOBS_TYPE, if_match=job.etag
+            )
+        except PreconditionFailed:
+            self.log.debug("the job changed since it was read (another worker's claim); skipping")
+            return None
+        self._etag = response.etag
+        return lease, response.rev
 
     async def _execute(self, job: Job[JsonObject], claim_rev: int | None) -> JobOutcome | None:
         service = self.service
