@@ -218,6 +218,26 @@ async def test_server_requires_a_valid_token() -> None:
                 assert status == 401, (method, token, status)
         status, _ = await raw_http(server.port, "GET", "/bookmarks", "god")
         assert status == 200
+        # The same over the WebSocket, where every message carries its own token.
+        async with websockets.connect(server.ws_url) as ws:
+            for authorization in ("", "Bearer ", "Bearer wrong", "god", "Basic Z29kOg=="):
+                for method in ("get", "put", "delete", "watch"):
+                    message: dict[str, Any] = {
+                        "requestId": ksuid(),
+                        "method": method,
+                        "path": "/bookmarks/x",
+                        "headers": {
+                            "authorization": authorization,
+                            "content-type": "application/json",
+                        },
+                    }
+                    if method == "put":
+                        message["data"] = {"a": 1}
+                    await ws.send(json.dumps(message))
+                    with anyio.fail_after(5):
+                        reply = json.loads(await ws.recv())
+                    assert reply["requestId"] == message["requestId"]
+                    assert reply["status"] == 401, (method, authorization, reply)
 
 
 async def test_server_keeps_users_apart_and_limits_bodies() -> None:
