@@ -355,6 +355,10 @@ class Service:
         twin.limiter = anyio.CapacityLimiter(self.config.concurrency)
         twin._grace = self.config.shutdown_grace
         twin._workers = dict(self._workers)
+        from .cron import add_entry, entries_of
+
+        for entry in entries_of(self):
+            add_entry(twin, entry.name, entry.schedule, type=entry.type, config=entry.config)
         return twin
 
     @property

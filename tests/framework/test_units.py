@@ -162,3 +162,18 @@ def test_services_share_metrics_in_one_registry_without_collisions() -> None:
         == 1
     )
     b.metrics.job_stopped("x")
+
+
+def test_copy_keeps_cron_entries() -> None:
+    from oada_jobs.cron import entries_of
+
+    service = Service("cron-copy", domain="localhost:1", token="t")
+    service.cron("tick", "*/5 * * * *", type="echo", config={"n": 1})
+    twin = service.copy()
+    [entry] = entries_of(twin)
+    assert (entry.name, entry.schedule, entry.type, entry.config) == (
+        "tick",
+        "*/5 * * * *",
+        "echo",
+        {"n": 1},
+    )
