@@ -264,6 +264,29 @@ async def test_server_keeps_users_apart_and_limits_bodies() -> None:
         assert status == 400, payload
         assert b"nest" in payload.lower() or b"deep" in payload.lower(), payload
         assert (await sam.get("/bookmarks")).data.get("deep") is None
+        # The same limits over the WebSocket.
+        async with websockets.connect(server.ws_url, max_size=None) as ws:
+            deep_data: Any = 1
+            for _ in range(200):
+                deep_data = {"a": deep_data}
+            for path, data, statuses in (
+                ("/bookmarks/deep", deep_data, {400}),
+                ("/bookmarks/big", "x" * 200_000, {413}),
+            ):
+                message = {
+                    "requestId": ksuid(),
+                    "method": "put",
+                    "path": path,
+                    "headers": {"authorization": "Bearer god", "content-type": "application/json"},
+                    "data": data,
+                }
+                await ws.send(json.dumps(message))
+                with anyio.fail_after(5):
+                    reply = json.loads(await ws.recv())
+                assert reply["status"] in statuses, (path, reply.get("status"), reply.get("data"))
+        bookmarks = (await sam.get("/bookmarks")).data
+        assert bookmarks.get("deep") is None
+        assert bookmarks.get("big") is None
 
 
 TRICKS = [
