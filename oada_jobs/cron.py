@@ -34,7 +34,7 @@ from anyio.abc import TaskStatus
 from croniter import CroniterBadCronError, croniter
 from pydantic import BaseModel
 
-from .exceptions import OADAError, PreconditionFailed
+from .exceptions import NotFound, OADAError, PreconditionFailed
 from .job import iso, utc_now
 from .requester import post_job
 from .tree import JOBS_TYPE, LayoutName, get_layout, service_root
@@ -186,7 +186,12 @@ class CronScheduler:
         stamp = iso(tick)
         key = cron_job_key(self.service, entry.name, tick)
         for _attempt in range(10):
-            response = await self.oada.get(self.state_path)
+            try:
+                response = await self.oada.get(self.state_path)
+            except NotFound:
+                # Someone removed the state: make it again and look once more.
+                await self.ensure_state()
+                continue
             data = response.data if isinstance(response.data, Mapping) else {}
             seen = data.get(entry.name)
             last = seen.get("last") if isinstance(seen, Mapping) else None

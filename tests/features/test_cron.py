@@ -107,6 +107,15 @@ async def test_replicas_post_each_tick_exactly_once(server: EmbeddedServer, name
     # A tick already taken is not posted again, by anyone.
     async with OADAClient(server.url, server.token) as three:
         assert await CronScheduler(three, name, entries).post_tick(entries[0], tick) is None
+    # A removed state is made again on the next tick.
+    async with OADAClient(server.url, server.token) as three:
+        await three.delete(f"/bookmarks/services/{name}/cron")
+        later = tick + timedelta(minutes=1)
+        posted_again = await CronScheduler(three, name, entries).post_tick(entries[0], later)
+        assert posted_again == f"resources/{cron_job_key(name, 'a', later)}"
+    # An older tick is not posted after a newer one.
+    async with OADAClient(server.url, server.token) as three:
+        assert await CronScheduler(three, name, entries).post_tick(entries[0], tick) is None
 
 
 async def test_the_loop_posts_on_schedule_with_a_fake_clock(
