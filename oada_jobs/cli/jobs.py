@@ -14,6 +14,7 @@ from rich.table import Table
 from ..client import OADAClient
 from ..exceptions import InvalidJob, NotFound, OADAError, OADAJobsError
 from ..job import Job, parse_time, request_cancel
+from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
 from ..tree import Layout, service_root
 from . import app
@@ -244,7 +245,7 @@ def show_job(
     domain: DomainOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Print a job: its type, config, status, result and updates."""
+    """Print a job: its type, config, status, result, updates and latest progress."""
     settings = settings_from(domain=domain, token=token)
     job_id = job_id_of(job)
 
@@ -255,6 +256,15 @@ def show_job(
             except NotFound:
                 raise CLIError(f"no job {job_id} on {oada.domain}") from None
         print_json(_public(response.data), plain=json)
+        # --json output already carries the updates; people get the gist.
+        progress = latest_progress(response.data) if isinstance(response.data, Mapping) else None
+        if progress is not None and not json:
+            text = f"progress: {progress.fraction:.0%}"
+            if progress.message:
+                text += f" - {progress.message}"
+            if progress.time:
+                text += f" (at {progress.time})"
+            out_console.print(text)
 
     run_command(main)
 

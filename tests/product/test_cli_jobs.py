@@ -73,6 +73,27 @@ async def test_post_then_show_and_list(cli: CLI, oada: OADAClient) -> None:
     assert "pending: 1" in table.stdout
 
 
+async def test_show_prints_the_latest_progress(cli: CLI, oada: OADAClient) -> None:
+    posted = await cli("jobs", "post", "ok", "--json")
+    job_id = posted.json()["id"]
+    updates = {
+        "1": {"status": "progress", "time": "2026-01-01T00:00:00Z", "meta": {"fraction": 0.25}},
+        "2": {
+            "status": "progress",
+            "time": "2026-01-01T00:00:05Z",
+            "meta": {"fraction": 0.5, "message": "half the rows"},
+        },
+    }
+    await oada.put(f"/{job_id}", {"updates": updates})
+
+    shown = await cli("jobs", "show", job_id)
+    assert shown.exit_code == 0, shown
+    assert "progress: 50% - half the rows (at 2026-01-01T00:00:05Z)" in shown.stdout
+    as_json = await cli("jobs", "show", job_id, "--json")
+    assert "progress:" not in as_json.stdout
+    assert as_json.json()["updates"]["2"]["meta"]["fraction"] == 0.5
+
+
 async def test_post_reads_config_from_a_file_and_stdin(cli: CLI, tmp_path: Any) -> None:
     (tmp_path / "config.json").write_text('{"from": "file"}')
     from_file = await cli("jobs", "post", "ok", "--config", "@config.json", "--json")
