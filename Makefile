@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := conformance/node_modules/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check lint typecheck test demo bench clean
+.PHONY: help setup check lint typecheck test demo bench audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ demo: $(STAMP)  ## start the embedded server and an example service, run jobs th
 
 bench: setup  ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python -m bench
+
+# --strict fails when any dependency could not be checked, so an audit that
+# reached no vulnerability source can never pass as clean.
+audit: $(STAMP)  ## audit installed dependencies for known vulnerabilities (needs PyPI's JSON API)
+	$(BIN)/pip-audit --strict --skip-editable --progress-spinner off
 
 clean:  ## remove the virtualenv and Node packages
 	rm -rf $(VENV) conformance/node_modules
