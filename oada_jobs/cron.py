@@ -16,6 +16,11 @@ never makes a second job.
 A tick is posted at most once: ticks missed while no replica ran are not
 caught up, and a replica that dies between recording a tick and posting its
 job loses that tick.
+
+An entry can also be run now, outside its schedule (:func:`post_now`, what
+``oada-jobs cron run`` does): the job gets a key of its own
+(``cron-<service>-<entry>-manual-<ksuid>``) and says it was started by hand,
+so it never takes the place of a tick's job nor stops a tick from posting.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from anyio.abc import TaskStatus
 from croniter import CroniterBadCronError, croniter
 from pydantic import BaseModel
 
+from ._ksuid import ksuid
 from .exceptions import NotFound, OADAError, PreconditionFailed
-from .job import iso, utc_now
+from .job import iso, new_update, utc_now
 from .requester import post_job
 from .tree import JOBS_TYPE, LayoutName, get_layout, service_root
 from .types import JsonObject, Tree
@@ -44,7 +50,18 @@ if TYPE_CHECKING:
     from .client import OADAClient
     from .service import Service
 
-__all__ = ["CronEntry", "CronScheduler", "add_entry", "cron_job_key", "run_cron"]
+__all__ = [
+    "CronEntry",
+    "CronScheduler",
+    "add_entry",
+    "cron_job_key",
+    "entries_of",
+    "entry_named",
+    "manual_job_key",
+    "post_now",
+    "read_state",
+    "run_cron",
+]
 
 logger = logging.getLogger("oada_jobs.cron")
 
@@ -91,6 +108,14 @@ class CronEntry:
         """The first tick strictly after *after* (UTC)."""
         return _utc(croniter(self.schedule, _utc(after)).get_next(datetime))
 
+    def next_ticks(self, after: datetime, count: int) -> list[datetime]:
+        """The first *count* ticks strictly after *after* (UTC)."""
+        ticks: list[datetime] = []
+        for _ in range(count):
+            after = self.next_tick(after)
+            ticks.append(after)
+        return ticks
+
     def is_tick(self, at: datetime) -> bool:
         """Whether *at* (to the minute) is a tick of this schedule."""
         at = _minute(at)
@@ -110,6 +135,15 @@ def _minute(moment: datetime) -> datetime:
 def cron_job_key(service: str, entry: str, tick: datetime) -> str:
     """The fixed job key of one tick: ``cron-<service>-<entry>-<YYYYMMDDTHHMM>Z``."""
     return f"cron-{service}-{entry}-{_minute(tick):%Y%m%dT%H%M}Z"
+
+
+def manual_job_key(service: str, entry: str) -> str:
+    """A new key for a run by hand: ``cron-<service>-<entry>-manual-<ksuid>``.
+
+    A KSUID (27 characters) never looks like a tick's ``YYYYMMDDTHHMMZ``, so a
+    run by hand cannot take a tick's key, and each run by hand is a job of its own.
+    """
+    return f"cron-{service}-{entry}-manual-{ksuid()}"
 
 
 def _state_tree(layout: LayoutName) -> Tree:
@@ -314,6 +348,98 @@ def add_entry(
 def entries_of(service: Service) -> list[CronEntry]:
     """The cron entries registered on *service*."""
     return list(_ENTRIES.get(service, []))
+
+
+def entry_named(service: Service, name: str) -> CronEntry:
+    """The cron entry *name* of *service*, or :class:`LookupError` naming the known ones."""
+    entries = entries_of(service)
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    if not entries:
+        raise LookupError(
+            f"service {service.name} has no cron entries (add them with service.cron)"
+        )
+    known = ", ".join(entry.name for entry in entries)
+    raise LookupError(f"service {service.name} has no cron entry {name!r}; its entries: {known}")
+
+
+async def read_state(oada: OADAClient, service: str) -> dict[str, Any]:
+    """The cron state of *service* by entry name (``{}`` before the first tick).
+
+    Each entry may have ``last``/``job`` (the latest tick posted) and
+    ``manual: {last, job}`` (the latest run by hand).
+    """
+    try:
+        data = (await oada.get(f"{service_root(service)}/cron")).data
+    except NotFound:
+        return {}
+    if not isinstance(data, Mapping):
+        return {}
+    return {key: value for key, value in data.items() if not key.startswith("_")}
+
+
+#: The ``status`` of the first update of a job posted by :func:`post_now`.
+MANUAL_STATUS = "manual"
+
+
+async def post_now(
+    oada: OADAClient,
+    service: str,
+    entry: CronEntry,
+    *,
+    layout: LayoutName = "classic",
+    by: str = "by hand",
+    clock: Clock = utc_now,
+) -> str:
+    """Post *entry*'s job now, outside its schedule, and return its id.
+
+    The job is an ordinary job of the entry's type and config, linked into
+    the pending list like a tick's job. Instead of a tick it carries
+    ``cron: {"entry": <name>, "manual": true, "requested": <time>}`` and a
+    first update ``{"status": "manual", "meta": "<entry> run now <by>, not by a tick"}``,
+    so ``oada-jobs jobs show`` tells the two apart. Its key comes from
+    :func:`manual_job_key`: it never replaces a tick's job, and the cron state
+    the ticks use is only added to (``<entry>.manual: {last, job}``), never
+    marked with a tick, so the next scheduled tick still posts.
+
+    >>> job_id = await post_now(oada, "cleaner", entry, by="by oada-jobs cron run")  # doctest: +SKIP
+    """
+    now = _utc(clock())
+    key = manual_job_key(service, entry.name)
+    update_key, update = new_update(
+        MANUAL_STATUS, f"cron entry {entry.name} run now {by}, not by a tick", at=now
+    )
+    extra = {
+        "cron": {"entry": entry.name, "manual": True, "requested": iso(now)},
+        "updates": {update_key: update},
+    }
+    try:
+        job_id = await post_job(
+            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
+        )
+    except OADAError as error:
+        # The key is fixed for this run, so one more try cannot make a second job.
+        logger.warning(
+            "cron %s/%s: posting %s failed (%s); trying once more", service, entry.name, key, error
+        )
+        job_id = await post_job(
+            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
+        )
+    try:
+        # A merge of a key the ticks do not read: a tick racing with this
+        # write gets a 412 at worst, reads again and posts as usual.
+        await oada.put(
+            f"{service_root(service)}/cron",
+            {entry.name: {"manual": {"last": iso(now), "job": job_id}}},
+            tree=_state_tree(layout),
+        )
+    except OADAError as error:
+        # The job is posted and runs either way; only `oada-jobs cron list` misses it.
+        logger.warning(
+            "cron %s/%s: could not record the run by hand: %s", service, entry.name, error
+        )
+    return job_id
 
 
 async def run_cron(

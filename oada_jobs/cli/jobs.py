@@ -330,24 +330,57 @@ async def _post_and_report(
     async with connect(settings) as oada:
         chosen = await resolve_layout(oada, settings, name)
         job_id = await post_job(oada, name, job_type, config, layout=chosen.name)
-        key = job_id.removeprefix("resources/")
-        finished: Job[Any] | None = None
-        if wait:
-            try:
-                finished = await wait_for_job(oada, job_id, wait_seconds)
-            except TimeoutError:
-                finished = None
+        finished = await wait_if_asked(oada, job_id, wait, wait_seconds)
+    report_posted(
+        job_id,
+        name,
+        f"retry of {retry_of}" if retry_of else f"{job_type!r} job",
+        finished,
+        wait=wait,
+        wait_seconds=wait_seconds,
+        plain=plain,
+        summary={"retryOf": retry_of} if retry_of is not None else None,
+    )
+
+
+async def wait_if_asked(
+    oada: OADAClient, job_id: str, wait: bool, wait_seconds: float
+) -> Job[Any] | None:
+    """With *wait*, the job once finished, or ``None`` if it did not finish in time."""
+    if not wait:
+        return None
+    try:
+        return await wait_for_job(oada, job_id, wait_seconds)
+    except TimeoutError:
+        return None
+
+
+def report_posted(
+    job_id: str,
+    service: str,
+    what: str,
+    finished: Job[Any] | None,
+    *,
+    wait: bool,
+    wait_seconds: float,
+    plain: bool,
+    summary: Mapping[str, Any] | None = None,
+) -> None:
+    """Print a job just posted (*what* it is), and its outcome when waited for.
+
+    ``--json`` prints ``{id, key, service, **summary, status?, result?}``.
+    Raises :class:`CLIError` (exit 1) when the job failed or did not finish
+    within *wait_seconds*.
+    """
+    key = job_id.removeprefix("resources/")
     if plain:
-        summary: dict[str, Any] = {"id": job_id, "key": key, "service": name}
-        if retry_of is not None:
-            summary["retryOf"] = retry_of
+        printed: dict[str, Any] = {"id": job_id, "key": key, "service": service, **(summary or {})}
         if finished is not None:
-            summary["status"] = finished.status
-            summary["result"] = finished.result
-        print_json(summary, plain=True)
+            printed["status"] = finished.status
+            printed["result"] = finished.result
+        print_json(printed, plain=True)
     else:
-        what = f"retry of {retry_of}" if retry_of else f"{job_type!r} job"
-        out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {name}")
+        out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {service}")
         if finished is not None:
             print_json(_public(finished.raw), plain=False)
         else:
@@ -469,4 +502,6 @@ __all__ = [
     "filed_paths",
     "finished_at",
     "jobs_app",
+    "report_posted",
+    "wait_if_asked",
 ]
