@@ -24,7 +24,8 @@
     ├── JobError                     raised by a work function to fail its job with a type
     │   ├── JobCancelled             the job was cancelled by a requester
     │   └── JobFailed                a job a requester waited for failed (requester side)
-    └── Retry                        raised by a work function to ask for another try later
+    ├── Retry                        raised by a work function to ask for another try later
+    └── Reschedule                   raised by a work function to run again later with new state
 
 Tokens are secrets: no exception message or repr in this module ever contains
 one. Use :func:`redact` on any text that might.
@@ -33,7 +34,7 @@ one. Use :func:`redact` on any text that might.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "OADATransportError",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "Reschedule",
     "Retry",
     "ServerError",
     "TooManyRequests",
@@ -334,19 +336,57 @@ def _job_failed(message: str, fail_type: str | None, job_id: str, result: Any) -
     return JobFailed(message, fail_type, job_id=job_id, result=result)
 
 
-class Retry(OADAJobsError):
-    """Raised by a work function to ask for another try after *defer*.
+def _seconds(value: float | timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 0:
+        raise ValueError(f"{what} must be >= 0 seconds, got {seconds}")
+    return seconds
 
-    The try is recorded as failed with *reason*; when the type's try limit is
-    used up, the job is filed as a failure instead.
+
+class Retry(OADAJobsError):
+    """Raised by a work function to ask for another try later.
+
+    The try is recorded as failed with *reason*. The next try comes after
+    *defer* (seconds or a timedelta), or, without it, after the job type's
+    retry delay (``service.on(..., retry_delay=, backoff=, jitter=)``). When
+    the type's try limit is used up, the job is filed as a failure instead.
 
     >>> raise Retry(defer=30, reason="upstream busy")  # doctest: +SKIP
     """
 
-    def __init__(self, defer: float | timedelta = 0, *, reason: str = "retry requested"):
-        seconds = defer.total_seconds() if isinstance(defer, timedelta) else float(defer)
-        if seconds < 0:
-            raise ValueError(f"defer must be >= 0 seconds, got {seconds}")
+    def __init__(
+        self, defer: float | timedelta | None = None, *, reason: str = "retry requested"
+    ) -> None:
         super().__init__(reason)
-        self.defer = seconds
+        self.defer = None if defer is None else _seconds(defer, "defer")
+        self.reason = reason
+
+
+class Reschedule(OADAJobsError):
+    """Raised by a work function to end this run and run the job again later.
+
+    Not a failure: the job goes back to pending with ``state`` set to *state*
+    (JSON; the next run reads it as ``job.state``) and starts again after
+    *defer* (seconds or a timedelta) or at the time *at*, with its try count
+    reset. For long tasks done in steps.
+
+    >>> raise Reschedule(defer=60, state={"page": 7})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        defer: float | timedelta | None = None,
+        *,
+        at: datetime | None = None,
+        state: Any = None,
+        reason: str = "rescheduled",
+    ) -> None:
+        if (defer is None) == (at is None):
+            raise ValueError("expected exactly one of defer= or at=")
+        if at is not None and at.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware time for at=, got {at!r}")
+        super().__init__(reason)
+        self.defer = None if defer is None else _seconds(defer, "defer")
+        self.at = at
+        self.state = state
         self.reason = reason

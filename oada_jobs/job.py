@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic.alias_generators import to_camel
 from typing_extensions import TypeVar
 
 from ._ksuid import ksuid
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigT",
     "Job",
+    "JobOptions",
     "JobStatus",
     "Lease",
     "error_result",
@@ -140,6 +143,55 @@ def _describe(value: object) -> str:
     return _NAMES.get(type(value), f"a {type(value).__name__}")
 
 
+class JobOptions(BaseModel):
+    """A job's ``options`` object: how and when the queue runs it.
+
+    Every field is optional; the job type's defaults (``service.on(...)``)
+    fill in what a job leaves out. Written and read in camelCase::
+
+        {"options": {"notBefore": "2026-11-23T12:00:00Z", "priority": 5,
+                     "uniqueKey": "invoice-42", "group": "field-7", "version": 2}}
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+    #: Not started before this time (timezone-aware).
+    not_before: AwareDatetime | None = None
+    #: Among jobs ready to run, higher runs first (default: the type's, else 0).
+    priority: StrictInt | None = None
+    #: While a job of the same type with this key is pending or running in the
+    #: queue, this one is refused or merged (see docs/scheduling.md).
+    unique_key: str | None = Field(default=None, min_length=1, max_length=500)
+    #: Jobs with the same group run one at a time (or the type's
+    #: ``group_limit`` at a time), in the order they were queued.
+    group: str | None = Field(default=None, min_length=1, max_length=500)
+    #: The job's version; a type may require a minimum (default 1).
+    version: StrictInt | None = Field(default=None, ge=0)
+    #: How many times the job may be started in all (default: the type's ``tries``).
+    tries: StrictInt | None = Field(default=None, ge=1)
+
+    def to_json(self) -> JsonObject:
+        """The ``options`` object as written on the job (only the fields set)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def parse(cls, value: object) -> tuple[JobOptions, list[str]]:
+        """Options from a job's ``options`` value, and what is wrong with it."""
+        if value is None:
+            return cls(), []
+        if not isinstance(value, Mapping):
+            return cls(), [f"'options' must be an object, got {_describe(value)}"]
+        try:
+            return cls.model_validate(value), []
+        except ValidationError as error:
+            return cls(), [
+                f"'options.{'.'.join(str(part) for part in problem['loc'])}': {problem['msg']}"
+                for problem in error.errors(include_url=False)
+            ]
+
+
 @dataclass(frozen=True)
 class Job(Generic[ConfigT]):
     """One job, as read from OADA.
@@ -170,8 +222,13 @@ class Job(Generic[ConfigT]):
     etag: str | None = None
     #: How many times a worker has started the job.
     tries: int = 0
-    #: Not to be run before this time (set when a work function raised ``Retry``).
-    retry_at: datetime | None = None
+    #: Not to be run before this time: set by the framework for retries,
+    #: reschedules and a type's start delay (top-level ``runAt``).
+    run_at: datetime | None = None
+    #: The job's ``options`` (see :class:`JobOptions`).
+    options: JobOptions = field(default_factory=JobOptions)
+    #: What the previous run left for the next one (``raise Reschedule(state=...)``).
+    state: Json = None
     #: The whole resource as read.
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -179,6 +236,12 @@ class Job(Generic[ConfigT]):
     def job_id(self) -> str:
         """Alias of :attr:`oada_id`."""
         return self.oada_id
+
+    @property
+    def due(self) -> datetime | None:
+        """When the job may start: the later of ``options.notBefore`` and ``runAt``."""
+        times = [t for t in (self.options.not_before, self.run_at) if t is not None]
+        return max(times) if times else None
 
     @property
     def finished(self) -> bool:
@@ -196,7 +259,7 @@ class Job(Generic[ConfigT]):
         """Whether *worker* may claim the job: not finished, and no live lease of another."""
         if self.finished:
             return False
-        if self.retry_at is not None and (now or utc_now()) < self.retry_at:
+        if self.due is not None and (now or utc_now()) < self.due:
             return False
         if self.lease is None:
             return True
@@ -241,6 +304,8 @@ class Job(Generic[ConfigT]):
         status = data.get("status")
         if status is not None and not isinstance(status, str):
             problems.append(f"'status' must be a string, got {_describe(status)}")
+        options, option_problems = JobOptions.parse(data.get("options"))
+        problems.extend(option_problems)
         if problems:
             raise InvalidJob(
                 f"{oada_id} is not a job: {'; '.join(problems)}", job_id=oada_id, key=key
@@ -257,7 +322,9 @@ class Job(Generic[ConfigT]):
             lease=Lease.from_json(data.get("lease")),
             etag=etag,
             tries=tries if isinstance(tries := data.get("tries"), int) and tries >= 0 else 0,
-            retry_at=parse_time(data.get("retryAt")),
+            run_at=parse_time(data.get("runAt")),
+            options=options,
+            state=data.get("state"),
             raw=dict(data),
         )
 

@@ -14,18 +14,32 @@ running finish.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .exceptions import Forbidden, OADAError, OADAStatusError, OADATransportError, Unauthorized
-from .runner import Runner
+from .exceptions import (
+    Forbidden,
+    InvalidJob,
+    NotFound,
+    OADAError,
+    OADAStatusError,
+    OADATransportError,
+    PreconditionFailed,
+    Unauthorized,
+)
+from .job import Job, JobStatus, iso, new_update, utc_now
+from .runner import JobOutcome, Runner, read_job
+from .scheduler import Entry, EntryState, Scheduler
 from .tree import JOBS_TYPE, Layout
+from .types import JsonObject
 
 if TYPE_CHECKING:
     from .client import OADAClient
@@ -37,6 +51,10 @@ logger = logging.getLogger("oada_jobs")
 
 #: Key of the queue on the service's own domain and token.
 DEFAULT_QUEUE = "_default"
+#: Most jobs a queue reads at once.
+MAX_READERS = 16
+#: Seconds before a job that could not be read or run is tried again.
+READ_RETRY = 5.0
 
 
 def _describe(value: object) -> str:
@@ -82,7 +100,9 @@ class Queue:
         self._stopping = False
         self._stop_event = anyio.Event()
         self._intake_scope: anyio.CancelScope | None = None
-        self._queued: set[str] = set()
+        #: The queue's pending jobs and what runs next (rebuilt with every list watch).
+        self.scheduler = Scheduler(service.worker_for, worker_id=service.worker_id)
+        self._runners: TaskGroup | None = None
         # Day lists known to exist: linking into them needs no tree PUT.
         self._known_days: set[str] = set()
         # Open (not yet written) link batch and write lock per day list.
@@ -90,9 +110,6 @@ class Queue:
         self._day_locks: dict[str, anyio.Lock] = {}
         #: Whether the queue's list watch is open right now.
         self.watching = False
-        # Times (anyio clock) at which a sweep is wanted before the periodic one.
-        self._early_sweeps: list[float] = []
-        self._sweep_wakeup = anyio.Event()
         self.log = logging.LoggerAdapter(logger, {"service": service.name, "queue": key})
 
     def __repr__(self) -> str:
@@ -157,7 +174,7 @@ class Queue:
             while not self._stopping:
                 try:
                     async with self._client() as oada, anyio.create_task_group() as runners:
-                        self._oada = oada
+                        self._oada, self._runners = oada, runners
                         await self._intake(runners, ready)
                     return
                 except OADAError as error:
@@ -172,7 +189,7 @@ class Queue:
                 delay = min(delay * 2, config.retry_max)
         finally:
             ready()
-            self._oada = None
+            self._oada = self._runners = None
 
     async def _intake(self, runners: TaskGroup, ready: _Once) -> None:
         """Watch, sweep and dispatch until stopped; errors are retried here so
@@ -211,20 +228,33 @@ class Queue:
         oada = self.oada
         await oada.ensure(self.pending_path, {}, tree=self.layout.tree)
         response = await oada.get(self.pending_path)
-        bound = max(1, self.service.config.concurrency)
-        send, receive = anyio.create_memory_object_stream[tuple[str, str]](bound)
-        self._queued.clear()
+        service = self.service
+        # Fresh on every (re)start of the watch: the list is read whole again.
+        self.scheduler = Scheduler(
+            service.worker_for,
+            worker_id=service.worker_id,
+            keep_bodies=service.config.keep_jobs,
+        )
+        send, receive = anyio.create_memory_object_stream[Entry](math.inf)
+        self._read_send = send
         async with send, receive, oada.watch(self.pending_path, rev=response.rev) as changes:
             self.log.info("queue %r: watching %s on %s", self.key, self.pending_path, self.domain)
             self._set_watching(True)
             ready()
             async with anyio.create_task_group() as intake:
-                intake.start_soon(self._dispatch, receive, runners)
-                intake.start_soon(self._sweep, send)
-                await self._offer(response.data, send)
+                for _ in range(max(1, min(service.config.concurrency, MAX_READERS))):
+                    intake.start_soon(self._reader, receive.clone())
+                intake.start_soon(self._timers, send.clone())
+                intake.start_soon(self._dispatch, runners)
+                intake.start_soon(self._sweep, send.clone())
+                self._offer(response.data, send)
                 async for change in changes:
-                    if change.type == "merge" and change.path in ("", "/") and change.body:
-                        await self._offer(change.body, send)
+                    if change.path not in ("", "/") or not change.body:
+                        continue
+                    if change.type == "delete":
+                        self._forget(change.body)
+                    else:
+                        self._offer(change.body, send)
                 intake.cancel_scope.cancel()
 
     def _set_watching(self, value: bool) -> None:
@@ -232,8 +262,20 @@ class Queue:
             self.watching = value
             self.service._queues_changed()
 
-    async def _offer(self, listing: object, send: MemoryObjectSendStream[tuple[str, str]]) -> None:
-        """Queue every job link in *listing* (a list body or a change body)."""
+    def _offer(
+        self,
+        listing: object,
+        send: MemoryObjectSendStream[Entry],
+        *,
+        known_before: int | None = None,
+    ) -> None:
+        """Take in every job link in *listing* (the list, or a change to it).
+
+        New jobs are read; a known job that is waiting is read again (touching
+        its link is how a released or cancelled job is noticed at once). With
+        *known_before* (*listing* is the whole list, read when the scheduler
+        had seen that many jobs), jobs seen by then but missing are forgotten.
+        """
         if not isinstance(listing, Mapping):
             self.log.warning(
                 "queue %r: expected the job list to be an object, got %s",
@@ -241,7 +283,12 @@ class Queue:
                 _describe(listing),
             )
             return
-        for key, value in listing.items():
+        scheduler = self.scheduler
+        seen: set[str] = set()
+        # Sorted: on a (re)start the keys' order is the best record of the
+        # order jobs were queued in (KSUID keys sort by creation time).
+        for key in sorted(listing):
+            value = listing[key]
             if key.startswith("_"):
                 continue
             job_id = value.get("_id") if isinstance(value, Mapping) else None
@@ -254,52 +301,143 @@ class Queue:
                     _describe(value) if not isinstance(value, Mapping) else f"keys {sorted(value)}",
                 )
                 continue
-            if job_id in self._queued or self.service.in_flight(self.domain, job_id):
-                continue
-            self._queued.add(job_id)
-            await send.send((key, job_id))
+            seen.add(job_id)
+            entry = scheduler.get(job_id)
+            if entry is None:
+                entry = scheduler.add(key, job_id)
+                assert entry is not None
+                send.send_nowait(entry)
+            elif entry.state is EntryState.WAITING:
+                scheduler.reread(entry)
+                send.send_nowait(entry)
+        if known_before is not None:
+            for entry in scheduler.entries():
+                if (
+                    entry.seq <= known_before
+                    and entry.job_id not in seen
+                    and entry.state is not EntryState.RUNNING
+                ):
+                    self._left(entry)
 
-    async def _sweep(self, send: MemoryObjectSendStream[tuple[str, str]]) -> None:
-        """Re-read the list now and then: jobs given back or left by a dead worker."""
-        while True:
-            interval = self.service.config.sweep_interval
-            next_at = anyio.current_time() + interval
-            while anyio.current_time() < next_at:
-                if self._early_sweeps:
-                    next_at = min(next_at, min(self._early_sweeps))
-                self._sweep_wakeup = anyio.Event()
-                with anyio.move_on_after(max(0.0, next_at - anyio.current_time())):
-                    await self._sweep_wakeup.wait()
-            now = anyio.current_time()
-            self._early_sweeps = [at for at in self._early_sweeps if at > now]
+    def _forget(self, body: Mapping[str, Any]) -> None:
+        """Keys deleted from the list: those jobs are gone (filed, or removed)."""
+        for key, value in body.items():
+            if value is None and not key.startswith("_"):
+                entry = self.scheduler.by_key(key)
+                if entry is not None and entry.state is not EntryState.RUNNING:
+                    self._left(entry)
+
+    def _left(self, entry: Entry) -> None:
+        merged = self.scheduler.remove(entry)
+        if merged:
+            # Filed elsewhere (another replica, or by hand): read how it ended.
+            self._start(self._settle_merged, entry.job_id, merged, None)
+
+    def _start(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run *func* beside the jobs (it finishes even when intake stops)."""
+        assert self._runners is not None
+        self._runners.start_soon(func, *args)
+
+    async def _reader(self, receive: MemoryObjectReceiveStream[Entry]) -> None:
+        """Read jobs handed in by the list, the sweep and the timers."""
+        async with receive:
+            async for entry in receive:
+                if self.scheduler.get(entry.job_id) is not entry:
+                    continue  # left the list meanwhile
+                try:
+                    job = await self._read(entry)
+                except (InvalidJob, NotFound, Forbidden) as problem:
+                    self.scheduler.read(entry, None, problem)
+                except OADAError as error:
+                    self.log.warning(
+                        "queue %r: could not read job %s: %s; trying again later",
+                        self.key,
+                        entry.job_id,
+                        error,
+                    )
+                    self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+                else:
+                    self.scheduler.read(entry, job, None)
+
+    async def _read(self, entry: Entry) -> Job[JsonObject]:
+        """Read a job for the scheduler; write a type's start delay the first time."""
+        for _attempt in range(3):
+            job = await read_job(
+                self.oada,
+                entry.job_id,
+                key=entry.key,
+                wait=self.service.config.invalid_job_wait,
+            )
+            worker = self.service.worker_for(job.type)
+            if (
+                worker is None
+                or not worker.start_delay
+                or job.tries
+                or job.run_at is not None
+                or job.options.not_before is not None
+                or job.status not in (None, JobStatus.PENDING.value)
+            ):
+                return job
+            # Written on the job, so a restart keeps the delay.
+            run_at = utc_now() + timedelta(seconds=worker.start_delay)
+            key, update = new_update("delayed", f"start delay of {worker.start_delay:g} s")
+            body = {"runAt": iso(run_at), "updates": {key: update}}
             try:
-                response = await self.oada.get(self.pending_path)
-            except OADAError as error:
-                self.log.warning("queue %r: sweep failed: %s", self.key, error)
-                continue
-            await self._offer(response.data, send)
+                await self.oada.put(
+                    f"/{entry.job_id}", body, content_type=JOBS_TYPE, if_match=job.etag
+                )
+            except PreconditionFailed:
+                continue  # changed meanwhile (another replica did it): look again
+            return replace(job, run_at=run_at, etag=None)
+        raise OADATransportError(f"job {entry.job_id} kept changing while being read")
 
-    def sweep_at(self, delay: float) -> None:
-        """Re-read the list *delay* seconds from now (e.g. for a job's retry)."""
-        self._early_sweeps.append(anyio.current_time() + delay)
-        self._sweep_wakeup.set()
+    async def _timers(self, send: MemoryObjectSendStream[Entry]) -> None:
+        """Hand jobs whose time came back to the readers."""
+        async with send:
+            while True:
+                changed = self.scheduler.changed
+                for entry in self.scheduler.due():
+                    self.scheduler.reread(entry)
+                    send.send_nowait(entry)
+                at = self.scheduler.next_timer()
+                with anyio.move_on_after(math.inf if at is None else at - anyio.current_time()):
+                    await changed.wait()
 
-    async def _dispatch(
-        self, receive: MemoryObjectReceiveStream[tuple[str, str]], runners: TaskGroup
-    ) -> None:
-        limiter = self.service.limiter
-        async for key, job_id in receive:
-            self._queued.discard(job_id)
+    async def _sweep(self, send: MemoryObjectSendStream[Entry]) -> None:
+        """Re-read the list now and then, in case a change to it was missed."""
+        async with send:
+            while True:
+                await anyio.sleep(self.service.config.sweep_interval)
+                known_before = self.scheduler.last_seq
+                try:
+                    response = await self.oada.get(self.pending_path)
+                except OADAError as error:
+                    self.log.warning("queue %r: sweep failed: %s", self.key, error)
+                    continue
+                self._offer(response.data, send, known_before=known_before)
+
+    async def _dispatch(self, runners: TaskGroup) -> None:
+        """Start the best ready job whenever a slot is free."""
+        service = self.service
+        limiter = service.limiter
+        while True:
             borrower = object()
             await limiter.acquire_on_behalf_of(borrower)
-            if not self.service.claim_in_flight(self.domain, job_id):
-                limiter.release_on_behalf_of(borrower)
-                continue
-            runners.start_soon(self._run_job, key, job_id, borrower)
+            while True:
+                changed = self.scheduler.changed
+                entry = self.scheduler.pop()
+                if entry is None:
+                    await changed.wait()
+                    continue
+                if service.claim_in_flight(self.domain, entry.job_id):
+                    break
+                # Another queue of this service runs it right now.
+                self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+            runners.start_soon(self._run_job, entry, borrower)
 
-    async def _run_job(self, key: str, job_id: str, borrower: object) -> None:
+    async def _run_job(self, entry: Entry, borrower: object | None) -> None:
         limiter = self.service.limiter
-        released = False
+        released = borrower is None
 
         def release_slot() -> None:
             # Called once the job's outcome is written: filing it (two more
@@ -309,18 +447,63 @@ class Queue:
                 released = True
                 limiter.release_on_behalf_of(borrower)
 
+        runner = Runner(self, entry, release_slot=release_slot)
+        job, entry.job = entry.job, None
+        later: datetime | None = None
         try:
-            await Runner(self, key, job_id, release_slot=release_slot).run()
+            later = await runner.run(job)
         except OADAError as error:
-            # The job stays in the list; the sweep will try it again.
             self.log.error(
-                "queue %r: job %s (%s) could not be processed: %s", self.key, key, job_id, error
+                "queue %r: job %s (%s) could not be processed: %s; trying again later",
+                self.key,
+                entry.key,
+                entry.job_id,
+                error,
             )
+            later = utc_now() + timedelta(seconds=READ_RETRY)
         except Exception:
-            self.log.exception("queue %r: job %s (%s) failed unexpectedly", self.key, key, job_id)
+            self.log.exception(
+                "queue %r: job %s (%s) failed unexpectedly", self.key, entry.key, entry.job_id
+            )
+            later = utc_now() + timedelta(seconds=READ_RETRY)
         finally:
-            self.service.release_in_flight(self.domain, job_id)
+            self.service.release_in_flight(self.domain, entry.job_id)
             release_slot()
+            if later is not None:
+                self.scheduler.wait(entry, later)
+            else:
+                merged = self.scheduler.remove(entry)
+                if merged:
+                    self._start(self._settle_merged, entry.job_id, merged, runner.outcome)
+
+    async def _settle_merged(
+        self, holder_id: str, merged: list[Entry], outcome: JobOutcome | None
+    ) -> None:
+        """File the jobs merged into *holder_id* with its outcome."""
+        if outcome is None:
+            try:
+                holder = Job.from_resource(
+                    (await self.oada.get(f"/{holder_id}")).data, oada_id=holder_id
+                )
+            except (OADAError, InvalidJob) as error:
+                self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
+                holder = None
+            if holder is None or not holder.finished:
+                # It left the list without an outcome: decide them again.
+                self.scheduler.unpark(merged)
+                for entry in merged:
+                    self._read_send.send_nowait(entry)
+                return
+            assert holder.status is not None
+            fail_type = holder.result.get("failType") if isinstance(holder.result, dict) else None
+            outcome = JobOutcome(
+                holder.status, holder.result, fail_type if isinstance(fail_type, str) else None
+            )
+        for entry in merged:
+            if self.scheduler.get(entry.job_id) is entry:
+                entry.merged_into = (holder_id, outcome)
+                entry.state = EntryState.RUNNING
+                self._start(self._run_job, entry, None)
 
     # ------------------------------------------------------------- filing
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -42,17 +44,20 @@ from .exceptions import (
     OADAError,
     OADATransportError,
     PreconditionFailed,
+    Reschedule,
     Retry,
     ServerError,
     TooManyRequests,
 )
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
+from .scheduler import LEASE_MARGIN, UniquePolicy
 from .tree import JOB_TYPE, JOBS_TYPE, LayoutName
 from .types import Json, JsonObject, WorkFunction
 
 if TYPE_CHECKING:
     from .client import OADAClient
     from .queue import Queue
+    from .scheduler import Entry
 
 __all__ = ["JobLogAdapter", "JobLogger", "JobOutcome", "Runner", "Worker", "WorkerContext"]
 
@@ -71,6 +76,12 @@ INVALID_CONFIG_FAIL_TYPE = "invalid-config"
 INVALID_JOB_FAIL_TYPE = "invalid-job"
 #: Fail type of jobs whose function asked to retry once too often.
 RETRY_LIMIT_FAIL_TYPE = "retry-limit"
+#: Fail type of jobs older than their type's ``min_version``.
+UNSUPPORTED_VERSION_FAIL_TYPE = "unsupported-version"
+#: Fail type of jobs refused because their unique key was taken.
+DUPLICATE_FAIL_TYPE = "duplicate"
+#: Fail type of jobs whose result did not validate against the declared model.
+INVALID_RESULT_FAIL_TYPE = "invalid-result"
 #: Seconds a job runs before the runner starts watching it for cancellation
 #: (short jobs then cost no watch).
 CANCEL_WATCH_AFTER = 1.0
@@ -78,7 +89,7 @@ CANCEL_WATCH_AFTER = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Worker:
-    """A registered work function for one job type."""
+    """A registered work function for one job type, with the type's job defaults."""
 
     #: The job type it handles.
     job_type: str
@@ -88,8 +99,39 @@ class Worker:
     timeout: float | None
     #: The pydantic model the job's ``config`` is validated into, if any.
     config_model: type[BaseModel] | None = None
-    #: How many times a job may be started when its function raises ``Retry``.
+    #: How many times a job may be started in all (``options.tries`` overrides).
     tries: int = 3
+    #: Seconds before the second try when the function gives no ``Retry(defer=)``;
+    #: each later try waits *backoff* times longer, up to *max_retry_delay*.
+    retry_delay: float = 5.0
+    backoff: float = 2.0
+    max_retry_delay: float = 3600.0
+    #: Wait a random 50-100 % of the computed delay, so retries spread out.
+    jitter: bool = True
+    #: Exceptions that count as a failed try (retried while tries remain)
+    #: instead of failing the job; ``TimeoutError`` covers the timeout.
+    retry_on: tuple[type[BaseException], ...] = ()
+    #: Seconds a job waits after the service first sees it.
+    start_delay: float = 0.0
+    #: Priority of jobs that set none.
+    priority: int = 0
+    #: What happens to a job whose ``uniqueKey`` is already pending or running.
+    unique: UniquePolicy = "refuse"
+    #: How many jobs of one group may run at once.
+    group_limit: int = 1
+    #: Jobs with a lower ``options.version`` (default 1) fail as ``unsupported-version``.
+    min_version: int | None = None
+    #: The pydantic model the function's return value is validated into, if any.
+    result_model: type[BaseModel] | None = None
+
+    def retry_delay_for(self, tried: int) -> float:
+        """Seconds to wait after the *tried*-th failed try (1 for the first)."""
+        delay = min(self.max_retry_delay, self.retry_delay * self.backoff ** max(0, tried - 1))
+        return delay * random.uniform(0.5, 1.0) if self.jitter else delay
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether *error* from the work function counts as a failed try."""
+        return isinstance(error, self.retry_on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +146,12 @@ class JobOutcome:
     fail_type: str | None = None
     #: Human-readable text for the finishing update.
     meta: str = "Runner finished"
-    #: Set when the job should run again after this many seconds instead
-    #: of being filed (the work function raised ``Retry``).
-    retry_after: float | None = None
+    #: Set when the job goes back to pending instead of being filed (the
+    #: work function raised ``Retry`` or ``Reschedule``): when it runs next.
+    run_at: datetime | None = None
+    #: For a reschedule: the job's new ``state``.
+    rescheduled: bool = False
+    state: Json = None
 
 
 class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -245,28 +290,61 @@ def _lease_taken(value: object, worker: str) -> bool:
     return lease is not None and lease.worker != worker
 
 
+async def read_job(oada: OADAClient, job_id: str, *, key: str, wait: float) -> Job[JsonObject]:
+    """Read a job of a list; a resource that is not a job yet is read once more.
+
+    A job posted with a tree PUT is first an empty resource linked into the
+    list and only then filled in, so the first read may see ``{}``. The
+    second read waits (up to *wait* seconds) for the resource to change.
+    Raises :class:`~oada_jobs.InvalidJob` if it is still not a job then.
+    """
+
+    async def get() -> tuple[Job[JsonObject] | InvalidJob, int | None]:
+        response = await oada.get(f"/{job_id}")
+        try:
+            job = Job.from_resource(response.data, oada_id=job_id, key=key, etag=response.etag)
+        except InvalidJob as error:
+            return error, response.rev
+        return job, response.rev
+
+    first, rev = await get()
+    if isinstance(first, Job):
+        return first
+    with anyio.move_on_after(wait):
+        async with oada.watch(f"/{job_id}", rev=rev) as changes:
+            async for _change in changes:
+                break
+    second, _ = await get()
+    if isinstance(second, Job):
+        return second
+    raise second
+
+
 class Runner:
     """Runs one job from a :class:`~oada_jobs.queue.Queue`."""
 
     def __init__(
         self,
         queue: Queue,
-        key: str,
-        job_id: str,
+        entry: Entry,
         *,
         release_slot: Callable[[], None] = lambda: None,
     ) -> None:
         #: Frees the job's concurrency slot (idempotent); called once the
         #: outcome is written, before filing.
         self.release_slot = release_slot
+        #: The scheduler's view of the job (what it decided about it).
+        self.entry = entry
+        #: The outcome written to the job, once it is filed here.
+        self.outcome: JobOutcome | None = None
         # ETag of this worker's latest write to the job while it holds it:
         # writes conditional on it fail (412) if anyone else wrote since.
         self._etag: str | None = None
         self.queue = queue
         self.service = queue.service
         self.oada = queue.oada
-        self.key = key
-        self.job_id = job_id
+        self.key = key = entry.key
+        self.job_id = job_id = entry.job_id
         self.path = f"/{job_id}"
         self.log = JobLogAdapter(
             logger,
@@ -282,37 +360,11 @@ class Runner:
 
     # ----------------------------------------------------------------- reading
 
-    async def _get(self) -> tuple[Job[JsonObject] | InvalidJob, int | None]:
-        response = await self.oada.get(self.path)
-        try:
-            return (
-                Job.from_resource(
-                    response.data, oada_id=self.job_id, key=self.key, etag=response.etag
-                ),
-                response.rev,
-            )
-        except InvalidJob as error:
-            return error, response.rev
-
     async def read(self) -> Job[JsonObject]:
-        """Read the job; a resource that is not a job yet is read once more.
-
-        A job posted with a tree PUT is first an empty resource linked into the
-        list and only then filled in, so the first read may see ``{}``. The
-        second read waits (up to the service's ``invalid_job_wait``) for the
-        resource to change.
-        """
-        first, rev = await self._get()
-        if isinstance(first, Job):
-            return first
-        with anyio.move_on_after(self.service.config.invalid_job_wait):
-            async with self.oada.watch(self.path, rev=rev) as changes:
-                async for _change in changes:
-                    break
-        second, _ = await self._get()
-        if isinstance(second, Job):
-            return second
-        raise second
+        """Read the job (see :func:`read_job`)."""
+        return await read_job(
+            self.oada, self.job_id, key=self.key, wait=self.service.config.invalid_job_wait
+        )
 
     def _bind(self, job: Job[Any]) -> None:
         assert self.log.extra is not None
@@ -322,67 +374,118 @@ class Runner:
 
     # ----------------------------------------------------------------- the run
 
-    async def run(self) -> JobOutcome | None:
-        """Process the job; returns its outcome, or ``None`` when it was skipped."""
-        try:
-            job = await self.read()
-        except InvalidJob as error:
-            self.log.error("%s", error)
-            outcome = JobOutcome(
-                JobStatus.FAILURE.value,
-                {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
-                meta=str(error),
-            )
-            await self._write_and_file(outcome, None, etag=None)
-            return outcome
-        except (NotFound, Forbidden) as error:
-            # Older OADA servers answer 403 for a resource that does not
-            # exist; either way this queue can never run the job.
-            self.log.error(
-                "list entry %r links to %s, which does not exist or this queue's token may "
-                "not read (%s); moving the link to the failure list",
-                self.key,
-                self.job_id,
-                error.status,
-            )
-            moment = utc_now()
-            await self._shielded(lambda: self._file(JobStatus.FAILURE.value, None, moment))
-            return None
-        self._bind(job)
+    async def run(self, job: Job[Any] | None = None) -> datetime | None:
+        """Process the job (*job*: as the queue read it, else read here).
 
-        if job.finished:
-            self.log.info("job is already %s; filing it", job.status)
-            assert job.status is not None
-            status, moment = job.status, self._finish_time(job)
-            await self._shielded(lambda: self._file(status, None, moment))
-            return None
+        Returns when the queue should look at the job again (it is still
+        pending: a retry, a reschedule, not due yet, or running elsewhere),
+        or ``None`` when it is done here (filed, or gone from the list).
+        """
+        merged_into = self.entry.merged_into
+        problem = self.entry.problem
+        for _attempt in range(3):
+            try:
+                if problem is not None:
+                    raise problem
+                if job is None:
+                    job = await self.read()
+            except InvalidJob as error:
+                self.log.error("%s", error)
+                outcome = JobOutcome(
+                    JobStatus.FAILURE.value,
+                    {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
+                    INVALID_JOB_FAIL_TYPE,
+                    meta=str(error),
+                )
+                await self._write_and_file(outcome, None, etag=None)
+                return None
+            except (NotFound, Forbidden) as error:
+                # Older OADA servers answer 403 for a resource that does not
+                # exist; either way this queue can never run the job.
+                self.log.error(
+                    "list entry %r links to %s, which does not exist or this queue's token may "
+                    "not read (%s); moving the link to the failure list",
+                    self.key,
+                    self.job_id,
+                    error.status,
+                )
+                await self._shielded(partial(self._file, JobStatus.FAILURE.value, None, utc_now()))
+                return None
+            self._bind(job)
+            if job.finished:
+                self.log.info("job is already %s; filing it", job.status)
+                assert job.status is not None
+                await self._shielded(partial(self._file, job.status, None, self._finish_time(job)))
+                return None
+            verdict = self._verdict(job, merged_into)
+            if isinstance(verdict, JobOutcome):
+                # Filed without running, conditionally on the ETag read, so
+                # that of several replicas only one does.
+                await self._write_and_file(verdict, job, etag=job.etag)
+                return None
+            if verdict is not None:
+                return verdict
+            claimed = await self._claim(job)
+            if claimed is not None:
+                return await self._execute(job, claimed)
+            # Someone wrote the job since it was read: look again.
+            job = None
+        return utc_now() + timedelta(seconds=1)
 
-        worker_id = self.service.worker_id
-        if job.retry_at is not None and job.retry_at > utc_now():
-            self.log.debug("job is not due before %s; skipping", iso(job.retry_at))
-            return None
-        if not job.claimable_by(worker_id):
-            self.log.debug("job is held by worker %s; skipping", job.lease and job.lease.worker)
-            return None
+    def _verdict(
+        self, job: Job[Any], merged_into: tuple[str, JobOutcome] | None
+    ) -> JobOutcome | datetime | None:
+        """What to do with a pending job before claiming it: an outcome to file
+        it with, a time to look again, or ``None`` to run it now."""
+        worker = self.service.worker_for(job.type)
+        if merged_into is not None:
+            holder, outcome = merged_into
+            self.log.info("merged into %s (same unique key); taking its outcome", holder)
+            return replace(outcome, meta=f"merged into {holder}: {outcome.meta}")
         if job.status == JobStatus.CANCEL_REQUESTED.value:
-            # Cancelled before it ran: file it, conditionally so that of
-            # several replicas only one does.
-            outcome = self._cancelled("the job was cancelled before it ran")
-            await self._write_and_file(outcome, job, etag=job.etag)
-            return outcome
-        claimed = await self._claim(job)
-        if claimed is None:
-            return None
-        _lease, claim_rev = claimed
-        return await self._execute(job, claim_rev)
+            return self._cancelled("the job was cancelled before it ran")
+        if self.entry.duplicate_of is not None:
+            message = (
+                f"refused: job {self.entry.duplicate_of} with the same unique key "
+                f"{job.options.unique_key!r} is pending or running"
+            )
+            self.log.warning("%s", message)
+            error = JobError(
+                message,
+                DUPLICATE_FAIL_TYPE,
+                details={"duplicateOf": self.entry.duplicate_of},
+            )
+            return JobOutcome(
+                JobStatus.FAILURE.value, error_result(error), error.fail_type, message
+            )
+        if worker is not None and worker.min_version is not None:
+            version = job.options.version or 1
+            if version < worker.min_version:
+                message = (
+                    f"job version {version} is older than the {worker.min_version} "
+                    f"that job type {job.type!r} accepts"
+                )
+                self.log.error("%s", message)
+                error = JobError(message, UNSUPPORTED_VERSION_FAIL_TYPE)
+                return JobOutcome(
+                    JobStatus.FAILURE.value, error_result(error), error.fail_type, message
+                )
+        due = job.due
+        if due is not None and due > utc_now():
+            self.log.debug("job is not due before %s", iso(due))
+            return due
+        lease = job.lease
+        if lease is not None and lease.worker != self.service.worker_id and not lease.expired():
+            self.log.debug("job is held by worker %s", lease.worker)
+            return lease.expires + timedelta(seconds=LEASE_MARGIN)
+        return None
 
-    async def _claim(self, job: Job[JsonObject]) -> tuple[Lease, int | None] | None:
-        """Conditionally mark the job running for this worker; ``None`` if another won.
+    async def _claim(self, job: Job[JsonObject]) -> int | None:
+        """Conditionally mark the job running for this worker.
 
-        A 412 means someone wrote the job since it was read — almost always
-        another replica's claim. The job is skipped without re-reading it (a
-        loser costs two requests, not three); in the rare case of an
-        unrelated write, the queue's next sweep offers the job again.
+        Returns the claim's rev, or ``None`` on 412: someone wrote the job
+        since it was read (another replica's claim, a requester's cancel, a
+        progress update), and the caller reads it again.
         """
         lease = Lease.new(self.service.worker_id, self.service.config.lease)
         key, update = new_update("started", "Runner started")
@@ -392,19 +495,19 @@ class Runner:
             "tries": job.tries + 1,
             "updates": {key: update},
         }
-        if job.retry_at is not None:
-            body["retryAt"] = None
+        if job.run_at is not None:
+            body["runAt"] = None
         try:
             response = await self.oada.put(
                 self.path, body, content_type=JOBS_TYPE, if_match=job.etag
             )
         except PreconditionFailed:
-            self.log.debug("the job changed since it was read (another worker's claim); skipping")
+            self.log.debug("the job changed since it was read; reading it again")
             return None
         self._etag = response.etag
-        return lease, response.rev
+        return response.rev if response.rev is not None else 0
 
-    async def _execute(self, job: Job[JsonObject], claim_rev: int | None) -> JobOutcome | None:
+    async def _execute(self, job: Job[JsonObject], claim_rev: int) -> datetime | None:
         service = self.service
         worker = service.worker_for(job.type)
         metrics = service.metrics
@@ -432,26 +535,35 @@ class Runner:
             metrics.job_stopped(job.type)
         if outcome is None:
             return None
-        if outcome.retry_after is not None:
-            await self._shielded(lambda: self._give_back(outcome))
-            return outcome
+        if outcome.run_at is not None:
+            given_back = await self._shielded(lambda: self._give_back(outcome))
+            # Not given back (another worker owns it, or the write failed):
+            # the queue looks at it again shortly.
+            return outcome.run_at if given_back else utc_now() + timedelta(seconds=1)
         duration = anyio.current_time() - started
         await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
-        return outcome
+        return None
 
-    async def _give_back(self, outcome: JobOutcome) -> None:
-        """Leave the job pending until its retry time; the queue picks it up then."""
-        assert outcome.retry_after is not None
-        retry_at = utc_now() + timedelta(seconds=outcome.retry_after)
-        key, update = new_update("retry", outcome.meta)
+    async def _give_back(self, outcome: JobOutcome) -> bool:
+        """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule)."""
+        assert outcome.run_at is not None
+        key, update = new_update("rescheduled" if outcome.rescheduled else "retry", outcome.meta)
         body: JsonObject = {
             "status": JobStatus.PENDING.value,
             "lease": None,
-            "retryAt": iso(retry_at),
+            "runAt": iso(outcome.run_at),
             "updates": {key: update},
         }
-        if await self._owned_put(body):
-            self.queue.sweep_at(outcome.retry_after)
+        if outcome.rescheduled:
+            # A new step, not a failed try: it gets the type's tries afresh.
+            # A PUT merges objects, so the old state is cleared first for the
+            # new one to replace it rather than merge into it.
+            if not await self._owned_put({"state": None}):
+                return False
+            body.update(state=outcome.state, tries=0)
+        else:
+            body["lastError"] = outcome.meta
+        return await self._owned_put(body)
 
     async def _call(
         self,
@@ -532,12 +644,20 @@ class Runner:
                 helpers.start_soon(self._renew_lease, on_lost)
                 try:
                     value = await worker.work(work_job, ctx)
-                    outcome = JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
+                    outcome = self._success(worker, value)
                 except Retry as error:
                     if not (timed_out or cancelled or lost):
-                        outcome = self._retry(error, worker, job)
-                except Exception as error:
+                        outcome = self._retry(error, error.reason, error.defer, worker, job)
+                except Reschedule as error:
                     if not (timed_out or cancelled or lost):
+                        outcome = self._reschedule(error)
+                except Exception as error:
+                    if timed_out or cancelled or lost:
+                        pass
+                    elif worker.retries(error):
+                        reason = f"{type(error).__name__}: {error}"
+                        outcome = self._retry(error, reason, None, worker, job)
+                    else:
                         outcome = self._failure(error)
                 helpers.cancel_scope.cancel()
         if lost:
@@ -549,8 +669,10 @@ class Runner:
             return self._cancelled("the job was cancelled while it ran")
         if timed_out:
             message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
-            self.log.error("%s", message)
             timeout_error = JobError(message, TIMEOUT_FAIL_TYPE)
+            if worker.retries(TimeoutError()):
+                return self._retry(timeout_error, message, None, worker, job)
+            self.log.error("%s", message)
             return JobOutcome(
                 JobStatus.FAILURE.value, error_result(timeout_error), TIMEOUT_FAIL_TYPE, message
             )
@@ -562,25 +684,66 @@ class Runner:
         error = JobCancelled(message)
         return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
 
-    def _retry(self, error: Retry, worker: Worker, job: Job[Any]) -> JobOutcome:
+    def _success(self, worker: Worker, value: object) -> JobOutcome:
+        model = worker.result_model
+        if model is not None and not isinstance(value, model):
+            try:
+                value = model.model_validate(value)
+            except ValidationError as error:
+                message = (
+                    f"the result does not match {model.__name__}: {error.error_count()} error(s)"
+                )
+                self.log.error("%s", message)
+                result = {
+                    "name": "ValidationError",
+                    "message": message,
+                    "errors": json.loads(error.json(include_url=False)),
+                    "failType": INVALID_RESULT_FAIL_TYPE,
+                }
+                return JobOutcome(
+                    JobStatus.FAILURE.value, result, INVALID_RESULT_FAIL_TYPE, message
+                )
+        return JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
+
+    def _retry(
+        self,
+        error: BaseException,
+        reason: str,
+        defer: float | None,
+        worker: Worker,
+        job: Job[Any],
+    ) -> JobOutcome:
+        """Another try later, or a failure when the job used up its tries."""
         tried = job.tries + 1
-        if tried >= worker.tries:
-            message = f"asked to retry ({error.reason}) but the job already ran {tried} time(s)"
+        allowed = job.options.tries or worker.tries
+        if tried >= allowed:
+            message = f"{reason} (try {tried} of {allowed}, no tries left)"
             self.log.error("%s", message)
-            return JobOutcome(
-                JobStatus.FAILURE.value,
-                {**error_result(error), "message": message, "failType": RETRY_LIMIT_FAIL_TYPE},
-                RETRY_LIMIT_FAIL_TYPE,
-                message,
-            )
-        self.log.info(
-            "retry %d of %d in %g s: %s", tried, worker.tries - 1, error.defer, error.reason
-        )
+            result = error_result(error)
+            result.update(message=message, tries=tried)
+            fail_type = result.get("failType")
+            if isinstance(error, Retry):
+                fail_type = result["failType"] = RETRY_LIMIT_FAIL_TYPE
+            return JobOutcome(JobStatus.FAILURE.value, result, fail_type, message)
+        delay = worker.retry_delay_for(tried) if defer is None else defer
+        self.log.info("try %d of %d failed (%s); next in %.3g s", tried, allowed, reason, delay)
         return JobOutcome(
             JobStatus.PENDING.value,
             None,
-            meta=f"retry in {error.defer:g} s: {error.reason}",
-            retry_after=error.defer,
+            meta=f"try {tried} of {allowed} failed: {reason}; next try in {delay:.3g} s",
+            run_at=utc_now() + timedelta(seconds=delay),
+        )
+
+    def _reschedule(self, request: Reschedule) -> JobOutcome:
+        run_at = request.at or utc_now() + timedelta(seconds=request.defer or 0)
+        self.log.info("rescheduled for %s: %s", iso(run_at), request.reason)
+        return JobOutcome(
+            JobStatus.PENDING.value,
+            None,
+            meta=f"{request.reason}; next run at {iso(run_at)}",
+            run_at=run_at,
+            rescheduled=True,
+            state=_json_result(request.state),
         )
 
     def _failure(self, error: Exception) -> JobOutcome:

@@ -33,6 +33,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, get_type_hints, overload
 
@@ -49,6 +50,7 @@ from .metrics import ServiceMetrics
 from .queue import DEFAULT_QUEUE, Queue, _Once
 from .reporters import FinishReport, Reporter
 from .runner import Worker
+from .scheduler import UniquePolicy
 from .tree import Layout, LayoutName, get_layout, validate_service_name
 from .types import Json, WorkFunction
 
@@ -97,6 +99,9 @@ class ServiceConfig(BaseModel):
     invalid_job_wait: float = Field(default=2.0, ge=0)
     #: Seconds allowed for recording a job's outcome.
     finish_timeout: PositiveFloat = 30.0
+    #: Pending jobs a queue keeps in memory as read; in a larger backlog the
+    #: rest are read again just before they run (bounds memory).
+    keep_jobs: PositiveInt = 1000
     #: Serve Prometheus ``/metrics`` on this port (0 = any free port).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: Address the metrics server binds to.
@@ -184,6 +189,13 @@ def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
     return None
 
 
+def _delay(value: Timeout, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds >= 0:
+        raise ValueError(f"expected {what} >= 0 seconds, got {value!r}")
+    return seconds
+
+
 def _single_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
@@ -221,6 +233,7 @@ class Service:
         retry_max: Timeout = 60.0,
         invalid_job_wait: Timeout = 2.0,
         finish_timeout: Timeout = 30.0,
+        keep_jobs: int = 1000,
         metrics_port: int | None = None,
         metrics_addr: str = "0.0.0.0",
         metrics_registry: CollectorRegistry | None = None,
@@ -249,6 +262,7 @@ class Service:
             retry_max=retry_max,
             invalid_job_wait=invalid_job_wait,
             finish_timeout=finish_timeout,
+            keep_jobs=keep_jobs,
             metrics_port=metrics_port,
             metrics_addr=metrics_addr,
             reporters=reporters,
@@ -285,6 +299,7 @@ class Service:
         retry_max: Timeout | None = None,
         invalid_job_wait: Timeout | None = None,
         finish_timeout: Timeout | None = None,
+        keep_jobs: int | None = None,
         metrics_port: int | None = None,
         metrics_addr: str | None = None,
         metrics_registry: CollectorRegistry | None = None,
@@ -317,6 +332,7 @@ class Service:
             "retry_max": secs(retry_max),
             "invalid_job_wait": secs(invalid_job_wait),
             "finish_timeout": secs(finish_timeout),
+            "keep_jobs": keep_jobs,
             "metrics_port": metrics_port,
             "metrics_addr": metrics_addr,
         }
@@ -386,7 +402,18 @@ class Service:
         timeout: Timeout | None = None,
         *,
         config: type[BaseModel] | None = None,
+        result: type[BaseModel] | None = None,
         tries: int = 3,
+        retry_delay: Timeout = 5.0,
+        backoff: float = 2.0,
+        max_retry_delay: Timeout = 3600.0,
+        jitter: bool = True,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        start_delay: Timeout = 0.0,
+        priority: int = 0,
+        unique: UniquePolicy = "refuse",
+        group_limit: int = 1,
+        min_version: int | None = None,
     ) -> Callable[[W], W]: ...
 
     @overload
@@ -397,7 +424,18 @@ class Service:
         work: W,
         *,
         config: type[BaseModel] | None = None,
+        result: type[BaseModel] | None = None,
         tries: int = 3,
+        retry_delay: Timeout = 5.0,
+        backoff: float = 2.0,
+        max_retry_delay: Timeout = 3600.0,
+        jitter: bool = True,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        start_delay: Timeout = 0.0,
+        priority: int = 0,
+        unique: UniquePolicy = "refuse",
+        group_limit: int = 1,
+        min_version: int | None = None,
     ) -> W: ...
 
     def on(
@@ -407,7 +445,18 @@ class Service:
         work: W | None = None,
         *,
         config: type[BaseModel] | None = None,
+        result: type[BaseModel] | None = None,
         tries: int = 3,
+        retry_delay: Timeout = 5.0,
+        backoff: float = 2.0,
+        max_retry_delay: Timeout = 3600.0,
+        jitter: bool = True,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        start_delay: Timeout = 0.0,
+        priority: int = 0,
+        unique: UniquePolicy = "refuse",
+        group_limit: int = 1,
+        min_version: int | None = None,
     ) -> W | Callable[[W], W]:
         """Register *work* for jobs of *type*; usable as a decorator.
 
@@ -417,8 +466,27 @@ class Service:
         :param config: a pydantic model to validate the job's ``config`` into;
             by default taken from an annotation ``job: Job[Model]``. A config
             that does not validate fails the job with the validation errors.
-        :param tries: how many times a job may be started in all when the
-            function raises :class:`~oada_jobs.Retry`; after that it fails.
+        :param result: a pydantic model the function's return value must
+            match; a result that does not fails the job (``invalid-result``).
+        :param tries: how many times a job may be started in all (a job's
+            ``options.tries`` overrides it). A try fails when the function
+            raises :class:`~oada_jobs.Retry` or one of *retry_on*; after the
+            last one the job fails.
+        :param retry_delay: wait before the second try when ``Retry`` gives
+            no ``defer``; each later try waits *backoff* times longer, at most
+            *max_retry_delay*; with *jitter* a random 50-100 % of that.
+        :param retry_on: exception classes that count as a failed try
+            (``TimeoutError`` covers the timeout); other exceptions fail the job.
+        :param start_delay: seconds a job waits after the service first sees it.
+        :param priority: priority of jobs that set none (higher runs first).
+        :param unique: a job whose ``options.uniqueKey`` is already pending or
+            running in the queue is ``"refuse"``d (fails as ``duplicate``),
+            ``"merge"``d (ends with the other's outcome) or ``"allow"``ed.
+        :param group_limit: jobs of one ``options.group`` running at once.
+        :param min_version: jobs with a lower ``options.version`` (default 1)
+            fail as ``unsupported-version``.
+
+        See docs/scheduling.md.
 
         >>> @service.on("email", timeout=10)  # doctest: +SKIP
         ... async def send(job: Job, ctx: WorkerContext) -> Json: ...
@@ -428,16 +496,48 @@ class Service:
         seconds = _seconds(timeout, "timeout")
         if not isinstance(tries, int) or tries < 1:
             raise ValueError(f"expected tries >= 1, got {tries!r}")
-        if config is not None and not (
-            isinstance(config, builtins.type) and issubclass(config, BaseModel)
+        if not backoff >= 1:
+            raise ValueError(f"expected backoff >= 1, got {backoff!r}")
+        if not isinstance(group_limit, int) or group_limit < 1:
+            raise ValueError(f"expected group_limit >= 1, got {group_limit!r}")
+        if unique not in ("refuse", "merge", "allow"):
+            raise ValueError(f"expected unique to be 'refuse', 'merge' or 'allow', got {unique!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"expected an integer priority, got {priority!r}")
+        if min_version is not None and (not isinstance(min_version, int) or min_version < 0):
+            raise ValueError(f"expected min_version >= 0, got {min_version!r}")
+        retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        if not all(
+            isinstance(cls, builtins.type) and issubclass(cls, BaseException)
+            for cls in retry_classes
         ):
-            raise ValueError(f"expected config to be a pydantic model class, got {config!r}")
+            raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
+        for name, model in (("config", config), ("result", result)):
+            if model is not None and not (
+                isinstance(model, builtins.type) and issubclass(model, BaseModel)
+            ):
+                raise ValueError(f"expected {name} to be a pydantic model class, got {model!r}")
+        make_worker = partial(
+            Worker,
+            tries=tries,
+            retry_delay=_delay(retry_delay, "retry_delay"),
+            backoff=float(backoff),
+            max_retry_delay=_delay(max_retry_delay, "max_retry_delay"),
+            jitter=bool(jitter),
+            retry_on=retry_classes,
+            start_delay=_delay(start_delay, "start_delay"),
+            priority=priority,
+            unique=unique,
+            group_limit=group_limit,
+            min_version=min_version,
+            result_model=result,
+        )
 
         def register(fn: W) -> W:
             if not callable(fn):
                 raise ValueError(f"expected an async work function, got {fn!r}")
             model = config or _config_model_of(fn)
-            self._workers[type] = Worker(type, fn, seconds, model, tries)
+            self._workers[type] = make_worker(type, fn, seconds, model)
             return fn
 
         return register if work is None else register(work)

@@ -350,7 +350,7 @@ async def test_at_most_concurrency_jobs_run_at_once(
     assert peak == 3
 
 
-async def test_a_backlog_is_read_only_as_slots_free_up(
+async def test_a_backlog_is_read_once_and_kept_in_memory_only_up_to_keep_jobs(
     make_service: Callable[..., Service], oada: OADAClient, domain: str, name: str
 ) -> None:
     counting = CountingTransport()
@@ -358,7 +358,7 @@ async def test_a_backlog_is_read_only_as_slots_free_up(
     running = 0
     two_running = anyio.Event()
     async with OADAClient(domain, "god", connection="http", transport=counting) as counted:
-        service = make_service(oada=counted, concurrency=2)
+        service = make_service(oada=counted, concurrency=2, keep_jobs=5)
 
         @service.on("hold", 10)
         async def hold(job: Job, ctx: WorkerContext) -> Json:
@@ -371,18 +371,25 @@ async def test_a_backlog_is_read_only_as_slots_free_up(
 
         ids = [await post_job(oada, name, "hold", {}) for _ in range(30)]
         async with service:
+            scheduler = service.queues["_default"].scheduler
             with anyio.fail_after(10):
                 await two_running.wait()
-            job_reads = [
-                path
-                for method, path in counting.requests
-                if method == "GET" and path.startswith("/resources/")
-            ]
-            # Only the two jobs holding the two slots have been read.
-            assert len(job_reads) == 2
+                # Every job is read once (its options decide when it runs) ...
+                while scheduler.counts()["ready"] < 28:
+                    await scheduler.changed.wait()
+            # ... but only keep_jobs of the waiting ones stay in memory.
+            assert scheduler.held_jobs <= 5
             release.set()
             for job_id in ids:
                 assert (await wait_for_job(oada, job_id, 10)).status == "success"
+        job_reads = [
+            path
+            for method, path in counting.requests
+            if method == "GET" and path.startswith("/resources/")
+        ]
+        # The rest are read again just before they run.
+        assert set(job_reads) == {f"/{job_id}" for job_id in ids}
+        assert len(job_reads) <= 30 + 25
 
 
 async def test_a_job_already_finished_is_only_filed(
@@ -501,7 +508,8 @@ async def test_retry_runs_a_job_again_later_up_to_its_tries(
     assert failed.status == "failure"
     assert isinstance(failed.result, dict)
     assert failed.result["failType"] == "retry-limit"
-    assert "already ran 3 time(s)" in failed.result["message"]
+    assert failed.result["message"] == "upstream busy (try 3 of 3, no tries left)"
+    assert failed.result["tries"] == 3
     with pytest.raises(ValueError, match="expected tries >= 1"):
         service.on("x", 1, flaky, tries=0)
 

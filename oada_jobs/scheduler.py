@@ -1,0 +1,389 @@
+"""Which pending job of a queue runs next: the in-memory side of scheduling.
+
+A :class:`~oada_jobs.queue.Queue` reads every job linked into its pending
+list once and hands it here. The scheduler keeps a small :class:`Entry` per
+job and decides:
+
+- **when** it may start: a job whose ``options.notBefore`` or ``runAt`` lies
+  ahead waits on a timer, holding no concurrency slot; so does a job running
+  on another worker (until its lease would expire). When a timer fires, the
+  queue reads the job again (it may have changed meanwhile) and hands it back;
+- **in what order**: among ready jobs, higher ``priority`` first, then the
+  order the jobs were queued;
+- **unique keys**: of jobs with the same type and ``uniqueKey``, the first
+  one queued holds the key until it leaves the list; later ones are refused or
+  merged into it (the type's ``unique`` policy);
+- **groups**: of jobs naming the same ``group``, only the first
+  ``group_limit`` (by queue order) may run; the next one moves up when one
+  leaves the list.
+
+Everything here is synchronous and holds no I/O; what the jobs say lives in
+OADA, so a restarted service rebuilds the same state by reading its list.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from .job import Job, JobStatus, utc_now
+
+if TYPE_CHECKING:
+    from .runner import JobOutcome, Worker
+
+__all__ = ["Entry", "EntryState", "Scheduler", "UniquePolicy"]
+
+#: What happens to a job whose unique key is already held in the queue.
+UniquePolicy = Literal["refuse", "merge", "allow"]
+
+#: Priority of jobs that only need to be filed (bad, finished, cancelled,
+#: refused): they go before all others, since they take no time.
+URGENT = math.inf
+
+#: Seconds past a foreign lease's expiry before the job is read again.
+LEASE_MARGIN = 0.5
+
+
+class EntryState(Enum):
+    """Where a job stands in the scheduler."""
+
+    #: Being read (or waiting to be read) by the queue.
+    READING = "reading"
+    #: Read, waiting for the jobs queued before it to be read.
+    SETTLING = "settling"
+    #: Waiting on a timer (``notBefore``/``runAt``, or a lease held elsewhere);
+    #: the job is read again when it fires.
+    WAITING = "waiting"
+    #: May run once a slot is free (and its group lets it).
+    READY = "ready"
+    #: Handed to a runner here.
+    RUNNING = "running"
+    #: Merged into the job holding its unique key; filed when that one ends.
+    PARKED = "parked"
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One job of the pending list as the scheduler sees it."""
+
+    #: Its key in the pending list.
+    key: str
+    #: The job resource id.
+    job_id: str
+    #: Queue order: the order the queue first saw the job.
+    seq: int
+    state: EntryState = EntryState.READING
+    #: The job as read, while kept in memory (``None``: read it again before running).
+    job: Job[Any] | None = None
+    #: Why the job cannot run (a bad job, a missing resource): it is only filed.
+    problem: BaseException | None = None
+    priority: float = 0
+    #: The job's group and how many of that group may run at once.
+    group: str | None = None
+    group_limit: int = 1
+    #: ``(type, uniqueKey)`` while this job holds (or wants) a unique key.
+    unique: tuple[str, str] | None = None
+    #: Set when refused: the job holding its unique key.
+    duplicate_of: str | None = None
+    #: Jobs merged into this one (filed with its outcome).
+    merged: list[Entry] = field(default_factory=list)
+    #: For a merged job whose holder finished: the holder and its outcome.
+    merged_into: tuple[str, JobOutcome] | None = None
+    #: anyio clock time its timer fires (while ``WAITING``).
+    wake_at: float | None = None
+    #: Whether the queue has read it at least once.
+    settled_once: bool = False
+
+    @property
+    def urgent(self) -> bool:
+        """Only needs filing (no work function runs)."""
+        return self.priority == URGENT
+
+
+def clock_at(moment: datetime) -> float:
+    """The anyio clock time of a wall-clock *moment*."""
+    return anyio.current_time() + (moment - utc_now()).total_seconds()
+
+
+class Scheduler:
+    """The pending jobs of one queue and the order they run in.
+
+    *policy_for* gives the registered :class:`~oada_jobs.runner.Worker` of a
+    job type (its defaults: priority, group limit, unique policy), or
+    ``None``. *keep_bodies* bounds how many read jobs are kept in memory;
+    past it a job is read again just before it runs.
+    """
+
+    def __init__(
+        self,
+        policy_for: Callable[[str], Worker | None],
+        *,
+        worker_id: str,
+        keep_bodies: int = 1000,
+    ) -> None:
+        self._policy_for = policy_for
+        self._worker_id = worker_id
+        self._keep_bodies = keep_bodies
+        self._seq = 0
+        self._by_id: dict[str, Entry] = {}
+        self._by_key: dict[str, Entry] = {}
+        # First reads, settled strictly in queue order (a group's or unique
+        # key's order must not depend on which read came back first).
+        self._unsettled: list[tuple[int, Entry]] = []
+        # Heaps; an entry may be pushed again, so stale copies are skipped
+        # on pop and a push counter breaks ties.
+        self._ready: list[tuple[float, int, int, Entry]] = []
+        self._timers: list[tuple[float, int, Entry]] = []
+        self._pushes = itertools.count()
+        self._groups: dict[str, list[Entry]] = {}
+        self._holders: dict[tuple[str, str], Entry] = {}
+        self._bodies = 0
+        #: Set whenever a job became ready or a timer was added; waiters renew it.
+        self.changed = anyio.Event()
+
+    # ------------------------------------------------------------ reading
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._by_id
+
+    @property
+    def last_seq(self) -> int:
+        """How many jobs the scheduler has been handed so far."""
+        return self._seq
+
+    @property
+    def held_jobs(self) -> int:
+        """How many read jobs are kept in memory."""
+        return self._bodies
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, job_id: str) -> Entry | None:
+        return self._by_id.get(job_id)
+
+    def by_key(self, key: str) -> Entry | None:
+        return self._by_key.get(key)
+
+    def add(self, key: str, job_id: str) -> Entry | None:
+        """A job seen in the list for the first time; ``None`` if already known."""
+        if job_id in self._by_id:
+            return None
+        self._seq += 1
+        entry = Entry(key, job_id, self._seq)
+        self._by_id[job_id] = entry
+        self._by_key[key] = entry
+        heapq.heappush(self._unsettled, (entry.seq, entry))
+        return entry
+
+    def reread(self, entry: Entry) -> None:
+        """The queue is reading *entry* again (its timer fired, or its link was touched)."""
+        self._drop_body(entry)
+        entry.state = EntryState.READING
+        entry.wake_at = None
+
+    def read(self, entry: Entry, job: Job[Any] | None, problem: BaseException | None) -> None:
+        """The queue read *entry*: its job, or the *problem* that makes it unrunnable."""
+        if self._by_id.get(entry.job_id) is not entry:
+            return  # left the list while being read
+        entry.problem = problem
+        self._set_body(entry, job)
+        if entry.settled_once:
+            self._settle(entry)
+            return
+        entry.state = EntryState.SETTLING
+        while self._unsettled:
+            _, first = self._unsettled[0]
+            if self._by_id.get(first.job_id) is not first:
+                heapq.heappop(self._unsettled)
+                continue
+            if first.state is EntryState.READING:
+                break
+            heapq.heappop(self._unsettled)
+            first.settled_once = True
+            self._settle(first)
+
+    # ------------------------------------------------------------ deciding
+
+    def _settle(self, entry: Entry) -> None:
+        job = entry.job
+        if entry.problem is not None or job is None:
+            self._make_ready(entry, URGENT)
+            return
+        policy = self._policy_for(job.type)
+        if job.finished or job.status == JobStatus.CANCEL_REQUESTED.value:
+            self._make_ready(entry, URGENT)
+            return
+        minimum = policy.min_version if policy is not None else None
+        if minimum is not None and (job.options.version or 1) < minimum:
+            self._make_ready(entry, URGENT)
+            return
+        self._place(entry, job, policy)
+
+    def _place(self, entry: Entry, job: Job[Any], policy: Worker | None) -> None:
+        options = job.options
+        # Unique key: the first job queued holds it while in the list.
+        if entry.unique is None and options.unique_key is not None:
+            mode = policy.unique if policy is not None else "refuse"
+            if mode != "allow":
+                wanted = (job.type, options.unique_key)
+                holder = self._holders.get(wanted)
+                if holder is None:
+                    self._holders[wanted] = entry
+                    entry.unique = wanted
+                elif holder is not entry:
+                    if mode == "merge":
+                        self._drop_body(entry)
+                        entry.state = EntryState.PARKED
+                        holder.merged.append(entry)
+                    else:
+                        entry.duplicate_of = holder.job_id
+                        self._make_ready(entry, URGENT)
+                    return
+        # Group: joins once, keeping its place through retries and re-reads.
+        if options.group is not None and entry.group is None:
+            entry.group = options.group
+            entry.group_limit = policy.group_limit if policy is not None else 1
+            members = self._groups.setdefault(options.group, [])
+            members.append(entry)
+            members.sort(key=lambda member: member.seq)
+        lease = job.lease
+        if lease is not None and lease.worker != self._worker_id and not lease.expired():
+            # Running elsewhere: look again when its lease would run out.
+            self._wait(entry, clock_at(lease.expires) + LEASE_MARGIN)
+            return
+        due = job.due
+        if due is not None and due > utc_now():
+            self._wait(entry, clock_at(due))
+            return
+        priority = options.priority
+        if priority is None:
+            priority = policy.priority if policy is not None else 0
+        self._make_ready(entry, priority)
+
+    def _make_ready(self, entry: Entry, priority: float) -> None:
+        entry.state = EntryState.READY
+        entry.priority = priority
+        if self._bodies > self._keep_bodies:
+            self._drop_body(entry)
+        if self._may_start(entry):
+            self._push_ready(entry)
+
+    def _push_ready(self, entry: Entry) -> None:
+        heapq.heappush(self._ready, (-entry.priority, entry.seq, next(self._pushes), entry))
+        self._notify()
+
+    def _may_start(self, entry: Entry) -> bool:
+        if entry.urgent or entry.group is None:
+            return True
+        members = self._groups.get(entry.group, [])
+        return entry in members[: entry.group_limit]
+
+    def _wait(self, entry: Entry, at: float) -> None:
+        self._drop_body(entry)
+        entry.state = EntryState.WAITING
+        entry.wake_at = at
+        heapq.heappush(self._timers, (at, next(self._pushes), entry))
+        self._notify()
+
+    def wait(self, entry: Entry, until: datetime | float) -> None:
+        """Put *entry* back on a timer (a retry, a reschedule, a skipped claim)."""
+        if self._by_id.get(entry.job_id) is entry:
+            self._wait(entry, clock_at(until) if isinstance(until, datetime) else until)
+
+    # ------------------------------------------------------------ running
+
+    def pop(self) -> Entry | None:
+        """The ready job to run next, marked running; ``None`` if none may start."""
+        while self._ready:
+            *_, entry = heapq.heappop(self._ready)
+            if entry.state is EntryState.READY and self._by_id.get(entry.job_id) is entry:
+                entry.state = EntryState.RUNNING
+                return entry
+        return None
+
+    def due(self) -> list[Entry]:
+        """Waiting jobs whose timer fired; they are to be read again."""
+        now = anyio.current_time()
+        fired = []
+        while self._timers and self._timers[0][0] <= now:
+            at, _, entry = heapq.heappop(self._timers)
+            if entry.state is EntryState.WAITING and entry.wake_at == at:
+                fired.append(entry)
+        return fired
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer fires (anyio clock), if any."""
+        while self._timers:
+            at, _, entry = self._timers[0]
+            if entry.state is EntryState.WAITING and entry.wake_at == at:
+                return at
+            heapq.heappop(self._timers)
+        return None
+
+    def remove(self, entry: Entry) -> list[Entry]:
+        """*entry* left the list (filed, or deleted); returns the jobs merged into it."""
+        if self._by_id.get(entry.job_id) is not entry:
+            return []
+        del self._by_id[entry.job_id]
+        if self._by_key.get(entry.key) is entry:
+            del self._by_key[entry.key]
+        self._drop_body(entry)
+        entry.state = EntryState.READING  # any heap copies are stale now
+        if entry.unique is not None and self._holders.get(entry.unique) is entry:
+            del self._holders[entry.unique]
+        if entry.group is not None:
+            members = self._groups.get(entry.group, [])
+            if entry in members:
+                members.remove(entry)
+            if not members:
+                self._groups.pop(entry.group, None)
+            for member in members[: entry.group_limit]:
+                if member.state is EntryState.READY:
+                    self._push_ready(member)
+        merged, entry.merged = entry.merged, []
+        return merged
+
+    def unpark(self, entries: list[Entry]) -> None:
+        """Merged jobs whose holder left without an outcome: to be decided again."""
+        for entry in entries:
+            if self._by_id.get(entry.job_id) is entry:
+                self.reread(entry)
+
+    # ------------------------------------------------------------ bodies
+
+    def _set_body(self, entry: Entry, job: Job[Any] | None) -> None:
+        # Kept at least until the job is placed; trimmed then if too many are held.
+        self._drop_body(entry)
+        if job is not None:
+            entry.job = job
+            self._bodies += 1
+
+    def _drop_body(self, entry: Entry) -> None:
+        if entry.job is not None:
+            entry.job = None
+            self._bodies -= 1
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    # ------------------------------------------------------------ introspection
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (for metrics and ``repr``)."""
+        totals = {state.value: 0 for state in EntryState}
+        for entry in self._by_id.values():
+            totals[entry.state.value] += 1
+        return totals
