@@ -25,6 +25,7 @@ so it never takes the place of a tick's job nor stops a tick from posting.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import weakref
@@ -360,8 +361,12 @@ def entry_named(service: Service, name: str) -> CronEntry:
         raise LookupError(
             f"service {service.name} has no cron entries (add them with service.cron)"
         )
-    known = ", ".join(entry.name for entry in entries)
-    raise LookupError(f"service {service.name} has no cron entry {name!r}; its entries: {known}")
+    names = [entry.name for entry in entries]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise LookupError(
+        f"service {service.name} has no cron entry {name!r}; its entries: {', '.join(names)}{hint}"
+    )
 
 
 async def read_state(oada: OADAClient, service: str) -> dict[str, Any]:

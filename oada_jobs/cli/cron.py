@@ -23,7 +23,6 @@ from ._common import (
     DomainOption,
     ExitCode,
     JsonOption,
-    LayoutOption,
     TokenOption,
     command,
     connect,
@@ -48,6 +47,15 @@ TargetArgument = Annotated[
     typer.Argument(
         metavar="MODULE:SERVICE",
         help="Where your Service is, e.g. myapp.jobs:service (as for oada-jobs run).",
+    ),
+]
+LayoutOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layout",
+        help="Job-list layout: classic or pending (default: what the service's code chose). "
+        "\\[env: OADA_JOBS_LAYOUT]",
+        show_default=False,
     ),
 ]
 AppDirOption = Annotated[

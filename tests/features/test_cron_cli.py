@@ -289,9 +289,13 @@ async def test_unknown_entry_lists_the_known_ones_and_posts_nothing(
 ) -> None:
     result = await code("run", code.target(), "cleanpu")
     assert result.exit_code == 2, result
-    assert f"service {name} has no cron entry 'cleanpu'; its entries: cleanup, nightly" in (
-        result.stderr.replace("\n", " ")
+    assert (
+        f"service {name} has no cron entry 'cleanpu'; its entries: cleanup, nightly (did you mean 'cleanup'?)"
+        in (result.stderr.replace("\n", " "))
     )
+    far = await code("run", code.target(), "zzz")
+    assert far.exit_code == 2, far
+    assert far.stderr.strip().endswith("its entries: cleanup, nightly")
     bare = await code("run", code.target("bare"), "cleanup")
     assert bare.exit_code == 2, bare
     assert f"service {name} has no cron entries" in bare.stderr
