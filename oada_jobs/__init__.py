@@ -31,7 +31,7 @@ from .exceptions import (
     UnprocessableEntity,
     WatchLost,
 )
-from .job import Job, JobStatus
+from .job import Job, JobOptions, JobStatus
 from .metrics import ServiceMetrics
 from .queue import Queue
 from .reporters import FinishReport, Reporter, SlackReporter
@@ -55,6 +55,7 @@ __all__ = [
     "JobError",
     "JobFailed",
     "JobLogger",
+    "JobOptions",
     "JobStatus",
     "Json",
     "JsonObject",

@@ -305,7 +305,10 @@ class Job(Generic[ConfigT]):
         if status is not None and not isinstance(status, str):
             problems.append(f"'status' must be a string, got {_describe(status)}")
         options, option_problems = JobOptions.parse(data.get("options"))
-        problems.extend(option_problems)
+        if status not in FINISHED:
+            # Options only matter while the job has yet to run; a finished
+            # job with bad ones (failed for them) is still readable.
+            problems.extend(option_problems)
         if problems:
             raise InvalidJob(
                 f"{oada_id} is not a job: {'; '.join(problems)}", job_id=oada_id, key=key

@@ -20,19 +20,21 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 from pydantic import BaseModel
 
 from .exceptions import JobFailed
-from .job import FINISHED, Job, JobStatus, request_cancel
+from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
 from .tree import JOBS_TYPE, LayoutName, get_layout, validate_service_name
 from .types import Json, JsonObject
 
 if TYPE_CHECKING:
     from .client import OADAClient
     from .runner import WorkerContext
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 __all__ = [
     "PROGRESS_STATUS",
@@ -66,6 +68,15 @@ def _config_json(config: Mapping[str, Any] | BaseModel | None) -> JsonObject:
     return dict(config)
 
 
+def _options_json(options: JobOptions | Mapping[str, Any]) -> JsonObject:
+    if isinstance(options, JobOptions):
+        return options.to_json()
+    parsed, problems = JobOptions.parse(options)
+    if problems:
+        raise ValueError(f"bad job options: {'; '.join(problems)}")
+    return parsed.to_json()
+
+
 def _check_type(type: str) -> str:
     if not isinstance(type, str) or not type:
         raise ValueError(f"expected the job type as a non-empty string, got {type!r}")
@@ -81,6 +92,7 @@ async def post_job(
     layout: LayoutName = "classic",
     key: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    options: JobOptions | Mapping[str, Any] | None = None,
 ) -> str:
     """Create a job for *service* and link it into the service's pending list.
 
@@ -91,13 +103,19 @@ async def post_job(
     *key* picks the job's key (and resource id ``resources/<key>``) instead
     of a server-made one; writing the same key twice writes the same job, so
     a requester that retries after an error does not post twice. *extra*
-    adds keys to the job resource (e.g. a ``parent`` link).
+    adds keys to the job resource (e.g. a ``parent`` link). *options* (a
+    :class:`~oada_jobs.JobOptions` or its camelCase JSON) says when and how the
+    job runs: ``notBefore``, ``priority``, ``uniqueKey``, ``group``,
+    ``version``, ``tries`` (see ``docs/scheduling.md``); bad options raise
+    :class:`ValueError` before anything is written.
 
     >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
     """
     validate_service_name(service)
     job: JsonObject = {**(extra or {}), "service": service, "type": _check_type(type)}
     job["config"] = _config_json(config)
+    if options is not None:
+        job["options"] = _options_json(options)
     chosen = get_layout(layout)
     if key is None:
         job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
@@ -155,6 +173,7 @@ def raise_for_failure(job: Job[Any]) -> Json:
     raise JobFailed(message, fail_type, job_id=job.oada_id, result=result)
 
 
+@overload
 async def run_job(
     oada: OADAClient,
     service: str,
@@ -165,7 +184,40 @@ async def run_job(
     layout: LayoutName = "classic",
     key: str | None = None,
     cancel_on_timeout: bool = False,
-) -> Json:
+    options: JobOptions | Mapping[str, Any] | None = None,
+    result: None = None,
+) -> Json: ...
+
+
+@overload
+async def run_job(
+    oada: OADAClient,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
+    layout: LayoutName = "classic",
+    key: str | None = None,
+    cancel_on_timeout: bool = False,
+    options: JobOptions | Mapping[str, Any] | None = None,
+    result: type[ResultT],
+) -> ResultT: ...
+
+
+async def run_job(
+    oada: OADAClient,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
+    layout: LayoutName = "classic",
+    key: str | None = None,
+    cancel_on_timeout: bool = False,
+    options: JobOptions | Mapping[str, Any] | None = None,
+    result: type[ResultT] | None = None,
+) -> Json | BaseModel:
     """Post a job and wait for its outcome: its result, or :class:`JobFailed`.
 
     :class:`JobFailed` (a :class:`~oada_jobs.JobError`) carries the job's
@@ -173,14 +225,15 @@ async def run_job(
     ``fail_type`` and ``job_id``. *timeout* (seconds) raises
     :class:`TimeoutError` while the job is still pending or running; the job
     is left as it is, unless *cancel_on_timeout* asks for it to be cancelled
-    first (:func:`oada_jobs.job.request_cancel`).
+    first (:func:`oada_jobs.job.request_cancel`). *options* as for
+    :func:`post_job`; *result*, a pydantic model, parses the result into it.
 
     >>> try:  # doctest: +SKIP
     ...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
     ... except JobFailed as error:
     ...     print(error.fail_type, error.result)
     """
-    job_id = await post_job(oada, service, type, config, layout=layout, key=key)
+    job_id = await post_job(oada, service, type, config, layout=layout, key=key, options=options)
     try:
         job = await wait_for_outcome(oada, job_id, timeout=timeout)
     except TimeoutError:
@@ -188,7 +241,8 @@ async def run_job(
             with anyio.CancelScope(shield=True):
                 await request_cancel(oada, job_id, f"the requester gave up after {timeout} s")
         raise
-    return raise_for_failure(job)
+    value = raise_for_failure(job)
+    return value if result is None else result.model_validate(value)
 
 
 async def post_child_job(

@@ -577,10 +577,11 @@ class Runner:
             error = JobError(f"no work function is registered for job type {job.type!r}")
             self.log.error("%s", error)
             return JobOutcome(JobStatus.FAILURE.value, error_result(error), meta=str(error))
-        work_job: Job[Any] = job
+        # What the function sees: this run's try number and status.
+        work_job: Job[Any] = replace(job, tries=job.tries + 1, status=JobStatus.RUNNING.value)
         if worker.config_model is not None:
             try:
-                work_job = job.with_config(worker.config_model.model_validate(job.config))
+                work_job = work_job.with_config(worker.config_model.model_validate(job.config))
             except ValidationError as error:
                 message = f"job config does not match {worker.config_model.__name__}: {error.error_count()} error(s)"
                 self.log.error("%s", message)

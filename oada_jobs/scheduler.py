@@ -247,6 +247,7 @@ class Scheduler:
                         self._drop_body(entry)
                         entry.state = EntryState.PARKED
                         holder.merged.append(entry)
+                        self._notify()
                     else:
                         entry.duplicate_of = holder.job_id
                         self._make_ready(entry, URGENT)

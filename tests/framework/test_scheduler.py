@@ -1,0 +1,84 @@
+"""The scheduler on its own: queue order, priorities, groups and unique keys
+decided without any I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oada_jobs import Job, Json, WorkerContext
+from oada_jobs.runner import Worker
+from oada_jobs.scheduler import Entry, EntryState, Scheduler
+
+
+async def work(job: Job[Json], ctx: WorkerContext) -> Json:
+    return None
+
+
+def job(key: str, **options: Any) -> Job[Any]:
+    return Job.from_resource(
+        {"service": "s", "type": "t", "options": options}, oada_id=f"resources/{key}", key=key
+    )
+
+
+def scheduler(**policy: Any) -> Scheduler:
+    worker = Worker("t", work, None, **policy)
+    return Scheduler(lambda type: worker, worker_id="me")
+
+
+def add(scheduled: Scheduler, key: str) -> Entry:
+    entry = scheduled.add(key, f"resources/{key}")
+    assert entry is not None
+    return entry
+
+
+def drain(scheduled: Scheduler) -> list[str]:
+    started = []
+    while (entry := scheduled.pop()) is not None:
+        started.append(entry.key)
+    return started
+
+
+async def test_reads_coming_back_out_of_order_do_not_change_the_queue_order() -> None:
+    scheduled = scheduler()
+    a, b, c = (add(scheduled, key) for key in "abc")
+    # b and c are read before a: nothing may start ahead of a's decision.
+    scheduled.read(c, job("c", group="g"), None)
+    scheduled.read(b, job("b", group="g"), None)
+    assert scheduled.pop() is None
+    scheduled.read(a, job("a", group="g"), None)
+    assert drain(scheduled) == ["a"]
+    scheduled.remove(a)
+    assert drain(scheduled) == ["b"]
+
+
+async def test_priority_then_queue_order() -> None:
+    scheduled = scheduler(priority=1)
+    for key, options in [("a", {}), ("b", {"priority": 5}), ("c", {}), ("d", {"priority": -1})]:
+        scheduled.read(add(scheduled, key), job(key, **options), None)
+    assert drain(scheduled) == ["b", "a", "c", "d"]
+
+
+async def test_unique_keys_refuse_or_park_later_jobs() -> None:
+    for policy, expected in [("refuse", EntryState.READY), ("merge", EntryState.PARKED)]:
+        scheduled = scheduler(unique=policy)
+        first, second = add(scheduled, "a"), add(scheduled, "b")
+        scheduled.read(first, job("a", uniqueKey="k"), None)
+        scheduled.read(second, job("b", uniqueKey="k"), None)
+        assert second.state is expected
+        if policy == "refuse":
+            assert second.duplicate_of == "resources/a"
+            assert second.urgent
+        else:
+            assert scheduled.remove(first) == [second]
+
+
+async def test_bodies_past_the_limit_are_dropped_until_the_job_runs() -> None:
+    worker = Worker("t", work, None)
+    scheduled = Scheduler(lambda type: worker, worker_id="me", keep_bodies=2)
+    entries = []
+    for key in "abcd":
+        entry = add(scheduled, key)
+        scheduled.read(entry, job(key), None)
+        entries.append(entry)
+    assert scheduled.held_jobs == 2
+    assert [entry.job is not None for entry in entries] == [True, True, False, False]
