@@ -17,8 +17,10 @@ __all__ = [
     "BadDocument",
     "copy_json",
     "dumpb",
+    "dumps",
     "is_json_type",
     "is_link_position",
+    "loads",
     "lookup",
     "merge",
     "nest",
@@ -44,9 +46,11 @@ def _reject_constant(name: str) -> Any:
 
 
 _stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-# orjson turns integers beyond 64 bits into floats; such bodies take the
-# exact (slower) stdlib decoder instead.
-_HUGE_INT = re.compile(rb"\d{20}")
+# orjson turns integers beyond 64 bits into floats (from -2**63 - 1 down,
+# and from 2**64 up); texts with a run of 19 digits take the exact (slower)
+# stdlib decoder instead.
+_HUGE_INT = re.compile(rb"\d{19}")
+_HUGE_INT_TEXT = re.compile(r"\d{19}")
 
 
 def parse_json(body: bytes) -> Any:
@@ -65,7 +69,40 @@ def parse_json(body: bytes) -> Any:
         raise BadDocument(f"malformed JSON body: {exc}") from None
 
 
+def loads(text: str | bytes) -> tuple[Any, bool]:
+    """``json.loads(text)``, through orjson when that gives the same value.
+
+    Returns the value and whether orjson decoded it: its values hold only
+    finite floats, 64-bit integers and valid UTF-8 strings, so
+    :func:`orjson.dumps` can encode them again. Anything orjson refuses
+    (``NaN``, lone surrogates, a byte-order mark...) gets exactly the
+    stdlib's answer, value or exception.
+    """
+    huge = _HUGE_INT_TEXT.search(text) if isinstance(text, str) else _HUGE_INT.search(text)
+    if huge is None:
+        try:
+            return orjson.loads(text), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text), False
+
+
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_encode_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of *value*, non-ASCII kept as is.
+
+    The same JSON as ``json.dumps(value, separators=(",", ":"),
+    ensure_ascii=False)`` for values without NaN or infinities (which
+    orjson would write as ``null``; the server never holds them).
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # Integers beyond 64 bits and lone surrogates.
+        return _encode_text(value)
 
 
 def dumpb(value: Any) -> bytes:

@@ -363,6 +363,12 @@ class Store:
             count -= 1
         if count <= 0:
             return
+        if inclusive and count == 1 and path in links:
+            # The common case (deleting one link from a list of many): the
+            # only link at or below *path* is *path* itself; no scan.
+            self._drop_edge(parent, path)
+            batch.edges_removed.append((parent, path))
+            return
         n = len(path)
         doomed = [p for p in links if p[:n] == path and (len(p) > n or (inclusive and len(p) == n))]
         for p in doomed:

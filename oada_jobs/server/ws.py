@@ -38,11 +38,12 @@ from http import HTTPStatus
 from typing import Any
 
 import anyio
+import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
-from oada_jobs.server.documents import is_json_type
+from oada_jobs.server.documents import dumps, is_json_type, loads
 
 __all__ = ["FRAME_ENVELOPE", "MAX_FRAME", "MAX_QUEUED", "WebSocketSession"]
 
@@ -74,7 +75,11 @@ _BINARY_OVER_WS = "Cannot GET binary over WebSockets"
 _ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.md"
 
 
-def _dumps(value: Any) -> str:
+# Outgoing messages: compact, non-ASCII as is (orjson, stdlib for what it refuses).
+_dumps = dumps
+
+
+def _stdlib_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -107,7 +112,7 @@ def parse_request(text: str | bytes) -> WSRequest:
     ``requestId`` when the frame had a usable one.
     """
     try:
-        msg = json.loads(text)
+        msg, exact = loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"expected a JSON text frame, got unparseable data ({exc})") from None
     if not isinstance(msg, dict):
@@ -138,7 +143,13 @@ def parse_request(text: str | bytes) -> WSRequest:
                 request_id,
             )
         headers[name.lower()] = value
-    body = _dumps(msg["data"]).encode() if "data" in msg else b""
+    body = b""
+    if "data" in msg:
+        # What orjson decoded it can encode again; other frames may hold
+        # NaN, which the stdlib writes as NaN (and the core then refuses)
+        # where orjson would write null.
+        data = msg["data"]
+        body = orjson.dumps(data) if exact else _stdlib_dumps(data).encode()
     return WSRequest(request_id, method, path.split("?", 1)[0], headers, body)
 
 
@@ -175,6 +186,9 @@ class WebSocketSession:
         self._reference = core.config.quirks == "reference"
         # Frames this large cannot hold an acceptable body: refuse unparsed.
         self._frame_limit = core.config.max_body_bytes + FRAME_ENVELOPE
+        # Added to every request's headers (websocket.url builds a URL object).
+        self._proto = "https" if websocket.url.scheme == "wss" else "http"
+        self._host = websocket.headers.get("host", "localhost")
         self._out: MemoryObjectSendStream[str] | None = None
         self._overflowed = False
         #: resource id → notifier
@@ -326,8 +340,8 @@ class WebSocketSession:
     async def _call(self, req: WSRequest, method: str) -> CoreResponse:
         headers = dict(req.headers)
         headers["x-request-id"] = req.request_id
-        headers.setdefault("x-forwarded-proto", "https" if self._ws.url.scheme == "wss" else "http")
-        headers.setdefault("host", self._ws.headers.get("host", "localhost"))
+        headers.setdefault("x-forwarded-proto", self._proto)
+        headers.setdefault("host", self._host)
         body = req.body if method in ("put", "post") else b""
         return await self._core.handle(CoreRequest(method, req.path, headers, body))
 

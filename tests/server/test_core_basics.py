@@ -232,3 +232,13 @@ async def test_huge_integers_and_unicode_round_trip_exactly() -> None:
         assert got.data["u64"] == 18446744073709551615
         assert got.data["t"] == "\u00e9\u20ac"
         assert (await c.get("/resources/N/big")).raw.body == b"123456789012345678901234567890"
+
+
+async def test_integers_just_beyond_64_bits_round_trip_exactly() -> None:
+    async with open_core() as c:
+        raw = b'{"low": -9223372036854775809, "high": 18446744073709551616, "n": -1}'
+        assert (await c.put("/resources/M", raw=raw)).status == 201
+        got = await c.get("/resources/M")
+        assert got.data["low"] == -9223372036854775809
+        assert got.data["high"] == 18446744073709551616
+        assert (await c.get("/resources/M/low")).raw.body == b"-9223372036854775809"

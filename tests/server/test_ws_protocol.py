@@ -252,3 +252,42 @@ async def test_ws_client_sees_unused(server: EmbeddedServer) -> None:
         assert isinstance(ws, WS)
         r = await ws.request("get", "/bookmarks")
         assert r["headers"]["content-location"] == "/resources/default:resources_bookmarks_123"
+
+
+def _raw_put(request_id: str, path: str, data_text: str) -> str:
+    return (
+        f'{{"requestId":"{request_id}","method":"put","path":"{path}",'
+        f'"headers":{{"authorization":"Bearer god","content-type":"application/json"}},'
+        f'"data":{data_text}}}'
+    )
+
+
+async def test_ws_bodies_keep_big_integers_and_non_ascii_exactly(server: EmbeddedServer) -> None:
+    # Integers beyond 64 bits (and just below -2**63) must not turn into floats
+    # on the way through the WebSocket parser.
+    data = '{"big":123456789012345678901234567890,"neg":-9223372036854775809,"t":"\u00e9\u20ac"}'
+    async with ws_connect(server) as ws:
+        await ws.conn.send(_raw_put("n1", "/bookmarks/n", data))
+        assert (await ws.recv())["status"] == 201
+        await ws.conn.send(
+            '{"requestId":"n2","method":"get","path":"/bookmarks/n",'
+            '"headers":{"authorization":"Bearer god"}}'
+        )
+        raw = await ws.conn.recv()
+        assert isinstance(raw, str)
+        assert '"big":123456789012345678901234567890' in raw
+        assert '"neg":-9223372036854775809' in raw
+        got = json.loads(raw)
+        assert got["data"]["neg"] == -9223372036854775809
+        assert got["data"]["t"] == "\u00e9\u20ac"
+
+
+async def test_ws_body_with_nan_is_refused_like_over_http(server: EmbeddedServer) -> None:
+    async with ws_connect(server) as ws:
+        await ws.conn.send(_raw_put("nan1", "/bookmarks/nan", '{"a":NaN}'))
+        msg = await ws.recv()
+        assert msg["requestId"] == "nan1"
+        assert msg["status"] == 400
+        assert "malformed JSON" in msg["data"]["message"]
+        gone = await ws.request("get", "/bookmarks/nan")
+        assert gone["status"] == 404
