@@ -256,14 +256,18 @@ class Job(Generic[ConfigT]):
         return value if isinstance(value, str) else None
 
     def claimable_by(self, worker: str, now: datetime | None = None) -> bool:
-        """Whether *worker* may claim the job: not finished, and no live lease of another."""
-        if self.finished:
-            return False
-        if self.due is not None and (now or utc_now()) < self.due:
-            return False
-        if self.lease is None:
-            return True
-        return self.lease.worker == worker or self.lease.expired(now)
+        """Whether *worker* may claim the job: not finished, due, and no live lease of another."""
+        return not self.finished and self.wait_until(worker, now) is None
+
+    def wait_until(self, worker: str, now: datetime | None = None) -> datetime | None:
+        """When *worker* may look at the job again, if it may not claim it now:
+        its due time, or when another worker's lease on it runs out."""
+        now = now or utc_now()
+        if self.lease is not None and self.lease.worker != worker and not self.lease.expired(now):
+            return self.lease.expires
+        if self.due is not None and now < self.due:
+            return self.due
+        return None
 
     def with_config(self, config: Any) -> Job[Any]:
         """A copy of this job with *config* (e.g. a validated model) in place."""
@@ -305,7 +309,7 @@ class Job(Generic[ConfigT]):
         if status is not None and not isinstance(status, str):
             problems.append(f"'status' must be a string, got {_describe(status)}")
         options, option_problems = JobOptions.parse(data.get("options"))
-        if status not in FINISHED:
+        if not (isinstance(status, str) and status in FINISHED):
             # Options only matter while the job has yet to run; a finished
             # job with bad ones (failed for them) is still readable.
             problems.extend(option_problems)

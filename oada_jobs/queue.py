@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -100,9 +100,13 @@ class Queue:
         self._stopping = False
         self._stop_event = anyio.Event()
         self._intake_scope: anyio.CancelScope | None = None
-        #: The queue's pending jobs and what runs next (rebuilt with every list watch).
-        self.scheduler = Scheduler(service.worker_for, worker_id=service.worker_id)
+        #: The queue's pending jobs and what runs next.
+        self.scheduler = Scheduler(
+            service.worker_for, worker_id=service.worker_id, keep_bodies=service.config.keep_jobs
+        )
         self._runners: TaskGroup | None = None
+        # Where jobs to read go, while the intake runs.
+        self._read_send: MemoryObjectSendStream[Entry] | None = None
         # Day lists known to exist: linking into them needs no tree PUT.
         self._known_days: set[str] = set()
         # Open (not yet written) link batch and write lock per day list.
@@ -229,12 +233,7 @@ class Queue:
         await oada.ensure(self.pending_path, {}, tree=self.layout.tree)
         response = await oada.get(self.pending_path)
         service = self.service
-        # Fresh on every (re)start of the watch: the list is read whole again.
-        self.scheduler = Scheduler(
-            service.worker_for,
-            worker_id=service.worker_id,
-            keep_bodies=service.config.keep_jobs,
-        )
+        scheduler = self.scheduler
         send, receive = anyio.create_memory_object_stream[Entry](math.inf)
         self._read_send = send
         async with send, receive, oada.watch(self.pending_path, rev=response.rev) as changes:
@@ -247,7 +246,13 @@ class Queue:
                 intake.start_soon(self._timers, send.clone())
                 intake.start_soon(self._dispatch, runners)
                 intake.start_soon(self._sweep, send.clone())
-                self._offer(response.data, send)
+                # On a re-opened watch the scheduler keeps what it knew: jobs
+                # gone meanwhile are forgotten, reads cut short are redone.
+                cut_short = [e for e in scheduler.entries() if e.state is EntryState.READING]
+                self._offer(response.data, send, known_before=scheduler.last_seq)
+                for entry in cut_short:
+                    if scheduler.get(entry.job_id) is entry:
+                        send.send_nowait(entry)
                 async for change in changes:
                     if change.path not in ("", "/") or not change.body:
                         continue
@@ -491,8 +496,11 @@ class Queue:
             if holder is None or not holder.finished:
                 # It left the list without an outcome: decide them again.
                 self.scheduler.unpark(merged)
-                for entry in merged:
-                    self._read_send.send_nowait(entry)
+                with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    # Else the intake stopped: a re-opened watch reads them.
+                    for entry in merged:
+                        if self._read_send is not None:
+                            self._read_send.send_nowait(entry)
                 return
             assert holder.status is not None
             fail_type = holder.result.get("failType") if isinstance(holder.result, dict) else None

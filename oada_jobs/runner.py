@@ -50,7 +50,7 @@ from .exceptions import (
     TooManyRequests,
 )
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
-from .scheduler import LEASE_MARGIN, UniquePolicy
+from .scheduler import UniquePolicy
 from .tree import JOB_TYPE, JOBS_TYPE, LayoutName
 from .types import Json, JsonObject, WorkFunction
 
@@ -470,15 +470,10 @@ class Runner:
                 return JobOutcome(
                     JobStatus.FAILURE.value, error_result(error), error.fail_type, message
                 )
-        due = job.due
-        if due is not None and due > utc_now():
-            self.log.debug("job is not due before %s", iso(due))
-            return due
-        lease = job.lease
-        if lease is not None and lease.worker != self.service.worker_id and not lease.expired():
-            self.log.debug("job is held by worker %s", lease.worker)
-            return lease.expires + timedelta(seconds=LEASE_MARGIN)
-        return None
+        until = job.wait_until(self.service.worker_id)
+        if until is not None:
+            self.log.debug("job is not due or held elsewhere until %s", iso(until))
+        return until
 
     async def _claim(self, job: Job[JsonObject]) -> int | None:
         """Conditionally mark the job running for this worker.
@@ -534,7 +529,9 @@ class Runner:
             scoped.revoke()
             metrics.job_stopped(job.type)
         if outcome is None:
-            return None
+            # Another worker took the job over: the queue looks at it again
+            # (and sees it held) rather than forgetting it.
+            return utc_now() + timedelta(seconds=1)
         if outcome.run_at is not None:
             given_back = await self._shielded(lambda: self._give_back(outcome))
             # Not given back (another worker owns it, or the write failed):

@@ -48,9 +48,6 @@ UniquePolicy = Literal["refuse", "merge", "allow"]
 #: refused): they go before all others, since they take no time.
 URGENT = math.inf
 
-#: Seconds past a foreign lease's expiry before the job is read again.
-LEASE_MARGIN = 0.5
-
 
 class EntryState(Enum):
     """Where a job stands in the scheduler."""
@@ -259,14 +256,10 @@ class Scheduler:
             members = self._groups.setdefault(options.group, [])
             members.append(entry)
             members.sort(key=lambda member: member.seq)
-        lease = job.lease
-        if lease is not None and lease.worker != self._worker_id and not lease.expired():
-            # Running elsewhere: look again when its lease would run out.
-            self._wait(entry, clock_at(lease.expires) + LEASE_MARGIN)
-            return
-        due = job.due
-        if due is not None and due > utc_now():
-            self._wait(entry, clock_at(due))
+        until = job.wait_until(self._worker_id)
+        if until is not None:
+            # Not due yet, or running elsewhere (until its lease would run out).
+            self._wait(entry, clock_at(until))
             return
         priority = options.priority
         if priority is None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from oada_jobs.client import parse_domain
 from oada_jobs.exceptions import InvalidJob, InvalidQueueEntry
-from oada_jobs.job import Job, Lease
+from oada_jobs.job import Job, JobOptions, Lease
 from oada_jobs.service import parse_queue_entry
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,6 +41,20 @@ def job_like(draw: st.DrawFn) -> Any:
         ("updates", st.none() | st.dictionaries(st.text(), json_values, max_size=3)),
         ("status", st.none() | st.sampled_from(["pending", "running", "success", "failure"])),
         ("lease", json_values),
+        (
+            "options",
+            st.none()
+            | st.fixed_dictionaries(
+                {},
+                optional={
+                    "priority": st.integers(),
+                    "group": names,
+                    "uniqueKey": names,
+                    "version": st.integers(min_value=0),
+                    "tries": st.integers(min_value=1),
+                },
+            ),
+        ),
     ):
         choice = draw(st.integers(0, 4))
         if choice == 0:
@@ -59,8 +73,11 @@ def well_formed(data: object) -> bool:
     config = data.get("config", {})
     updates = data.get("updates") or {}
     status = data.get("status")
+    finished = status in ("success", "failure")
+    options_ok = finished or JobOptions.parse(data.get("options"))[1] == []
     return (
-        isinstance(service, str)
+        options_ok
+        and isinstance(service, str)
         and bool(service)
         and isinstance(job_type, str)
         and bool(job_type)
