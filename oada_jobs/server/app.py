@@ -23,7 +23,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -202,21 +202,33 @@ class _HTTPEndpoint:
 
 
 class _OADAApp(Starlette):
-    """Starlette, with HTTP requests sent straight to the core endpoint.
+    """Starlette, with HTTP requests and WebSockets on ``/`` sent straight to their endpoints.
 
     Every HTTP request has one destination, so routing and Starlette's
     exception layers (the endpoint never raises for a request) would only
-    add cost to each request. WebSocket and lifespan go through Starlette.
+    add cost to each request. The same holds for the WebSocket on ``/``,
+    where those layers wrap every message sent; other WebSocket paths and
+    the lifespan go through Starlette (which refuses such sockets).
     """
 
-    def __init__(self, http: ASGIApp, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        http: ASGIApp,
+        websocket: Callable[[WebSocket], Awaitable[None]],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._http = http
+        self._websocket = websocket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        kind = scope["type"]
+        if kind == "http":
             scope["app"] = self
             await self._http(scope, receive, send)
+        elif kind == "websocket" and scope["path"] == "/" and not scope.get("root_path"):
+            scope["app"] = self
+            await self._websocket(WebSocket(scope, receive, send))
         else:
             await super().__call__(scope, receive, send)
 
@@ -267,6 +279,7 @@ def create_app(config: ServerConfig | None = None, *, core: OADACore | None = No
     }
     app = _OADAApp(
         CORSMiddleware(_HTTPEndpoint(slot, config), **cors),
+        websocket_endpoint,
         routes=[WebSocketRoute("/", websocket_endpoint)],
         middleware=[Middleware(CORSMiddleware, **cors)],
         lifespan=lifespan,

@@ -247,7 +247,18 @@ class WebSocketSession:
         self, receive: MemoryObjectReceiveStream[str], scope: anyio.CancelScope
     ) -> None:
         try:
-            async for text in receive:
+            while True:
+                # receive() always yields to the event loop first, even with
+                # messages waiting: take what is queued without that pass.
+                try:
+                    text = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        text = await receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                except anyio.EndOfStream:
+                    break
                 if self._overflowed:
                     break
                 await self._ws.send_text(text)
