@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 __all__ = [
     "JSON_TYPES",
@@ -150,15 +151,51 @@ def is_json_type(content_type: str | None) -> bool:
 
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_decoder = json.JSONDecoder()
+# Dataclasses, datetimes and subclasses of str/int/dict/list make orjson
+# raise, so they reach the stdlib encoder, which accepts or refuses them (and
+# writes str/int enum members) as it always has.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+# orjson turns integers beyond 64 bits into floats: texts with a run of 19
+# digits take the stdlib decoder.
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text (NaN and Infinity refused: they are not JSON)."""
-    return _encoder.encode(value)
+    """Compact JSON text (NaN and Infinity refused: they are not JSON).
+
+    orjson does the work (every request is encoded; it is ten times faster
+    than the stdlib encoder). It writes NaN as ``null``, so any text with a
+    ``null`` is made again by the stdlib encoder, which refuses NaN; so do
+    values orjson cannot take (integers past 64 bits, other objects). The one
+    difference from the stdlib: UUIDs and plain (non-str, non-int) enum
+    members are written as their string and value instead of being refused.
+    """
+    try:
+        text = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return _encoder.encode(value)
+    if b"null" in text:
+        return _encoder.encode(value)
+    return text.decode()
 
 
 def loads(text: str | bytes) -> Any:
+    """``json.loads(text)``: through orjson when that gives the same value.
+
+    Anything orjson refuses (NaN, lone surrogates...) gets the stdlib's
+    answer, value or exception, as does a text with integers past 64 bits.
+    """
+    long = _LONG_NUMBER.search(text) if isinstance(text, str) else _LONG_NUMBER_BYTES.search(text)
+    if long is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
     return json.loads(text)
 
 

@@ -123,3 +123,69 @@ async def test_bad_paths_and_data_raise_before_sending() -> None:
         with pytest.raises(ValueError, match="initial_method"):
             oada.watch("/bookmarks", initial_method="put")  # type: ignore[call-overload]
     assert sent == []
+
+
+async def test_json_bodies_are_exact_both_ways() -> None:
+    import enum
+    import json
+
+    import httpx
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    stored = (
+        b'{"big": 123456789012345678901234567890, "low": -9223372036854775809,'
+        b' "t": "\xc3\xa9", "n": null}'
+    )
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            bodies.append(request.content)
+            return httpx.Response(201)
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=stored)
+
+    async with mock_client(handler) as oada:
+        data = {
+            "big": 2**70,
+            "low": -(2**63) - 1,
+            "colour": Colour.RED,
+            "none": None,
+            "t": "\u00e9\u20ac",
+            "f": 0.1,
+        }
+        await oada.put("/bookmarks/x", data)
+        await oada.put("/bookmarks/x", {"plain": [1, "a", True, 1.5]})
+        got = (await oada.get("/bookmarks/x")).data
+    assert json.loads(bodies[0]) == {**data, "colour": "red"}
+    assert json.loads(bodies[1]) == {"plain": [1, "a", True, 1.5]}
+    assert got == {
+        "big": 123456789012345678901234567890,
+        "low": -9223372036854775809,
+        "t": "\u00e9",
+        "n": None,
+    }
+
+
+async def test_data_the_stdlib_refuses_is_still_refused() -> None:
+    import dataclasses
+    import datetime
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    def handler(request: object) -> object:
+        return json_response(201)
+
+    async with mock_client(handler) as oada:  # type: ignore[arg-type]
+        for bad in (
+            {"p": Point(1)},
+            {"when": datetime.datetime(2026, 1, 1)},
+            {"inf": float("inf")},
+            {"nested": [{"n": float("-inf")}]},
+            {1: "non-string key is fine for the stdlib", "s": {1, 2}},
+        ):
+            with pytest.raises(ValueError, match="JSON-serialisable"):
+                await oada.put("/bookmarks/x", bad)
