@@ -347,22 +347,35 @@ class Queue:
         """Read jobs handed in by the list, the sweep and the timers."""
         async with receive:
             async for entry in receive:
-                if self.scheduler.get(entry.job_id) is not entry:
-                    continue  # left the list meanwhile
-                try:
-                    job = await self._read(entry)
-                except (InvalidJob, NotFound, Forbidden) as problem:
-                    self.scheduler.read(entry, None, problem)
-                except OADAError as error:
-                    self.log.warning(
-                        "queue %r: could not read job %s: %s; trying again later",
-                        self.key,
-                        entry.job_id,
-                        error,
-                    )
-                    self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+                if entry.settled_once:
+                    await self._read_into_scheduler(entry)
                 else:
-                    self.scheduler.read(entry, job, None)
+                    # A large backlog is read as room frees up, not all at once.
+                    async with self.scheduler.room():
+                        await self._read_into_scheduler(entry)
+
+    async def _read_into_scheduler(self, entry: Entry) -> None:
+        if self.scheduler.get(entry.job_id) is not entry:
+            return  # left the list meanwhile
+        try:
+            job = await self._read(entry)
+        except (InvalidJob, NotFound, Forbidden) as problem:
+            self.scheduler.read(entry, None, problem)
+        except OADAError as error:
+            self.log.warning(
+                "queue %r: could not read job %s: %s; trying again later",
+                self.key,
+                entry.job_id,
+                error,
+            )
+            if entry.settled_once:
+                self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+            else:
+                # Not holding up the jobs queued after it: its runner reads
+                # it (and retries) itself.
+                self.scheduler.read(entry, None, None)
+        else:
+            self.scheduler.read(entry, job, None)
 
     async def _read(self, entry: Entry) -> Job[JsonObject]:
         """Read a job for the scheduler; write a type's start delay the first time."""
@@ -453,7 +466,7 @@ class Queue:
                 limiter.release_on_behalf_of(borrower)
 
         runner = Runner(self, entry, release_slot=release_slot)
-        job, entry.job = entry.job, None
+        job = self.scheduler.take(entry)
         later: datetime | None = None
         try:
             later = await runner.run(job)

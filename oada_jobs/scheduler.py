@@ -26,7 +26,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -115,8 +116,8 @@ class Scheduler:
 
     *policy_for* gives the registered :class:`~oada_jobs.runner.Worker` of a
     job type (its defaults: priority, group limit, unique policy), or
-    ``None``. *keep_bodies* bounds how many read jobs are kept in memory;
-    past it a job is read again just before it runs.
+    ``None``. *keep_bodies* bounds how many read jobs are held in memory: the
+    queue reads new jobs only while fewer are held.
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class Scheduler:
         self._groups: dict[str, list[Entry]] = {}
         self._holders: dict[tuple[str, str], Entry] = {}
         self._bodies = 0
+        self._reserved = 0
         #: Set whenever a job became ready or a timer was added; waiters renew it.
         self.changed = anyio.Event()
 
@@ -215,6 +217,7 @@ class Scheduler:
 
     def _settle(self, entry: Entry) -> None:
         job = entry.job
+        # A problem (it is only filed), or not read: its runner reads it.
         if entry.problem is not None or job is None:
             self._make_ready(entry, URGENT)
             return
@@ -269,8 +272,6 @@ class Scheduler:
     def _make_ready(self, entry: Entry, priority: float) -> None:
         entry.state = EntryState.READY
         entry.priority = priority
-        if self._bodies > self._keep_bodies:
-            self._drop_body(entry)
         if self._may_start(entry):
             self._push_ready(entry)
 
@@ -364,10 +365,34 @@ class Scheduler:
             entry.job = job
             self._bodies += 1
 
+    def take(self, entry: Entry) -> Job[Any] | None:
+        """Hand *entry*'s job (if still held) to its runner; frees room for another read."""
+        job = entry.job
+        self._drop_body(entry)
+        return job
+
+    @property
+    def full(self) -> bool:
+        """Whether ``keep_bodies`` jobs are held (or being read for the first time)."""
+        return self._bodies + self._reserved >= self._keep_bodies
+
+    @asynccontextmanager
+    async def room(self) -> AsyncIterator[None]:
+        """Wait until a first read of a job fits under ``keep_bodies``; hold that room while reading."""
+        while self.full:
+            await self.changed.wait()
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+            self._notify()
+
     def _drop_body(self, entry: Entry) -> None:
         if entry.job is not None:
             entry.job = None
             self._bodies -= 1
+            self._notify()  # a reader may be waiting for room
 
     def _notify(self) -> None:
         self.changed.set()

@@ -99,8 +99,8 @@ class ServiceConfig(BaseModel):
     invalid_job_wait: float = Field(default=2.0, ge=0)
     #: Seconds allowed for recording a job's outcome.
     finish_timeout: PositiveFloat = 30.0
-    #: Pending jobs a queue keeps in memory as read; in a larger backlog the
-    #: rest are read again just before they run (bounds memory).
+    #: Read jobs a queue holds in memory, waiting for a slot; in a larger
+    #: backlog it reads more as these start (bounds memory).
     keep_jobs: PositiveInt = 1000
     #: Serve Prometheus ``/metrics`` on this port (0 = any free port).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)

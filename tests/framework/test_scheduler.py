@@ -72,13 +72,16 @@ async def test_unique_keys_refuse_or_park_later_jobs() -> None:
             assert scheduled.remove(first) == [second]
 
 
-async def test_bodies_past_the_limit_are_dropped_until_the_job_runs() -> None:
+async def test_the_scheduler_is_full_at_its_limit_until_a_job_is_taken() -> None:
     worker = Worker("t", work, None)
     scheduled = Scheduler(lambda type: worker, worker_id="me", keep_bodies=2)
-    entries = []
-    for key in "abcd":
-        entry = add(scheduled, key)
-        scheduled.read(entry, job(key), None)
-        entries.append(entry)
-    assert scheduled.held_jobs == 2
-    assert [entry.job is not None for entry in entries] == [True, True, False, False]
+    for key in "ab":
+        scheduled.read(add(scheduled, key), job(key), None)
+    assert scheduled.full
+    entry = scheduled.pop()
+    assert entry is not None
+    taken = scheduled.take(entry)
+    assert taken is not None
+    assert taken.key == "a"
+    assert not scheduled.full
+    assert scheduled.held_jobs == 1
