@@ -25,8 +25,15 @@ from pydantic.alias_generators import to_camel
 from typing_extensions import TypeVar
 
 from ._ksuid import ksuid
-from .exceptions import InvalidJob, JobError, OADAJobsError, PreconditionFailed
-from .tree import JOBS_TYPE
+from .exceptions import (
+    Forbidden,
+    InvalidJob,
+    JobError,
+    NotFound,
+    OADAJobsError,
+    PreconditionFailed,
+)
+from .tree import JOBS_TYPE, get_layout
 from .types import Json, JsonObject
 
 if TYPE_CHECKING:
@@ -361,8 +368,10 @@ async def request_cancel(oada: OADAClient, job_id: str, reason: str = "cancelled
     Writes ``status: cancel-requested`` and an update entry, conditionally on
     the ETag just read so a job that finishes meanwhile is never marked.
     Returns ``False`` when the job had already finished (nothing written).
-    The runner then files the job as a failure of type ``cancelled`` — at
-    once if it had not started, within about a second if it was running.
+    The runner then files the job as a failure of type ``cancelled``: within
+    about a second if it was running. For a job not running, its link in the
+    service's pending list is touched as well, so the queue reads it again at
+    once (even one waiting for a delayed start or a retry).
     """
     for _attempt in range(5):
         response = await oada.get(f"/{job_id}")
@@ -375,5 +384,22 @@ async def request_cancel(oada: OADAClient, job_id: str, reason: str = "cancelled
             await oada.put(f"/{job_id}", body, content_type=JOBS_TYPE, if_match=job.etag)
         except PreconditionFailed:
             continue  # claimed, logged or finished meanwhile: look again
+        if job.status != JobStatus.RUNNING.value:
+            await _touch_link(oada, job)
         return True
     raise OADAJobsError(f"could not cancel {job_id}: it kept changing (5 tries)")
+
+
+async def _touch_link(oada: OADAClient, job: Job[Any]) -> None:
+    """Re-write the job's link in its service's pending list (either layout)."""
+    for layout in (get_layout("classic"), get_layout("pending")):
+        path = layout.pending_path(job.service)
+        try:
+            listing = (await oada.get(path)).data
+        except (NotFound, Forbidden):
+            continue
+        if not isinstance(listing, Mapping):
+            continue
+        for key, value in listing.items():
+            if isinstance(value, Mapping) and value.get("_id") == job.oada_id:
+                await oada.put(path, {key: {"_id": job.oada_id}}, content_type=JOBS_TYPE)

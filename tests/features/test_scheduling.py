@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from oada_jobs import Job, JobFailed, JobOptions, Json, Reschedule, Retry, WorkerContext
 from oada_jobs.client import OADAClient
-from oada_jobs.job import parse_time
+from oada_jobs.job import parse_time, request_cancel
 from oada_jobs.requester import post_job, run_job
 from oada_jobs.testing import EmbeddedServer, wait_for_job
 
@@ -654,3 +654,29 @@ async def test_two_replicas_keep_a_groups_order_between_them(
             assert (await wait_for_job(oada, job_id, 30)).status == "success"
     assert peak == 1
     assert order == list(range(6))
+
+
+async def test_cancelling_a_delayed_job_files_it_at_once(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name)
+    ran = False
+
+    @service.on("later", 10)
+    async def later(job: Job[Json], ctx: WorkerContext) -> Json:
+        nonlocal ran
+        ran = True
+        return None
+
+    async with service:
+        job_id = await post_job(oada, name, "later", options={"notBefore": "2099-01-01T00:00:00Z"})
+        queue = service.queues["_default"]
+        with anyio.fail_after(10):
+            while queue.scheduler.counts()["waiting"] < 1:
+                await queue.scheduler.changed.wait()
+        assert await request_cancel(oada, job_id, "not needed any more")
+        job = await wait_for_job(oada, job_id, 15, filed="classic")
+    assert not ran
+    assert job.status == "failure"
+    assert isinstance(job.result, dict)
+    assert job.result["failType"] == "cancelled"
