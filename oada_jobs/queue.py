@@ -401,12 +401,12 @@ class Queue:
             key, update = new_update("delayed", f"start delay of {worker.start_delay:g} s")
             body = {"runAt": iso(run_at), "updates": {key: update}}
             try:
-                await self.oada.put(
+                response = await self.oada.put(
                     f"/{entry.job_id}", body, content_type=JOBS_TYPE, if_match=job.etag
                 )
             except PreconditionFailed:
                 continue  # changed meanwhile (another replica did it): look again
-            return replace(job, run_at=run_at, etag=None)
+            return replace(job, run_at=run_at, etag=response.etag)
         raise OADATransportError(f"job {entry.job_id} kept changing while being read")
 
     async def _timers(self, send: MemoryObjectSendStream[Entry]) -> None:
