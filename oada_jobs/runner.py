@@ -383,54 +383,54 @@ class Runner:
         """
         merged_into = self.entry.merged_into
         problem = self.entry.problem
-        for _attempt in range(3):
-            try:
-                if problem is not None:
-                    raise problem
-                if job is None:
-                    job = await self.read()
-            except InvalidJob as error:
-                self.log.error("%s", error)
-                outcome = JobOutcome(
-                    JobStatus.FAILURE.value,
-                    {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
-                    INVALID_JOB_FAIL_TYPE,
-                    meta=str(error),
-                )
-                await self._write_and_file(outcome, None, etag=None)
-                return None
-            except (NotFound, Forbidden) as error:
-                # Older OADA servers answer 403 for a resource that does not
-                # exist; either way this queue can never run the job.
-                self.log.error(
-                    "list entry %r links to %s, which does not exist or this queue's token may "
-                    "not read (%s); moving the link to the failure list",
-                    self.key,
-                    self.job_id,
-                    error.status,
-                )
-                await self._shielded(partial(self._file, JobStatus.FAILURE.value, None, utc_now()))
-                return None
-            self._bind(job)
-            if job.finished:
-                self.log.info("job is already %s; filing it", job.status)
-                assert job.status is not None
-                await self._shielded(partial(self._file, job.status, None, self._finish_time(job)))
-                return None
-            verdict = self._verdict(job, merged_into)
-            if isinstance(verdict, JobOutcome):
-                # Filed without running, conditionally on the ETag read, so
-                # that of several replicas only one does.
-                await self._write_and_file(verdict, job, etag=job.etag)
-                return None
-            if verdict is not None:
-                return verdict
-            claimed = await self._claim(job)
-            if claimed is not None:
-                return await self._execute(job, claimed)
-            # Someone wrote the job since it was read: look again.
-            job = None
-        return utc_now() + timedelta(seconds=1)
+        try:
+            if problem is not None:
+                raise problem
+            if job is None:
+                job = await self.read()
+        except InvalidJob as error:
+            self.log.error("%s", error)
+            outcome = JobOutcome(
+                JobStatus.FAILURE.value,
+                {**error_result(error), "failType": INVALID_JOB_FAIL_TYPE},
+                INVALID_JOB_FAIL_TYPE,
+                meta=str(error),
+            )
+            await self._write_and_file(outcome, None, etag=None)
+            return None
+        except (NotFound, Forbidden) as error:
+            # Older OADA servers answer 403 for a resource that does not
+            # exist; either way this queue can never run the job.
+            self.log.error(
+                "list entry %r links to %s, which does not exist or this queue's token may "
+                "not read (%s); moving the link to the failure list",
+                self.key,
+                self.job_id,
+                error.status,
+            )
+            await self._shielded(partial(self._file, JobStatus.FAILURE.value, None, utc_now()))
+            return None
+        self._bind(job)
+        if job.finished:
+            self.log.info("job is already %s; filing it", job.status)
+            assert job.status is not None
+            await self._shielded(partial(self._file, job.status, None, self._finish_time(job)))
+            return None
+        verdict = self._verdict(job, merged_into)
+        if isinstance(verdict, JobOutcome):
+            # Filed without running, conditionally on the ETag read, so
+            # that of several replicas only one does.
+            await self._write_and_file(verdict, job, etag=job.etag)
+            return None
+        if verdict is not None:
+            return verdict
+        claimed = await self._claim(job)
+        if claimed is None:
+            # Someone wrote the job since it was read, most likely another
+            # replica's claim. Looking again a moment later costs nothing
+            # if that one files the job by then (the list watch tells).
+            return utc_now() + timedelta(seconds=1)
+        return await self._execute(job, claimed)
 
     def _verdict(
         self, job: Job[Any], merged_into: tuple[str, JobOutcome] | None
@@ -479,8 +479,7 @@ class Runner:
         """Conditionally mark the job running for this worker.
 
         Returns the claim's rev, or ``None`` on 412: someone wrote the job
-        since it was read (another replica's claim, a requester's cancel, a
-        progress update), and the caller reads it again.
+        since it was read (another replica's claim, a requester's cancel).
         """
         lease = Lease.new(self.service.worker_id, self.service.config.lease)
         key, update = new_update("started", "Runner started")
