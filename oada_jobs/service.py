@@ -554,6 +554,13 @@ class Service:
 
         add_entry(self, name, schedule, type=type, config=config)
 
+    def add_report(self, name: str, schedule: str, **options: Any) -> None:
+        """Make a report of finished jobs on a cron *schedule*, stored in OADA and
+        optionally mailed; *options* as for :func:`oada_jobs.reports.add_report`."""
+        from .reports import add_report
+
+        add_report(self, name, schedule, **options)
+
     def worker_for(self, type: str) -> Worker | None:
         """The registered :class:`~oada_jobs.runner.Worker` for *type*, if any."""
         return self._workers.get(type)
