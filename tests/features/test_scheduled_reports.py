@@ -77,6 +77,15 @@ async def test_a_tick_stores_the_report_and_mails_the_csv(
     await file_job(oada, name, "classic", DAY, f"ok2-{k}", "email")
     await file_job(oada, name, "classic", DAY, f"bad-{k}", "email", "failure")
     await file_job(oada, name, "classic", DAY, f"gone-{k}", None)
+    # A job the service may not read (another user's resource) still counts.
+    async with OADAClient(server.url, "abc") as other:
+        hidden = await other.create_resource({"service": name, "type": "email"})
+    chosen = get_layout("classic")
+    await oada.put(
+        chosen.day_index_path(name, "failure", DAY),
+        {f"hidden-{k}": {"_id": hidden, "_rev": 0}},
+        tree=chosen.tree,
+    )
     # Outside the period: the tick's own day.
     await file_job(oada, name, "classic", TICK.date(), f"late-{k}", "email")
     service = make_service(server, name)
@@ -91,23 +100,29 @@ async def test_a_tick_stores_the_report_and_mails_the_csv(
     result = job.result
     assert isinstance(result, dict)
     assert (result["report"], result["from"], result["to"]) == ("daily", "2026-01-02", "2026-01-02")
-    assert result["jobs"] == 4
+    assert result["jobs"] == 5
     counts = {(row["type"], row["status"]): row["count"] for row in result["summary"]}
-    assert counts == {("?", "success"): 1, ("email", "failure"): 1, ("email", "success"): 2}
+    assert counts == {
+        ("?", "failure"): 1,
+        ("?", "success"): 1,
+        ("email", "failure"): 1,
+        ("email", "success"): 2,
+    }
     key = cron_job_key(name, "daily", TICK)
     assert result["stored"] == report_path(name, "daily", TICK.date(), key)
     assert result["stored"].startswith(f"/bookmarks/services/{name}/reports/daily/day-index/")
 
     stored = (await oada.get(result["stored"])).data
     assert stored["summary"] == result["summary"]
-    assert (stored["from"], stored["to"], stored["jobs"]) == ("2026-01-02", "2026-01-02", 4)
+    assert (stored["from"], stored["to"], stored["jobs"]) == ("2026-01-02", "2026-01-02", 5)
     assert stored["job"]["_id"] == job_id
     rows = rows_of(stored["csv"])
     assert tuple(rows[0]) == CSV_COLUMNS
     assert sorted(row["key"] for row in rows) == sorted(
-        f"{p}-{k}" for p in ("ok1", "ok2", "bad", "gone")
+        f"{p}-{k}" for p in ("ok1", "ok2", "bad", "gone", "hidden")
     )
-    assert {row["key"]: row["type"] for row in rows}[f"gone-{k}"] == ""
+    types = {row["key"]: row["type"] for row in rows}
+    assert types[f"gone-{k}"] == types[f"hidden-{k}"] == ""
 
     mail_id = result["email"]
     mail = (await oada.get(f"/{mail_id}")).data
