@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from oada_jobs import JobFailed, Service, run_job
 from oada_jobs.client import OADAClient
 from oada_jobs.cron import CronScheduler, cron_job_key, entries_of, entry_named, post_now
+from oada_jobs.exceptions import NotFound
 from oada_jobs.reports import CSV_COLUMNS, ReportConfig, report_path
-from oada_jobs.requester import wait_for_outcome
+from oada_jobs.requester import post_job, wait_for_outcome
 from oada_jobs.testing import EmbeddedServer
 from oada_jobs.tree import JOBS_TYPE, get_layout
 
@@ -279,3 +280,29 @@ def test_periods_and_copies(name: str) -> None:
     assert [entry.name for entry in entries_of(twin)] == ["weekly"]
     assert entry_named(twin, "weekly").config == {**week.to_json(), "report": "weekly"}
     assert twin.worker_for("report-weekly") is not None
+
+
+async def test_a_retried_run_does_not_mail_twice(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    await file_job(oada, name, "classic", DAY, f"ok-{name[-6:]}", "email")
+    service = make_service(server, name)
+    service.add_report("daily", "0 6 * * *", email=MAIL)
+    key = f"rep-{name[-6:]}"
+    # What an earlier try of this run left behind: its mail job, already posted.
+    await oada.put(f"/resources/{key}-email", {"posted": "before"}, content_type=JOBS_TYPE)
+    config = {
+        **entry_named(service, "daily").config,
+        "from": DAY.isoformat(),
+        "to": DAY.isoformat(),
+    }
+    async with service:
+        job_id = await post_job(oada, name, "report-daily", config, key=key)
+        job = await wait_for_outcome(oada, job_id, timeout=20)
+    assert job.status == "success", job.result
+    assert isinstance(job.result, dict)
+    assert job.result["jobs"] == 1
+    assert job.result["email"] == f"resources/{key}-email"
+    assert (await oada.get(f"/resources/{key}-email")).data["posted"] == "before"
+    with pytest.raises(NotFound):
+        await oada.get(get_layout("pending").pending_path("abalonemail"))
