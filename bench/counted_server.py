@@ -35,6 +35,7 @@ from oada_jobs.server.config import ServerConfig, TokenInfo
 from oada_jobs.server.tls import self_signed
 
 from .common import BOOKMARKS, USER
+from .loop import backend_options
 
 _BEARER = re.compile(rb'"authorization"\s*:\s*"Bearer ([^"]+)"', re.IGNORECASE)
 
@@ -134,4 +135,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m bench.counted_server <config.json>")
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], backend_options=backend_options())

@@ -37,6 +37,8 @@ import anyio
 from oada_jobs import Job, Service, WorkerContext
 from oada_jobs.types import Json
 
+from .loop import backend_options
+
 
 def _emit(event: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
@@ -107,4 +109,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main, backend_options=backend_options())

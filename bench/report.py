@@ -483,7 +483,9 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
         "last, after filing the job); afterwards every job is checked to be in "
         "`jobs-success`. Requests (HTTP requests and WebSocket request messages) are "
         "counted for the service's token over the timed part only. Each service first runs one "
-        "warm-up job, so that its day list exists (see the notes).",
+        "warm-up job, so that its day list exists (see the notes). The server and the "
+        "Python service run on uvloop (a dependency of oada-jobs), as uvicorn does by "
+        "itself when it is installed.",
         "",
         "Unless a section says otherwise, oada-jobs runs as `Service(name, domain=..., "
         "token=..., concurrency=10)` (10 jobs at once; the client it opens allows "
