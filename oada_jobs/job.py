@@ -179,6 +179,11 @@ class JobOptions(BaseModel):
     #: How many times the job may be started in all (default: the type's ``tries``).
     tries: StrictInt | None = Field(default=None, ge=1)
 
+    @property
+    def effective_version(self) -> int:
+        """The job's version; 1 when it names none."""
+        return 1 if self.version is None else self.version
+
     def to_json(self) -> JsonObject:
         """The ``options`` object as written on the job (only the fields set)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -55,6 +55,10 @@ DEFAULT_QUEUE = "_default"
 MAX_READERS = 16
 #: Seconds before a job that could not be read or run is tried again.
 READ_RETRY = 5.0
+#: Readers of jobs read again (their timer fired, or their link was touched).
+REREADERS = 2
+#: Day lists a queue remembers as existing.
+KNOWN_DAYS = 16
 
 
 def _describe(value: object) -> str:
@@ -106,7 +110,7 @@ class Queue:
         )
         self._runners: TaskGroup | None = None
         # Where jobs to read go, while the intake runs.
-        self._read_send: MemoryObjectSendStream[Entry] | None = None
+        self._reads = _Reads(None, None)
         # Day lists known to exist: linking into them needs no tree PUT.
         self._known_days: set[str] = set()
         # Open (not yet written) link batch and write lock per day list.
@@ -234,32 +238,44 @@ class Queue:
         response = await oada.get(self.pending_path)
         service = self.service
         scheduler = self.scheduler
-        send, receive = anyio.create_memory_object_stream[Entry](math.inf)
-        self._read_send = send
-        async with send, receive, oada.watch(self.pending_path, rev=response.rev) as changes:
+        # First reads wait for room (keep_jobs); reads again never do, since
+        # they are what lets waiting jobs move on and room free up.
+        first, first_out = anyio.create_memory_object_stream[Entry](math.inf)
+        again, again_out = anyio.create_memory_object_stream[Entry](math.inf)
+        self._reads = _Reads(first, again)
+        async with (
+            first,
+            first_out,
+            again,
+            again_out,
+            oada.watch(self.pending_path, rev=response.rev) as changes,
+        ):
             self.log.info("queue %r: watching %s on %s", self.key, self.pending_path, self.domain)
             self._set_watching(True)
             ready()
             async with anyio.create_task_group() as intake:
                 for _ in range(max(1, min(service.config.concurrency, MAX_READERS))):
-                    intake.start_soon(self._reader, receive.clone())
-                intake.start_soon(self._timers, send.clone())
+                    intake.start_soon(self._reader, first_out.clone(), True)
+                for _ in range(REREADERS):
+                    intake.start_soon(self._reader, again_out.clone(), False)
+                intake.start_soon(self._timers)
                 intake.start_soon(self._dispatch, runners)
-                intake.start_soon(self._sweep, send.clone())
-                # On a re-opened watch the scheduler keeps what it knew: jobs
-                # gone meanwhile are forgotten, reads cut short are redone.
-                cut_short = [e for e in scheduler.entries() if e.state is EntryState.READING]
-                self._offer(response.data, send, known_before=scheduler.last_seq)
-                for entry in cut_short:
-                    if scheduler.get(entry.job_id) is entry:
-                        send.send_nowait(entry)
+                intake.start_soon(self._dispatch_urgent, runners)
+                intake.start_soon(self._sweep)
+                # On a re-opened watch the scheduler keeps what it knew:
+                # reads cut short are redone (first, as they are the
+                # oldest), jobs gone meanwhile are forgotten.
+                for entry in scheduler.entries():
+                    if entry.state is EntryState.READING:
+                        self._reads.send(entry)
+                self._offer(response.data, known_before=scheduler.last_seq)
                 async for change in changes:
                     if change.path not in ("", "/") or not change.body:
                         continue
                     if change.type == "delete":
                         self._forget(change.body)
                     else:
-                        self._offer(change.body, send)
+                        self._offer(change.body)
                 intake.cancel_scope.cancel()
 
     def _set_watching(self, value: bool) -> None:
@@ -267,19 +283,14 @@ class Queue:
             self.watching = value
             self.service._queues_changed()
 
-    def _offer(
-        self,
-        listing: object,
-        send: MemoryObjectSendStream[Entry],
-        *,
-        known_before: int | None = None,
-    ) -> None:
+    def _offer(self, listing: object, *, known_before: int | None = None) -> None:
         """Take in every job link in *listing* (the list, or a change to it).
 
-        New jobs are read; a known job that is waiting is read again (touching
-        its link is how a released or cancelled job is noticed at once). With
-        *known_before* (*listing* is the whole list, read when the scheduler
-        had seen that many jobs), jobs seen by then but missing are forgotten.
+        New jobs are read. In a change, a known job that is not running is
+        read again: touching its link is how a released or cancelled job is
+        noticed at once. With *known_before* (*listing* is the whole list,
+        read when the scheduler had seen that many jobs), jobs seen by then
+        but missing are forgotten.
         """
         if not isinstance(listing, Mapping):
             self.log.warning(
@@ -311,10 +322,10 @@ class Queue:
             if entry is None:
                 entry = scheduler.add(key, job_id)
                 assert entry is not None
-                send.send_nowait(entry)
-            elif entry.state is EntryState.WAITING:
+                self._reads.send(entry)
+            elif known_before is None and entry.state in _TOUCHABLE:
                 scheduler.reread(entry)
-                send.send_nowait(entry)
+                self._reads.send(entry)
         if known_before is not None:
             for entry in scheduler.entries():
                 if (
@@ -329,7 +340,11 @@ class Queue:
         for key, value in body.items():
             if value is None and not key.startswith("_"):
                 entry = self.scheduler.by_key(key)
-                if entry is not None and entry.state is not EntryState.RUNNING:
+                if entry is None:
+                    continue
+                if entry.state is EntryState.RUNNING:
+                    self.scheduler.mark_gone(entry)
+                else:
                     self._left(entry)
 
     def _left(self, entry: Entry) -> None:
@@ -343,16 +358,16 @@ class Queue:
         assert self._runners is not None
         self._runners.start_soon(func, *args)
 
-    async def _reader(self, receive: MemoryObjectReceiveStream[Entry]) -> None:
+    async def _reader(self, receive: MemoryObjectReceiveStream[Entry], first: bool) -> None:
         """Read jobs handed in by the list, the sweep and the timers."""
         async with receive:
             async for entry in receive:
-                if entry.settled_once:
-                    await self._read_into_scheduler(entry)
-                else:
+                if first:
                     # A large backlog is read as room frees up, not all at once.
-                    async with self.scheduler.room():
+                    async with self.scheduler.room(entry):
                         await self._read_into_scheduler(entry)
+                else:
+                    await self._read_into_scheduler(entry)
 
     async def _read_into_scheduler(self, entry: Entry) -> None:
         if self.scheduler.get(entry.job_id) is not entry:
@@ -368,12 +383,7 @@ class Queue:
                 entry.job_id,
                 error,
             )
-            if entry.settled_once:
-                self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
-            else:
-                # Not holding up the jobs queued after it: its runner reads
-                # it (and retries) itself.
-                self.scheduler.read(entry, None, None)
+            self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
         else:
             self.scheduler.read(entry, job, None)
 
@@ -409,53 +419,76 @@ class Queue:
             return replace(job, run_at=run_at, etag=response.etag)
         raise OADATransportError(f"job {entry.job_id} kept changing while being read")
 
-    async def _timers(self, send: MemoryObjectSendStream[Entry]) -> None:
+    async def _timers(self) -> None:
         """Hand jobs whose time came back to the readers."""
-        async with send:
-            while True:
-                changed = self.scheduler.changed
-                for entry in self.scheduler.due():
-                    self.scheduler.reread(entry)
-                    send.send_nowait(entry)
-                at = self.scheduler.next_timer()
-                with anyio.move_on_after(math.inf if at is None else at - anyio.current_time()):
-                    await changed.wait()
+        scheduler = self.scheduler
+        while True:
+            changed = scheduler.changed
+            for entry in scheduler.due():
+                scheduler.reread(entry)
+                self._reads.send(entry)
+            at = scheduler.next_timer()
+            with anyio.move_on_after(math.inf if at is None else at - anyio.current_time()):
+                await changed.wait()
 
-    async def _sweep(self, send: MemoryObjectSendStream[Entry]) -> None:
+    async def _sweep(self) -> None:
         """Re-read the list now and then, in case a change to it was missed."""
-        async with send:
-            while True:
-                await anyio.sleep(self.service.config.sweep_interval)
-                known_before = self.scheduler.last_seq
-                try:
-                    response = await self.oada.get(self.pending_path)
-                except OADAError as error:
-                    self.log.warning("queue %r: sweep failed: %s", self.key, error)
-                    continue
-                self._offer(response.data, send, known_before=known_before)
+        while True:
+            await anyio.sleep(self.service.config.sweep_interval)
+            known_before = self.scheduler.last_seq
+            try:
+                response = await self.oada.get(self.pending_path)
+            except OADAError as error:
+                self.log.warning("queue %r: sweep failed: %s", self.key, error)
+                continue
+            self._offer(response.data, known_before=known_before)
 
     async def _dispatch(self, runners: TaskGroup) -> None:
-        """Start the best ready job whenever a slot is free."""
+        """Start the best ready job whenever one is ready and a slot is free."""
         service = self.service
         limiter = service.limiter
+        scheduler = self.scheduler
         while True:
+            # Wait for a job first: an idle queue holds no slot.
+            while not scheduler.has_ready():
+                await scheduler.changed.wait()
             borrower = object()
             await limiter.acquire_on_behalf_of(borrower)
-            while True:
-                changed = self.scheduler.changed
-                entry = self.scheduler.pop()
-                if entry is None:
-                    await changed.wait()
-                    continue
-                if service.claim_in_flight(self.domain, entry.job_id):
-                    break
-                # Another queue of this service runs it right now.
-                self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
-            runners.start_soon(self._run_job, entry, borrower)
+            entry = scheduler.pop()
+            if entry is None:
+                limiter.release_on_behalf_of(borrower)
+                continue
+            self._begin(runners, entry, limiter, borrower)
 
-    async def _run_job(self, entry: Entry, borrower: object | None) -> None:
-        limiter = self.service.limiter
-        released = borrower is None
+    async def _dispatch_urgent(self, runners: TaskGroup) -> None:
+        """File jobs that need no work function (bad, cancelled, refused) at
+        once, without a job slot; at most ``concurrency`` at a time."""
+        scheduler = self.scheduler
+        filing = anyio.CapacityLimiter(self.service.config.concurrency)
+        while True:
+            changed = scheduler.changed
+            entry = scheduler.pop_urgent()
+            if entry is None:
+                await changed.wait()
+                continue
+            borrower = object()
+            await filing.acquire_on_behalf_of(borrower)
+            self._begin(runners, entry, filing, borrower)
+
+    def _begin(
+        self, runners: TaskGroup, entry: Entry, limiter: anyio.CapacityLimiter, borrower: object
+    ) -> None:
+        if self.service.claim_in_flight(self.domain, entry.job_id):
+            runners.start_soon(self._run_job, entry, limiter, borrower)
+            return
+        # Another queue of this service runs it right now.
+        limiter.release_on_behalf_of(borrower)
+        self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+
+    async def _run_job(
+        self, entry: Entry, limiter: anyio.CapacityLimiter | None, borrower: object
+    ) -> None:
+        released = limiter is None
 
         def release_slot() -> None:
             # Called once the job's outcome is written: filing it (two more
@@ -463,6 +496,7 @@ class Queue:
             nonlocal released
             if not released:
                 released = True
+                assert limiter is not None
                 limiter.release_on_behalf_of(borrower)
 
         runner = Runner(self, entry, release_slot=release_slot)
@@ -487,7 +521,7 @@ class Queue:
         finally:
             self.service.release_in_flight(self.domain, entry.job_id)
             release_slot()
-            if later is not None:
+            if later is not None and not entry.gone:
                 self.scheduler.wait(entry, later)
             else:
                 merged = self.scheduler.remove(entry)
@@ -499,21 +533,12 @@ class Queue:
     ) -> None:
         """File the jobs merged into *holder_id* with its outcome."""
         if outcome is None:
-            try:
-                holder = Job.from_resource(
-                    (await self.oada.get(f"/{holder_id}")).data, oada_id=holder_id
-                )
-            except (OADAError, InvalidJob) as error:
-                self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
-                holder = None
+            holder = await self._read_holder(holder_id)
             if holder is None or not holder.finished:
                 # It left the list without an outcome: decide them again.
                 self.scheduler.unpark(merged)
-                with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    # Else the intake stopped: a re-opened watch reads them.
-                    for entry in merged:
-                        if self._read_send is not None:
-                            self._read_send.send_nowait(entry)
+                for entry in merged:
+                    self._reads.send(entry)
                 return
             assert holder.status is not None
             fail_type = holder.result.get("failType") if isinstance(holder.result, dict) else None
@@ -524,7 +549,25 @@ class Queue:
             if self.scheduler.get(entry.job_id) is entry:
                 entry.merged_into = (holder_id, outcome)
                 entry.state = EntryState.RUNNING
-                self._start(self._run_job, entry, None)
+                self._start(self._run_job, entry, None, None)
+
+    async def _read_holder(self, holder_id: str) -> Job[JsonObject] | None:
+        """The job merged jobs wait on, as it ended; ``None`` if it cannot be read."""
+        delay = self.service.config.retry_initial
+        for _attempt in range(5):
+            try:
+                data = (await self.oada.get(f"/{holder_id}")).data
+                return Job.from_resource(data, oada_id=holder_id)
+            except (NotFound, Forbidden, InvalidJob) as error:
+                self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
+                return None
+            except OADAError as error:
+                self.log.warning(
+                    "queue %r: could not read %s: %s; retrying", self.key, holder_id, error
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.service.config.retry_max)
+        return None
 
     # ------------------------------------------------------------- filing
 
@@ -560,6 +603,14 @@ class Queue:
                     await self.oada.put(day_path, batch.links, content_type=JOBS_TYPE)
                 else:
                     await self.oada.put(day_path, batch.links, tree=self.layout.tree)
+                    if len(self._known_days) >= KNOWN_DAYS:
+                        # Days go by: forget old lists (at worst one more tree PUT).
+                        self._known_days.clear()
+                        self._day_locks = {
+                            path: other
+                            for path, other in self._day_locks.items()
+                            if other is lock or other.locked()
+                        }
                     self._known_days.add(day_path)
         except BaseException as error:
             batch.error = error
@@ -568,6 +619,25 @@ class Queue:
             if self._link_batches.get(day_path) is batch:
                 del self._link_batches[day_path]
             batch.done.set()
+
+
+#: States in which a touched link makes the queue read the job again.
+_TOUCHABLE = frozenset({EntryState.WAITING, EntryState.READY, EntryState.PARKED})
+
+
+@dataclass(slots=True)
+class _Reads:
+    """The queue's two read streams: first reads, and reads again."""
+
+    first: MemoryObjectSendStream[Entry] | None
+    again: MemoryObjectSendStream[Entry] | None
+
+    def send(self, entry: Entry) -> None:
+        stream = self.again if entry.settled_once else self.first
+        # Closed when the intake stopped: a re-opened watch reads it then.
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if stream is not None:
+                stream.send_nowait(entry)
 
 
 @dataclass(slots=True)

@@ -151,6 +151,8 @@ class JobOutcome:
     run_at: datetime | None = None
     #: For a reschedule: the job's new ``state``.
     rescheduled: bool = False
+    #: For a retry: why the try failed (written as ``lastError``).
+    reason: str | None = None
     state: Json = None
 
 
@@ -438,12 +440,12 @@ class Runner:
         """What to do with a pending job before claiming it: an outcome to file
         it with, a time to look again, or ``None`` to run it now."""
         worker = self.service.worker_for(job.type)
+        if job.status == JobStatus.CANCEL_REQUESTED.value:
+            return self._cancelled("the job was cancelled before it ran")
         if merged_into is not None:
             holder, outcome = merged_into
             self.log.info("merged into %s (same unique key); taking its outcome", holder)
             return replace(outcome, meta=f"merged into {holder}: {outcome.meta}")
-        if job.status == JobStatus.CANCEL_REQUESTED.value:
-            return self._cancelled("the job was cancelled before it ran")
         if self.entry.duplicate_of is not None:
             message = (
                 f"refused: job {self.entry.duplicate_of} with the same unique key "
@@ -459,7 +461,7 @@ class Runner:
                 JobStatus.FAILURE.value, error_result(error), error.fail_type, message
             )
         if worker is not None and worker.min_version is not None:
-            version = job.options.version or 1
+            version = job.options.effective_version
             if version < worker.min_version:
                 message = (
                     f"job version {version} is older than the {worker.min_version} "
@@ -473,7 +475,21 @@ class Runner:
         until = job.wait_until(self.service.worker_id)
         if until is not None:
             self.log.debug("job is not due or held elsewhere until %s", iso(until))
-        return until
+            return until
+        allowed = job.options.tries or (worker.tries if worker is not None else 1)
+        if job.tries >= allowed:
+            # Only a run that never finished leaves this (its worker died, or
+            # the job itself brought it down): do not start it again forever.
+            message = (
+                f"the job was started {job.tries} time(s) without finishing (its worker "
+                f"stopped or crashed) and may be started {allowed} time(s)"
+            )
+            self.log.error("%s", message)
+            error = JobError(message, RETRY_LIMIT_FAIL_TYPE)
+            return JobOutcome(
+                JobStatus.FAILURE.value, error_result(error), error.fail_type, message
+            )
+        return None
 
     async def _claim(self, job: Job[JsonObject]) -> int | None:
         """Conditionally mark the job running for this worker.
@@ -522,7 +538,7 @@ class Runner:
             # again, here or on another replica.
             scoped.revoke()
             self.log.warning("stopped before the job finished; releasing it")
-            await self._shielded(self._release)
+            await self._shielded(partial(self._release, job))
             raise
         finally:
             scoped.revoke()
@@ -533,6 +549,13 @@ class Runner:
             return utc_now() + timedelta(seconds=1)
         if outcome.run_at is not None:
             given_back = await self._shielded(lambda: self._give_back(outcome))
+            if given_back is None and outcome.rescheduled:
+                # Its new state could not be saved (e.g. too large): running
+                # it again from an old or empty state would be wrong.
+                error = JobError("the rescheduled job's new state could not be saved")
+                failed = JobOutcome(JobStatus.FAILURE.value, error_result(error), meta=str(error))
+                await self._write_and_file(failed, job, etag=None, owned=True)
+                return None
             # Not given back (another worker owns it, or the write failed):
             # the queue looks at it again shortly.
             return outcome.run_at if given_back else utc_now() + timedelta(seconds=1)
@@ -558,7 +581,7 @@ class Runner:
                 return False
             body.update(state=outcome.state, tries=0)
         else:
-            body["lastError"] = outcome.meta
+            body["lastError"] = outcome.reason
         return await self._owned_put(body)
 
     async def _call(
@@ -729,9 +752,14 @@ class Runner:
             None,
             meta=f"try {tried} of {allowed} failed: {reason}; next try in {delay:.3g} s",
             run_at=utc_now() + timedelta(seconds=delay),
+            reason=reason,
         )
 
     def _reschedule(self, request: Reschedule) -> JobOutcome:
+        try:
+            state = _json_result(request.state)
+        except TypeError as error:
+            return self._failure(TypeError(f"the state given to Reschedule is not JSON: {error}"))
         run_at = request.at or utc_now() + timedelta(seconds=request.defer or 0)
         self.log.info("rescheduled for %s: %s", iso(run_at), request.reason)
         return JobOutcome(
@@ -740,7 +768,7 @@ class Runner:
             meta=f"{request.reason}; next run at {iso(run_at)}",
             run_at=run_at,
             rescheduled=True,
-            state=_json_result(request.state),
+            state=state,
         )
 
     def _failure(self, error: Exception) -> JobOutcome:
@@ -840,13 +868,15 @@ class Runner:
             self.log.error("recording the job's outcome took too long; it stays pending")
         return None
 
-    async def _release(self) -> None:
+    async def _release(self, job: Job[Any]) -> None:
         key, update = new_update(
             "released", "Worker stopped before the job finished; it will run again"
         )
         body: JsonObject = {
             "status": JobStatus.PENDING.value,
             "lease": None,
+            # A stop is not a failed try: the claim's count is given back.
+            "tries": job.tries,
             "updates": {key: update},
         }
         if not await self._owned_put(body):
@@ -909,6 +939,7 @@ class Runner:
             )
         if day_path is None:
             return
+        self.outcome = outcome
         level = logging.INFO if outcome.status == JobStatus.SUCCESS.value else logging.WARNING
         self.log.log(level, "job finished: %s", outcome.status)
         job_type = job.type if job is not None else "(invalid)"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -91,14 +92,17 @@ class Entry:
     unique: tuple[str, str] | None = None
     #: Set when refused: the job holding its unique key.
     duplicate_of: str | None = None
-    #: Jobs merged into this one (filed with its outcome).
+    #: Jobs merged into this one (filed with its outcome), and the one this is merged into.
     merged: list[Entry] = field(default_factory=list)
+    parked_on: Entry | None = None
     #: For a merged job whose holder finished: the holder and its outcome.
     merged_into: tuple[str, JobOutcome] | None = None
     #: anyio clock time its timer fires (while ``WAITING``).
     wake_at: float | None = None
     #: Whether the queue has read it at least once.
     settled_once: bool = False
+    #: Its link left the list while it ran: forget it when the run ends.
+    gone: bool = False
 
     @property
     def urgent(self) -> bool:
@@ -142,9 +146,16 @@ class Scheduler:
         self._timers: list[tuple[float, int, Entry]] = []
         self._pushes = itertools.count()
         self._groups: dict[str, list[Entry]] = {}
+        # Members of each group running now (here): a late joiner queued
+        # before them must not push the group past its limit.
+        self._group_running: dict[str, int] = {}
+        # Jobs that only need filing: they skip the queue and the slots.
+        self._urgent: deque[Entry] = deque()
         self._holders: dict[tuple[str, str], Entry] = {}
         self._bodies = 0
         self._reserved = 0
+        # Jobs read but waiting for an earlier one's first read to settle.
+        self._settling = 0
         #: Set whenever a job became ready or a timer was added; waiters renew it.
         self.changed = anyio.Event()
 
@@ -189,6 +200,10 @@ class Scheduler:
     def reread(self, entry: Entry) -> None:
         """The queue is reading *entry* again (its timer fired, or its link was touched)."""
         self._drop_body(entry)
+        if entry.parked_on is not None:
+            if entry in entry.parked_on.merged:
+                entry.parked_on.merged.remove(entry)
+            entry.parked_on = None
         entry.state = EntryState.READING
         entry.wake_at = None
 
@@ -202,16 +217,31 @@ class Scheduler:
             self._settle(entry)
             return
         entry.state = EntryState.SETTLING
+        self._settling += 1
+        self._drain_unsettled()
+
+    def _drain_unsettled(self) -> None:
+        """Settle first reads in queue order, as far as they have come back."""
         while self._unsettled:
             _, first = self._unsettled[0]
-            if self._by_id.get(first.job_id) is not first:
+            if self._by_id.get(first.job_id) is not first or first.settled_once:
                 heapq.heappop(self._unsettled)
                 continue
-            if first.state is EntryState.READING:
-                break
+            if first.state is not EntryState.SETTLING:
+                break  # not read yet (or its read failed and is retried)
             heapq.heappop(self._unsettled)
             first.settled_once = True
+            self._settling -= 1
             self._settle(first)
+
+    def first_unsettled(self, entry: Entry) -> bool:
+        """Whether *entry* is the job whose first read the others wait for."""
+        while self._unsettled:
+            _, first = self._unsettled[0]
+            if self._by_id.get(first.job_id) is first and not first.settled_once:
+                return first is entry
+            heapq.heappop(self._unsettled)
+        return False
 
     # ------------------------------------------------------------ deciding
 
@@ -226,13 +256,14 @@ class Scheduler:
             self._make_ready(entry, URGENT)
             return
         minimum = policy.min_version if policy is not None else None
-        if minimum is not None and (job.options.version or 1) < minimum:
+        if minimum is not None and job.options.effective_version < minimum:
             self._make_ready(entry, URGENT)
             return
         self._place(entry, job, policy)
 
     def _place(self, entry: Entry, job: Job[Any], policy: Worker | None) -> None:
         options = job.options
+        entry.duplicate_of = None
         # Unique key: the first job queued holds it while in the list.
         if entry.unique is None and options.unique_key is not None:
             mode = policy.unique if policy is not None else "refuse"
@@ -246,6 +277,7 @@ class Scheduler:
                     if mode == "merge":
                         self._drop_body(entry)
                         entry.state = EntryState.PARKED
+                        entry.parked_on = holder
                         holder.merged.append(entry)
                         self._notify()
                     else:
@@ -272,18 +304,45 @@ class Scheduler:
     def _make_ready(self, entry: Entry, priority: float) -> None:
         entry.state = EntryState.READY
         entry.priority = priority
-        if self._may_start(entry):
+        if entry.urgent:
+            self._urgent.append(entry)
+            self._notify()
+        elif self._may_start(entry):
             self._push_ready(entry)
+        else:
+            # Blocked behind its group: holds no room; read again when it runs.
+            self._drop_body(entry)
 
     def _push_ready(self, entry: Entry) -> None:
         heapq.heappush(self._ready, (-entry.priority, entry.seq, next(self._pushes), entry))
         self._notify()
 
     def _may_start(self, entry: Entry) -> bool:
-        if entry.urgent or entry.group is None:
+        if entry.group is None:
             return True
+        limit = entry.group_limit
         members = self._groups.get(entry.group, [])
-        return entry in members[: entry.group_limit]
+        return self._group_running.get(entry.group, 0) < limit and entry in members[:limit]
+
+    def _group_moved(self, group: str) -> None:
+        """A member of *group* started or stopped: let the next ones in line go."""
+        members = self._groups.get(group, [])
+        for member in members[: members[0].group_limit if members else 0]:
+            if member.state is EntryState.READY and self._may_start(member):
+                self._push_ready(member)
+
+    def _start(self, entry: Entry) -> None:
+        entry.state = EntryState.RUNNING
+        if entry.group is not None:
+            self._group_running[entry.group] = self._group_running.get(entry.group, 0) + 1
+
+    def _stopped(self, entry: Entry) -> bool:
+        """Count *entry* out of its group's running jobs, if it ran; whether it did."""
+        if entry.state is not EntryState.RUNNING:
+            return False
+        if entry.group is not None:
+            self._group_running[entry.group] -= 1
+        return True
 
     def _wait(self, entry: Entry, at: float) -> None:
         self._drop_body(entry)
@@ -295,14 +354,39 @@ class Scheduler:
     def wait(self, entry: Entry, until: datetime | float) -> None:
         """Put *entry* back on a timer (a retry, a reschedule, a skipped claim)."""
         if self._by_id.get(entry.job_id) is entry:
+            was_running = self._stopped(entry)
             self._wait(entry, clock_at(until) if isinstance(until, datetime) else until)
+            if was_running and entry.group is not None:
+                self._group_moved(entry.group)
 
     # ------------------------------------------------------------ running
 
+    def has_ready(self) -> bool:
+        """Whether a job may start now (stale heap entries are dropped on the way)."""
+        while self._ready:
+            *_, entry = self._ready[0]
+            if (
+                entry.state is EntryState.READY
+                and self._by_id.get(entry.job_id) is entry
+                and self._may_start(entry)
+            ):
+                return True
+            # Re-pushed when its group lets it go.
+            heapq.heappop(self._ready)
+        return False
+
     def pop(self) -> Entry | None:
         """The ready job to run next, marked running; ``None`` if none may start."""
-        while self._ready:
-            *_, entry = heapq.heappop(self._ready)
+        if not self.has_ready():
+            return None
+        *_, entry = heapq.heappop(self._ready)
+        self._start(entry)
+        return entry
+
+    def pop_urgent(self) -> Entry | None:
+        """A job that only needs filing, marked running; ``None`` if there is none."""
+        while self._urgent:
+            entry = self._urgent.popleft()
             if entry.state is EntryState.READY and self._by_id.get(entry.job_id) is entry:
                 entry.state = EntryState.RUNNING
                 return entry
@@ -335,20 +419,34 @@ class Scheduler:
         if self._by_key.get(entry.key) is entry:
             del self._by_key[entry.key]
         self._drop_body(entry)
+        self._stopped(entry)
+        if entry.state is EntryState.SETTLING:
+            self._settling -= 1
         entry.state = EntryState.READING  # any heap copies are stale now
+        if entry.parked_on is not None and entry in entry.parked_on.merged:
+            entry.parked_on.merged.remove(entry)
         if entry.unique is not None and self._holders.get(entry.unique) is entry:
             del self._holders[entry.unique]
         if entry.group is not None:
             members = self._groups.get(entry.group, [])
             if entry in members:
                 members.remove(entry)
-            if not members:
+            if members:
+                self._group_moved(entry.group)
+            else:
                 self._groups.pop(entry.group, None)
-            for member in members[: entry.group_limit]:
-                if member.state is EntryState.READY:
-                    self._push_ready(member)
+                self._group_running.pop(entry.group, None)
+        self._drain_unsettled()
+        self._notify()
         merged, entry.merged = entry.merged, []
+        for member in merged:
+            member.parked_on = None
         return merged
+
+    def mark_gone(self, entry: Entry) -> None:
+        """*entry*'s link left the list while it runs: forget it when the run ends."""
+        entry.gone = True
+        self._notify()
 
     def unpark(self, entries: list[Entry]) -> None:
         """Merged jobs whose holder left without an outcome: to be decided again."""
@@ -377,9 +475,11 @@ class Scheduler:
         return self._bodies + self._reserved >= self._keep_bodies
 
     @asynccontextmanager
-    async def room(self) -> AsyncIterator[None]:
-        """Wait until a first read of a job fits under ``keep_bodies``; hold that room while reading."""
-        while self.full:
+    async def room(self, entry: Entry) -> AsyncIterator[None]:
+        """Wait until the first read of *entry* fits under ``keep_bodies``, and
+        hold that room while reading. When jobs read after it wait for it
+        (see :meth:`first_unsettled`), it does not wait: they hold the room."""
+        while self.full and not (self._settling and self.first_unsettled(entry)):
             await self.changed.wait()
         self._reserved += 1
         try:

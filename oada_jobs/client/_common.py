@@ -160,9 +160,10 @@ _ORJSON_OPTIONS = (
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
 # orjson turns integers beyond 64 bits into floats: texts with a run of 19
-# digits take the stdlib decoder.
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# digits take the stdlib decoder. Found by mapping digits to "0" and the rest
+# to " " and searching (a regular expression cost four times orjson's time).
+_DIGIT_MAP = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_DIGIT_RUN = b"0" * 19
 
 
 def dumps(value: Any) -> str:
@@ -190,8 +191,8 @@ def loads(text: str | bytes) -> Any:
     Anything orjson refuses (NaN, lone surrogates...) gets the stdlib's
     answer, value or exception, as does a text with integers past 64 bits.
     """
-    long = _LONG_NUMBER.search(text) if isinstance(text, str) else _LONG_NUMBER_BYTES.search(text)
-    if long is None:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if _DIGIT_RUN not in data.translate(_DIGIT_MAP):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -62,7 +62,7 @@ async def test_retries_wait_longer_each_time_and_record_every_reason(
         "try 2 of 3 failed: upstream busy (2); next try in 0.6 s",
     ]
     # The last reason stays on the job; the waits grew 0.3 s then 0.6 s.
-    assert job.raw["lastError"] == retries[-1]
+    assert job.raw["lastError"] == "upstream busy (2)"
     assert runs[1] - runs[0] >= 0.3
     assert runs[2] - runs[1] >= 0.6
 
@@ -680,3 +680,133 @@ async def test_cancelling_a_delayed_job_files_it_at_once(
     assert job.status == "failure"
     assert isinstance(job.result, dict)
     assert job.result["failType"] == "cancelled"
+
+
+async def test_a_large_group_behind_a_retrying_head_does_not_stall_the_queue(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    # More group members than the queue holds in memory, and the head retries.
+    service = make_service(server, name, concurrency=2, keep_jobs=2)
+    order: list[str] = []
+
+    @service.on("edit", 10, retry_delay=0.2, jitter=False)
+    async def edit(job: Job[Json], ctx: WorkerContext) -> Json:
+        order.append(job.config["name"])
+        if job.config["name"] == "g0" and job.tries == 1:
+            raise Retry(reason="locked")
+        return None
+
+    ids = [
+        await post_job(oada, name, "edit", {"name": f"g{n}"}, options={"group": "g"})
+        for n in range(6)
+    ]
+    other = await post_job(oada, name, "edit", {"name": "other"})
+    async with service:
+        for job_id in [*ids, other]:
+            assert (await wait_for_job(oada, job_id, 20)).status == "success"
+    assert [label for label in order if label != "other"] == [
+        "g0",
+        "g0",
+        "g1",
+        "g2",
+        "g3",
+        "g4",
+        "g5",
+    ]
+
+
+async def test_a_job_taken_off_the_list_while_it_runs_is_not_run_again(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name)
+    started = anyio.Event()
+    go_on = anyio.Event()
+    runs = 0
+
+    @service.on("flaky", 10, retry_delay=0.1, jitter=False)
+    async def flaky(job: Job[Json], ctx: WorkerContext) -> Json:
+        nonlocal runs
+        runs += 1
+        started.set()
+        await go_on.wait()
+        raise Retry(reason="again")
+
+    async with service:
+        job_id = await post_job(oada, name, "flaky")
+        with anyio.fail_after(10):
+            await started.wait()
+        await oada.delete(f"/bookmarks/services/{name}/jobs/{job_id.removeprefix('resources/')}")
+        queue = service.queues["_default"]
+        entry = queue.scheduler.get(job_id)
+        with anyio.fail_after(10):
+            while entry is not None and not entry.gone:
+                await queue.scheduler.changed.wait()
+        go_on.set()
+        with anyio.fail_after(10):
+            while queue.scheduler.get(job_id) is not None:
+                await queue.scheduler.changed.wait()
+    assert runs == 1
+
+
+async def test_a_cancelled_merged_job_is_cancelled_not_merged(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name, concurrency=1)
+    gate = anyio.Event()
+    started = anyio.Event()
+
+    @service.on("report", 10, unique="merge")
+    async def report(job: Job[Json], ctx: WorkerContext) -> Json:
+        started.set()
+        await gate.wait()
+        return {"rows": 1}
+
+    async with service:
+        first = await post_job(oada, name, "report", options={"uniqueKey": "k"})
+        with anyio.fail_after(10):
+            await started.wait()
+        second = await post_job(oada, name, "report", options={"uniqueKey": "k"})
+        queue = service.queues["_default"]
+        with anyio.fail_after(10):
+            while queue.scheduler.counts()["parked"] < 1:
+                await queue.scheduler.changed.wait()
+        # Filed at once although the only slot is busy: filing needs none.
+        assert await request_cancel(oada, second, "not wanted")
+        cancelled = await wait_for_job(oada, second, 15, filed="classic")
+        assert not gate.is_set()
+        gate.set()
+        assert (await wait_for_job(oada, first, 15)).status == "success"
+    assert isinstance(cancelled.result, dict)
+    assert cancelled.result["failType"] == "cancelled"
+
+
+async def test_a_job_that_keeps_killing_its_worker_fails_after_its_tries(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name)
+    ran = False
+
+    @service.on("crash", 10, tries=2)
+    async def crash(job: Job[Json], ctx: WorkerContext) -> Json:
+        nonlocal ran
+        ran = True
+        return None
+
+    # What two workers that died mid-run leave behind: tries 2, lease expired.
+    job_id = await post_job(oada, name, "crash")
+    await oada.put(
+        f"/{job_id}",
+        {
+            "status": "running",
+            "tries": 2,
+            "lease": {"worker": "gone", "expires": "2020-01-01T00:00:00Z"},
+        },
+        content_type="application/vnd.oada.service.jobs.1+json",
+    )
+    async with service:
+        job = await wait_for_job(oada, job_id, 15)
+    assert not ran
+    assert job.status == "failure"
+    assert isinstance(job.result, dict)
+    assert job.result["failType"] == "retry-limit"
+    assert "started 2 time(s) without finishing" in job.result["message"]

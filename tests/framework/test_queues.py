@@ -182,3 +182,29 @@ async def test_a_removed_queue_lets_its_running_jobs_finish(
         frank_bookmarks = (await frank.get("/bookmarks")).data["_id"]
     assert job.status == "success"
     assert job.result == {"bookmarks": frank_bookmarks}
+
+
+async def test_idle_queues_hold_no_slot_even_after_queues_come_and_go(
+    make_service: Callable[..., Service], oada: OADAClient, domain: str, name: str
+) -> None:
+    service = make_service(concurrency=1)
+    echo_service(service)
+    queues = CLASSIC.queues_path(name)
+    async with service, OADAClient(domain, "abc") as frank:
+        # Queues added and removed a few times, all idle meanwhile.
+        for _ in range(3):
+            key = (await oada.post(queues, {"domain": domain, "token": "abc"})).content_location
+            key = key.rsplit("/", 1)[-1]
+            with anyio.fail_after(2):
+                await service.wait_for_queues(watching(key))
+            await oada.delete(f"{queues}/{key}")
+            with anyio.fail_after(2):
+                await service.wait_for_queues(lambda qs, key=key: key not in qs)
+        key = (await oada.post(queues, {"domain": domain, "token": "abc"})).content_location
+        key = key.rsplit("/", 1)[-1]
+        with anyio.fail_after(2):
+            await service.wait_for_queues(watching(key))
+        # Two queues, one slot: the idle default queue must not hold it.
+        job = await wait_for_job(frank, await post_job(frank, name, "echo", {"n": 1}), 10)
+        assert job.status == "success"
+        assert service.limiter.borrowed_tokens == 0

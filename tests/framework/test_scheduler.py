@@ -85,3 +85,53 @@ async def test_the_scheduler_is_full_at_its_limit_until_a_job_is_taken() -> None
     assert taken.key == "a"
     assert not scheduled.full
     assert scheduled.held_jobs == 1
+
+
+async def test_a_job_leaving_the_list_during_its_first_read_releases_the_ones_after_it() -> None:
+    scheduled = scheduler()
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    scheduled.read(b, job("b"), None)
+    assert b.state is EntryState.SETTLING
+    scheduled.remove(a)
+    assert b.state is EntryState.READY
+    assert drain(scheduled) == ["b"]
+
+
+async def test_a_failed_first_read_keeps_the_group_order() -> None:
+    scheduled = scheduler()
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    # a's read failed: it waits to be read again, and b (same group) waits for it.
+    scheduled.wait(a, 0.0)
+    scheduled.read(b, job("b", group="g"), None)
+    assert scheduled.pop() is None
+    for due in scheduled.due():
+        scheduled.reread(due)
+    scheduled.read(a, job("a", group="g"), None)
+    assert drain(scheduled) == ["a"]
+
+
+async def test_a_late_joiner_does_not_push_a_group_past_its_limit() -> None:
+    scheduled = scheduler()
+    running = add(scheduled, "b")
+    scheduled.read(running, job("b", group="g"), None)
+    assert drain(scheduled) == ["b"]
+    # A job queued before it turns up late (a sweep found it): it waits.
+    late = add(scheduled, "a")
+    late.seq = 0
+    scheduled.read(late, job("a", group="g"), None)
+    assert scheduled.pop() is None
+    scheduled.remove(running)
+    assert drain(scheduled) == ["a"]
+
+
+async def test_jobs_that_only_need_filing_skip_the_ready_queue() -> None:
+    scheduled = scheduler(min_version=2)
+    old = add(scheduled, "a")
+    scheduled.read(old, job("a", version=1), None)
+    assert scheduled.pop() is None
+    urgent = scheduled.pop_urgent()
+    assert urgent is old
+    zero = add(scheduled, "b")
+    scheduled.read(zero, job("b", version=0), None)
+    # Version 0 is older than 1, not "missing".
+    assert scheduled.pop_urgent() is zero
