@@ -1,14 +1,16 @@
 """A queue: one job list on one OADA store, watched and worked through.
 
-A :class:`Queue` ensures its pending list exists, reads it, works through what
-is there and watches the list *from the rev it read*, so nothing posted in
-between is missed. Keys go through a bounded stream to a dispatcher that reads
-a job only when the service has a free slot, so a large backlog is never
-loaded all at once. A periodic sweep re-reads the list to pick up jobs whose
-worker died (expired lease) or that were given back at shutdown.
+A :class:`Queue` ensures its pending list exists, reads it and watches it
+*from the rev it read*, so nothing posted in between is missed. Each linked
+job is read once and handed to the queue's
+:class:`~oada_jobs.scheduler.Scheduler`, which decides when it may start and
+in what order; a dispatcher starts the best ready job whenever the service
+has a free slot. At most ``keep_jobs`` read jobs wait in memory, so a large
+backlog is read as room frees up. A periodic sweep re-reads the list in case
+a change to it was missed.
 
-Stopping a queue stops its intake (watch, sweep, dispatch); jobs already
-running finish.
+Stopping a queue stops its intake (watch, readers, timers, sweep, dispatch);
+jobs already running finish.
 """
 
 from __future__ import annotations
