@@ -602,16 +602,10 @@ class Runner:
             try:
                 work_job = work_job.with_config(worker.config_model.model_validate(job.config))
             except ValidationError as error:
-                message = f"job config does not match {worker.config_model.__name__}: {error.error_count()} error(s)"
-                self.log.error("%s", message)
-                result = {
-                    "name": "ValidationError",
-                    "message": message,
-                    "errors": json.loads(error.json(include_url=False)),
-                    "failType": INVALID_CONFIG_FAIL_TYPE,
-                }
-                return JobOutcome(
-                    JobStatus.FAILURE.value, result, INVALID_CONFIG_FAIL_TYPE, message
+                return self._invalid(
+                    error,
+                    f"job config does not match {worker.config_model.__name__}",
+                    INVALID_CONFIG_FAIL_TYPE,
                 )
 
         timed_out = cancelled = lost = False
@@ -710,20 +704,22 @@ class Runner:
             try:
                 value = model.model_validate(value)
             except ValidationError as error:
-                message = (
-                    f"the result does not match {model.__name__}: {error.error_count()} error(s)"
-                )
-                self.log.error("%s", message)
-                result = {
-                    "name": "ValidationError",
-                    "message": message,
-                    "errors": json.loads(error.json(include_url=False)),
-                    "failType": INVALID_RESULT_FAIL_TYPE,
-                }
-                return JobOutcome(
-                    JobStatus.FAILURE.value, result, INVALID_RESULT_FAIL_TYPE, message
+                return self._invalid(
+                    error, f"the result does not match {model.__name__}", INVALID_RESULT_FAIL_TYPE
                 )
         return JobOutcome(JobStatus.SUCCESS.value, _json_result(value))
+
+    def _invalid(self, error: ValidationError, what: str, fail_type: str) -> JobOutcome:
+        """A failure carrying pydantic's exact validation errors."""
+        message = f"{what}: {error.error_count()} error(s)"
+        self.log.error("%s", message)
+        result = {
+            "name": "ValidationError",
+            "message": message,
+            "errors": json.loads(error.json(include_url=False)),
+            "failType": fail_type,
+        }
+        return JobOutcome(JobStatus.FAILURE.value, result, fail_type, message)
 
     def _retry(
         self,
