@@ -6,7 +6,6 @@ Pure functions on decoded JSON, shared by the read and write paths.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,11 +45,19 @@ def _reject_constant(name: str) -> Any:
 
 
 _stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-# orjson turns integers beyond 64 bits into floats (from -2**63 - 1 down,
-# and from 2**64 up); texts with a run of 19 digits take the exact (slower)
-# stdlib decoder instead.
-_HUGE_INT = re.compile(rb"\d{19}")
-_HUGE_INT_TEXT = re.compile(r"\d{19}")
+# orjson turns integers beyond 64 bits (below -2**63, above 2**64 - 1) into
+# floats; texts with a run of 19 digits go to the exact (slower) stdlib
+# decoder instead. The run is found by mapping every digit to "0" and
+# everything else to " " (bytes.translate), then a substring search: a
+# regular expression for it took four times as long as orjson's decoding.
+_DIGIT_MAP = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_DIGIT_RUN = b"0" * 19
+
+
+def _long_digit_run(text: str | bytes) -> bool:
+    """Whether *text* has 19 ASCII digits in a row (a number orjson may not keep exact)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return _DIGIT_RUN in data.translate(_DIGIT_MAP)
 
 
 def parse_json(body: bytes) -> Any:
@@ -58,7 +65,7 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise BadDocument("expected a JSON body, got an empty body")
     try:
-        if _HUGE_INT.search(body) is None:
+        if not _long_digit_run(body):
             return orjson.loads(body)
         return _stdlib_decode(body.decode("utf-8"))
     except RecursionError:
@@ -75,11 +82,10 @@ def loads(text: str | bytes) -> tuple[Any, bool]:
     Returns the value and whether orjson decoded it: its values hold only
     finite floats, 64-bit integers and valid UTF-8 strings, so
     :func:`orjson.dumps` can encode them again. Anything orjson refuses
-    (``NaN``, lone surrogates, a byte-order mark...) gets exactly the
-    stdlib's answer, value or exception.
+    (``NaN``, lone surrogates, a byte-order mark...) or might change (long
+    numbers) gets exactly the stdlib's answer, value or exception.
     """
-    huge = _HUGE_INT_TEXT.search(text) if isinstance(text, str) else _HUGE_INT.search(text)
-    if huge is None:
+    if not _long_digit_run(text):
         try:
             return orjson.loads(text), True
         except orjson.JSONDecodeError:
