@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from oada_jobs._ksuid import ksuid
@@ -61,6 +63,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between background WAL checkpoints (when anything was written).
+CHECKPOINT_INTERVAL = 0.25
 
 _METHODS = frozenset({"get", "head", "put", "post", "delete"})
 _PREFIXES = frozenset({"resources", "bookmarks", "shares", "users", "authorizations"})
@@ -203,6 +208,9 @@ class OADACore:
         self._graph = ResourceGraph(self._store, max_depth=config.max_depth)
         self._task_group: TaskGroup | None = None
         self._deferred = config.quirks == "reference"
+        self._checkpointing = anyio.CancelScope()
+        # Set (and replaced) after each background checkpoint; tests wait on it.
+        self._checkpointed = anyio.Event()
         self._roots = frozenset(
             rid for info in config.tokens.values() for rid in (info.bookmarks, info.shares_id)
         )
@@ -221,10 +229,12 @@ class OADACore:
         if self._state is not CoreState.UNOPENED:
             raise RuntimeError(f"OADACore cannot be opened when {self._state.value}")
         self._store.open()
-        if self._deferred:
+        if self._deferred or self._store.checkpoints:
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
             self._task_group = task_group
+            if self._store.checkpoints:
+                task_group.start_soon(self._checkpoint_regularly)
         self._state = CoreState.OPEN
         return self
 
@@ -237,6 +247,9 @@ class OADACore:
         try:
             if self._task_group is not None:
                 task_group, self._task_group = self._task_group, None
+                # The checkpointer would run forever (a checkpoint in progress
+                # finishes first); pending rev propagation is waited for.
+                self._checkpointing.cancel()
                 await task_group.__aexit__(exc_type, exc, tb)
         finally:
             self._state = CoreState.CLOSED
@@ -667,6 +680,23 @@ class OADACore:
                     self._graph.save(batch)
         except Exception:
             logger.exception("rev propagation failed")
+
+    async def _checkpoint_regularly(self) -> None:
+        """Checkpoint the store's WAL in a worker thread while writes come in."""
+        store = self._store
+        with self._checkpointing:
+            while True:
+                await anyio.sleep(CHECKPOINT_INTERVAL)
+                if not store.commits_since_checkpoint:
+                    continue
+                store.commits_since_checkpoint = 0
+                try:
+                    await anyio.to_thread.run_sync(store.checkpoint)
+                except sqlite3.Error:
+                    # Commits still checkpoint by themselves past the backstop.
+                    logger.exception("background WAL checkpoint failed")
+                done, self._checkpointed = self._checkpointed, anyio.Event()
+                done.set()
 
     # -- users' root resources ----------------------------------------------------
 
