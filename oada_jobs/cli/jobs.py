@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..client import OADAClient
 from ..exceptions import InvalidJob, NotFound, OADAError, OADAJobsError
-from ..job import Job, parse_time, request_cancel
+from ..job import Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
 from ..tree import Layout, service_root
@@ -291,6 +291,15 @@ def post(
             help="The job's config: JSON text, @file.json, or - for stdin.",
         ),
     ] = "{}",
+    options: Annotated[
+        str | None,
+        typer.Option(
+            "--options",
+            "-o",
+            help="The job's options (docs/scheduling.md), e.g. '{\"priority\": 5}': "
+            "JSON text, @file.json, or - for stdin.",
+        ),
+    ] = None,
     service: ServiceOption = None,
     wait: WaitOption = False,
     timeout: WaitTimeoutOption = 60.0,
@@ -312,8 +321,15 @@ def post(
         raise CLIError(
             f"--config must be a JSON object, got {type(parsed).__name__}", ExitCode.USAGE
         )
+    chosen_options = None
+    if options is not None:
+        chosen_options, problems = JobOptions.parse(read_json_argument(options, "--options"))
+        if problems:
+            raise CLIError(f"--options: {'; '.join(problems)}", ExitCode.USAGE)
     run_command(
-        lambda: _post_and_report(settings, name, job_type, dict(parsed), wait, timeout, json)
+        lambda: _post_and_report(
+            settings, name, job_type, dict(parsed), wait, timeout, json, options=chosen_options
+        )
     )
 
 
@@ -326,10 +342,12 @@ async def _post_and_report(
     wait_seconds: float,
     plain: bool,
     retry_of: str | None = None,
+    *,
+    options: JobOptions | None = None,
 ) -> None:
     async with connect(settings) as oada:
         chosen = await resolve_layout(oada, settings, name)
-        job_id = await post_job(oada, name, job_type, config, layout=chosen.name)
+        job_id = await post_job(oada, name, job_type, config, layout=chosen.name, options=options)
         finished = await wait_if_asked(oada, job_id, wait, wait_seconds)
     report_posted(
         job_id,

@@ -267,3 +267,14 @@ async def test_cancel_stops_a_running_job(cli: CLI, server: EmbeddedServer) -> N
     assert job.status == "failure"
     assert isinstance(job.result, dict)
     assert job.result["failType"] == "cancelled"
+
+
+async def test_post_writes_options_and_refuses_bad_ones(cli: CLI, oada: OADAClient) -> None:
+    posted = await cli("jobs", "post", "email", "-o", '{"priority": 5, "group": "f7"}', "--json")
+    assert posted.exit_code == 0, posted
+    job = (await oada.get(f"/{posted.json()['id']}")).data
+    assert job["options"] == {"priority": 5, "group": "f7"}
+
+    bad = await cli("jobs", "post", "email", "-o", '{"priority": "high"}')
+    assert bad.exit_code == 2, bad
+    assert "--options: 'options.priority': Input should be a valid integer" in bad.stderr
