@@ -161,9 +161,6 @@ class Scheduler:
 
     # ------------------------------------------------------------ reading
 
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._by_id
-
     @property
     def last_seq(self) -> int:
         """How many jobs the scheduler has been handed so far."""
@@ -173,9 +170,6 @@ class Scheduler:
     def held_jobs(self) -> int:
         """How many read jobs are kept in memory."""
         return self._bodies
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
     def entries(self) -> Iterator[Entry]:
         return iter(list(self._by_id.values()))
