@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from .._loop import backend_options
 from ..client import OADAClient
 from ..exceptions import (
     Forbidden,
@@ -245,7 +246,7 @@ async def connect(settings: Settings, *, check: bool = True) -> AsyncIterator[OA
 def run_command(main: Callable[[], Awaitable[None]]) -> None:
     """Run an async command body; client errors become a :class:`CLIError`."""
     try:
-        anyio.run(main)
+        anyio.run(main, backend_options=backend_options())
     except OADAError as error:
         raise describe_oada_error(error, None) from None
 
