@@ -390,6 +390,15 @@ class Service:
             raise RuntimeError("the service has no domain yet; pass domain= and token= or oada=")
         return self._domain
 
+    @property
+    def token(self) -> str | None:
+        """The token the service connects with (``None`` when given ``oada=``).
+
+        A secret: it is in no repr or log line; this is for tools that must
+        connect as the service would (``oada-jobs cron``).
+        """
+        return self._token
+
     def __repr__(self) -> str:
         return f"Service({self.name!r}, domain={self._domain!r}, state={self._state.value})"
 

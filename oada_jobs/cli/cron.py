@@ -77,13 +77,6 @@ def _load(
     return service, settings
 
 
-def _service_token(service: Service) -> str | None:
-    # Service keeps its token private (it must never show in reprs); a token
-    # given in the service's code is the one `oada-jobs run` would use too.
-    token = getattr(service, "_token", None)
-    return token if isinstance(token, str) else None
-
-
 def _connection(service: Service, settings: Settings, *, required: bool) -> Settings | None:
     """Settings to connect as the service would; without a domain or token,
     ``None``, or with *required* a :class:`CLIError` (exit 2)."""
@@ -97,7 +90,8 @@ def _connection(service: Service, settings: Settings, *, required: bool) -> Sett
             "set OADA_DOMAIN",
             ExitCode.USAGE,
         ) from None
-    token = settings.token_value() or _service_token(service)
+    # A token given in the service's code is the one `oada-jobs run` uses too.
+    token = settings.token_value() or service.token
     if token is None:
         if not required:
             return None

@@ -32,6 +32,7 @@ async def test_service_options_and_registration_are_validated() -> None:
     with pytest.raises(ValueError, match="expected a non-empty job type"):
         service.on("", 1)
     assert "god" not in repr(service)
+    assert service.token == "god"
 
 
 @pytest.mark.parametrize(
