@@ -495,7 +495,7 @@ class Scheduler:
     # ------------------------------------------------------------ introspection
 
     def counts(self) -> dict[str, int]:
-        """How many jobs are in each state (for metrics and ``repr``)."""
+        """How many jobs are in each state (for health checks and tests)."""
         totals = {state.value: 0 for state in EntryState}
         for entry in self._by_id.values():
             totals[entry.state.value] += 1

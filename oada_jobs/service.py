@@ -618,9 +618,6 @@ class Service:
     def same_domain(self, domain: str) -> bool:
         return parse_domain(domain).http == self.domain
 
-    def in_flight(self, domain: str, job_id: str) -> bool:
-        return (domain, job_id) in self._in_flight
-
     def claim_in_flight(self, domain: str, job_id: str) -> bool:
         """Mark a job as in flight here; ``False`` if it already is."""
         if (domain, job_id) in self._in_flight:

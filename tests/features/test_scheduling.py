@@ -4,6 +4,7 @@ service restarts in the middle of delays and retries."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,10 +12,20 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from oada_jobs import Job, JobFailed, JobOptions, Json, Reschedule, Retry, WorkerContext
+from oada_jobs import (
+    Job,
+    JobFailed,
+    JobOptions,
+    Json,
+    Reschedule,
+    Retry,
+    Service,
+    WorkerContext,
+)
 from oada_jobs.client import OADAClient
 from oada_jobs.job import parse_time, request_cancel
 from oada_jobs.requester import post_job, run_job
+from oada_jobs.scheduler import Scheduler
 from oada_jobs.testing import EmbeddedServer, wait_for_job
 
 from .conftest import make_service
@@ -28,6 +39,15 @@ def times(job: Job[Any], status: str) -> list[datetime]:
         if update.get("status") == status
     ]
     return [moment for moment in found if moment is not None]
+
+
+async def until(service: Service, predicate: Callable[[Scheduler], bool]) -> None:
+    """Wait (on the scheduler's changes, not polling) until *predicate* holds for
+    the service's default queue."""
+    scheduler = service.queues["_default"].scheduler
+    with anyio.fail_after(10):
+        while not predicate(scheduler):
+            await scheduler.changed.wait()
 
 
 def statuses(job: Job[Any]) -> list[str]:
@@ -189,10 +209,7 @@ async def test_a_delayed_job_survives_a_restart_and_runs_once_at_its_time(
     async with first:
         job_id = await post_job(oada, name, "later", options={"notBefore": not_before.isoformat()})
         # Wait until the first service has seen the job and put it on a timer.
-        queue = first.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["waiting"] < 1:
-                await queue.scheduler.changed.wait()
+        await until(first, lambda s: s.counts()["waiting"] >= 1)
     assert runs == []
     second = make_service(server, name)
     second.on("later", 10, work)
@@ -222,10 +239,7 @@ async def test_a_retry_survives_a_restart_in_the_middle_of_its_delay(
         job_id = await post_job(oada, name, "flaky")
         with anyio.fail_after(10):
             await given_back.wait()
-        queue = first.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["waiting"] < 1:
-                await queue.scheduler.changed.wait()
+        await until(first, lambda s: s.counts()["waiting"] >= 1)
     pending = (await oada.get(f"/{job_id}")).data
     assert pending["status"] == "pending"
     run_at = parse_time(pending["runAt"])
@@ -272,10 +286,7 @@ async def test_higher_priority_jobs_run_first(
             await post_job(oada, name, "work", {"name": "high"}, options={"priority": 10}),
             await post_job(oada, name, "work", {"name": "default-2"}),
         ]
-        queue = service.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["ready"] < 4:
-                await queue.scheduler.changed.wait()
+        await until(service, lambda s: s.counts()["ready"] >= 4)
         gate.set()
         for job_id in ids:
             await wait_for_job(oada, job_id, 15)
@@ -379,10 +390,7 @@ async def test_a_merged_duplicate_ends_with_the_first_jobs_outcome(
         with anyio.fail_after(10):
             await started.wait()
         second = await post_job(oada, name, "report", options={"uniqueKey": "daily"})
-        queue = service.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["parked"] < 1:
-                await queue.scheduler.changed.wait()
+        await until(service, lambda s: s.counts()["parked"] >= 1)
         gate.set()
         # The requester of the second job gets the first one's result.
         merged = await wait_for_job(oada, second, 15, filed="classic")
@@ -670,10 +678,7 @@ async def test_cancelling_a_delayed_job_files_it_at_once(
 
     async with service:
         job_id = await post_job(oada, name, "later", options={"notBefore": "2099-01-01T00:00:00Z"})
-        queue = service.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["waiting"] < 1:
-                await queue.scheduler.changed.wait()
+        await until(service, lambda s: s.counts()["waiting"] >= 1)
         assert await request_cancel(oada, job_id, "not needed any more")
         job = await wait_for_job(oada, job_id, 15, filed="classic")
     assert not ran
@@ -736,15 +741,11 @@ async def test_a_job_taken_off_the_list_while_it_runs_is_not_run_again(
         with anyio.fail_after(10):
             await started.wait()
         await oada.delete(f"/bookmarks/services/{name}/jobs/{job_id.removeprefix('resources/')}")
-        queue = service.queues["_default"]
-        entry = queue.scheduler.get(job_id)
-        with anyio.fail_after(10):
-            while entry is not None and not entry.gone:
-                await queue.scheduler.changed.wait()
+        entry = service.queues["_default"].scheduler.get(job_id)
+        assert entry is not None
+        await until(service, lambda s: entry.gone)
         go_on.set()
-        with anyio.fail_after(10):
-            while queue.scheduler.get(job_id) is not None:
-                await queue.scheduler.changed.wait()
+        await until(service, lambda s: s.get(job_id) is None)
     assert runs == 1
 
 
@@ -766,10 +767,7 @@ async def test_a_cancelled_merged_job_is_cancelled_not_merged(
         with anyio.fail_after(10):
             await started.wait()
         second = await post_job(oada, name, "report", options={"uniqueKey": "k"})
-        queue = service.queues["_default"]
-        with anyio.fail_after(10):
-            while queue.scheduler.counts()["parked"] < 1:
-                await queue.scheduler.changed.wait()
+        await until(service, lambda s: s.counts()["parked"] >= 1)
         # Filed at once although the only slot is busy: filing needs none.
         assert await request_cancel(oada, second, "not wanted")
         cancelled = await wait_for_job(oada, second, 15, filed="classic")
