@@ -104,6 +104,37 @@ async def test_concurrent_requests_are_matched_by_request_id() -> None:
             assert result.status == 200
 
 
+async def test_requests_made_together_leave_in_one_socket_write() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake, concurrency=20) as oada:
+        await oada.head("/bookmarks/r")  # opens the socket
+        ws = oada._shared.ws
+        assert ws is not None
+        assert ws._socket is not None
+        transport = ws._socket.transport
+        writes: list[bytes] = []
+        real_write = transport.write
+
+        def counting_write(data: bytes | bytearray | memoryview) -> None:
+            writes.append(bytes(data))
+            real_write(data)
+
+        transport.write = counting_write  # type: ignore[method-assign]
+        answers = []
+
+        async def one() -> None:
+            answers.append(await oada.head("/bookmarks/r"))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(one)
+        request_writes = len(writes)
+    assert [answer.status for answer in answers] == [200] * 20
+    assert len(fake.received) == 21
+    # All twenty were made in one event-loop pass: their frames share a write.
+    assert request_writes == 1
+
+
 async def test_watch_delivers_changes_in_order_and_unwatches() -> None:
     fake = FakeOADA()
     async with fake.running(), client(fake) as oada:
