@@ -20,6 +20,7 @@ died) is claimed again by a later sweep of the pending list.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -613,9 +614,8 @@ class Runner:
         with anyio.CancelScope() as work_scope:
             async with anyio.create_task_group() as helpers:
 
-                async def watchdog(limit: float) -> None:
+                def time_out() -> None:
                     nonlocal timed_out
-                    await anyio.sleep(limit)
                     # Revoke first: from here on nothing the function still
                     # tries (even in a shielded finally) reaches the job.
                     timed_out = True
@@ -624,7 +624,6 @@ class Runner:
 
                 async def cancel_watch() -> None:
                     nonlocal cancelled, lost
-                    await anyio.sleep(CANCEL_WATCH_AFTER)
                     try:
                         # From the claim's rev: a request made meanwhile is replayed.
                         async with self.oada.watch(self.path, rev=claim_rev) as changes:
@@ -645,17 +644,23 @@ class Runner:
                         # Cancellation requests go unseen; the job itself goes on.
                         self.log.warning("could not watch the job for cancellation: %s", error)
 
-                if worker.timeout is not None:
-                    helpers.start_soon(watchdog, worker.timeout)
-                helpers.start_soon(cancel_watch)
-
                 def on_lost() -> None:
                     nonlocal lost
                     lost = True
                     scoped.revoke()
                     work_scope.cancel()
 
-                helpers.start_soon(self._renew_lease, on_lost)
+                # Timers rather than tasks: most jobs end before any of them
+                # is due, and a timer costs far less to set and drop.
+                loop = asyncio.get_running_loop()
+                timers = [
+                    loop.call_later(CANCEL_WATCH_AFTER, helpers.start_soon, cancel_watch),
+                    loop.call_later(
+                        self._lease_interval(), helpers.start_soon, self._renew_lease, on_lost
+                    ),
+                ]
+                if worker.timeout is not None:
+                    timers.append(loop.call_later(worker.timeout, time_out))
                 try:
                     value = await worker.work(work_job, ctx)
                     outcome = self._success(worker, value)
@@ -673,6 +678,9 @@ class Runner:
                         outcome = self._retry(error, reason, None, worker, job)
                     else:
                         outcome = self._failure(error)
+                finally:
+                    for timer in timers:
+                        timer.cancel()
                 helpers.cancel_scope.cancel()
         if lost:
             self.log.error(
@@ -816,10 +824,12 @@ class Runner:
             self._note_write(response.etag)
             return True
 
+    def _lease_interval(self) -> float:
+        return max(self.service.config.lease.total_seconds() / 3, 0.05)
+
     async def _renew_lease(self, on_lost: Callable[[], None]) -> None:
-        interval = max(self.service.config.lease.total_seconds() / 3, 0.05)
+        """Renew the lease now and every :meth:`_lease_interval` after."""
         while True:
-            await anyio.sleep(interval)
             lease = Lease.new(self.service.worker_id, self.service.config.lease)
             try:
                 if not await self._owned_put({"lease": lease.to_json()}):
@@ -831,6 +841,7 @@ class Runner:
                     return
             except OADAError as error:
                 self.log.warning("could not renew the job lease: %s", error)
+            await anyio.sleep(self._lease_interval())
 
     # --------------------------------------------------------------- finishing
 
