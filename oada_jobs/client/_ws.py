@@ -137,8 +137,9 @@ class WSConnection:
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wake_watchdog = anyio.Event()
-        #: the socket with frames queued for the next write, if any
-        self._unflushed: ClientConnection | None = None
+        #: frames waiting for the next write, and the socket they are for
+        self._outbox: list[bytes] = []
+        self._outbox_socket: ClientConnection | None = None
 
     async def __aenter__(self) -> WSConnection:
         self._task_group = anyio.create_task_group()
@@ -293,29 +294,24 @@ class WSConnection:
 
         Requests made together (one per job, by many jobs at once) then cost
         one TLS record and one system call between them instead of one each,
-        on this side and on the server's. Nothing is lost by waiting: a drop
-        before the write fails the request through :meth:`_socket_lost`.
+        on this side and on the server's. The frames wait here, not in the
+        websockets protocol, whose reader would write them one by one. A drop
+        before the write fails their requests through :meth:`_socket_lost`.
         """
-        sock.protocol.send_text(text.encode())
-        if self._unflushed is not sock:
-            self._unflushed = sock
-            asyncio.get_running_loop().call_soon(self._flush, sock)
+        if self._outbox_socket is not sock:
+            self._flush()  # frames for an older socket go (or are dropped) first
+            self._outbox_socket = sock
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(text.encode())
 
-    def _flush(self, sock: ClientConnection) -> None:
-        if self._unflushed is sock:
-            self._unflushed = None
-        chunks = sock.protocol.data_to_send()
-        if sock.transport.is_closing():
-            return  # the reader sees the socket go and fails what was on it
-        if data := b"".join(chunks):
-            sock.transport.write(data)
-        if chunks and not chunks[-1]:
-            # The protocol ended the stream (it is closing): half-close where
-            # the transport can, as websockets does, else close.
-            if sock.transport.can_write_eof():
-                sock.transport.write_eof()
-            else:
-                sock.transport.close()
+    def _flush(self) -> None:
+        sock, frames = self._outbox_socket, self._outbox
+        self._outbox_socket, self._outbox = None, []
+        if sock is None or sock.state is not State.OPEN or sock.transport.is_closing():
+            return
+        for frame in frames:
+            sock.protocol.send_text(frame)
+        sock.transport.write(b"".join(sock.protocol.data_to_send()))
 
     async def roundtrip(
         self,
