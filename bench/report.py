@@ -169,11 +169,40 @@ def _frameworks_table(section: Mapping[str, Any]) -> str:
     return table(["", PY, NODE, "oada-jobs / original"], rows)
 
 
+def _cpu_bound(results: Mapping[str, Any], section: Any) -> str | None:
+    """What the measured CPU per job allows: the ratio when the cores are the limit."""
+    cpu: dict[str, list[float]] = {}
+    for framework in ("python", "node"):
+        parts = [
+            _get(section, key, framework, "median")
+            for key in ("service_cpu_ms_per_job", "server_cpu_ms_per_job")
+        ]
+        if None in parts:
+            return None
+        cpu[framework] = parts
+    (ours, ours_server), (theirs, theirs_server) = cpu["python"], cpu["node"]
+    total, their_total = ours + ours_server, theirs + theirs_server
+    cores = _get(results, "machine", "cores") or "the"
+    return (
+        f"Where the ceiling is: the service, the server and the harness share {cores} cores. "
+        f"Per job, {PY} took {ours:.2f} ms of CPU in the service and {ours_server:.2f} ms in "
+        f"the server ({total:.2f} ms), @oada/jobs {theirs:.2f} + {theirs_server:.2f} ms "
+        f"({their_total:.2f} ms). When the cores are the limit, throughput goes with the "
+        f"inverse of that total, which allows {their_total / total:.2f}{TIMES}. The server's "
+        f"share is spent for any client of it: a service using no CPU at all would reach at "
+        f"most {their_total / ours_server:.2f}{TIMES}, and {TARGET_RATIO:g}{TIMES} needs the "
+        f"whole job under {their_total / TARGET_RATIO:.2f} ms."
+    )
+
+
 def _throughput(results: Mapping[str, Any]) -> str:
     parts = []
     burst: Any = results.get("throughput")
     parts.append(f"### {(_get(burst, 'jobs') or 0):,} jobs queued at once on a running service\n")
     parts.append(_error(burst) or _frameworks_table(burst))
+    bound = _cpu_bound(results, burst)
+    if bound:
+        parts.append(f"\n{bound}\n")
     pending = _get(burst, "pending_layout")
     if pending:
         parts.append(
