@@ -187,11 +187,11 @@ def _cpu_bound(results: Mapping[str, Any], section: Any) -> str | None:
         f"Where the ceiling is: the service, the server and the harness share {cores} cores. "
         f"Per job, {PY} took {ours:.2f} ms of CPU in the service and {ours_server:.2f} ms in "
         f"the server ({total:.2f} ms), @oada/jobs {theirs:.2f} + {theirs_server:.2f} ms "
-        f"({their_total:.2f} ms). When the cores are the limit, throughput goes with the "
-        f"inverse of that total, which allows {their_total / total:.2f}{TIMES}. The server's "
-        f"share is spent for any client of it: a service using no CPU at all would reach at "
-        f"most {their_total / ours_server:.2f}{TIMES}, and {TARGET_RATIO:g}{TIMES} needs the "
-        f"whole job under {their_total / TARGET_RATIO:.2f} ms."
+        f"({their_total:.2f} ms). When the cores are the limit, the throughput ratio follows "
+        f"the inverse ratio of those totals: about {their_total / total:.2f}{TIMES}. The "
+        f"server's share is spent for any client of it: a service using no CPU at all would "
+        f"reach about {their_total / ours_server:.2f}{TIMES}, and {TARGET_RATIO:g}{TIMES} needs "
+        f"the whole job near {their_total / TARGET_RATIO:.2f} ms."
     )
 
 
@@ -202,7 +202,7 @@ def _throughput(results: Mapping[str, Any]) -> str:
     parts.append(_error(burst) or _frameworks_table(burst))
     bound = _cpu_bound(results, burst)
     if bound:
-        parts.append(f"\n{bound}\n")
+        parts.append(f"\n{bound}")
     pending = _get(burst, "pending_layout")
     if pending:
         parts.append(

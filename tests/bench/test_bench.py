@@ -90,8 +90,8 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert "| 90 % |" in text
     # CPU per job 1.0 + 3.0 ms against 2.0 + 4.0 ms: the cores allow 6/4 = 1.5x.
     assert "(4.00 ms), @oada/jobs 2.00 + 4.00 ms (6.00 ms)" in text
-    assert "which allows 1.50\u00d7" in text
-    assert "at most 2.00\u00d7, and 3\u00d7 needs the whole job under 2.00 ms" in text
+    assert "those totals: about 1.50\u00d7" in text
+    assert "about 2.00\u00d7, and 3\u00d7 needs the whole job near 2.00 ms" in text
     assert "Jobs run twice, 1/2 replicas | 0 | 0 | yes" in text
     assert "**Not measured.** bench/server.py did not finish within 600 s" in text
     assert "| get | 1.0 |" in text
