@@ -11,6 +11,7 @@ what was missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Mapping
@@ -137,8 +138,8 @@ class WSConnection:
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wake_watchdog = anyio.Event()
-        #: frames waiting for the next write, and the socket they are for
-        self._outbox: list[bytes] = []
+        #: frames waiting for the next write (with their request ids), and their socket
+        self._outbox: list[tuple[str, bytes]] = []
         self._outbox_socket: ClientConnection | None = None
 
     async def __aenter__(self) -> WSConnection:
@@ -289,29 +290,59 @@ class WSConnection:
 
     # -- requests -----------------------------------------------------------
 
-    def _queue_frame(self, sock: ClientConnection, text: str) -> None:
+    def _queue_frame(self, sock: ClientConnection, request_id: str, text: str) -> None:
         """Queue a text frame; every frame queued in one event-loop pass goes out in one write.
 
         Requests made together (one per job, by many jobs at once) then cost
         one TLS record and one system call between them instead of one each,
         on this side and on the server's. The frames wait here, not in the
-        websockets protocol, whose reader would write them one by one. A drop
-        before the write fails their requests through :meth:`_socket_lost`.
+        websockets protocol, whose reader would write them one by one.
         """
         if self._outbox_socket is not sock:
-            self._flush()  # frames for an older socket go (or are dropped) first
+            self._flush()  # frames for an older socket go (or fail) first
             self._outbox_socket = sock
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append(text.encode())
+        self._outbox.append((request_id, text.encode()))
 
     def _flush(self) -> None:
         sock, frames = self._outbox_socket, self._outbox
         self._outbox_socket, self._outbox = None, []
-        if sock is None or sock.state is not State.OPEN or sock.transport.is_closing():
+        if sock is None:
             return
-        for frame in frames:
+        if sock.state is not State.OPEN or sock.transport.is_closing():
+            # Never sent, so safe to send again: fail them as such at once
+            # rather than as lost when the reader notices the socket is gone.
+            for request_id, _ in frames:
+                pending = self._pending.pop(request_id, None)
+                if pending is not None:
+                    pending.error = ConnectFailed(
+                        "the WebSocket closed before the request was sent"
+                    )
+                    pending.event.set()
+            return
+        for _, frame in frames:
             sock.protocol.send_text(frame)
         sock.transport.write(b"".join(sock.protocol.data_to_send()))
+
+    async def _wait_for_room(self, sock: ClientConnection, pending: _Pending) -> None:
+        """Wait while the socket's write buffer is over its limit, as websockets' send() does.
+
+        Without this a server that reads slowly would let the buffer (and the
+        requests behind it) grow without bound. The wait ends by the request's
+        deadline, or when the socket closes; then ``pending.error`` says why
+        the request was not sent.
+        """
+        with anyio.move_on_after(max(pending.deadline - anyio.current_time(), 0)):
+            with contextlib.suppress(Exception):  # a closed socket is checked below
+                await sock.drain()
+        if pending.error is not None:
+            return  # the watchdog timed it out meanwhile
+        if sock.state is not State.OPEN:
+            pending.error = ConnectFailed("the WebSocket closed before the request was sent")
+        elif sock.paused:
+            pending.error = OADATimeout(
+                f"the server read nothing more within {pending.limit}s; the request was not sent"
+            )
 
     async def roundtrip(
         self,
@@ -348,10 +379,13 @@ class WSConnection:
             else:
                 # Request ids are made of [0-9a-f-]: no escaping needed.
                 text = f'{{"requestId":"{request_id}",{encoded[1:]}'
-            # No cancel scope per request (it costs more than the rest of the
-            # round trip): the watchdog task fails requests past their deadline.
-            self._queue_frame(sock, text)
-            await pending.event.wait()
+            if sock.paused:
+                await self._wait_for_room(sock, pending)
+            if pending.error is None:
+                # No cancel scope per request (it costs more than the rest of
+                # the round trip): the watchdog fails requests past their deadline.
+                self._queue_frame(sock, request_id, text)
+                await pending.event.wait()
         finally:
             self._pending.pop(request_id, None)
         if pending.error is not None:

@@ -135,6 +135,65 @@ async def test_requests_made_together_leave_in_one_socket_write() -> None:
     assert request_writes == 1
 
 
+async def test_requests_dropped_before_their_write_are_sent_on_a_new_socket() -> None:
+    fake = FakeOADA()
+    async with fake.running(), client(fake, concurrency=20) as oada:
+        await oada.head("/bookmarks/r")
+        ws = oada._shared.ws
+        assert ws is not None
+        first = ws._socket
+        assert first is not None
+        statuses: list[int] = []
+
+        async def put(i: int) -> None:
+            statuses.append((await oada.put("/bookmarks/r", {"i": i})).status)
+
+        async def cut() -> None:
+            first.transport.abort()
+
+        async with anyio.create_task_group() as group:
+            for i in range(5):
+                group.start_soon(put, i)
+            # Runs after the five queued their frames and before the write.
+            group.start_soon(cut)
+    # Never sent, so retried even though PUTs are not retried once sent.
+    assert statuses == [201] * 5
+    assert fake.connects == 2
+    assert sorted(m["data"]["i"] for m in fake.received if m["method"] == "put") == [0, 1, 2, 3, 4]
+
+
+async def test_a_server_that_stops_reading_does_not_grow_the_write_buffer() -> None:
+    fake = FakeOADA()
+    body = {"blob": "x" * 512 * 1024}
+    async with fake.running(), client(fake, concurrency=5, timeout=0.5) as oada:
+        await oada.head("/bookmarks/r")
+        ws = oada._shared.ws
+        assert ws is not None
+        assert ws._socket is not None
+        transport = ws._socket.transport
+        for conn in fake.connections:
+            conn.transport.pause_reading()
+        buffered: list[int] = []
+        errors: list[str] = []
+
+        async def worker() -> None:
+            for _ in range(4):
+                try:
+                    await oada.put("/bookmarks/r", body)
+                except OADATimeout as error:
+                    errors.append(str(error))
+                buffered.append(transport.get_write_buffer_size())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(worker)
+    assert len(errors) == 20
+    # Requests wait for room instead of piling up behind the first five
+    # (20 x 512 KiB would be 10 MiB); those that never got room say so.
+    assert max(buffered) < 4 * 2**20
+    assert any("the request was not sent" in error for error in errors)
+
+
 async def test_watch_delivers_changes_in_order_and_unwatches() -> None:
     fake = FakeOADA()
     async with fake.running(), client(fake) as oada:
