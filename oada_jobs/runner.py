@@ -157,6 +157,11 @@ class JobOutcome:
     state: Json = None
 
 
+def _failed(error: JobError, message: str) -> JobOutcome:
+    """The failure outcome of *error*: its result and fail type, *message* as the update."""
+    return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
+
+
 class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
     """A :class:`logging.LoggerAdapter` adding the job's context to every record.
 
@@ -458,9 +463,7 @@ class Runner:
                 DUPLICATE_FAIL_TYPE,
                 details={"duplicateOf": self.entry.duplicate_of},
             )
-            return JobOutcome(
-                JobStatus.FAILURE.value, error_result(error), error.fail_type, message
-            )
+            return _failed(error, message)
         if worker is not None and worker.min_version is not None:
             version = job.options.effective_version
             if version < worker.min_version:
@@ -470,9 +473,7 @@ class Runner:
                 )
                 self.log.error("%s", message)
                 error = JobError(message, UNSUPPORTED_VERSION_FAIL_TYPE)
-                return JobOutcome(
-                    JobStatus.FAILURE.value, error_result(error), error.fail_type, message
-                )
+                return _failed(error, message)
         until = job.wait_until(self.service.worker_id)
         if until is not None:
             self.log.debug("job is not due or held elsewhere until %s", iso(until))
@@ -487,9 +488,7 @@ class Runner:
             )
             self.log.error("%s", message)
             error = JobError(message, RETRY_LIMIT_FAIL_TYPE)
-            return JobOutcome(
-                JobStatus.FAILURE.value, error_result(error), error.fail_type, message
-            )
+            return _failed(error, message)
         return None
 
     async def _claim(self, job: Job[JsonObject]) -> int | None:
@@ -554,7 +553,7 @@ class Runner:
                 # Its new state could not be saved (e.g. too large): running
                 # it again from an old or empty state would be wrong.
                 error = JobError("the rescheduled job's new state could not be saved")
-                failed = JobOutcome(JobStatus.FAILURE.value, error_result(error), meta=str(error))
+                failed = _failed(error, str(error))
                 await self._write_and_file(failed, job, etag=None, owned=True)
                 return None
             # Not given back (another worker owns it, or the write failed):
@@ -596,7 +595,7 @@ class Runner:
         if worker is None:
             error = JobError(f"no work function is registered for job type {job.type!r}")
             self.log.error("%s", error)
-            return JobOutcome(JobStatus.FAILURE.value, error_result(error), meta=str(error))
+            return _failed(error, str(error))
         # What the function sees: this run's try number and status.
         work_job: Job[Any] = replace(job, tries=job.tries + 1, status=JobStatus.RUNNING.value)
         if worker.config_model is not None:
@@ -695,16 +694,13 @@ class Runner:
             if worker.retries(TimeoutError()):
                 return self._retry(timeout_error, message, None, worker, job)
             self.log.error("%s", message)
-            return JobOutcome(
-                JobStatus.FAILURE.value, error_result(timeout_error), TIMEOUT_FAIL_TYPE, message
-            )
+            return _failed(timeout_error, message)
         assert outcome is not None
         return outcome
 
     def _cancelled(self, message: str) -> JobOutcome:
         self.log.warning("%s", message)
-        error = JobCancelled(message)
-        return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
+        return _failed(JobCancelled(message), message)
 
     def _success(self, worker: Worker, value: object) -> JobOutcome:
         model = worker.result_model
