@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pytest
-from typer.testing import CliRunner
+from product_helpers import CLI, CLI_ENV, Result
 
 from oada_jobs import Job, JobError, Json, WorkerContext
-from oada_jobs.cli import app
 from oada_jobs.client import OADAClient
 from oada_jobs.cron import CronEntry, CronScheduler, cron_job_key, post_now
 from oada_jobs.exceptions import NotFound
@@ -26,31 +23,6 @@ from oada_jobs.tree import get_layout, service_root
 
 from .conftest import make_service
 
-#: Every variable the CLI reads; cleared so the developer's environment cannot leak in.
-CLI_ENV = (
-    "OADA_DOMAIN",
-    "OADA_TOKEN",
-    "OADA_JOBS_CONCURRENCY",
-    "OADA_JOBS_LOGGING",
-    "OADA_JOBS_METRICS_PORT",
-    "OADA_JOBS_GRACE_PERIOD",
-    "OADA_JOBS_LAYOUT",
-    "OADA_JOBS_SERVICE",
-)
-
-
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    def __repr__(self) -> str:  # shown by failing asserts
-        return f"exit {self.exit_code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,16 +32,8 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
-async def invoke(*args: str, env: Mapping[str, str] | None = None) -> Result:
-    """Run ``oada-jobs ARGS`` in a thread (it runs its own event loop)."""
-    merged: dict[str, str | None] = dict.fromkeys(CLI_ENV)
-    merged.update(env or {})
-
-    def call() -> Result:
-        result = CliRunner().invoke(app, list(args), env=merged, catch_exceptions=False)
-        return Result(result.exit_code, result.stdout, result.stderr)
-
-    return await anyio.to_thread.run_sync(call)
+#: ``oada-jobs ARGS`` with only the variables a test gives it.
+invoke = CLI({})
 
 
 @dataclass
