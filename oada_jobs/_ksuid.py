@@ -9,6 +9,7 @@ one, so keys made by one process always sort in creation order; OADA job
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -23,6 +24,9 @@ _PAYLOAD_MAX = (1 << 128) - 1
 _lock = threading.Lock()
 _last_ts = -1
 _last_payload = 0
+_last_text = ""
+#: Each base62 digit but the last, mapped to the one after it.
+_NEXT_DIGIT = dict(itertools.pairwise(_ALPHABET))
 
 
 def _encode(value: int) -> str:
@@ -33,17 +37,29 @@ def _encode(value: int) -> str:
     return "".join(reversed(chars)).rjust(_LENGTH, "0")
 
 
+def _increment(text: str) -> str:
+    """*text* plus one, in base62 (the caller knows it does not overflow)."""
+    i = len(text) - 1
+    while text[i] == "z":
+        i -= 1
+    return text[:i] + _NEXT_DIGIT[text[i]] + "0" * (len(text) - 1 - i)
+
+
 def ksuid() -> str:
     """Return a new KSUID string that sorts after every one made before it here."""
-    global _last_ts, _last_payload
+    global _last_ts, _last_payload, _last_text
     with _lock:
         ts = max(int(time.time()) - _EPOCH, _last_ts)
         if ts == _last_ts and _last_payload < _PAYLOAD_MAX:
-            payload = _last_payload + 1
+            # The previous key plus one: counting up the text costs a
+            # fraction of encoding the 160-bit number again.
+            _last_payload += 1
+            _last_text = _increment(_last_text)
         else:
             ts = ts if ts != _last_ts else ts + 1
             # Keep headroom in the payload so increments within a second
             # do not overflow into the next timestamp.
-            payload = int.from_bytes(os.urandom(16), "big") >> 1
-        _last_ts, _last_payload = ts, payload
-    return _encode((ts << 128) | payload)
+            _last_ts = ts
+            _last_payload = int.from_bytes(os.urandom(16), "big") >> 1
+            _last_text = _encode((ts << 128) | _last_payload)
+        return _last_text
