@@ -89,18 +89,40 @@ class ServiceMetrics:
         self.registry = registry if registry is not None else REGISTRY
         self._c = _collectors(self.registry)
         self._server: Any = None
+        # Labelled children, looked up once: ``labels()`` checks and joins
+        # its arguments on every call, three times per job.
+        self._jobs: dict[tuple[str, str], Any] = {}
+        self._running: dict[str, Any] = {}
+        self._duration: dict[tuple[str, str], Any] = {}
+
+    def _jobs_of(self, job_type: str, state: str) -> Any:
+        child = self._jobs.get((job_type, state))
+        if child is None:
+            child = self._jobs[job_type, state] = self._c.jobs.labels(self.service, job_type, state)
+        return child
+
+    def _running_of(self, job_type: str) -> Any:
+        child = self._running.get(job_type)
+        if child is None:
+            child = self._running[job_type] = self._c.running.labels(self.service, job_type)
+        return child
 
     def job_started(self, job_type: str) -> None:
-        self._c.jobs.labels(self.service, job_type, "started").inc()
-        self._c.running.labels(self.service, job_type).inc()
+        self._jobs_of(job_type, "started").inc()
+        self._running_of(job_type).inc()
 
     def job_stopped(self, job_type: str) -> None:
-        self._c.running.labels(self.service, job_type).dec()
+        self._running_of(job_type).dec()
 
     def job_finished(self, job_type: str, state: str, duration: float | None) -> None:
-        self._c.jobs.labels(self.service, job_type, state).inc()
+        self._jobs_of(job_type, state).inc()
         if duration is not None:
-            self._c.duration.labels(self.service, job_type, state).observe(duration)
+            child = self._duration.get((job_type, state))
+            if child is None:
+                child = self._duration[job_type, state] = self._c.duration.labels(
+                    self.service, job_type, state
+                )
+            child.observe(duration)
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)
