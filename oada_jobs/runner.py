@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from .client._common import dumps
 from .exceptions import (
     ClientClosed,
     Forbidden,
@@ -284,7 +285,8 @@ def _json_result(value: object) -> Json:
         dumped: Json = value.model_dump(mode="json")
         return dumped
     try:
-        json.dumps(value, allow_nan=False)
+        # The client's encoder: what passes here is what the write sends.
+        dumps(value)
     except (TypeError, ValueError) as error:
         raise TypeError(
             f"expected the work function to return JSON (dict, list, str, number, bool, None "
