@@ -26,7 +26,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -612,77 +612,85 @@ class Runner:
 
         timed_out = cancelled = lost = False
         outcome: JobOutcome | None = None
-        with anyio.CancelScope() as work_scope:
-            async with anyio.create_task_group() as helpers:
+        async with anyio.create_task_group() as helpers:
+            # Cancelling the group's scope stops the work and any helper.
+            work_scope = helpers.cancel_scope
+            helping = False
 
-                def time_out() -> None:
-                    nonlocal timed_out
-                    # Revoke first: from here on nothing the function still
-                    # tries (even in a shielded finally) reaches the job.
-                    timed_out = True
-                    scoped.revoke()
-                    work_scope.cancel()
+            def start_helper(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+                nonlocal helping
+                helping = True
+                helpers.start_soon(func, *args)
 
-                async def cancel_watch() -> None:
-                    nonlocal cancelled, lost
-                    try:
-                        # From the claim's rev: a request made meanwhile is replayed.
-                        async with self.oada.watch(self.path, rev=claim_rev) as changes:
-                            async for change in changes:
-                                body = change.body or {}
-                                if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
-                                    cancelled = True
-                                elif _lease_taken(body.get("lease"), self.service.worker_id):
-                                    # This worker stalled past its lease and
-                                    # another claimed the job: that one owns it.
-                                    lost = True
-                                else:
-                                    continue
-                                scoped.revoke()
-                                work_scope.cancel()
-                                return
-                    except OADAError as error:
-                        # Cancellation requests go unseen; the job itself goes on.
-                        self.log.warning("could not watch the job for cancellation: %s", error)
+            def time_out() -> None:
+                nonlocal timed_out
+                # Revoke first: from here on nothing the function still
+                # tries (even in a shielded finally) reaches the job.
+                timed_out = True
+                scoped.revoke()
+                work_scope.cancel()
 
-                def on_lost() -> None:
-                    nonlocal lost
-                    lost = True
-                    scoped.revoke()
-                    work_scope.cancel()
-
-                # Timers rather than tasks: most jobs end before any of them
-                # is due, and a timer costs far less to set and drop.
-                loop = asyncio.get_running_loop()
-                timers = [
-                    loop.call_later(CANCEL_WATCH_AFTER, helpers.start_soon, cancel_watch),
-                    loop.call_later(
-                        self._lease_interval(), helpers.start_soon, self._renew_lease, on_lost
-                    ),
-                ]
-                if worker.timeout is not None:
-                    timers.append(loop.call_later(worker.timeout, time_out))
+            async def cancel_watch() -> None:
+                nonlocal cancelled, lost
                 try:
-                    value = await worker.work(work_job, ctx)
-                    outcome = self._success(worker, value)
-                except Retry as error:
-                    if not (timed_out or cancelled or lost):
-                        outcome = self._retry(error, error.reason, error.defer, worker, job)
-                except Reschedule as error:
-                    if not (timed_out or cancelled or lost):
-                        outcome = self._reschedule(error)
-                except Exception as error:
-                    if timed_out or cancelled or lost:
-                        pass
-                    elif worker.retries(error):
-                        reason = f"{type(error).__name__}: {error}"
-                        outcome = self._retry(error, reason, None, worker, job)
-                    else:
-                        outcome = self._failure(error)
-                finally:
-                    for timer in timers:
-                        timer.cancel()
-                helpers.cancel_scope.cancel()
+                    # From the claim's rev: a request made meanwhile is replayed.
+                    async with self.oada.watch(self.path, rev=claim_rev) as changes:
+                        async for change in changes:
+                            body = change.body or {}
+                            if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
+                                cancelled = True
+                            elif _lease_taken(body.get("lease"), self.service.worker_id):
+                                # This worker stalled past its lease and
+                                # another claimed the job: that one owns it.
+                                lost = True
+                            else:
+                                continue
+                            scoped.revoke()
+                            work_scope.cancel()
+                            return
+                except OADAError as error:
+                    # Cancellation requests go unseen; the job itself goes on.
+                    self.log.warning("could not watch the job for cancellation: %s", error)
+
+            def on_lost() -> None:
+                nonlocal lost
+                lost = True
+                scoped.revoke()
+                work_scope.cancel()
+
+            # Timers rather than tasks: most jobs end before any of them
+            # is due, and a timer costs far less to set and drop.
+            loop = asyncio.get_running_loop()
+            timers = [
+                loop.call_later(CANCEL_WATCH_AFTER, start_helper, cancel_watch),
+                loop.call_later(self._lease_interval(), start_helper, self._renew_lease, on_lost),
+            ]
+            if worker.timeout is not None:
+                timers.append(loop.call_later(worker.timeout, time_out))
+            try:
+                value = await worker.work(work_job, ctx)
+                outcome = self._success(worker, value)
+            except Retry as error:
+                if not (timed_out or cancelled or lost):
+                    outcome = self._retry(error, error.reason, error.defer, worker, job)
+            except Reschedule as error:
+                if not (timed_out or cancelled or lost):
+                    outcome = self._reschedule(error)
+            except Exception as error:
+                if timed_out or cancelled or lost:
+                    pass
+                elif worker.retries(error):
+                    reason = f"{type(error).__name__}: {error}"
+                    outcome = self._retry(error, reason, None, worker, job)
+                else:
+                    outcome = self._failure(error)
+            finally:
+                for timer in timers:
+                    timer.cancel()
+            if helping:
+                # (Cancelling a group with nothing to stop costs as much
+                # again as the group itself.)
+                work_scope.cancel()
         if lost:
             self.log.error(
                 "another worker claimed the job after this one's lease ran out; leaving it"
