@@ -386,6 +386,19 @@ async def test_a_request_without_an_answer_times_out_and_is_not_repeated() -> No
     assert [m["method"] for m in fake.received].count("get") == 1
 
 
+async def test_a_request_its_caller_gave_up_on_leaves_the_socket_working() -> None:
+    fake = FakeOADA()
+    fake.hold = {"get"}
+    async with fake.running(), client(fake) as oada:
+        with anyio.move_on_after(0.1) as scope:
+            await oada.get("/bookmarks/r")
+        assert scope.cancelled_caught
+        fake.hold = set()
+        assert (await oada.head("/bookmarks/r")).status == 200
+        assert (await oada.get("/bookmarks/r")).data == {"_id": RID, "_rev": 1}
+    assert fake.connects == 1
+
+
 async def test_auto_falls_back_to_http_without_a_websocket() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
