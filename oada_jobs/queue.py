@@ -425,13 +425,13 @@ class Queue:
         """Hand jobs whose time came back to the readers."""
         scheduler = self.scheduler
         while True:
-            changed = scheduler.changed
+            added = scheduler.timer_added
             for entry in scheduler.due():
                 scheduler.reread(entry)
                 self._reads.send(entry)
             at = scheduler.next_timer()
             with anyio.move_on_after(math.inf if at is None else at - anyio.current_time()):
-                await changed.wait()
+                await added.wait()
 
     async def _sweep(self) -> None:
         """Re-read the list now and then, in case a change to it was missed."""
@@ -468,10 +468,10 @@ class Queue:
         scheduler = self.scheduler
         filing = anyio.CapacityLimiter(self.service.config.concurrency)
         while True:
-            changed = scheduler.changed
+            added = scheduler.urgent_added
             entry = scheduler.pop_urgent()
             if entry is None:
-                await changed.wait()
+                await added.wait()
                 continue
             borrower = object()
             await filing.acquire_on_behalf_of(borrower)

@@ -158,6 +158,11 @@ class Scheduler:
         self._settling = 0
         #: Set whenever a job became ready or a timer was added; waiters renew it.
         self.changed = anyio.Event()
+        #: Set when a timer was added; the queue's timer task waits on this
+        #: alone (waking it for every change cost more than the timers).
+        self.timer_added = anyio.Event()
+        #: Set when a job that only needs filing was queued.
+        self.urgent_added = anyio.Event()
 
     # ------------------------------------------------------------ reading
 
@@ -301,6 +306,8 @@ class Scheduler:
         if entry.urgent:
             self._urgent.append(entry)
             self._notify()
+            self.urgent_added.set()
+            self.urgent_added = anyio.Event()
         elif self._may_start(entry):
             self._push_ready(entry)
         else:
@@ -344,6 +351,8 @@ class Scheduler:
         entry.wake_at = at
         heapq.heappush(self._timers, (at, next(self._pushes), entry))
         self._notify()
+        self.timer_added.set()
+        self.timer_added = anyio.Event()
 
     def wait(self, entry: Entry, until: datetime | float) -> None:
         """Put *entry* back on a timer (a retry, a reschedule, a skipped claim)."""

@@ -135,3 +135,24 @@ async def test_jobs_that_only_need_filing_skip_the_ready_queue() -> None:
     scheduled.read(zero, job("b", version=0), None)
     # Version 0 is older than 1, not "missing".
     assert scheduled.pop_urgent() is zero
+
+
+async def test_the_timer_and_filing_signals_fire_only_for_their_own_kind_of_change() -> None:
+    scheduled = scheduler(min_version=2)
+    timer_added, urgent_added = scheduled.timer_added, scheduled.urgent_added
+    ready = add(scheduled, "a")
+    scheduled.read(ready, job("a", version=2), None)
+    assert scheduled.pop() is ready
+    assert not timer_added.is_set()
+    assert not urgent_added.is_set()
+
+    scheduled.wait(ready, 10.0)
+    assert timer_added.is_set()
+    assert not urgent_added.is_set()
+
+    old = add(scheduled, "b")
+    scheduled.read(old, job("b", version=1), None)
+    assert urgent_added.is_set()
+    # Each signal is renewed once set, so the next change can be waited for.
+    assert not scheduled.timer_added.is_set()
+    assert not scheduled.urgent_added.is_set()
