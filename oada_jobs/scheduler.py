@@ -51,6 +51,27 @@ UniquePolicy = Literal["refuse", "merge", "allow"]
 URGENT = math.inf
 
 
+class _Signal:
+    """An event made on demand: :attr:`event` is what to wait on, :meth:`fire`
+    sets it. A change nobody waits for (most of them) costs no event."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    @property
+    def event(self) -> anyio.Event:
+        if self._event is None:
+            self._event = anyio.Event()
+        return self._event
+
+    def fire(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+
 class EntryState(Enum):
     """Where a job stands in the scheduler."""
 
@@ -156,13 +177,27 @@ class Scheduler:
         self._reserved = 0
         # Jobs read but waiting for an earlier one's first read to settle.
         self._settling = 0
-        #: Set whenever a job became ready or a timer was added; waiters renew it.
-        self.changed = anyio.Event()
-        #: Set when a timer was added; the queue's timer task waits on this
-        #: alone (waking it for every change cost more than the timers).
-        self.timer_added = anyio.Event()
-        #: Set when a job that only needs filing was queued.
-        self.urgent_added = anyio.Event()
+        self._changed = _Signal()
+        self._timer_added = _Signal()
+        self._urgent_added = _Signal()
+
+    # ------------------------------------------------------------ signals
+
+    @property
+    def changed(self) -> anyio.Event:
+        """Set at the next change (a job became ready, a timer was added, room freed)."""
+        return self._changed.event
+
+    @property
+    def timer_added(self) -> anyio.Event:
+        """Set when a timer is next added; the queue's timer task waits on this
+        alone (waking it for every change cost more than the timers)."""
+        return self._timer_added.event
+
+    @property
+    def urgent_added(self) -> anyio.Event:
+        """Set when a job that only needs filing is next queued."""
+        return self._urgent_added.event
 
     # ------------------------------------------------------------ reading
 
@@ -306,8 +341,7 @@ class Scheduler:
         if entry.urgent:
             self._urgent.append(entry)
             self._notify()
-            self.urgent_added.set()
-            self.urgent_added = anyio.Event()
+            self._urgent_added.fire()
         elif self._may_start(entry):
             self._push_ready(entry)
         else:
@@ -351,8 +385,7 @@ class Scheduler:
         entry.wake_at = at
         heapq.heappush(self._timers, (at, next(self._pushes), entry))
         self._notify()
-        self.timer_added.set()
-        self.timer_added = anyio.Event()
+        self._timer_added.fire()
 
     def wait(self, entry: Entry, until: datetime | float) -> None:
         """Put *entry* back on a timer (a retry, a reschedule, a skipped claim)."""
@@ -498,8 +531,7 @@ class Scheduler:
             self._notify()  # a reader may be waiting for room
 
     def _notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        self._changed.fire()
 
     # ------------------------------------------------------------ introspection
 
