@@ -1,11 +1,11 @@
 """Parsing job resources, leases and serialised errors (no server needed)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from oada_jobs import InvalidJob, JobError
-from oada_jobs.job import Job, JobStatus, Lease, error_result, new_update, parse_time
+from oada_jobs.job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time
 
 
 def test_a_job_resource_is_parsed() -> None:
@@ -91,3 +91,10 @@ def test_errors_are_serialised_with_name_message_traceback_and_type() -> None:
     assert result["details"] == {"code": 552}
     assert "Traceback" in result["traceback"]
     assert "mailbox full" in result["traceback"]
+
+
+def test_times_are_written_in_utc_to_the_millisecond_with_a_z() -> None:
+    assert iso(datetime(2026, 1, 2, 3, 4, 5, 678_999, tzinfo=UTC)) == "2026-01-02T03:04:05.678Z"
+    assert iso(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+    east = timezone(timedelta(hours=2))
+    assert iso(datetime(2026, 1, 2, 1, 0, 0, 5_000, tzinfo=east)) == "2026-01-01T23:00:00.005Z"
