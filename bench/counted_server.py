@@ -2,7 +2,9 @@
 
 ``python -m bench.counted_server <config.json>`` serves
 :func:`oada_jobs.server.app.create_app` with uvicorn over HTTPS/WSS on a free
-loopback port, with a development certificate from
+loopback port (with the embedded server's WebSocket protocol,
+:class:`oada_jobs.server.runner.BatchedWebSocketProtocol`), with a
+development certificate from
 :func:`oada_jobs.server.tls.self_signed`, and prints
 ``{"event": "ready", "port": ..., "ca": ...}`` on stdout.
 
@@ -32,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig, TokenInfo
+from oada_jobs.server.runner import BatchedWebSocketProtocol
 from oada_jobs.server.tls import self_signed
 
 from .common import BOOKMARKS, USER
@@ -101,7 +104,7 @@ async def main(config_path: str) -> None:
         app,
         host="127.0.0.1",
         port=0,
-        ws="websockets-sansio",
+        ws=BatchedWebSocketProtocol,
         ws_ping_interval=config.ws_ping_interval,
         ws_ping_timeout=config.ws_ping_interval,
         ws_max_size=config.max_body_bytes + 2**20,

@@ -26,13 +26,16 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 from starlette.applications import Starlette
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
 from oada_jobs.server.ws import FRAME_ENVELOPE, MAX_FRAME
 
-__all__ = ["ServerHandle", "serve"]
+__all__ = ["BatchedWebSocketProtocol", "ServerHandle", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,46 @@ class _DropDebug(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno > logging.DEBUG
+
+
+class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, with text frames sent in one event-loop
+    pass leaving in one transport write.
+
+    A busy socket carries many small answers and change notifications at
+    once; written one by one, each costs a TLS record and a system call.
+    Here frames wait in the websockets protocol's buffer until the end of
+    the pass. Every other write of this protocol (pongs, close frames, the
+    handshake) drains that same buffer first, so the order on the wire is
+    the order of sending.
+    """
+
+    _flush_pending = False
+
+    async def send(self, message: Any) -> None:
+        text = message.get("text") if message["type"] == "websocket.send" else None
+        if text is None or not self.handshake_complete or self.initial_response is not None:
+            await super().send(message)
+            return
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.close_sent:
+            await super().send(message)  # uvicorn's error for a send after close
+            return
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            raise ClientDisconnected() from None
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        output = self.conn.data_to_send()
+        if output and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
 
 
 class _Uvicorn(uvicorn.Server):
@@ -179,7 +222,7 @@ async def serve(
         app,
         host=host,
         port=port,
-        ws="websockets-sansio",
+        ws=BatchedWebSocketProtocol,
         ws_ping_interval=config.ws_ping_interval,
         # A peer that has not answered one ping by the next is gone; but give
         # it at least _MIN_PONG_WAIT, so short test intervals do not drop
