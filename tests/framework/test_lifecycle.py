@@ -98,6 +98,11 @@ async def test_two_services_on_one_queue_run_each_job_exactly_once(
     total = 200
     runs: Counter[str] = Counter()
     done = anyio.Event()
+    # Jobs hold their slot until both replicas have started one: a replica
+    # with all its slots taken leaves the next jobs to the other. (Under a
+    # light load the replica that hears of a job first may take them all.)
+    started_by: set[str] = set()
+    both_started = anyio.Event()
 
     def replica() -> Service:
         service = make_service(concurrency=10)
@@ -105,7 +110,10 @@ async def test_two_services_on_one_queue_run_each_job_exactly_once(
         @service.on("count", 10)
         async def count(job: Job, ctx: WorkerContext) -> Json:
             runs[job.oada_id] += 1
-            await anyio.sleep(0)
+            started_by.add(service.worker_id)
+            if len(started_by) == 2:
+                both_started.set()
+            await both_started.wait()
             if sum(runs.values()) >= total:
                 done.set()
             return {"by": service.worker_id}
@@ -133,6 +141,7 @@ async def test_two_services_on_one_queue_run_each_job_exactly_once(
         workers[(await oada.get(f"/{job_id}/result/by")).data] += 1
     # Both replicas took part.
     assert len(workers) == 2
+    assert set(workers) == started_by
 
 
 async def test_run_stops_on_sigterm(make_service: Callable[..., Service]) -> None:
