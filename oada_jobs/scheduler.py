@@ -178,6 +178,10 @@ class Scheduler:
         # Jobs read but waiting for an earlier one's first read to settle.
         self._settling = 0
         self._changed = _Signal()
+        # Room for first reads freed (or a settling order that lets the
+        # first unsettled read through): only readers waiting for room
+        # wait on it, so they are not woken by every other change.
+        self._room = _Signal()
         self._timer_added = _Signal()
         self._urgent_added = _Signal()
 
@@ -253,6 +257,9 @@ class Scheduler:
         entry.state = EntryState.SETTLING
         self._settling += 1
         self._drain_unsettled()
+        if self._settling:
+            # Reads wait for an earlier one: that one may go past a full scheduler.
+            self._room.fire()
 
     def _drain_unsettled(self) -> None:
         """Settle first reads in queue order, as far as they have come back."""
@@ -473,6 +480,9 @@ class Scheduler:
                 self._groups.pop(entry.group, None)
                 self._group_running.pop(entry.group, None)
         self._drain_unsettled()
+        if self._settling:
+            # A read waiting for room may now be the one the settling wait for.
+            self._room.fire()
         self._notify()
         merged, entry.merged = entry.merged, []
         for member in merged:
@@ -516,19 +526,22 @@ class Scheduler:
         hold that room while reading. When jobs read after it wait for it
         (see :meth:`first_unsettled`), it does not wait: they hold the room."""
         while self.full and not (self._settling and self.first_unsettled(entry)):
-            await self.changed.wait()
+            await self._room.event.wait()
         self._reserved += 1
         try:
             yield
         finally:
             self._reserved -= 1
+            if entry.job is None:
+                self._room.fire()  # not read (or not kept): its room is free again
             self._notify()
 
     def _drop_body(self, entry: Entry) -> None:
         if entry.job is not None:
             entry.job = None
             self._bodies -= 1
-            self._notify()  # a reader may be waiting for room
+            self._room.fire()
+            self._notify()
 
     def _notify(self) -> None:
         self._changed.fire()

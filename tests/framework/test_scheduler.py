@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+
 from oada_jobs import Job, Json, WorkerContext
 from oada_jobs.runner import Worker
 from oada_jobs.scheduler import Entry, EntryState, Scheduler
@@ -85,6 +87,33 @@ async def test_the_scheduler_is_full_at_its_limit_until_a_job_is_taken() -> None
     assert taken.key == "a"
     assert not scheduled.full
     assert scheduled.held_jobs == 1
+
+
+async def test_a_read_waiting_for_room_goes_on_when_a_job_is_taken() -> None:
+    worker = Worker("t", work, None)
+    scheduled = Scheduler(lambda type: worker, worker_id="me", keep_bodies=1)
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    async with scheduled.room(a):
+        scheduled.read(a, job("a"), None)
+    assert scheduled.full
+    got_room = anyio.Event()
+
+    async def read_b() -> None:
+        async with scheduled.room(b):
+            got_room.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read_b)
+        await anyio.wait_all_tasks_blocked()
+        assert not got_room.is_set()
+        scheduled.wait(add(scheduled, "c"), 10.0)  # other changes leave it waiting
+        await anyio.wait_all_tasks_blocked()
+        assert not got_room.is_set()
+        entry = scheduled.pop()
+        assert entry is a
+        scheduled.take(entry)
+        with anyio.fail_after(5):
+            await got_room.wait()
 
 
 async def test_a_job_leaving_the_list_during_its_first_read_releases_the_ones_after_it() -> None:
