@@ -91,38 +91,26 @@ class ServiceMetrics:
         self._server: Any = None
         # Labelled children, looked up once: ``labels()`` checks and joins
         # its arguments on every call, three times per job.
-        self._jobs: dict[tuple[str, str], Any] = {}
-        self._running: dict[str, Any] = {}
-        self._duration: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
 
-    def _jobs_of(self, job_type: str, state: str) -> Any:
-        child = self._jobs.get((job_type, state))
+    def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._jobs[job_type, state] = self._c.jobs.labels(self.service, job_type, state)
-        return child
-
-    def _running_of(self, job_type: str) -> Any:
-        child = self._running.get(job_type)
-        if child is None:
-            child = self._running[job_type] = self._c.running.labels(self.service, job_type)
+            child = self._children[key] = metric.labels(self.service, *labels)
         return child
 
     def job_started(self, job_type: str) -> None:
-        self._jobs_of(job_type, "started").inc()
-        self._running_of(job_type).inc()
+        self._child(self._c.jobs, job_type, "started").inc()
+        self._child(self._c.running, job_type).inc()
 
     def job_stopped(self, job_type: str) -> None:
-        self._running_of(job_type).dec()
+        self._child(self._c.running, job_type).dec()
 
     def job_finished(self, job_type: str, state: str, duration: float | None) -> None:
-        self._jobs_of(job_type, state).inc()
+        self._child(self._c.jobs, job_type, state).inc()
         if duration is not None:
-            child = self._duration.get((job_type, state))
-            if child is None:
-                child = self._duration[job_type, state] = self._c.duration.labels(
-                    self.service, job_type, state
-                )
-            child.observe(duration)
+            self._child(self._c.duration, job_type, state).observe(duration)
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)
