@@ -51,18 +51,19 @@ class _DropDebug(logging.Filter):
 
 
 class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, with text frames sent in one event-loop
-    pass leaving in one transport write.
+    """uvicorn's WebSocket protocol, with the text frames sent in one
+    event-loop pass after its first leaving together in one transport write.
 
     A busy socket carries many small answers and change notifications at
     once; written one by one, each costs a TLS record and a system call.
-    Here frames wait in the websockets protocol's buffer until the end of
-    the pass. Every other write of this protocol (pongs, close frames, the
-    handshake) drains that same buffer first, so the order on the wire is
-    the order of sending.
+    The first frame of a pass leaves at once (an idle socket waits for
+    nothing); frames after it wait in the websockets protocol's buffer until
+    the end of the pass. Every other write of this protocol (pongs, close
+    frames, the handshake) drains that same buffer first, so the order on
+    the wire is the order of sending.
     """
 
-    _flush_pending = False
+    _batching = False
 
     async def send(self, message: Any) -> None:
         text = message.get("text") if message["type"] == "websocket.send" else None
@@ -79,12 +80,16 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_text(text.encode())
         except InvalidState:
             raise ClientDisconnected() from None
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._flush)
+        if not self._batching:
+            self._batching = True
+            self._write()
+            self.loop.call_soon(self._end_batch)
 
-    def _flush(self) -> None:
-        self._flush_pending = False
+    def _end_batch(self) -> None:
+        self._batching = False
+        self._write()
+
+    def _write(self) -> None:
         output = self.conn.data_to_send()
         if output and not self.transport.is_closing():
             self.transport.write(b"".join(output))

@@ -1,5 +1,6 @@
-"""The server's WebSocket protocol: frames sent in one event-loop pass leave
-in one transport write, in order, and a close frame goes out after them."""
+"""The server's WebSocket protocol: the first frame of an event-loop pass
+leaves at once, the frames after it in one transport write, in order, and a
+close frame goes out after them."""
 
 from __future__ import annotations
 
@@ -56,16 +57,20 @@ def frames(data: bytes) -> list[Frame]:
     return [event for event in reader.events_received() if isinstance(event, Frame)]
 
 
-async def test_frames_sent_in_one_pass_leave_in_one_write_in_order() -> None:
+async def test_the_first_frame_of_a_pass_leaves_at_once_the_rest_together() -> None:
     protocol, transport = open_protocol()
     for text in ("one", "two", "three"):
         await protocol.send({"type": "websocket.send", "text": text})
-    assert transport.writes == []
+    assert [[frame.data for frame in frames(data)] for data in transport.writes] == [[b"one"]]
     await asyncio.sleep(0)  # the end of the pass
-    assert len(transport.writes) == 1
-    assert [frame.data for frame in frames(transport.writes[0])] == [b"one", b"two", b"three"]
+    assert [[frame.data for frame in frames(data)] for data in transport.writes] == [
+        [b"one"],
+        [b"two", b"three"],
+    ]
     await asyncio.sleep(0)
-    assert len(transport.writes) == 1  # nothing left over to write
+    assert len(transport.writes) == 2  # nothing left over to write
+    await protocol.send({"type": "websocket.send", "text": "next pass"})
+    assert len(transport.writes) == 3
 
 
 async def test_a_close_goes_out_after_the_frames_sent_before_it() -> None:
