@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import random
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .._ksuid import ksuid
+from .._version import __version__
 from ..exceptions import (
     ClientClosed,
     OADAError,
@@ -42,11 +42,6 @@ logger = logging.getLogger("oada_jobs.client")
 Connection = Literal["ws", "http", "auto"]
 
 T = TypeVar("T")
-
-try:
-    _VERSION = importlib.metadata.version("oada-jobs")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0"
 
 _IDEMPOTENT_READS = frozenset({"get", "head"})
 _BINARY = (bytes, bytearray, memoryview)
@@ -76,7 +71,7 @@ class _Options(BaseModel):
     max_backoff: float = Field(default=5.0, gt=0)
     max_retry_after: float = Field(default=60.0, ge=0)
     watch_deadline: float = Field(default=120.0, gt=0)
-    user_agent: str = f"oada-jobs/{_VERSION}"
+    user_agent: str = f"oada-jobs/{__version__}"
 
 
 class _Shared:

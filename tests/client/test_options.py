@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from client_helpers import TOKEN, json_response, mock_client
 
+from oada_jobs import __version__
 from oada_jobs.client import ClientState, OADAClient
 from oada_jobs.client._common import parse_domain
 from oada_jobs.exceptions import ClientClosed
@@ -189,3 +191,15 @@ async def test_data_the_stdlib_refuses_is_still_refused() -> None:
         ):
             with pytest.raises(ValueError, match="JSON-serialisable"):
                 await oada.put("/bookmarks/x", bad)
+
+
+async def test_requests_carry_the_package_version_as_user_agent() -> None:
+    agents: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        agents.append(request.headers["user-agent"])
+        return json_response(200, {})
+
+    async with mock_client(handler) as oada:
+        await oada.get("/bookmarks")
+    assert agents == [f"oada-jobs/{__version__}"]
