@@ -455,7 +455,7 @@ class Queue:
             while not scheduler.has_ready():
                 await scheduler.changed.wait()
             borrower = object()
-            await limiter.acquire_on_behalf_of(borrower)
+            await _acquire(limiter, borrower)
             entry = scheduler.pop()
             if entry is None:
                 limiter.release_on_behalf_of(borrower)
@@ -474,7 +474,7 @@ class Queue:
                 await added.wait()
                 continue
             borrower = object()
-            await filing.acquire_on_behalf_of(borrower)
+            await _acquire(filing, borrower)
             self._begin(runners, entry, filing, borrower)
 
     def _begin(
@@ -621,6 +621,18 @@ class Queue:
             if self._link_batches.get(day_path) is batch:
                 del self._link_batches[day_path]
             batch.done.set()
+
+
+async def _acquire(limiter: anyio.CapacityLimiter, borrower: object) -> None:
+    """Take a slot of *limiter* for *borrower*, waiting only if none is free.
+
+    ``acquire_on_behalf_of`` passes through the event loop even when a slot
+    is free, which cost a loop pass (about 15 us) on every job started.
+    """
+    try:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    except anyio.WouldBlock:
+        await limiter.acquire_on_behalf_of(borrower)
 
 
 #: States in which a touched link makes the queue read the job again.
