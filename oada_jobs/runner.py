@@ -622,13 +622,16 @@ class Runner:
                 helping = True
                 helpers.start_soon(func, *args)
 
-            def time_out() -> None:
-                nonlocal timed_out
+            def stop_work() -> None:
                 # Revoke first: from here on nothing the function still
                 # tries (even in a shielded finally) reaches the job.
-                timed_out = True
                 scoped.revoke()
                 work_scope.cancel()
+
+            def time_out() -> None:
+                nonlocal timed_out
+                timed_out = True
+                stop_work()
 
             async def cancel_watch() -> None:
                 nonlocal cancelled, lost
@@ -645,8 +648,7 @@ class Runner:
                                 lost = True
                             else:
                                 continue
-                            scoped.revoke()
-                            work_scope.cancel()
+                            stop_work()
                             return
                 except OADAError as error:
                     # Cancellation requests go unseen; the job itself goes on.
@@ -655,8 +657,7 @@ class Runner:
             def on_lost() -> None:
                 nonlocal lost
                 lost = True
-                scoped.revoke()
-                work_scope.cancel()
+                stop_work()
 
             # Timers rather than tasks: most jobs end before any of them
             # is due, and a timer costs far less to set and drop.
