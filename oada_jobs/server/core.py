@@ -7,9 +7,16 @@ a bad request: every error is a JSON body ``{"statusCode", "error",
 two dataclasses and implement watches on top of :meth:`OADACore.subscribe`
 and :meth:`OADACore.changes_since`.
 
-Everything runs on the event loop thread. A request is served without any
-``await`` between reading a document and committing its new state, so the
-event loop itself serialises writes: ``If-Match`` is a compare-and-swap.
+Everything runs on the event loop thread. A request is applied to the cached
+documents without any ``await`` between reading a document and changing it,
+so the event loop itself serialises writes: ``If-Match`` is a compare-and-swap.
+
+The writes of one event-loop pass are committed together (group commit): the
+first one staged wakes a background task, which runs in the next pass and
+commits everything staged by then in one SQLite transaction. Every request
+served while writes are staged, reads included, is answered only after that
+commit, since it may have seen them; if the commit fails, all of them get a
+500 and the cached state is reloaded from disk.
 
 Watchers learn about changes through :data:`ChangeListener` callbacks, called
 synchronously after each commit, once per changed resource (rev-graph parents
@@ -122,6 +129,24 @@ class CoreState(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(eq=False, slots=True)
+class _Group:
+    """The writes staged in one event-loop pass, committed together."""
+
+    #: Batches to commit (and then notify) and answers to give, in the order
+    #: they were made; an answer is called with whether the commit succeeded.
+    steps: list[Batch | Callable[[bool], None]] = field(default_factory=list)
+    #: Changes whose rev-graph bumps follow the commit (quirks="reference").
+    unpropagated: list[list[ChangeRecord]] = field(default_factory=list)
+    #: Set once the group is committed or has failed.
+    done: anyio.Event = field(default_factory=anyio.Event)
+    ok: bool = False
+
+
+def _unsaved() -> CoreResponse:
+    return error_response(500, "the write could not be saved; nothing was changed")
+
+
 def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> CoreResponse:
@@ -192,8 +217,9 @@ class OADACore:
     """The OADA resource server without a transport.
 
     Use it as an async context manager: entering opens the store, leaving
-    closes it (and waits for pending rev propagation in ``quirks="reference"``
-    mode). Enter and leave it in the same task; it cannot be reopened.
+    commits what is staged (and the rev propagation it starts in
+    ``quirks="reference"`` mode) and closes it. Enter and leave it in the same
+    task; it cannot be reopened.
 
     >>> async with OADACore(ServerConfig()) as core:  # doctest: +SKIP
     ...     r = await core.handle(CoreRequest("get", "/bookmarks", {"authorization": "Bearer god"}))
@@ -208,7 +234,13 @@ class OADACore:
         self._graph = ResourceGraph(self._store, max_depth=config.max_depth)
         self._task_group: TaskGroup | None = None
         self._deferred = config.quirks == "reference"
-        self._checkpointing = anyio.CancelScope()
+        # The writes of this event-loop pass, and the event that wakes the
+        # task committing them.
+        self._group: _Group | None = None
+        self._group_started = anyio.Event()
+        # Committed changes whose rev-graph bumps follow in the next pass
+        # (quirks="reference").
+        self._unpropagated: list[list[ChangeRecord]] = []
         # Set (and replaced) after each background checkpoint; tests wait on it.
         self._checkpointed = anyio.Event()
         self._roots = frozenset(
@@ -229,12 +261,12 @@ class OADACore:
         if self._state is not CoreState.UNOPENED:
             raise RuntimeError(f"OADACore cannot be opened when {self._state.value}")
         self._store.open()
-        if self._deferred or self._store.checkpoints:
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
-            self._task_group = task_group
-            if self._store.checkpoints:
-                task_group.start_soon(self._checkpoint_regularly)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self._commit_groups)
+        if self._store.checkpoints:
+            task_group.start_soon(self._checkpoint_regularly)
         self._state = CoreState.OPEN
         return self
 
@@ -247,11 +279,15 @@ class OADACore:
         try:
             if self._task_group is not None:
                 task_group, self._task_group = self._task_group, None
-                # The checkpointer would run forever (a checkpoint in progress
-                # finishes first); pending rev propagation is waited for.
-                self._checkpointing.cancel()
+                # Both background tasks would run forever; a checkpoint in
+                # progress finishes first.
+                task_group.cancel_scope.cancel()
                 await task_group.__aexit__(exc_type, exc, tb)
         finally:
+            # What is staged, and the rev propagation each commit may stage
+            # after it, is committed before the store closes.
+            while self._group is not None or self._unpropagated:
+                self._commit_group()
             self._state = CoreState.CLOSED
             self._graph.clear_listeners()
             self._store.close()
@@ -261,17 +297,42 @@ class OADACore:
     async def handle(self, request: CoreRequest) -> CoreResponse:
         """Serve one request; never raises for a bad request.
 
-        Errors come back as JSON ``{"statusCode", "error", "message"}``.
+        Errors come back as JSON ``{"statusCode", "error", "message"}``. The
+        answer comes once the writes it may depend on are committed.
         """
+        response, group = self._serve(request)
+        if group is not None:
+            await group.done.wait()
+            if not group.ok:
+                return _unsaved()
+        return response
+
+    def submit(self, request: CoreRequest, answer: Callable[[CoreResponse], None]) -> None:
+        """Serve one request and call *answer* with the response, as :meth:`handle` would.
+
+        *answer* is called at once, or once the writes the response may
+        depend on are committed. Answers are given in the order the requests
+        were submitted, each right after the change notifications of its own
+        writes, so a transport can pipeline requests without awaiting each.
+        """
+        response, group = self._serve(request)
+        if group is None:
+            answer(response)
+        else:
+            group.steps.append(lambda ok: answer(response if ok else _unsaved()))
+
+    def _serve(self, request: CoreRequest) -> tuple[CoreResponse, _Group | None]:
+        """The response, and the staged writes it must wait for (``None``: none)."""
         if self._state is not CoreState.OPEN:
-            return error_response(503, "the server is not running")
+            return error_response(503, "the server is not running"), None
         try:
-            return self._dispatch(request)
+            response = self._dispatch(request)
         except Reject as exc:
-            return error_response(exc.status, exc.message, exc.headers)
+            response = error_response(exc.status, exc.message, exc.headers)
         except Exception:
             logger.exception("%s %s failed", request.method.upper(), request.path)
-            return error_response(500, "Internal Server Error")
+            response = error_response(500, "Internal Server Error")
+        return response, self._group
 
     def subscribe(self, resource_id: str, listener: ChangeListener) -> Callable[[], None]:
         """Call *listener* after every committed change of *resource_id*.
@@ -650,53 +711,113 @@ class OADACore:
 
     @contextmanager
     def _batch(self) -> Iterator[Batch]:
-        """A batch whose cached changes are dropped if it fails before committing."""
+        """A batch whose cached changes are dropped if it fails before it is staged.
+
+        The staged writes of this pass may be among the cached changes it
+        drops, so they are dropped too, and their requests fail.
+        """
         batch = Batch()
         try:
             yield batch
         except BaseException:
-            if not batch.committed:
-                self._store.discard(batch.touched())
+            touched = batch.touched()
+            group = self._group
+            if touched and group is not None:
+                self._group = None
+                for step in group.steps:
+                    if isinstance(step, Batch):
+                        touched |= step.touched()
+                self._store.discard(touched)
+                self._settle(group, ok=False)
+            elif touched:
+                self._store.discard(touched)
             raise
 
     def _commit(self, batch: Batch) -> None:
-        """Propagate (unless deferred), commit, then notify listeners."""
+        """Propagate (or, deferred, note what to propagate) and stage *batch*."""
         roots = list(batch.changes)
         if not self._deferred:
             self._graph.propagate(batch, roots)
-        self._graph.save(batch)
-        if self._deferred and self._task_group is not None:
-            parents = self._store.versioned_parents
-            if any(rec.resource_id in parents for rec in roots):
-                self._task_group.start_soon(self._propagate_later, roots)
+        group = self._stage(batch)
+        if self._deferred:
+            group.unpropagated.append(roots)
 
-    async def _propagate_later(self, roots: list[ChangeRecord]) -> None:
-        if self._state is not CoreState.OPEN:
+    def _stage(self, batch: Batch) -> _Group:
+        """Add *batch* to this pass's group (started, and its commit scheduled, if new)."""
+        group = self._group
+        if group is None:
+            group = self._group = _Group()
+            self._group_started.set()
+        group.steps.append(batch)
+        return group
+
+    async def _commit_groups(self) -> None:
+        """Commit each pass's writes in the pass after it."""
+        while True:
+            await self._group_started.wait()
+            self._group_started = anyio.Event()
+            self._commit_group()
+
+    def _commit_group(self) -> None:
+        unpropagated, self._unpropagated = self._unpropagated, []
+        for roots in unpropagated:
+            self._propagate_later(roots)
+        group, self._group = self._group, None
+        if group is None:
+            return
+        batches = [step for step in group.steps if isinstance(step, Batch)]
+        try:
+            self._graph.save(batches)
+        except sqlite3.Error:
+            logger.exception("committing %d writes failed", len(batches))
+            self._settle(group, ok=False)
+        else:
+            self._settle(group, ok=True)
+
+    def _settle(self, group: _Group, *, ok: bool) -> None:
+        """Notify watchers of a committed group and give its answers, in order."""
+        group.ok = ok
+        for step in group.steps:
+            if not isinstance(step, Batch):
+                try:
+                    step(ok)
+                except Exception:
+                    logger.exception("answering a request failed")
+            elif ok:
+                self._graph.notify(step.changes)
+        group.done.set()
+        if ok and group.unpropagated:
+            self._unpropagated.extend(group.unpropagated)
+            self._group_started.set()
+
+    def _propagate_later(self, roots: list[ChangeRecord]) -> None:
+        """Stage the rev-graph bumps caused by *roots*, committed a pass ago."""
+        parents = self._store.versioned_parents
+        if not any(rec.resource_id in parents for rec in roots):
             return
         try:
             with self._batch() as batch:
                 self._graph.propagate(batch, roots)
                 if batch.changes:
-                    self._graph.save(batch)
+                    self._stage(batch)
         except Exception:
             logger.exception("rev propagation failed")
 
     async def _checkpoint_regularly(self) -> None:
         """Checkpoint the store's WAL in a worker thread while writes come in."""
         store = self._store
-        with self._checkpointing:
-            while True:
-                await anyio.sleep(CHECKPOINT_INTERVAL)
-                if not store.commits_since_checkpoint:
-                    continue
-                store.commits_since_checkpoint = 0
-                try:
-                    await anyio.to_thread.run_sync(store.checkpoint)
-                except sqlite3.Error:
-                    # Commits still checkpoint by themselves past the backstop.
-                    logger.exception("background WAL checkpoint failed")
-                done, self._checkpointed = self._checkpointed, anyio.Event()
-                done.set()
+        while True:
+            await anyio.sleep(CHECKPOINT_INTERVAL)
+            if not store.commits_since_checkpoint:
+                continue
+            store.commits_since_checkpoint = 0
+            try:
+                await anyio.to_thread.run_sync(store.checkpoint)
+            except sqlite3.Error:
+                # Commits still checkpoint by themselves past the backstop.
+                logger.exception("background WAL checkpoint failed")
+            done, self._checkpointed = self._checkpointed, anyio.Event()
+            done.set()
 
     # -- users' root resources ----------------------------------------------------
 

@@ -361,22 +361,20 @@ class ResourceGraph:
             return False
         return may_access(target.meta, owner, write=False)
 
-    def save(self, batch: Batch) -> None:
-        """Commit *batch*, then call the listeners of every changed resource.
+    def save(self, batches: Sequence[Batch]) -> None:
+        """Commit *batches* in one transaction; :meth:`notify` their changes afterwards.
 
         On a database error the touched resources are reloaded from disk and
         the error propagates: nothing was acknowledged.
         """
         try:
-            self.store.commit(batch)
+            self.store.commit(batches)
         except sqlite3.Error:
-            self.store.discard(batch.touched())
+            self.store.discard(set().union(*(batch.touched() for batch in batches)))
             raise
-        self._notify(batch.changes)
 
-    # -- internals ----------------------------------------------------------------
-
-    def _notify(self, changes: list[ChangeRecord]) -> None:
+    def notify(self, changes: list[ChangeRecord]) -> None:
+        """Call the listeners of every resource in *changes* (committed ones only)."""
         listeners = self._listeners
         if not listeners:
             return
@@ -390,6 +388,8 @@ class ResourceGraph:
                     listener(rec.resource_id, rec.rev, array)
                 except Exception:
                     logger.exception("change listener for %s failed", rec.resource_id)
+
+    # -- internals ----------------------------------------------------------------
 
     def _validate_body(
         self,

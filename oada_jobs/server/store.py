@@ -16,8 +16,10 @@ The SQLite file is the source of truth. Three tables:
     The link graph: ``(parent, JSON-pointer path, child, versioned)``.
 
 Every write of one request (including the rev-graph bumps of its parents) is
-one transaction: :meth:`Store.commit` returns only after SQLite committed it
-in WAL mode, so an acknowledged write survives a process crash.
+one :class:`Batch`, and :meth:`Store.commit` writes a sequence of batches in
+one transaction (the core gathers the requests of one event-loop pass). It
+returns only after SQLite committed them in WAL mode, and no request is
+answered before that, so an acknowledged write survives a process crash.
 
 The change records double as the write-ahead log of the documents: a large
 document is not re-serialised on every write. Its snapshot is rewritten only
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,8 +198,6 @@ class Batch:
     edges_cleared: set[str] = field(default_factory=set)
     #: Binary payloads to store (``None`` keeps whatever is there).
     data: dict[str, bytes] = field(default_factory=dict)
-    #: Set by :meth:`Store.commit` once the transaction is committed.
-    committed: bool = False
 
     def touched(self) -> set[str]:
         """Ids of every resource this batch changes."""
@@ -423,79 +423,112 @@ class Store:
         self._docs.pop(resource_id, None)
         self._missing.add(resource_id)
 
-    def commit(self, batch: Batch) -> None:
-        """Write *batch* in one transaction; returns after it is committed."""
+    def commit(self, batches: Sequence[Batch]) -> None:
+        """Write *batches* in one transaction; returns after it is committed.
+
+        Every change record is written; links and documents are written as
+        they are in memory now, once each however many batches touched them.
+        One transaction for several requests' batches also writes each page
+        they share (a list's row, its parents' rows) to the WAL only once.
+        """
         db = self.db
-        db.execute("BEGIN")
-        try:
-            for rid in batch.edges_cleared:
-                db.execute("DELETE FROM edges WHERE parent = ?", (rid,))
-            if batch.edges_removed:
-                db.executemany(
-                    "DELETE FROM edges WHERE parent = ? AND path = ?",
-                    [(p, pointer(path)) for p, path in batch.edges_removed],
-                )
-            if batch.edges_set:
-                db.executemany(
-                    "INSERT OR REPLACE INTO edges (parent, path, child, versioned)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(p, pointer(path), c, int(v)) for p, path, c, v in batch.edges_set],
-                )
+        cleared: set[str] = set()
+        edges: dict[tuple[str, Path], None] = {}
+        deleted: set[str] = set()
+        # Resource id → its latest state (None: deleted last).
+        final: dict[str, Resource | None] = {}
+        data: dict[str, bytes] = {}
+        rows = []
+        written: dict[str, int] = {}
+        for batch in batches:
+            cleared |= batch.edges_cleared
+            edges.update(dict.fromkeys(batch.edges_removed))
+            edges.update(dict.fromkeys((p, path) for p, path, _, _ in batch.edges_set))
             for rid in batch.deleted:
-                db.execute("DELETE FROM resources WHERE id = ?", (rid,))
-            rows = []
-            written: dict[str, int] = {}
+                deleted.add(rid)
+                final[rid] = None
+                data.pop(rid, None)
+            for rid, res in batch.saved.items():
+                if rid not in batch.deleted:
+                    final[rid] = res
+            data.update(batch.data)
             for c in batch.changes:
                 body = None if c.body is None else _dumps(c.body)
                 if body is not None:
                     written[c.resource_id] = written.get(c.resource_id, 0) + len(body)
                 children = _dumps(c.children) if c.children else None
                 rows.append((c.resource_id, c.rev, c.type, body, children))
-            if len(rows) == 1:  # the common case; execute() is cheaper
+        db.execute("BEGIN")
+        try:
+            self._write_edges(db, cleared, edges)
+            if deleted:
+                db.executemany("DELETE FROM resources WHERE id = ?", [(rid,) for rid in deleted])
+            if len(rows) == 1:  # execute() is cheaper
                 db.execute(_INSERT_CHANGE, rows[0])
-            else:
+            elif rows:
                 db.executemany(_INSERT_CHANGE, rows)
-            snapshots: list[tuple[Resource, int]] = []
-            for rid, res in batch.saved.items():
-                if rid in batch.deleted:
-                    continue
-                pending = res.pending_bytes + written.get(rid, 0)
-                if res.snap_bytes < _SNAPSHOT_ALWAYS or pending > res.snap_bytes:
-                    doc = _dumps(res.doc)
-                    snapshots.append((res, len(doc)))
-                    if rid in batch.data:
-                        db.execute(
-                            "INSERT INTO resources (id, rev, doc, data) VALUES (?, ?, ?, ?)"
-                            " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
-                            " doc = excluded.doc, data = excluded.data",
-                            (rid, res.rev, doc, batch.data[rid]),
-                        )
-                    else:
-                        db.execute(
-                            "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
-                            " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
-                            " doc = excluded.doc",
-                            (rid, res.rev, doc),
-                        )
-                else:
-                    snapshots.append((res, -pending))
-                    if rid in batch.data:
-                        db.execute(
-                            "UPDATE resources SET data = ? WHERE id = ?", (batch.data[rid], rid)
-                        )
+            for rid, latest in final.items():
+                if latest is not None:
+                    self._write_doc(db, latest, written.get(rid, 0), data.get(rid))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        batch.committed = True
         self.commits_since_checkpoint += 1
-        for res, size in snapshots:
-            if size >= 0:
-                res.snap_bytes, res.pending_bytes = size, 0
+        for batch in batches:
+            for c in batch.changes:
+                self._remember_change(c)
+
+    def _write_edges(
+        self, db: sqlite3.Connection, cleared: set[str], edges: dict[tuple[str, Path], None]
+    ) -> None:
+        """Write the links at *edges* as they are now, after dropping *cleared* parents' links."""
+        for rid in cleared:
+            db.execute("DELETE FROM edges WHERE parent = ?", (rid,))
+        gone = []
+        present = []
+        for parent, path in edges:
+            edge = self.links.get(parent, {}).get(path)
+            if edge is None:
+                gone.append((parent, pointer(path)))
             else:
-                res.pending_bytes = -size
-        for c in batch.changes:
-            self._remember_change(c)
+                present.append((parent, pointer(path), edge[0], int(edge[1])))
+        if gone:
+            db.executemany("DELETE FROM edges WHERE parent = ? AND path = ?", gone)
+        if present:
+            db.executemany(
+                "INSERT OR REPLACE INTO edges (parent, path, child, versioned) VALUES (?, ?, ?, ?)",
+                present,
+            )
+
+    @staticmethod
+    def _write_doc(db: sqlite3.Connection, res: Resource, written: int, data: bytes | None) -> None:
+        """Snapshot *res* (or only count *written* change bytes against its snapshot).
+
+        The bookkeeping is updated at once: should the transaction fail, the
+        caller discards the resource anyway.
+        """
+        pending = res.pending_bytes + written
+        if res.snap_bytes >= _SNAPSHOT_ALWAYS and pending <= res.snap_bytes:
+            res.pending_bytes = pending
+            if data is not None:
+                db.execute("UPDATE resources SET data = ? WHERE id = ?", (data, res.id))
+            return
+        doc = _dumps(res.doc)
+        res.snap_bytes, res.pending_bytes = len(doc), 0
+        if data is not None:
+            db.execute(
+                "INSERT INTO resources (id, rev, doc, data) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev,"
+                " doc = excluded.doc, data = excluded.data",
+                (res.id, res.rev, doc, data),
+            )
+        else:
+            db.execute(
+                "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, doc = excluded.doc",
+                (res.id, res.rev, doc),
+            )
 
     def discard(self, ids: Iterable[str]) -> None:
         """Forget the cached state of *ids* after a failed commit."""

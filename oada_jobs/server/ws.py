@@ -343,18 +343,22 @@ class WebSocketSession:
             self._unwatch(req.request_id)
             self._enqueue({"requestId": req.request_id, "status": 200})
         elif method in _PLAIN:
-            response = await self._call(req, method)
-            self._enqueue(self._frame(req, method, response)[1])
+            # Not awaited: the next request is read while this one's writes
+            # wait for the pass's commit, so one pass's requests commit together.
+            self._core.submit(
+                self._core_request(req, method),
+                lambda response: self._enqueue(self._frame(req, method, response)[1]),
+            )
         else:
             await self._watch(req, _WATCHES[method])
 
-    async def _call(self, req: WSRequest, method: str) -> CoreResponse:
+    def _core_request(self, req: WSRequest, method: str) -> CoreRequest:
         headers = dict(req.headers)
         headers["x-request-id"] = req.request_id
         headers.setdefault("x-forwarded-proto", self._proto)
         headers.setdefault("host", self._host)
         body = req.body if method in ("put", "post") else b""
-        return await self._core.handle(CoreRequest(method, req.path, headers, body))
+        return CoreRequest(method, req.path, headers, body)
 
     def _frame(self, req: WSRequest, method: str, response: CoreResponse) -> tuple[int, str]:
         """The response status and message (JSON-encoded; bodies are spliced in as they are)."""
@@ -394,7 +398,7 @@ class WebSocketSession:
     # -- watches ----------------------------------------------------------------
 
     async def _watch(self, req: WSRequest, method: str) -> None:
-        response = await self._call(req, method)
+        response = await self._core.handle(self._core_request(req, method))
         status, frame = self._frame(req, method, response)
         resource_id = _resource_of(response.headers.get("content-location", ""))
         if status >= 300:

@@ -227,7 +227,7 @@ async def test_a_failed_commit_is_500_and_leaves_no_trace(tmp_path: Path) -> Non
             ]:
                 r = await c.request(method, path, body) if body else await c.request(method, path)
                 assert r.status == 500, (method, path)
-                assert r.data["message"] == "Internal Server Error"
+                assert r.data["message"] == "the write could not be saved; nothing was changed"
         finally:
             store._db = real
         assert (await c.get("/resources/A")).data["x"] == 1

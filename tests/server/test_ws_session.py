@@ -39,7 +39,11 @@ class ScriptedSocket:
         pass
 
     async def receive(self) -> dict[str, Any]:
-        return await self.incoming.receive()
+        # Like uvicorn's, it returns a waiting message without yielding.
+        try:
+            return self.incoming.receive_nowait()
+        except anyio.WouldBlock:
+            return await self.incoming.receive()
 
     async def send_text(self, text: str) -> None:
         self.sent.append(json.loads(text))
@@ -122,3 +126,47 @@ async def watch_and_disconnect(sock: ScriptedSocket) -> None:
         # Only the test's own listener is left; the session's was removed.
         assert len(calls) == 1
         assert [m["requestId"] for m in sock.sent] == ["a", "b", "p"]
+
+
+async def test_requests_read_in_one_pass_share_a_commit_and_answer_in_order() -> None:
+    with ScriptedSocket() as sock:
+        sock.release.set()
+        async with OADACore(ServerConfig()) as core, anyio.create_task_group() as tg:
+            await core.handle(CoreRequest("put", "/resources/p", AUTH, b"{}"))
+            store = core.store
+            real = store._db
+            commits = 0
+
+            class Counting:
+                def execute(self, sql: str, *args: Any) -> Any:
+                    nonlocal commits
+                    commits += sql == "COMMIT"
+                    return real.execute(sql, *args)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+            store._db = Counting()  # type: ignore[assignment]
+            for n in range(4):
+                sock.frame(
+                    requestId=f"put{n}",
+                    method="put",
+                    path="/resources/p",
+                    headers=AUTH,
+                    data={n: n},
+                )
+            sock.frame(requestId="get", method="get", path="/resources/p", headers=AUTH)
+            tg.start_soon(WebSocketSession(core, sock).run)  # type: ignore[arg-type]
+            with anyio.fail_after(5):
+                await sock.wait_sent(5)
+            store._db = real
+            sock.incoming_send.send_nowait({"type": "websocket.disconnect", "code": 1000})
+    assert commits == 1
+    assert [(m["requestId"], m["status"]) for m in sock.sent] == [
+        ("put0", 201),
+        ("put1", 201),
+        ("put2", 201),
+        ("put3", 201),
+        ("get", 200),
+    ]
+    assert [m["headers"]["x-oada-rev"] for m in sock.sent] == ["2", "3", "4", "5", "5"]

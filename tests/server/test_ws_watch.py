@@ -212,6 +212,9 @@ async def test_replay_and_live_changes_never_interleave(server: EmbeddedServer) 
         start = int((await c.put("/bookmarks/n", json={"i": 0})).headers["x-oada-rev"])
         for i in range(1, 20):
             await c.put("/bookmarks/n", json={"i": i})
+        # Each PUT makes one rev. The watch may hear of the last one before
+        # the writer has its answer, so wait for the rev, not the answer.
+        final = start + 59
         done = anyio.Event()
         last = 0
 
@@ -229,9 +232,11 @@ async def test_replay_and_live_changes_never_interleave(server: EmbeddedServer) 
             assert resp["requestId"] == rid
             seen: list[int] = []
             with anyio.fail_after(10):
-                while not done.is_set() or not seen or seen[-1] < last:
+                while not seen or seen[-1] < final:
                     seen.append(revs(await ws.recv()))
-        assert seen == list(range(start + 1, last + 1))
+                await done.wait()
+        assert last == final
+        assert seen == list(range(start + 1, final + 1))
 
 
 async def test_closing_the_socket_ends_its_watches(server: EmbeddedServer) -> None:
