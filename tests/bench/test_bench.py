@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from bench import report
-from bench.common import ROOT, node_available, percentile, summarize
+from bench.common import ROOT, BenchError, node_available, percentile, summarize
 from bench.counted_server import CountingApp
+from bench.jobs import JOBS_TYPE, ListDrain
+from oada_jobs.client import OADAClient
+from oada_jobs.testing import EmbeddedServer
 
 
 def test_percentile_interpolates_and_summarize_keeps_runs() -> None:
@@ -147,6 +152,48 @@ async def test_counting_app_counts_per_token_and_answers_counts() -> None:
 
 
 @pytest.mark.slow
+async def test_list_drain_ends_at_the_server_time_of_the_last_removal(
+    server: EmbeddedServer,
+) -> None:
+    path = "/bookmarks/drain"
+    async with OADAClient(server.url, server.token) as oada:
+        queue = await oada.create_resource({}, content_type=JOBS_TYPE)
+        await oada.put("/bookmarks", {"drain": {"_id": queue}})
+        ids = [await oada.create_resource({"i": i}) for i in range(3)]
+        drain = ListDrain(oada, path, interval=0.005)
+        await drain.start()
+        keys = list(await drain.link(ids, chunk=2))
+        finished: list[float] = []
+        async with anyio.create_task_group() as group:
+
+            async def wait() -> None:
+                finished.append(await drain.wait_gone(10))
+
+            group.start_soon(wait)
+            await oada.delete(f"{path}/{keys[0]}")
+            # An extra write brings the rev to the count one removal early.
+            await oada.put(path, {"note": 1}, content_type=JOBS_TYPE)
+            await oada.delete(f"{path}/{keys[1]}")
+            # Polls see the rev due but a job left: it keeps waiting.
+            for _ in range(5):
+                await anyio.sleep(0.01)
+            assert finished == []
+            before_last = time.time()
+            await oada.delete(f"{path}/{keys[2]}")
+        assert before_last <= finished[0] <= time.time()
+
+
+async def test_list_drain_says_how_many_jobs_are_left_when_it_gives_up(
+    server: EmbeddedServer,
+) -> None:
+    async with OADAClient(server.url, server.token) as oada:
+        await oada.put("/bookmarks/stuck", {}, content_type=JOBS_TYPE)
+        drain = ListDrain(oada, "/bookmarks/stuck", interval=0.005)
+        await drain.link([await oada.create_resource({"i": i}) for i in range(2)])
+        with pytest.raises(BenchError, match="2 of 2 jobs were still queued after 0 s"):
+            await drain.wait_gone(0.2)
+
+
 @pytest.mark.node
 @pytest.mark.timeout(600)
 def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
