@@ -29,6 +29,7 @@ reconnects and resumes with ``x-oada-rev``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ from http import HTTPStatus
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -51,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: Unsent messages a socket may accumulate before it is closed as too slow.
 MAX_QUEUED = 10_000
+#: Requests a connection's reader serves before it lets the event loop run
+#: (see ``WebSocketSession._reader``).
+REQUESTS_PER_TURN = 4
 
 #: Room for the JSON envelope (requestId, method, headers) around a body.
 FRAME_ENVELOPE = 1024 * 1024
@@ -213,7 +218,15 @@ class WebSocketSession:
     # -- I/O --------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        while True:
+        for served in itertools.count():
+            if served and served % REQUESTS_PER_TURN == 0:
+                # Requests that arrived together would otherwise all be served
+                # in this pass, and their answers wait for the last of them:
+                # meanwhile the client idles, then the server does. Letting the
+                # loop run commits and answers these first, so the client works
+                # on them while the rest are served (and other connections get
+                # their turn). Measured: 4 beat both 2 and 8.
+                await anyio.lowlevel.checkpoint()
             message = await self._ws.receive()
             kind = message["type"]
             if kind == "websocket.disconnect":

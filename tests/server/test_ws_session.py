@@ -128,26 +128,31 @@ async def watch_and_disconnect(sock: ScriptedSocket) -> None:
         assert [m["requestId"] for m in sock.sent] == ["a", "b", "p"]
 
 
-async def test_requests_read_in_one_pass_share_a_commit_and_answer_in_order() -> None:
+@pytest.mark.parametrize(("puts", "commits"), [(4, 1), (8, 2)])
+async def test_requests_read_together_share_a_commit_per_turn_and_answer_in_order(
+    puts: int, commits: int
+) -> None:
+    """A turn serves REQUESTS_PER_TURN requests (4), then lets their commit run."""
+    assert ws_module.REQUESTS_PER_TURN == 4
     with ScriptedSocket() as sock:
         sock.release.set()
         async with OADACore(ServerConfig()) as core, anyio.create_task_group() as tg:
             await core.handle(CoreRequest("put", "/resources/p", AUTH, b"{}"))
             store = core.store
             real = store._db
-            commits = 0
+            made = 0
 
             class Counting:
                 def execute(self, sql: str, *args: Any) -> Any:
-                    nonlocal commits
-                    commits += sql == "COMMIT"
+                    nonlocal made
+                    made += sql == "COMMIT"
                     return real.execute(sql, *args)
 
                 def __getattr__(self, name: str) -> Any:
                     return getattr(real, name)
 
             store._db = Counting()  # type: ignore[assignment]
-            for n in range(4):
+            for n in range(puts):
                 sock.frame(
                     requestId=f"put{n}",
                     method="put",
@@ -158,15 +163,13 @@ async def test_requests_read_in_one_pass_share_a_commit_and_answer_in_order() ->
             sock.frame(requestId="get", method="get", path="/resources/p", headers=AUTH)
             tg.start_soon(WebSocketSession(core, sock).run)  # type: ignore[arg-type]
             with anyio.fail_after(5):
-                await sock.wait_sent(5)
+                await sock.wait_sent(puts + 1)
             store._db = real
             sock.incoming_send.send_nowait({"type": "websocket.disconnect", "code": 1000})
-    assert commits == 1
+    assert made == commits
     assert [(m["requestId"], m["status"]) for m in sock.sent] == [
-        ("put0", 201),
-        ("put1", 201),
-        ("put2", 201),
-        ("put3", 201),
+        *((f"put{n}", 201) for n in range(puts)),
         ("get", 200),
     ]
-    assert [m["headers"]["x-oada-rev"] for m in sock.sent] == ["2", "3", "4", "5", "5"]
+    revs = [str(n + 2) for n in range(puts)]
+    assert [m["headers"]["x-oada-rev"] for m in sock.sent] == [*revs, revs[-1]]
