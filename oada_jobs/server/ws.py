@@ -17,9 +17,12 @@ request ``{requestId, method, path, headers, data?}``:
 * anything that is not such a request gets status 400.
 
 Ordering: every outgoing message goes through one per-socket queue, and
-everything between running a watch's request and queueing its replay is
-synchronous (no ``await``), so a watch's response, its replay and its live
-changes can never be reordered or interleaved with another watch's.
+everything from a watch's request being answered (after the commit of the
+writes it may have seen) to queueing its replay is synchronous (no
+``await``), so a watch's response, its replay and its live changes can never
+be reordered or interleaved with another watch's. Plain requests are not
+awaited one by one: their answers are queued in request order once the
+core has committed what they depend on (:meth:`OADACore.submit`).
 
 A socket that cannot keep up (more than :data:`MAX_QUEUED` unsent messages)
 is closed with code 1013 instead of silently losing changes; the client
