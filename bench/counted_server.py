@@ -28,7 +28,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import anyio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +37,7 @@ from oada_jobs.server.runner import BatchedWebSocketProtocol
 from oada_jobs.server.tls import self_signed
 
 from .common import BOOKMARKS, USER
-from .loop import backend_options
+from .loop import run
 
 _BEARER = re.compile(rb'"authorization"\s*:\s*"Bearer ([^"]+)"', re.IGNORECASE)
 
@@ -138,4 +137,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m bench.counted_server <config.json>")
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    anyio.run(main, sys.argv[1], backend_options=backend_options())
+    run(main, sys.argv[1])

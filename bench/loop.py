@@ -1,5 +1,5 @@
-"""The event loop of the Python benchmark processes: the one oada-jobs commands use."""
+"""How the Python benchmark processes run: as oada-jobs commands do."""
 
-from oada_jobs._loop import backend_options
+from oada_jobs._loop import run
 
-__all__ = ["backend_options"]
+__all__ = ["run"]

@@ -37,7 +37,7 @@ import anyio
 from oada_jobs import Job, Service, WorkerContext
 from oada_jobs.types import Json
 
-from .loop import backend_options
+from .loop import run
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -109,4 +109,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, backend_options=backend_options())
+    run(main)

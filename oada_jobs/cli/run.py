@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from .._loop import backend_options
+from .._loop import run as run_process
 from ..exceptions import OADAError
 from ..runner import LOGGING_ENV
 from ..service import Service
@@ -232,7 +232,7 @@ def run(
             )
 
     try:
-        anyio.run(main, backend_options=backend_options())
+        run_process(main)
     except BaseException as error:
         leaf = _first_leaf(error)
         if isinstance(leaf, CLIError):

@@ -13,7 +13,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 
-from oada_jobs._loop import backend_options
+from oada_jobs._loop import run as run_process
 from oada_jobs.cli import app
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
 
@@ -196,7 +196,7 @@ def serve_command(
                 )
 
     try:
-        anyio.run(run, backend_options=backend_options())
+        run_process(run)
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
