@@ -21,11 +21,14 @@ one transaction (the core gathers the requests of one event-loop pass). It
 returns only after SQLite committed them in WAL mode, and no request is
 answered before that, so an acknowledged write survives a process crash.
 
-The change records double as the write-ahead log of the documents: a large
+The change records double as the write-ahead log of the documents: a
 document is not re-serialised on every write. Its snapshot is rewritten only
-once the change bodies written since outweigh it (small documents are always
-rewritten), so the cost of a write stays proportional to the change, and a
-document is loaded as its snapshot plus the changes after it.
+once the change bodies written since outweigh it and pass
+:data:`_SNAPSHOT_SLACK`, so the cost of a write stays proportional to the
+change, and a document is loaded as its snapshot plus the changes after it.
+A job, for one, is snapshotted when it is created and then only logged: its
+claim and its result each cost a change row, not a change row and a new
+snapshot.
 
 Documents, the whole edge graph and recent change records are kept in memory;
 reads never touch SQLite once a document has been loaded. The core mutates the
@@ -82,8 +85,10 @@ _INSERT_CHANGE = (
 #: WAL pages after which a commit checkpoints by itself: a backstop only;
 #: normally :meth:`Store.checkpoint` runs in a worker thread long before.
 _WAL_BACKSTOP_PAGES = 20_000
-#: Documents whose snapshot is smaller than this are rewritten on every write.
-_SNAPSHOT_ALWAYS = 16 * 1024
+#: Change bytes any document may have after its snapshot before the snapshot
+#: is rewritten (a larger document may have as many as its own size). Replaying
+#: that much on load takes well under a millisecond.
+_SNAPSHOT_SLACK = 16 * 1024
 
 
 def _dumps(value: Any) -> bytes:
@@ -509,7 +514,7 @@ class Store:
         caller discards the resource anyway.
         """
         pending = res.pending_bytes + written
-        if res.snap_bytes >= _SNAPSHOT_ALWAYS and pending <= res.snap_bytes:
+        if res.snap_bytes and pending <= max(res.snap_bytes, _SNAPSHOT_SLACK):
             res.pending_bytes = pending
             if data is not None:
                 db.execute("UPDATE resources SET data = ? WHERE id = ?", (data, res.id))
@@ -545,8 +550,12 @@ class Store:
     # -- internals ----------------------------------------------------------
 
     def _flush_snapshots(self) -> None:
-        """Snapshot every document with changes after its snapshot (faster reopen)."""
-        stale = [res for res in self._docs.values() if res.pending_bytes]
+        """Snapshot every document with more than the slack logged since (faster reopen).
+
+        Those are large documents only: a small one is reloaded from its few
+        changes as fast as from a snapshot, and there may be very many.
+        """
+        stale = [res for res in self._docs.values() if res.pending_bytes > _SNAPSHOT_SLACK]
         if not stale:
             return
         db = self.db
