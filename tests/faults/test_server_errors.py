@@ -18,6 +18,7 @@ from .helpers import (
     count_lines,
     finish,
     post_in_background,
+    post_jobs,
     running,
     service_name,
     wait_until,
@@ -27,6 +28,9 @@ from .proxy import FaultProxy
 JOBS = 500
 #: Seconds each fault lasts.
 FAULT = 1.5
+#: Jobs posted once the stall has begun, so that it has requests to hold
+#: even when the service got through every earlier job first.
+STALLED = 25
 
 
 @pytest.mark.slow
@@ -44,7 +48,7 @@ async def test_errors_and_stalls_are_ridden_out(tmp_path: Path, connection: str,
             lease=3, sweep_interval=1, sleep=0.01, concurrency=20, connection=connection,
         )  # fmt: skip
         async with running(service) as tg:
-            keys = post_in_background(tg, oada, name, jobs, batch=25)
+            keys = post_in_background(tg, oada, name, jobs - STALLED, batch=25)
             await wait_until(lambda: count_lines(record) >= jobs // 5, 60)
             proxy.fail(503)
             await anyio.sleep(FAULT)  # the fault lasts a while: nothing to await
@@ -59,9 +63,12 @@ async def test_errors_and_stalls_are_ridden_out(tmp_path: Path, connection: str,
             proxy.heal()
             await wait_until(lambda: count_lines(record) >= 4 * jobs // 5, 60)
             proxy.stall()
+            late = await post_jobs(oada, name, STALLED, batch=STALLED, first=jobs - STALLED)
             await wait_until(lambda: proxy.held >= 10, 30)
             await anyio.sleep(FAULT)
             proxy.heal()
+            await wait_until(lambda: len(keys) == jobs - STALLED, 60)
+            keys += late
             await finish(oada, name, keys, jobs, service)
     assert proxy.injected > 0
     extra = check_runs(record, keys, max_extra=40)
