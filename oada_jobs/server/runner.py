@@ -58,7 +58,7 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
     once; written one by one, each costs a TLS record and a system call.
     Frames wait in the websockets protocol's buffer until the end of the
     pass, a few callbacks later. (Sending the first frame of a pass at once
-    and the rest at its end cost the server 5-15 % more CPU per job in the
+    and the rest at its end cost the server 5-18 % more CPU per job in the
     benchmarks: two writes a pass where one will do.) Every other write of
     this protocol (pongs, close frames, the handshake) drains that same
     buffer first, so the order on the wire is the order of sending.

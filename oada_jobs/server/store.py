@@ -86,8 +86,9 @@ _INSERT_CHANGE = (
 #: normally :meth:`Store.checkpoint` runs in a worker thread long before.
 _WAL_BACKSTOP_PAGES = 20_000
 #: Change bytes any document may have after its snapshot before the snapshot
-#: is rewritten (a larger document may have as many as its own size). Replaying
-#: that much on load takes well under a millisecond.
+#: is rewritten (a larger document may have as many as its own size). Loading a
+#: document with that much to replay (87 small changes) took 1.5 ms; a job,
+#: with two or three, takes about as long as from a snapshot.
 _SNAPSHOT_SLACK = 16 * 1024
 
 
