@@ -87,8 +87,8 @@ _INSERT_CHANGE = (
 _WAL_BACKSTOP_PAGES = 20_000
 #: Change bytes any document may have after its snapshot before the snapshot
 #: is rewritten (a larger document may have as many as its own size). Loading a
-#: document with that much to replay (87 small changes) took 1.5 ms; a job,
-#: with two or three, takes about as long as from a snapshot.
+#: document with that much to replay (87 small changes) took 1.5 ms, a job
+#: with two changes 0.09 ms (0.04 ms from a snapshot alone).
 _SNAPSHOT_SLACK = 16 * 1024
 
 
