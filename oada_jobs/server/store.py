@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS edges (
     versioned INTEGER NOT NULL,
     PRIMARY KEY (parent, path)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS edges_child ON edges (child);
+DROP INDEX IF EXISTS edges_child;
 """
 
 #: How many change records stay cached (they are small; replay reads the rest).
