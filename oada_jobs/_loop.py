@@ -8,10 +8,10 @@ CPython's cyclic garbage collector is tuned for short scripts: a young
 collection every 700 container allocations, and a full one every hundred of
 those once the heap has grown by a quarter. A service or server allocates a
 few dozen containers per request and holds a large, long-lived heap (the
-embedded server caches documents and change records). In a benchmark run of
-6,000 jobs the server spent about 600 ms collecting, 420 ms of it in four
+embedded server caches documents and change records). In two benchmark runs
+of 3,000 jobs the server spent about 600 ms collecting, 420 ms of it in four
 full collections that each blocked its event loop for about 100 ms; tuned as
-below, under 200 ms and none during the run. :func:`run` therefore
+below, under 200 ms and none during the runs. :func:`run` therefore
 freezes what start-up loaded (modules, classes, settings: never garbage) out
 of the collector's sight and collects young objects every
 :data:`GC_THRESHOLDS` allocations. Reference counting still frees almost
