@@ -554,7 +554,7 @@ class Store:
         """Snapshot every document with more than the slack logged since (faster reopen).
 
         Those are large documents only: a small one is reloaded from its few
-        changes as fast as from a snapshot, and there may be very many.
+        changes in well under a millisecond, and there may be very many.
         """
         stale = [res for res in self._docs.values() if res.pending_bytes > _SNAPSHOT_SLACK]
         if not stale:
