@@ -54,8 +54,9 @@ class Sizes:
     """How big each measurement is."""
 
     repeats: int
-    #: Jobs queued at once on a running service.
+    #: Jobs queued at once on a running service: a small and a large batch.
     burst: int
+    burst_large: int
     #: Jobs waiting when the service starts (also the memory measurement).
     backlog: int
     #: Jobs queued one at a time for pickup latency, and the gap between them.
@@ -71,6 +72,7 @@ class Sizes:
 FULL = Sizes(
     repeats=3,
     burst=1000,
+    burst_large=10_000,
     backlog=10_000,
     latency=200,
     latency_interval=0.025,
@@ -81,6 +83,7 @@ FULL = Sizes(
 QUICK = Sizes(
     repeats=1,
     burst=20,
+    burst_large=40,
     backlog=30,
     latency=10,
     latency_interval=0.02,
@@ -166,6 +169,11 @@ async def section_throughput(h: Harness, sizes: Sizes, fws: tuple[Framework, ...
     return out
 
 
+async def section_throughput_large(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
+    runs = await _alternating(sizes, fws, lambda fw: burst_run(h, fw, sizes.burst_large))
+    return _runs_section(runs, sizes.burst_large)
+
+
 async def section_backlog(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
     runs = await _alternating(sizes, fws, lambda fw: backlog_run(h, fw, sizes.backlog))
     return _runs_section(runs, sizes.backlog)
@@ -241,6 +249,7 @@ async def section_scale_out(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]
 
 JOB_SECTIONS: dict[str, Callable[[Harness, Sizes, tuple[Framework, ...]], Awaitable[Any]]] = {
     "throughput": section_throughput,
+    "throughput_large": section_throughput_large,
     "backlog": section_backlog,
     "latency": section_latency,
     "work": section_work,
