@@ -175,8 +175,8 @@ def _frameworks_table(section: Mapping[str, Any]) -> str:
     return table(["", PY, NODE, "oada-jobs / original"], rows)
 
 
-def _cpu_bound(results: Mapping[str, Any], section: Any) -> str | None:
-    """What the measured CPU per job allows: the ratio when the cores are the limit."""
+def _cpu_parts(section: Any) -> dict[str, list[float]] | None:
+    """Median service and server CPU ms per job of each framework, if both were measured."""
     cpu: dict[str, list[float]] = {}
     for framework in ("python", "node"):
         parts = [
@@ -186,6 +186,19 @@ def _cpu_bound(results: Mapping[str, Any], section: Any) -> str | None:
         if None in parts:
             return None
         cpu[framework] = parts
+    return cpu
+
+
+def _cpu_per_job(section: Any) -> dict[str, float] | None:
+    cpu = _cpu_parts(section)
+    return {fw: sum(parts) for fw, parts in cpu.items()} if cpu else None
+
+
+def _cpu_bound(results: Mapping[str, Any], section: Any) -> str | None:
+    """What the measured CPU per job allows: the ratio when the cores are the limit."""
+    cpu = _cpu_parts(section)
+    if cpu is None:
+        return None
     (ours, ours_server), (theirs, theirs_server) = cpu["python"], cpu["node"]
     total, their_total = ours + ours_server, theirs + theirs_server
     cores = _get(results, "machine", "cores") or "the"
@@ -241,6 +254,16 @@ def _throughput(results: Mapping[str, Any]) -> str:
             "the list stays long while the service works through it.\n"
         )
     parts.append(_error(large) or _frameworks_table(large))
+    bound = _cpu_bound(results, large)
+    if bound:
+        parts.append(f"\n{bound}")
+        small, big = _cpu_per_job(burst), _cpu_per_job(large)
+        if small and big:
+            parts.append(
+                f"Against the {burst['jobs']:,}-job runs, the original's CPU per job (service "
+                f"and server) went from {small['node']:.2f} to {big['node']:.2f} ms, "
+                f"{PY}'s from {small['python']:.2f} to {big['python']:.2f} ms."
+            )
     backlog: Any = results.get("backlog")
     parts.append(
         f"\n### {(_get(backlog, 'jobs') or 0):,}-job backlog when the service starts "

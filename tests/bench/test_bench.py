@@ -94,6 +94,7 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert "10,000 jobs queued at once | \u2265 3\u00d7 | 2.50\u00d7 | **no** |" in text
     assert "job backlog at start | \u2265 3\u00d7 | 1.50\u00d7 | **no** |" in text
     assert "### 10,000 jobs queued at once on a running service" in text
+    assert "went from 6.00 to 6.00 ms, oada-jobs (Python)'s from 4.00 to 4.00 ms" in text
     assert "| 400 (390\u2013410) | 100 (100\u2013102) |" in text
     assert "| 90 % |" in text
     # CPU per job 1.0 + 3.0 ms against 2.0 + 4.0 ms: the cores allow 6/4 = 1.5x.
