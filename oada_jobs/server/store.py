@@ -96,6 +96,14 @@ def _dumps(value: Any) -> bytes:
     return dumpb(value)
 
 
+def _execute_rows(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``executemany()``, through ``execute()`` for a single row (the usual case; cheaper)."""
+    if len(rows) == 1:
+        db.execute(sql, rows[0])
+    elif rows:
+        db.executemany(sql, rows)
+
+
 def escape_key(key: str) -> str:
     """Escape one key for a JSON pointer (``~`` → ``~0``, ``/`` → ``~1``)."""
     if "~" in key or "/" in key:
@@ -469,10 +477,7 @@ class Store:
             self._write_edges(db, cleared, edges)
             if deleted:
                 db.executemany("DELETE FROM resources WHERE id = ?", [(rid,) for rid in deleted])
-            if len(rows) == 1:  # execute() is cheaper
-                db.execute(_INSERT_CHANGE, rows[0])
-            elif rows:
-                db.executemany(_INSERT_CHANGE, rows)
+            _execute_rows(db, _INSERT_CHANGE, rows)
             for rid, latest in final.items():
                 if latest is not None:
                     self._write_doc(db, latest, written.get(rid, 0), data.get(rid))
@@ -499,13 +504,12 @@ class Store:
                 gone.append((parent, pointer(path)))
             else:
                 present.append((parent, pointer(path), edge[0], int(edge[1])))
-        if gone:
-            db.executemany("DELETE FROM edges WHERE parent = ? AND path = ?", gone)
-        if present:
-            db.executemany(
-                "INSERT OR REPLACE INTO edges (parent, path, child, versioned) VALUES (?, ?, ?, ?)",
-                present,
-            )
+        _execute_rows(db, "DELETE FROM edges WHERE parent = ? AND path = ?", gone)
+        _execute_rows(
+            db,
+            "INSERT OR REPLACE INTO edges (parent, path, child, versioned) VALUES (?, ?, ?, ?)",
+            present,
+        )
 
     @staticmethod
     def _write_doc(db: sqlite3.Connection, res: Resource, written: int, data: bytes | None) -> None:
