@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import uvicorn
@@ -33,14 +33,17 @@ from websockets.exceptions import InvalidState
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
-from oada_jobs.server.ws import FRAME_ENVELOPE, MAX_FRAME
+from oada_jobs.server.ws import DIRECT_SEND, FRAME_ENVELOPE, MAX_FRAME
 
-__all__ = ["BatchedWebSocketProtocol", "ServerHandle", "serve"]
+__all__ = ["READ_AHEAD", "BatchedWebSocketProtocol", "ServerHandle", "serve"]
 
 logger = logging.getLogger(__name__)
 
 # Seconds a peer always has to answer a keepalive ping.
 _MIN_PONG_WAIT = 5.0
+
+#: Messages the application may fall behind on a socket before it stops being read.
+READ_AHEAD = 16
 
 
 class _DropDebug(logging.Filter):
@@ -51,20 +54,52 @@ class _DropDebug(logging.Filter):
 
 
 class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, with the text frames sent in one
-    event-loop pass leaving together in one transport write.
+    """uvicorn's WebSocket protocol, with less work per message.
 
-    A busy socket carries many small answers and change notifications at
-    once; written one by one, each costs a TLS record and a system call.
-    Frames wait in the websockets protocol's buffer until the end of the
-    pass, a few callbacks later. (Sending the first frame of a pass at once
-    and the rest at its end cost the server 5-18 % more CPU per job in the
-    benchmarks: two writes a pass where one will do.) Every other write of
-    this protocol (pongs, close frames, the handshake) drains that same
-    buffer first, so the order on the wire is the order of sending.
+    *Sending.* Text frames sent in one event-loop pass leave together in one
+    transport write. A busy socket carries many small answers and change
+    notifications at once; written one by one, each costs a TLS record and a
+    system call. Frames wait in the websockets protocol's buffer until the
+    end of the pass, a few callbacks later. (Sending the first frame of a
+    pass at once and the rest at its end cost the server 5-18 % more CPU per
+    job in the benchmarks: two writes a pass where one will do.) Every other
+    write of this protocol (pongs, close frames, the handshake) drains that
+    same buffer first, so the order on the wire is the order of sending.
+
+    The OADA session (:mod:`oada_jobs.server.ws`) sends without a task of its
+    own through :meth:`send_text_nowait` and closes through
+    :meth:`close_nowait`; the protocol offers itself to it in the ASGI scope
+    under :data:`~oada_jobs.server.ws.DIRECT_SEND`.
+
+    *Receiving.* uvicorn stops reading the socket after every message until
+    the application has taken it: two system calls (or two loop passes
+    under TLS) per request. Here reading pauses only while the application
+    is :data:`READ_AHEAD` messages behind.
     """
 
     _batching = False
+    #: Frames sent since the transport asked to pause writing (0 while writable).
+    _unsent = 0
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            extensions = cast(dict[str, Any], self.scope["extensions"])
+            extensions[DIRECT_SEND] = self
+
+    # -- receiving ---------------------------------------------------------------
+
+    def send_receive_event_to_app(self) -> None:
+        # Marked paused, uvicorn queues the message without pausing.
+        paused, self.read_paused = self.read_paused, True
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and self.queue.qsize() > READ_AHEAD:
+            # receive() resumes once the application has taken them all.
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    # -- sending -----------------------------------------------------------------
 
     async def send(self, message: Any) -> None:
         text = message.get("text") if message["type"] == "websocket.send" else None
@@ -81,6 +116,53 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_text(text.encode())
         except InvalidState:
             raise ClientDisconnected() from None
+        self._batch()
+
+    def send_text_nowait(self, text: str) -> int:
+        """Send a text frame (with the others of this pass) without waiting.
+
+        Returns how many frames were sent since the peer stopped taking them
+        (the transport asked to pause writing); 0 while it keeps up. Frames
+        for a socket that is closed or closing are dropped.
+        """
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            return 0
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return 0
+        self._batch()
+        if not self.writable.is_set():
+            self._unsent += 1
+        return self._unsent
+
+    def close_nowait(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake after the frames sent so far.
+
+        The application receives a disconnect; a peer that does not answer
+        the close frame within ``close_timeout`` is cut off (it may not be
+        reading at all, so the frame may never leave the buffer).
+        """
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self._write()
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._unsent = 0
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unsent = 0
+
+    def _batch(self) -> None:
         if not self._batching:
             self._batching = True
             self.loop.call_soon(self._end_batch)

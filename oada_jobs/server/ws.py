@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -50,7 +50,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
 from oada_jobs.server.documents import dumps, is_json_type, loads
 
-__all__ = ["FRAME_ENVELOPE", "MAX_FRAME", "MAX_QUEUED", "WebSocketSession"]
+__all__ = [
+    "DIRECT_SEND",
+    "FRAME_ENVELOPE",
+    "MAX_FRAME",
+    "MAX_QUEUED",
+    "DirectSocket",
+    "WebSocketSession",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,10 @@ FRAME_ENVELOPE = 1024 * 1024
 #: frames between the body limit and this get 413 under their requestId.
 MAX_FRAME = 100 * 1024 * 1024
 
+#: ASGI scope extension under which a server's WebSocket protocol may offer a
+#: :class:`DirectSocket` (the embedded server's does).
+DIRECT_SEND = "oada.websocket.direct"
+
 _REQUEST_ID = re.compile(r'"requestId"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
 _PLAIN = frozenset({"head", "get", "put", "post", "delete"})
@@ -80,6 +91,7 @@ _WATCHES = {
 }
 _METHODS = _PLAIN | _WATCHES.keys() | {"unwatch", "ping"}
 _BINARY_OVER_WS = "Cannot GET binary over WebSockets"
+_TOO_SLOW = "client too slow to receive changes"
 _ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.md"
 
 
@@ -89,6 +101,23 @@ _dumps = dumps
 
 def _stdlib_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class DirectSocket(Protocol):
+    """Sending on a socket without awaiting, offered by the server's WebSocket protocol.
+
+    Under plain ASGI every message sent takes a task switch and a pass
+    through the framework; a session given one of these sends from wherever
+    the message arises (a request's commit, another request's change).
+    """
+
+    def send_text_nowait(self, text: str) -> int:
+        """Send *text*; return how many frames the peer is behind (0: it keeps up)."""
+        ...
+
+    def close_nowait(self, code: int, reason: str = "") -> None:
+        """Close after what was sent; the session then receives a disconnect."""
+        ...
 
 
 class InvalidMessage(ValueError):
@@ -198,6 +227,8 @@ class WebSocketSession:
         self._proto = "https" if websocket.url.scheme == "wss" else "http"
         self._host = websocket.headers.get("host", "localhost")
         self._out: MemoryObjectSendStream[str] | None = None
+        extensions = websocket.scope.get("extensions") or {}
+        self._direct: DirectSocket | None = extensions.get(DIRECT_SEND)
         self._overflowed = False
         #: resource id → notifier
         self._notifiers: dict[str, _Notifier] = {}
@@ -206,6 +237,13 @@ class WebSocketSession:
 
     async def run(self) -> None:
         """Accept the socket and serve it until either side closes it."""
+        if self._direct is not None:
+            try:
+                await self._ws.accept()
+                await self._reader()
+            finally:
+                self._drop_all()
+            return
         send, receive = anyio.create_memory_object_stream[str](max_buffer_size=MAX_QUEUED)
         with send, receive:
             self._out = send
@@ -279,7 +317,7 @@ class WebSocketSession:
                     break
                 await self._ws.send_text(text)
             if self._overflowed:
-                await self._ws.close(code=1013, reason="client too slow to receive changes")
+                await self._ws.close(code=1013, reason=_TOO_SLOW)
         except (OSError, RuntimeError, WebSocketDisconnect):
             # The socket is gone; the reader sees the disconnect too, but do
             # not wait for it.
@@ -287,19 +325,30 @@ class WebSocketSession:
 
     def _enqueue(self, message: dict[str, Any] | str) -> None:
         """Queue one outgoing message; never blocks (ordering relies on that)."""
-        out = self._out
-        if self._overflowed or out is None:
+        if self._overflowed:
             return
         text = message if isinstance(message, str) else _dumps(message)
+        direct = self._direct
+        if direct is not None:
+            if direct.send_text_nowait(text) > MAX_QUEUED:
+                self._too_slow()
+                direct.close_nowait(1013, _TOO_SLOW)
+            return
+        out = self._out
+        if out is None:
+            return
         try:
             out.send_nowait(text)
         except anyio.WouldBlock:
-            logger.warning("closing a WebSocket that is %d messages behind", MAX_QUEUED)
-            self._overflowed = True
+            self._too_slow()
             # Wake the writer even if it was idle.
             out.close()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
+
+    def _too_slow(self) -> None:
+        logger.warning("closing a WebSocket that is %d messages behind", MAX_QUEUED)
+        self._overflowed = True
 
     # -- requests ---------------------------------------------------------------
 

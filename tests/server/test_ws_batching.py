@@ -1,12 +1,13 @@
 """The server's WebSocket protocol: the frames of an event-loop pass leave
 in one transport write at its end, in order, and a close frame goes out
-after them."""
+after them; reading pauses only while the application is far behind."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import anyio
 import uvicorn
 from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
@@ -15,7 +16,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from oada_jobs.server.runner import BatchedWebSocketProtocol
+from oada_jobs.server.runner import READ_AHEAD, BatchedWebSocketProtocol
 
 
 class RecordingTransport(asyncio.Transport):
@@ -23,6 +24,8 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.writes: list[bytes] = []
         self.closed = False
+        self.aborted = False
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -35,6 +38,17 @@ class RecordingTransport(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def pause_reading(self) -> None:
+        assert self.reading
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        assert not self.reading
+        self.reading = True
 
 
 def open_protocol() -> tuple[BatchedWebSocketProtocol, RecordingTransport]:
@@ -83,3 +97,70 @@ async def test_a_close_goes_out_after_the_frames_sent_before_it() -> None:
     sent = frames(b"".join(transport.writes))
     assert [frame.opcode for frame in sent] == [Opcode.TEXT, Opcode.CLOSE]
     assert sent[0].data == b"last words"
+
+
+def text_frame(text: str) -> bytes:
+    writer = ClientProtocol(parse_uri("ws://127.0.0.1/"), state=State.OPEN)
+    writer.send_text(text.encode())
+    return b"".join(writer.data_to_send())
+
+
+async def test_direct_sends_join_the_pass_and_count_what_the_peer_is_behind() -> None:
+    protocol, transport = open_protocol()
+    await protocol.send({"type": "websocket.send", "text": "awaited"})
+    assert protocol.send_text_nowait("direct") == 0
+    await asyncio.sleep(0)
+    assert [[frame.data for frame in frames(data)] for data in transport.writes] == [
+        [b"awaited", b"direct"]
+    ]
+    protocol.pause_writing()  # the transport's buffer is over its high-water mark
+    assert [protocol.send_text_nowait(text) for text in ("a", "b", "c")] == [1, 2, 3]
+    protocol.resume_writing()
+    assert protocol.send_text_nowait("d") == 0
+    await asyncio.sleep(0)
+    assert [frame.data for frame in frames(b"".join(transport.writes[1:]))] == [
+        b"a",
+        b"b",
+        b"c",
+        b"d",
+    ]
+    transport.closed = True
+    assert protocol.send_text_nowait("dropped") == 0
+
+
+async def test_close_nowait_closes_after_the_frames_and_cuts_off_a_silent_peer() -> None:
+    protocol, transport = open_protocol()
+    protocol.close_timeout = 0.01
+    protocol.send_text_nowait("last words")
+    protocol.close_nowait(1013, "too slow")
+    sent = frames(b"".join(transport.writes))
+    assert [frame.opcode for frame in sent] == [Opcode.TEXT, Opcode.CLOSE]
+    assert sent[0].data == b"last words"
+    assert protocol.queue.get_nowait() == {
+        "type": "websocket.disconnect",
+        "code": 1013,
+        "reason": "too slow",
+    }
+    assert protocol.send_text_nowait("after the close") == 0
+    protocol.close_nowait(1000)  # a second close does nothing
+    assert len(frames(b"".join(transport.writes))) == 2
+    with anyio.fail_after(5):
+        while not transport.aborted:  # the peer never answers the close
+            await asyncio.sleep(0.01)
+
+
+async def test_reading_pauses_only_while_the_application_is_far_behind() -> None:
+    protocol, transport = open_protocol()
+    for n in range(READ_AHEAD):
+        protocol.data_received(text_frame(f"m{n}"))
+    assert transport.reading
+    protocol.data_received(text_frame("one too many"))
+    assert not transport.reading
+    received = [await protocol.receive() for _ in range(READ_AHEAD)]
+    assert not transport.reading  # one still waits
+    received.append(await protocol.receive())
+    assert transport.reading
+    assert [message["text"] for message in received] == [
+        *(f"m{n}" for n in range(READ_AHEAD)),
+        "one too many",
+    ]

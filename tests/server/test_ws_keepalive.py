@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import os
-
 import anyio
-from anyio.abc import SocketStream
-from ws_helpers import ws_connect
+from ws_helpers import handshake, ws_connect
 
 from oada_jobs.testing import embedded_server
-
-
-async def handshake(port: int) -> tuple[SocketStream, bytes]:
-    """A raw WebSocket upgrade, so the test sees (and does not answer) pings."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        buffer += await stream.receive()
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return stream, rest
 
 
 async def test_server_pings_and_drops_silent_peers() -> None:

@@ -26,6 +26,8 @@ class ScriptedSocket:
     url = _URL()
 
     def __init__(self) -> None:
+        # No direct-send extension: the session takes the plain ASGI path.
+        self.scope: dict[str, Any] = {"type": "websocket"}
         self.headers = {"host": "test"}
         self._progress = anyio.Event()
         self.incoming_send, self.incoming = anyio.create_memory_object_stream[dict[str, Any]](100)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from anyio.abc import SocketStream
 from websockets.asyncio.client import ClientConnection, connect
 
 from oada_jobs.testing import EmbeddedServer
@@ -61,3 +64,21 @@ class WS:
 async def ws_connect(server: EmbeddedServer, token: str = "god") -> AsyncIterator[WS]:
     async with connect(server.ws_url) as conn:
         yield WS(conn, token)
+
+
+async def handshake(port: int) -> tuple[SocketStream, bytes]:
+    """A raw WebSocket upgrade, so the test sees (and does not answer) pings."""
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += await stream.receive()
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return stream, rest
