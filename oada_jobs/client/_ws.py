@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -27,8 +27,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
-from websockets.protocol import State
+from websockets.exceptions import WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 
 from ..exceptions import (
     ClientClosed,
@@ -114,6 +115,49 @@ def _string_headers(value: Any) -> dict[str, str]:
     return {str(key).lower(): str(item) for key, item in value.items() if item is not None}
 
 
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+class _Socket(ClientConnection):
+    """A websockets connection handing each message to a callback as it arrives.
+
+    websockets queues incoming messages for ``recv()``: an assembler and a
+    task wake-up per message. The OADA connection only routes them, which
+    never waits, so it does that right where the data is read.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parts: list[bytes | bytearray | memoryview] = []
+        #: Messages that arrived before :meth:`deliver_to` (then ``None``).
+        self._early: list[bytes] | None = []
+        self._deliver: Callable[[bytes], None] | None = None
+
+    def deliver_to(self, handler: Callable[[bytes], None]) -> None:
+        """Hand every message (the early ones first) to *handler*, which must not raise."""
+        early, self._early = self._early or [], None
+        self._deliver = handler
+        for data in early:
+            handler(data)
+
+    def process_event(self, event: Event) -> None:
+        if not isinstance(event, Frame) or event.opcode not in _DATA:
+            super().process_event(event)
+            return
+        if event.opcode is Opcode.CONT:
+            self._parts.append(event.data)
+        else:
+            self._parts = [event.data]
+        if not event.fin:
+            return
+        parts, self._parts = self._parts, []
+        data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        if self._deliver is not None:
+            self._deliver(data)
+        elif self._early is not None:
+            self._early.append(data)
+
+
 class WSConnection:
     """One WebSocket to ``ws(s)://host/``, opened on demand and re-opened after drops."""
 
@@ -131,7 +175,7 @@ class WSConnection:
         self._connect_timeout = connect_timeout
         self._max_backoff = max_backoff
         self._user_agent = user_agent
-        self._socket: ClientConnection | None = None
+        self._socket: _Socket | None = None
         self._generation = 0
         self._lock = anyio.Lock()
         self._pending: dict[str, _Pending] = {}
@@ -189,7 +233,7 @@ class WSConnection:
         """Open the socket now (``auto`` mode probes with this)."""
         await self._ensure_socket()
 
-    async def _ensure_socket(self) -> tuple[ClientConnection, int]:
+    async def _ensure_socket(self) -> tuple[_Socket, int]:
         sock = self._socket
         if sock is not None:
             return sock, self._generation
@@ -200,7 +244,7 @@ class WSConnection:
                 return self._socket, self._generation
             try:
                 with anyio.fail_after(self._connect_timeout):
-                    sock = await connect(
+                    connection = await connect(
                         self._url,
                         ssl=self._ssl,
                         compression=None,
@@ -208,6 +252,7 @@ class WSConnection:
                         open_timeout=None,
                         user_agent_header=self._user_agent,
                         logger=wire_logger,
+                        create_connection=_Socket,
                     )
             except TimeoutError:
                 raise ConnectFailed(
@@ -218,29 +263,24 @@ class WSConnection:
                     f"could not open the WebSocket {self._url}: {type(error).__name__}: {error}"
                 ) from None
             self._generation += 1
-            self._socket = sock
+            assert isinstance(connection, _Socket)
+            self._socket = sock = connection
             assert self._task_group is not None
             self._task_group.start_soon(self._read, sock, self._generation)
             return sock, self._generation
 
-    async def _read(self, sock: ClientConnection, generation: int) -> None:
+    async def _read(self, sock: _Socket, generation: int) -> None:
+        sock.deliver_to(self._receive)
         try:
-            async for raw in sock:
-                try:
-                    self._dispatch(raw)
-                except Exception:  # a bad message must never stop the reader
-                    logger.exception("ignored a WebSocket message that could not be handled")
-        except ConnectionClosed:
-            pass
-        except OSError as error:
-            logger.debug("WebSocket read failed: %s", error)
-        except Exception:
-            # This task runs in the client's task group: an exception escaping
-            # it would cancel the code that opened the client. Treat it as a
-            # dropped socket instead.
-            logger.exception("WebSocket reader failed; reconnecting")
+            await sock.wait_closed()
         finally:
             self._socket_lost(sock, generation)
+
+    def _receive(self, raw: bytes) -> None:
+        try:
+            self._dispatch(raw)
+        except Exception:  # a bad message must never stop the reading
+            logger.exception("ignored a WebSocket message that could not be handled")
 
     def _socket_lost(self, sock: ClientConnection, generation: int) -> None:
         if self._socket is sock:

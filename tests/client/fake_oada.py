@@ -34,6 +34,8 @@ class FakeOADA:
         self.overlap_replay = False
         #: send garbage before every answer
         self.garbage = False
+        #: send GET answers and change notifications in many small fragments
+        self.fragmented = False
         #: do not answer these methods (to leave requests in flight)
         self.hold: set[str] = set()
         self.held = anyio.Event()
@@ -87,7 +89,14 @@ class FakeOADA:
 
     async def _send(self, conn: ServerConnection, message: dict[str, Any]) -> None:
         with suppress(Exception):
-            await conn.send(json.dumps(message))
+            await self._text(conn, message)
+
+    async def _text(self, conn: ServerConnection, message: dict[str, Any]) -> None:
+        text = json.dumps(message)
+        if self.fragmented:
+            await conn.send([text[i : i + 7] for i in range(0, len(text), 7)])
+        else:
+            await conn.send(text)
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -183,7 +192,7 @@ class FakeOADA:
             answer = {"requestId": rid, "status": 200, "headers": self._headers()}
             if method == "get":
                 answer["data"] = {**self.doc, "_id": RID, "_rev": self.rev}
-            await conn.send(json.dumps(answer))
+            await self._text(conn, answer)
             if self.duplicate_answers:
                 await conn.send(json.dumps({**answer, "data": "a stale duplicate"}))
             return

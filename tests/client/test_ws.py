@@ -10,8 +10,15 @@ import anyio
 import pytest
 from client_helpers import TOKEN
 from fake_oada import RID, FakeOADA
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from oada_jobs.client import Change, OADAClient, Watch
+from oada_jobs.client._ws import _Socket
 from oada_jobs.exceptions import (
     ClientClosed,
     NotFound,
@@ -77,6 +84,32 @@ async def test_garbage_and_duplicate_answers_are_ignored() -> None:
         first = await oada.get("/bookmarks/r")
         second = await oada.get("/bookmarks/r")
     assert first.data == second.data == {"_id": RID, "_rev": 1}
+
+
+async def test_fragmented_messages_are_put_together() -> None:
+    fake = FakeOADA()
+    fake.fragmented = True
+    async with fake.running(), client(fake) as oada:
+        assert (await oada.get("/bookmarks/r")).data == {"_id": RID, "_rev": 1}
+        async with oada.watch("/bookmarks/r") as watch:
+            for n in range(3):
+                await fake.write({"n": n})
+            changes = await take(watch, 3)
+    assert revs(changes) == [2, 3, 4]
+    assert [change.body["n"] for change in changes] == [0, 1, 2]
+
+
+async def test_messages_read_before_routing_starts_are_routed_first_in_order() -> None:
+    sock = _Socket(ClientProtocol(parse_uri("ws://127.0.0.1/"), state=State.OPEN))
+    sock.response = Response(101, "Switching Protocols", Headers())  # as after the handshake
+    sock.process_event(Frame(Opcode.TEXT, b"one"))
+    sock.process_event(Frame(Opcode.TEXT, b"t", fin=False))
+    sock.process_event(Frame(Opcode.CONT, b"wo"))
+    routed: list[bytes] = []
+    sock.deliver_to(routed.append)
+    sock.process_event(Frame(Opcode.PING, b""))  # not a message
+    sock.process_event(Frame(Opcode.BINARY, b"three"))
+    assert routed == [b"one", b"two", b"three"]
 
 
 async def test_concurrent_requests_are_matched_by_request_id() -> None:
