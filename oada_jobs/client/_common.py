@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 import os
 import re
 import ssl
@@ -170,19 +171,35 @@ def dumps(value: Any) -> str:
     """Compact JSON text (NaN and Infinity refused: they are not JSON).
 
     orjson does the work (every request is encoded; it is ten times faster
-    than the stdlib encoder). It writes NaN as ``null``, so any text with a
-    ``null`` is made again by the stdlib encoder, which refuses NaN; so do
-    values orjson cannot take (integers past 64 bits, other objects). The one
-    difference from the stdlib: UUIDs and plain (non-str, non-int) enum
-    members are written as their string and value instead of being refused.
+    than the stdlib encoder). It writes NaN and infinities as ``null``, so a
+    text with a ``null`` is made again by the stdlib encoder, which refuses
+    them, if the value holds such a float; so are values orjson cannot take
+    (integers past 64 bits, other objects). The one difference from the
+    stdlib: UUIDs and plain (non-str, non-int) enum members are written as
+    their string and value instead of being refused.
     """
     try:
         text = orjson.dumps(value, option=_ORJSON_OPTIONS)
     except TypeError:
         return _encoder.encode(value)
-    if b"null" in text:
+    if b"null" in text and _has_non_finite(value):
         return _encoder.encode(value)
     return text.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether *value* holds a NaN or an infinity (in any list, tuple or dict)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def loads(text: str | bytes) -> Any:

@@ -187,6 +187,7 @@ async def test_data_the_stdlib_refuses_is_still_refused() -> None:
             {"when": datetime.datetime(2026, 1, 1)},
             {"inf": float("inf")},
             {"nested": [{"n": float("-inf")}]},
+            {"none": None, "deep": ({"x": [0.5, float("nan")]},)},
             {1: "non-string key is fine for the stdlib", "s": {1, 2}},
         ):
             with pytest.raises(ValueError, match="JSON-serialisable"):
