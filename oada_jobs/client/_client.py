@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -90,7 +91,9 @@ class _Shared:
         self.transport = transport
         self.state = ClientState.UNOPENED
         self.mode: Literal["ws", "http"] = "http" if options.connection == "http" else "ws"
-        self.limiter: anyio.CapacityLimiter | None = None
+        #: Requests in flight (an asyncio semaphore: anyio's limiter tracks
+        #: the borrowing task, which costs more than the rest of a free slot).
+        self.limiter: asyncio.Semaphore | None = None
         self.http: HTTPTransport | None = None
         self.ws: WSConnection | None = None
         self.stack: AsyncExitStack | None = None
@@ -260,7 +263,7 @@ class OADAClient(ClosesOnExit):
                 f"an OADAClient can be opened once; this one is {shared.state.value}"
             )
         options = shared.options
-        shared.limiter = anyio.CapacityLimiter(options.concurrency)
+        shared.limiter = asyncio.Semaphore(options.concurrency)
         async with AsyncExitStack() as stack:
             shared.http = HTTPTransport(
                 shared.base,
@@ -651,12 +654,8 @@ class OADAClient(ClosesOnExit):
         shared = self._shared
         assert shared.limiter is not None
         limiter = shared.limiter
-        try:
-            # The free-slot path without `async with`: that would add an
-            # event-loop pass (a checkpoint) to every request.
-            limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await limiter.acquire()
+        # (A free slot is taken without passing through the event loop.)
+        await limiter.acquire()
         try:
             # Checked again here: a revoked clone sends nothing more, even
             # a request that was queued for a slot before the revocation.
