@@ -17,6 +17,7 @@ job-list layouts exist (see ``docs/layouts.md``):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -67,8 +68,9 @@ def validate_service_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=64)
 def service_root(name: str) -> str:
-    """``/bookmarks/services/<name>``."""
+    """``/bookmarks/services/<name>`` (validated once per name: it is asked per job)."""
     return f"/bookmarks/services/{validate_service_name(name)}"
 
 
