@@ -353,9 +353,9 @@ class Queue:
         merged = self.scheduler.remove(entry)
         if merged:
             # Filed elsewhere (another replica, or by hand): read how it ended.
-            self._start(self._settle_merged, entry.job_id, merged, None)
+            self.start_beside(self._settle_merged, entry.job_id, merged, None)
 
-    def _start(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+    def start_beside(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         """Run *func* beside the jobs (it finishes even when intake stops)."""
         assert self._runners is not None
         self._runners.start_soon(func, *args)
@@ -528,7 +528,7 @@ class Queue:
             else:
                 merged = self.scheduler.remove(entry)
                 if merged:
-                    self._start(self._settle_merged, entry.job_id, merged, runner.outcome)
+                    self.start_beside(self._settle_merged, entry.job_id, merged, runner.outcome)
 
     async def _settle_merged(
         self, holder_id: str, merged: list[Entry], outcome: JobOutcome | None
@@ -551,7 +551,7 @@ class Queue:
             if self.scheduler.get(entry.job_id) is entry:
                 entry.merged_into = (holder_id, outcome)
                 entry.state = EntryState.RUNNING
-                self._start(self._run_job, entry, None, None)
+                self.start_beside(self._run_job, entry, None, None)
 
     async def _read_holder(self, holder_id: str) -> Job[JsonObject] | None:
         """The job merged jobs wait on, as it ended; ``None`` if it cannot be read."""

@@ -330,6 +330,61 @@ async def read_job(oada: OADAClient, job_id: str, *, key: str, wait: float) -> J
     raise second
 
 
+class _Helpers:
+    """Tasks that watch over one run (for a cancel request, to renew the lease).
+
+    They start only when due, which most runs never are, and run beside the
+    jobs rather than in a task group of the run's own: such a group costs an
+    event-loop pass on leaving it even when nothing was started in it. As in
+    a task group, a helper's error stops the work and is raised from
+    :meth:`stop`, and the run goes on only once its helpers are gone.
+    """
+
+    __slots__ = ("_error", "_on_error", "_running", "_spawn")
+
+    def __init__(
+        self,
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+        on_error: Callable[[], None],
+    ) -> None:
+        self._spawn = spawn
+        self._on_error = on_error
+        self._running: list[tuple[anyio.CancelScope, anyio.Event]] = []
+        self._error: Exception | None = None
+
+    def start(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        scope, done = anyio.CancelScope(), anyio.Event()
+        self._running.append((scope, done))
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await func(*args)
+            except Exception as error:
+                if self._error is None:
+                    self._error = error
+                self._on_error()
+            finally:
+                done.set()
+
+        self._spawn(run)
+
+    async def stop(self) -> None:
+        """Cancel the helpers and wait until they are gone; raise the first one's error.
+
+        A run being cancelled itself does not wait (its helpers are cancelled
+        and end on their own).
+        """
+        if not self._running:
+            return
+        for scope, _ in self._running:
+            scope.cancel()
+        for _, done in self._running:
+            await done.wait()
+        if self._error is not None:
+            raise self._error
+
+
 class Runner:
     """Runs one job from a :class:`~oada_jobs.queue.Queue`."""
 
@@ -612,86 +667,80 @@ class Runner:
 
         timed_out = cancelled = lost = False
         outcome: JobOutcome | None = None
-        async with anyio.create_task_group() as helpers:
-            # Cancelling the group's scope stops the work and any helper.
-            work_scope = helpers.cancel_scope
-            helping = False
+        # Cancelling it stops the work (the helpers are stopped after it).
+        work_scope = anyio.CancelScope()
 
-            def start_helper(func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-                nonlocal helping
-                helping = True
-                helpers.start_soon(func, *args)
+        def stop_work() -> None:
+            # Revoke first: from here on nothing the function still
+            # tries (even in a shielded finally) reaches the job.
+            scoped.revoke()
+            work_scope.cancel()
 
-            def stop_work() -> None:
-                # Revoke first: from here on nothing the function still
-                # tries (even in a shielded finally) reaches the job.
-                scoped.revoke()
-                work_scope.cancel()
+        helpers = _Helpers(self.queue.start_beside, stop_work)
 
-            def time_out() -> None:
-                nonlocal timed_out
-                timed_out = True
-                stop_work()
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            stop_work()
 
-            async def cancel_watch() -> None:
-                nonlocal cancelled, lost
-                try:
-                    # From the claim's rev: a request made meanwhile is replayed.
-                    async with self.oada.watch(self.path, rev=claim_rev) as changes:
-                        async for change in changes:
-                            body = change.body or {}
-                            if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
-                                cancelled = True
-                            elif _lease_taken(body.get("lease"), self.service.worker_id):
-                                # This worker stalled past its lease and
-                                # another claimed the job: that one owns it.
-                                lost = True
-                            else:
-                                continue
-                            stop_work()
-                            return
-                except OADAError as error:
-                    # Cancellation requests go unseen; the job itself goes on.
-                    self.log.warning("could not watch the job for cancellation: %s", error)
-
-            def on_lost() -> None:
-                nonlocal lost
-                lost = True
-                stop_work()
-
-            # Timers rather than tasks: most jobs end before any of them
-            # is due, and a timer costs far less to set and drop.
-            loop = asyncio.get_running_loop()
-            timers = [
-                loop.call_later(CANCEL_WATCH_AFTER, start_helper, cancel_watch),
-                loop.call_later(self._lease_interval(), start_helper, self._renew_lease, on_lost),
-            ]
-            if worker.timeout is not None:
-                timers.append(loop.call_later(worker.timeout, time_out))
+        async def cancel_watch() -> None:
+            nonlocal cancelled, lost
             try:
-                value = await worker.work(work_job, ctx)
-                outcome = self._success(worker, value)
-            except Retry as error:
-                if not (timed_out or cancelled or lost):
-                    outcome = self._retry(error, error.reason, error.defer, worker, job)
-            except Reschedule as error:
-                if not (timed_out or cancelled or lost):
-                    outcome = self._reschedule(error)
-            except Exception as error:
-                if timed_out or cancelled or lost:
-                    pass
-                elif worker.retries(error):
-                    reason = f"{type(error).__name__}: {error}"
-                    outcome = self._retry(error, reason, None, worker, job)
-                else:
-                    outcome = self._failure(error)
-            finally:
-                for timer in timers:
-                    timer.cancel()
-            if helping:
-                # (Cancelling a group with nothing to stop costs as much
-                # again as the group itself.)
-                work_scope.cancel()
+                # From the claim's rev: a request made meanwhile is replayed.
+                async with self.oada.watch(self.path, rev=claim_rev) as changes:
+                    async for change in changes:
+                        body = change.body or {}
+                        if body.get("status") == JobStatus.CANCEL_REQUESTED.value:
+                            cancelled = True
+                        elif _lease_taken(body.get("lease"), self.service.worker_id):
+                            # This worker stalled past its lease and
+                            # another claimed the job: that one owns it.
+                            lost = True
+                        else:
+                            continue
+                        stop_work()
+                        return
+            except OADAError as error:
+                # Cancellation requests go unseen; the job itself goes on.
+                self.log.warning("could not watch the job for cancellation: %s", error)
+
+        def on_lost() -> None:
+            nonlocal lost
+            lost = True
+            stop_work()
+
+        # Timers rather than tasks: most jobs end before any of them
+        # is due, and a timer costs far less to set and drop.
+        loop = asyncio.get_running_loop()
+        timers = [
+            loop.call_later(CANCEL_WATCH_AFTER, helpers.start, cancel_watch),
+            loop.call_later(self._lease_interval(), helpers.start, self._renew_lease, on_lost),
+        ]
+        if worker.timeout is not None:
+            timers.append(loop.call_later(worker.timeout, time_out))
+        try:
+            with work_scope:
+                try:
+                    value = await worker.work(work_job, ctx)
+                    outcome = self._success(worker, value)
+                except Retry as error:
+                    if not (timed_out or cancelled or lost):
+                        outcome = self._retry(error, error.reason, error.defer, worker, job)
+                except Reschedule as error:
+                    if not (timed_out or cancelled or lost):
+                        outcome = self._reschedule(error)
+                except Exception as error:
+                    if timed_out or cancelled or lost:
+                        pass
+                    elif worker.retries(error):
+                        reason = f"{type(error).__name__}: {error}"
+                        outcome = self._retry(error, reason, None, worker, job)
+                    else:
+                        outcome = self._failure(error)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            await helpers.stop()
         if lost:
             self.log.error(
                 "another worker claimed the job after this one's lease ran out; leaving it"

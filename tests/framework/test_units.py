@@ -1,9 +1,10 @@
-"""Validation that needs no server: service options, queue entries, reporters."""
+"""Units that need no server: service options, queue entries, reporters, run helpers."""
 
 from __future__ import annotations
 
 import json
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -178,3 +179,38 @@ def test_copy_keeps_cron_entries() -> None:
         "echo",
         {"n": 1},
     )
+
+
+async def test_run_helpers_are_gone_before_stop_returns_and_their_errors_stop_the_work() -> None:
+    from oada_jobs.runner import _Helpers
+
+    async with anyio.create_task_group() as tg:
+        stopped: list[str] = []
+        left: list[str] = []
+
+        async def watcher() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.01)  # cleaning up takes a while
+                left.append("watcher")
+
+        helpers = _Helpers(tg.start_soon, lambda: stopped.append("work"))
+        helpers.start(watcher)
+        await anyio.sleep(0.01)
+        await helpers.stop()
+        assert left == ["watcher"]
+        assert stopped == []
+
+        async def broken() -> None:
+            raise RuntimeError("lease renewal broke")
+
+        helpers = _Helpers(tg.start_soon, lambda: stopped.append("work"))
+        helpers.start(broken)
+        helpers.start(watcher)
+        await anyio.sleep(0.01)
+        assert stopped == ["work"]
+        with pytest.raises(RuntimeError, match="lease renewal broke"):
+            await helpers.stop()
+        assert left == ["watcher", "watcher"]
