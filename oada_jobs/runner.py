@@ -344,7 +344,7 @@ class _Helpers:
 
     def __init__(
         self,
-        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
         on_error: Callable[[], None],
     ) -> None:
         self._spawn = spawn
