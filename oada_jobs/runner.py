@@ -340,7 +340,7 @@ class _Helpers:
     :meth:`stop`, and the run goes on only once its helpers are gone.
     """
 
-    __slots__ = ("_error", "_on_error", "_running", "_spawn")
+    __slots__ = ("_error", "_helpers", "_on_error", "_spawn")
 
     def __init__(
         self,
@@ -349,40 +349,52 @@ class _Helpers:
     ) -> None:
         self._spawn = spawn
         self._on_error = on_error
-        self._running: list[tuple[anyio.CancelScope, anyio.Event]] = []
+        self._helpers: list[_Helper] = []
         self._error: Exception | None = None
 
     def start(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        scope, done = anyio.CancelScope(), anyio.Event()
-        self._running.append((scope, done))
+        helper = _Helper()
+        self._helpers.append(helper)
 
         async def run() -> None:
+            helper.started = True
             try:
-                with scope:
-                    await func(*args)
+                with helper.scope:
+                    if not helper.scope.cancel_called:  # stopped before it got to run
+                        await func(*args)
             except Exception as error:
                 if self._error is None:
                     self._error = error
                 self._on_error()
             finally:
-                done.set()
+                helper.done.set()
 
         self._spawn(run)
 
     async def stop(self) -> None:
-        """Cancel the helpers and wait until they are gone; raise the first one's error.
-
-        A run being cancelled itself does not wait (its helpers are cancelled
-        and end on their own).
-        """
-        if not self._running:
+        """Cancel the helpers and wait until they are gone; raise the first one's error."""
+        if not self._helpers:
             return
-        for scope, _ in self._running:
-            scope.cancel()
-        for _, done in self._running:
-            await done.wait()
+        for helper in self._helpers:
+            helper.scope.cancel()
+        # Shielded: even a run being cancelled lets its helpers finish first
+        # (cancelled, they end promptly). One that has not started yet will
+        # find itself cancelled and do nothing, so it is not waited for.
+        with anyio.CancelScope(shield=True):
+            for helper in self._helpers:
+                if helper.started:
+                    await helper.done.wait()
         if self._error is not None:
             raise self._error
+
+
+class _Helper:
+    __slots__ = ("done", "scope", "started")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.started = False
 
 
 class Runner:

@@ -214,3 +214,19 @@ async def test_run_helpers_are_gone_before_stop_returns_and_their_errors_stop_th
         with pytest.raises(RuntimeError, match="lease renewal broke"):
             await helpers.stop()
         assert left == ["watcher", "watcher"]
+
+        # Stopped before it got to run: it never does, and is not waited for.
+        helpers = _Helpers(tg.start_soon, lambda: stopped.append("work"))
+        helpers.start(watcher)
+        await helpers.stop()
+        await anyio.sleep(0.05)
+        assert left == ["watcher", "watcher"]
+
+        # A run that is itself cancelled still lets its helpers finish first.
+        helpers = _Helpers(tg.start_soon, lambda: stopped.append("work"))
+        helpers.start(watcher)
+        await anyio.sleep(0.01)
+        with anyio.CancelScope() as run:
+            run.cancel()
+            await helpers.stop()
+        assert left == ["watcher", "watcher", "watcher"]
