@@ -68,9 +68,15 @@ def validate_service_name(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=64)
 def service_root(name: str) -> str:
     """``/bookmarks/services/<name>`` (validated once per name: it is asked per job)."""
+    if not isinstance(name, str):
+        validate_service_name(name)  # raises the usual error, not "unhashable"
+    return _service_root(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _service_root(name: str) -> str:
     return f"/bookmarks/services/{validate_service_name(name)}"
 
 

@@ -52,5 +52,8 @@ def test_bad_names_are_refused() -> None:
         with pytest.raises(ValueError, match="expected a service name"):
             validate_service_name(name)
     assert service_root("email-service") == "/bookmarks/services/email-service"
+    for bad in ("a/b", ["svc"], None):
+        with pytest.raises(ValueError, match="expected a service name"):
+            service_root(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected status"):
         get_layout("classic").day_index_path("svc", "running", date(2026, 1, 1))
