@@ -37,7 +37,7 @@ class Answers:
         self.core = core
         self.log: list[Any] = []
         self.responses: dict[int, CoreResponse] = {}
-        self.done = anyio.Event()
+        self._answered = anyio.Event()
         self._expected = 0
 
     def submit(self, *requests: CoreRequest) -> None:
@@ -49,12 +49,14 @@ class Answers:
     def _answer(self, n: int, response: CoreResponse) -> None:
         self.log.append(("answer", n))
         self.responses[n] = response
-        if len(self.responses) == self._expected:
-            self.done.set()
+        self._answered.set()
 
     async def wait(self) -> list[CoreResponse]:
+        # Some answers come while later requests are still being submitted.
         with anyio.fail_after(5):
-            await self.done.wait()
+            while len(self.responses) < self._expected:
+                self._answered = anyio.Event()
+                await self._answered.wait()
         return [self.responses[n] for n in range(self._expected)]
 
 

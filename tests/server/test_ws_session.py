@@ -130,11 +130,12 @@ async def watch_and_disconnect(sock: ScriptedSocket) -> None:
         assert [m["requestId"] for m in sock.sent] == ["a", "b", "p"]
 
 
-@pytest.mark.parametrize(("puts", "commits"), [(4, 1), (8, 2)])
-async def test_requests_read_together_share_a_commit_per_turn_and_answer_in_order(
+@pytest.mark.parametrize(("puts", "commits"), [(4, 1), (8, 1), (12, 2)])
+async def test_requests_read_together_share_a_commit_per_two_turns_and_answer_in_order(
     puts: int, commits: int
 ) -> None:
-    """A turn serves REQUESTS_PER_TURN requests (4), then lets their commit run."""
+    """A turn serves REQUESTS_PER_TURN requests (4), then lets the loop run; the
+    commit comes a pass after the first write, so it takes two turns' writes."""
     assert ws_module.REQUESTS_PER_TURN == 4
     with ScriptedSocket() as sock:
         sock.release.set()
