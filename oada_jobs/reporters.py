@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
 from .types import Json
 
 if TYPE_CHECKING:
+    import httpx
+
     from .job import Job
 
 __all__ = ["FinishReport", "Reporter", "SlackReporter"]
@@ -82,6 +82,9 @@ class SlackReporter:
         unknown = self.statuses - {"success", "failure"}
         if unknown:
             raise ValueError(f"expected statuses 'success' and/or 'failure', got {sorted(unknown)}")
+        # Imported here: a service without a webhook need not load httpx.
+        import httpx
+
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("expected the webhook URL to be an http(s) URL")
@@ -132,6 +135,8 @@ class SlackReporter:
         """Post the message if *report*'s status is one this reporter is for."""
         if report.status not in self.statuses:
             return
+        import httpx
+
         async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as http:
             response = await http.post(self._url, json=self.message(report))
         if response.status_code >= 400:

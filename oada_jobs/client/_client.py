@@ -11,11 +11,10 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from enum import StrEnum
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from weakref import WeakSet
 
 import anyio
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -35,6 +34,9 @@ from ._response import Change, Response, status_error
 from ._tree import choose_content_type, path_exists, tree_get, tree_put
 from ._watch import Watch, WatchType
 from ._ws import WSConnection
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ClientState", "Connection", "OADAClient"]
 

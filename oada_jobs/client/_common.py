@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import certifi
 import orjson
 
 __all__ = [
@@ -122,14 +122,20 @@ def _valid_host(host: str) -> bool:
 def make_ssl_context(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> ssl.SSLContext:
     """Build the one TLS context used by both the HTTP and the WebSocket side.
 
-    ``True`` uses the default trust store, ``False`` disables verification
-    (development only), a path names a CA bundle (e.g. the embedded server's
-    development certificate) and an :class:`ssl.SSLContext` is used as is.
+    ``True`` trusts the CA bundle named by ``SSL_CERT_FILE`` (or the
+    directory ``SSL_CERT_DIR``), else certifi's bundle, as httpx does;
+    ``False`` disables verification (development only), a path names a CA
+    bundle (e.g. the embedded server's development certificate) and an
+    :class:`ssl.SSLContext` is used as is.
     """
     if isinstance(verify, ssl.SSLContext):
         return verify
     if verify is True:
-        return httpx.create_ssl_context()
+        if os.environ.get("SSL_CERT_FILE"):
+            return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        if os.environ.get("SSL_CERT_DIR"):
+            return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+        return ssl.create_default_context(cafile=certifi.where())
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False

@@ -1,15 +1,22 @@
-"""The HTTP side of the client: one pooled :class:`httpx.AsyncClient`."""
+"""The HTTP side of the client: one pooled :class:`httpx.AsyncClient`.
+
+httpx is imported, and the pool made, on the first HTTP request: a client
+on the WebSocket may never send one, and importing httpx (with its command
+line's libraries, when they are installed) was about 45 ms, a quarter of
+the imports of a service.
+"""
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import OADATimeout, OADATransportError, redact
 from ._common import BaseURL, is_json_type, loads
 from ._response import Response
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ConnectFailed", "ConnectionLost", "HTTPTransport"]
 
@@ -35,19 +42,36 @@ class HTTPTransport:
         transport: httpx.AsyncBaseTransport | None,
         user_agent: str,
     ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base.http,
-            transport=transport,
-            verify=ssl_context,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            headers={"user-agent": user_agent},
-            # Redirects are answers (OADA only redirects /.well-known).
-            follow_redirects=False,
-        )
+        self._base = base
+        self._ssl_context = ssl_context
+        self._timeout = timeout
+        self._concurrency = concurrency
+        self._transport = transport
+        self._user_agent = user_agent
+        self._pool: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._pool is None:
+            import httpx
+
+            self._pool = httpx.AsyncClient(
+                base_url=self._base.http,
+                transport=self._transport,
+                verify=self._ssl_context,
+                timeout=httpx.Timeout(self._timeout),
+                limits=httpx.Limits(
+                    max_connections=self._concurrency,
+                    max_keepalive_connections=self._concurrency,
+                ),
+                headers={"user-agent": self._user_agent},
+                # Redirects are answers (OADA only redirects /.well-known).
+                follow_redirects=False,
+            )
+        return self._pool
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def send(
         self,
@@ -65,8 +89,11 @@ class HTTPTransport:
         :class:`OADATimeout` on a timeout and :class:`ConnectionLost` for any
         other transport failure.
         """
+        client = self._client()
+        import httpx
+
         try:
-            answer = await self._client.request(method.upper(), path, headers=headers, content=body)
+            answer = await client.request(method.upper(), path, headers=headers, content=body)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise ConnectFailed(
                 redact(f"could not connect: {error!s}", token), method=method, path=path

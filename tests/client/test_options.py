@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import certifi
 import httpx
 import pytest
 from client_helpers import TOKEN, json_response, mock_client
 
 from oada_jobs import __version__
 from oada_jobs.client import ClientState, OADAClient
-from oada_jobs.client._common import parse_domain
+from oada_jobs.client._common import make_ssl_context, parse_domain
 from oada_jobs.exceptions import ClientClosed
+from oada_jobs.server.tls import self_signed
 
 
 @pytest.mark.parametrize(
@@ -204,3 +211,39 @@ async def test_requests_carry_the_package_version_as_user_agent() -> None:
     async with mock_client(handler) as oada:
         await oada.get("/bookmarks")
     assert agents == [f"oada-jobs/{__version__}"]
+
+
+def _ca_subjects(context: ssl.SSLContext) -> set[str]:
+    return {
+        value
+        for cert in context.get_ca_certs()
+        for rdn in cert["subject"]
+        for key, value in rdn
+        if key == "commonName"
+    }
+
+
+def test_default_trust_is_ssl_cert_file_then_ssl_cert_dir_then_certifi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = self_signed(tmp_path).ca_cert
+    dev_ca = _ca_subjects(ssl.create_default_context(cafile=str(ca)))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    assert _ca_subjects(make_ssl_context(True)) == dev_ca
+    monkeypatch.delenv("SSL_CERT_FILE")
+    bundled = make_ssl_context(True)
+    assert bundled.verify_mode is ssl.CERT_REQUIRED
+    assert bundled.check_hostname
+    assert bundled.cert_store_stats()["x509_ca"] == len(
+        ssl.create_default_context(cafile=certifi.where()).get_ca_certs()
+    )
+    assert not dev_ca & _ca_subjects(bundled)
+
+
+def test_the_package_imports_without_httpx() -> None:
+    # httpx waits for the first request over HTTP (and its CLI libraries
+    # with it): a service on the WebSocket starts without them.
+    code = "import sys, oada_jobs; print(sorted(m for m in ('httpx', 'rich', 'click') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
