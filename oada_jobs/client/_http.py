@@ -42,31 +42,28 @@ class HTTPTransport:
         transport: httpx.AsyncBaseTransport | None,
         user_agent: str,
     ) -> None:
-        self._base = base
-        self._ssl_context = ssl_context
-        self._timeout = timeout
-        self._concurrency = concurrency
-        self._transport = transport
-        self._user_agent = user_agent
+        def pool() -> httpx.AsyncClient:
+            import httpx
+
+            return httpx.AsyncClient(
+                base_url=base.http,
+                transport=transport,
+                verify=ssl_context,
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(
+                    max_connections=concurrency, max_keepalive_connections=concurrency
+                ),
+                headers={"user-agent": user_agent},
+                # Redirects are answers (OADA only redirects /.well-known).
+                follow_redirects=False,
+            )
+
+        self._new_pool = pool
         self._pool: httpx.AsyncClient | None = None
 
     def _client(self) -> httpx.AsyncClient:
         if self._pool is None:
-            import httpx
-
-            self._pool = httpx.AsyncClient(
-                base_url=self._base.http,
-                transport=self._transport,
-                verify=self._ssl_context,
-                timeout=httpx.Timeout(self._timeout),
-                limits=httpx.Limits(
-                    max_connections=self._concurrency,
-                    max_keepalive_connections=self._concurrency,
-                ),
-                headers={"user-agent": self._user_agent},
-                # Redirects are answers (OADA only redirects /.well-known).
-                follow_redirects=False,
-            )
+            self._pool = self._new_pool()
         return self._pool
 
     async def aclose(self) -> None:
