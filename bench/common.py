@@ -234,6 +234,7 @@ async def child_process(
         )
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](10_000)
         async with AsyncExitStack() as stack:
+            stack.enter_context(receive)
             group = await stack.enter_async_context(anyio.create_task_group())
             assert process.stdout is not None
             group.start_soon(_pump, process.stdout, send)
