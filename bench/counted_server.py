@@ -2,10 +2,11 @@
 
 ``python -m bench.counted_server <config.json>`` serves
 :func:`oada_jobs.server.app.create_app` with uvicorn over HTTPS/WSS on a free
-loopback port (with the embedded server's WebSocket protocol,
-:class:`oada_jobs.server.runner.BatchedWebSocketProtocol`), with a
-development certificate from
-:func:`oada_jobs.server.tls.self_signed`, and prints
+loopback port, with the settings ``oada-jobs serve`` uses
+(:func:`oada_jobs.server.runner.uvicorn_config`) except that, like the
+reference OADA server, it never accepts WebSocket compression, and with a
+development certificate from :func:`oada_jobs.server.tls.self_signed`, and
+prints
 ``{"event": "ready", "port": ..., "ca": ...}`` on stdout.
 
 The config file (mode 0600, written by :func:`bench.common.bench_server`)
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig, TokenInfo
-from oada_jobs.server.runner import BatchedWebSocketProtocol
+from oada_jobs.server.runner import uvicorn_config
 from oada_jobs.server.tls import self_signed
 
 from .common import BOOKMARKS, USER
@@ -99,20 +100,18 @@ async def main(config_path: str) -> None:
     config = ServerConfig(db=settings["db"], tokens=dict.fromkeys(tokens.values(), info))
     cert = self_signed(Path(settings["dir"]) / "tls")
     app = CountingApp(create_app(config), {token: label for label, token in tokens.items()})
-    uv_config = uvicorn.Config(
+    # The settings `oada-jobs serve` runs with, on a free port, but without
+    # WebSocket compression, as on the reference OADA server: @oada/client
+    # 1.1.4 offers it, and inflating and deflating every message cost the
+    # original's service about half its CPU per job.
+    uv_config = uvicorn_config(
         app,
+        config,
         host="127.0.0.1",
         port=0,
-        ws=BatchedWebSocketProtocol,
-        ws_ping_interval=config.ws_ping_interval,
-        ws_ping_timeout=config.ws_ping_interval,
-        ws_max_size=config.max_body_bytes + 2**20,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        server_header=False,
-        ssl_certfile=str(cert.cert),
-        ssl_keyfile=str(cert.key),
+        ssl_certfile=cert.cert,
+        ssl_keyfile=cert.key,
+        per_message_deflate=False,
     )
     # uvicorn installs its own SIGTERM/SIGINT handlers for a graceful stop.
     await _AnnouncingServer(uv_config, ca=str(cert.ca_cert)).serve()

@@ -533,9 +533,13 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
     out += [
         "## How the job benchmarks work",
         "",
-        "The server is the embedded one (`oada_jobs.server.create_app` under uvicorn, HTTPS "
-        "and WSS with a development CA from `oada_jobs.server.tls`, SQLite file) in its own "
-        "process on a free loopback port (`bench/counted_server.py`); a thin ASGI layer in "
+        "The server is the embedded one (`oada_jobs.server.create_app` under uvicorn with "
+        "the settings `oada-jobs serve` uses, HTTPS and WSS with a development CA from "
+        "`oada_jobs.server.tls`, SQLite file) in its own process on a free loopback port "
+        "(`bench/counted_server.py`). Unlike `oada-jobs serve`, and like the reference "
+        "OADA server, it never accepts WebSocket compression (permessage-deflate), which "
+        "@oada/client 1.1.4 offers: no framework's messages are compressed. A thin ASGI "
+        "layer in "
         "front of it counts requests per bearer token, at the same small cost for every "
         "client. Each framework runs as its own process (`bench/py_service.py`, "
         "`bench/node/oada_jobs_service.cjs`) with a worker for one job type, on the "

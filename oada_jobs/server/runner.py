@@ -35,7 +35,7 @@ from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
 from oada_jobs.server.ws import DIRECT_SEND, FRAME_ENVELOPE, MAX_FRAME
 
-__all__ = ["READ_AHEAD", "BatchedWebSocketProtocol", "ServerHandle", "serve"]
+__all__ = ["READ_AHEAD", "BatchedWebSocketProtocol", "ServerHandle", "serve", "uvicorn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,66 @@ class ServerHandle:
         self._server.request_exit()
 
 
+def uvicorn_config(
+    app: Any,
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ssl_certfile: str | os.PathLike[str] | None = None,
+    ssl_keyfile: str | os.PathLike[str] | None = None,
+    graceful_timeout: float = 5.0,
+    per_message_deflate: bool = True,
+) -> uvicorn.Config:
+    """uvicorn's settings for serving *app* (``create_app(config)``, or a wrapper of it).
+
+    :func:`serve` uses them; so does anything that must run the server as
+    ``oada-jobs serve`` does, e.g. with ASGI middleware around the app.
+    Other arguments are as for :func:`serve`.
+
+    *per_message_deflate* accepts WebSocket compression from clients that
+    offer it (Node's ``ws`` does by default). The reference server never
+    accepts it, but @oada/client 5.3.0 depends on it here: it starts
+    listening for a watch's changes only once the watch's response has been
+    handled, so when the response and the replay of a resumed watch, which
+    this server sends together, arrive in one read, the replay is lost;
+    inflating hands the client each message on its own. Turning it off
+    makes Node clients cost what they would against the reference server
+    (the benchmarks do, so as not to charge the original framework for
+    compression).
+    """
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("TLS needs both a certificate file and a key file")
+    # The WebSocket protocol logs every frame at DEBUG, and frames carry
+    # bearer tokens: never let those records through.
+    frame_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropDebug) for f in frame_logger.filters):
+        frame_logger.addFilter(_DropDebug())
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws=BatchedWebSocketProtocol,
+        ws_ping_interval=config.ws_ping_interval,
+        # A peer that has not answered one ping by the next is gone; but give
+        # it at least _MIN_PONG_WAIT, so short test intervals do not drop
+        # healthy clients whose loop is briefly busy (e.g. with a big frame).
+        ws_ping_timeout=max(config.ws_ping_interval, _MIN_PONG_WAIT),
+        # Oversized requests are answered 413 under their requestId (ws.py);
+        # only frames beyond this hard cap close the socket (code 1009).
+        ws_max_size=max(MAX_FRAME, config.max_body_bytes + FRAME_ENVELOPE),
+        ws_per_message_deflate=per_message_deflate,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=False,
+        ssl_certfile=os.fspath(ssl_certfile) if ssl_certfile is not None else None,
+        ssl_keyfile=os.fspath(ssl_keyfile) if ssl_keyfile is not None else None,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+    )
+
+
 async def serve(
     config: ServerConfig | None = None,
     *,
@@ -302,36 +362,16 @@ async def serve(
     server fails to start otherwise.
     """
     config = config if config is not None else ServerConfig()
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        raise ValueError("TLS needs both a certificate file and a key file")
     app = create_app(config)
-    uv_config = uvicorn.Config(
+    uv_config = uvicorn_config(
         app,
+        config,
         host=host,
         port=port,
-        ws=BatchedWebSocketProtocol,
-        ws_ping_interval=config.ws_ping_interval,
-        # A peer that has not answered one ping by the next is gone; but give
-        # it at least _MIN_PONG_WAIT, so short test intervals do not drop
-        # healthy clients whose loop is briefly busy (e.g. with a big frame).
-        ws_ping_timeout=max(config.ws_ping_interval, _MIN_PONG_WAIT),
-        # Oversized requests are answered 413 under their requestId (ws.py);
-        # only frames beyond this hard cap close the socket (code 1009).
-        ws_max_size=max(MAX_FRAME, config.max_body_bytes + FRAME_ENVELOPE),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        server_header=False,
-        proxy_headers=False,
-        ssl_certfile=os.fspath(ssl_certfile) if ssl_certfile is not None else None,
-        ssl_keyfile=os.fspath(ssl_keyfile) if ssl_keyfile is not None else None,
-        timeout_graceful_shutdown=max(1, round(graceful_timeout)),
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        graceful_timeout=graceful_timeout,
     )
-    # The WebSocket protocol logs every frame at DEBUG, and frames carry
-    # bearer tokens: never let those records through.
-    frame_logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _DropDebug) for f in frame_logger.filters):
-        frame_logger.addFilter(_DropDebug())
     server = _Uvicorn(uv_config, handle_signals=handle_signals)
 
     def started() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,15 @@ import anyio
 import pytest
 
 from bench import report
-from bench.common import ROOT, BenchError, node_available, percentile, summarize
+from bench.common import (
+    NODE_DIR,
+    ROOT,
+    BenchError,
+    bench_server,
+    node_available,
+    percentile,
+    summarize,
+)
 from bench.counted_server import CountingApp
 from bench.jobs import JOBS_TYPE, ListDrain
 from oada_jobs.client import OADAClient
@@ -228,3 +237,26 @@ def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     assert "Quick run" in text
     assert "Not measured" not in text
     assert (tmp_path / "benchmarks.png").exists()
+
+
+_OFFER_DEFLATE = """
+const WebSocket = require(process.argv[1]);
+const ws = new WebSocket(process.argv[2]);
+ws.on('open', () => { console.log(JSON.stringify(ws.extensions)); ws.close(); });
+ws.on('error', (e) => { console.error(e.message); process.exit(1); });
+"""
+
+
+@pytest.mark.node
+async def test_the_bench_server_does_not_compress_the_originals_messages() -> None:
+    # @oada/client 1.1.4 (ws 7) offers permessage-deflate; the reference
+    # server never accepts it, and neither does the benchmark server.
+    ws_module = NODE_DIR / "node_modules" / "oada-jobs-1" / "node_modules" / "ws"
+    async with bench_server() as server:
+        done = await anyio.run_process(
+            ["node", "-e", _OFFER_DEFLATE, str(ws_module), server.url.replace("https", "wss", 1)],
+            env={**os.environ, "NODE_EXTRA_CA_CERTS": str(server.ca_cert)},
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == ""

@@ -291,3 +291,14 @@ async def test_ws_body_with_nan_is_refused_like_over_http(server: EmbeddedServer
         assert "malformed JSON" in msg["data"]["message"]
         gone = await ws.request("get", "/bookmarks/nan")
         assert gone["status"] == 404
+
+
+async def test_permessage_deflate_is_accepted_when_offered(server: EmbeddedServer) -> None:
+    # Node's ws offers it, and @oada/client 5.3.0 needs each message handed
+    # to it on its own to see a resumed watch's replay (docs/server.md).
+    async with connect(server.ws_url, compression="deflate") as ws:
+        assert [type(e).__name__ for e in ws.protocol.extensions] == ["PerMessageDeflate"]
+        request = {"requestId": "r1", "method": "get", "path": "/bookmarks"}
+        await ws.send(json.dumps({**request, "headers": {"authorization": "Bearer god"}}))
+        answer = json.loads(await ws.recv())
+        assert (answer["requestId"], answer["status"]) == ("r1", 200)
