@@ -223,7 +223,7 @@ def _ca_subjects(context: ssl.SSLContext) -> set[str]:
     }
 
 
-def test_default_trust_is_ssl_cert_file_then_ssl_cert_dir_then_certifi(
+def test_default_trust_is_ssl_cert_file_else_certifis_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ca = self_signed(tmp_path).ca_cert
