@@ -176,14 +176,18 @@ def _frameworks_table(section: Mapping[str, Any]) -> str:
 
 
 def _cpu_parts(section: Any) -> dict[str, list[float]] | None:
-    """Median service and server CPU ms per job of each framework, if both were measured."""
+    """Median service and server CPU ms per job of each framework, if all were measured.
+
+    The kernel counts CPU time in clock ticks, so a short run can show none at all; a zero
+    is no measurement, and a ratio of it would be meaningless.
+    """
     cpu: dict[str, list[float]] = {}
     for framework in ("python", "node"):
         parts = [
             _get(section, key, framework, "median")
             for key in ("service_cpu_ms_per_job", "server_cpu_ms_per_job")
         ]
-        if None in parts:
+        if any(not part for part in parts):
             return None
         cpu[framework] = parts
     return cpu

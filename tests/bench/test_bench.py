@@ -60,8 +60,8 @@ def _section(py: float, node: float) -> dict[str, Any]:
     }
 
 
-def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
-    results = {
+def _results() -> dict[str, Any]:
+    return {
         "quick": False,
         "sizes": {"repeats": 3},
         "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11.0", "node": "v20.0.0"},
@@ -96,6 +96,10 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
         "client": {"title": "Client", "columns": ["Phase", "Ours"], "rows": [["get", "1.0"]]},
         "notes": {"first_filing_race": "the race"},
     }
+
+
+def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
+    results = _results()
     report.write(results, tmp_path)
     text = (tmp_path / "benchmarks.md").read_text()
     # Goals: 4x is met at 1,000 jobs; 2.5x at 10,000 and 1.5x for the backlog are not.
@@ -115,6 +119,16 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert "| get | 1.0 |" in text
     assert "Test CPU (2 cores)" in text
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
+
+
+def test_report_leaves_out_the_ceiling_when_a_cpu_time_was_too_short_to_count() -> None:
+    # A quick run can finish within one clock tick of a process's CPU time: it reads 0.
+    results = _results()
+    results["throughput"]["server_cpu_ms_per_job"]["python"] = _summary(0.0)
+    text = report.render(results, None)
+    burst = text.split("### 1,000 jobs queued at once")[1].split("### 10,000 jobs")[0]
+    assert "Where the ceiling is" not in burst
+    assert text.count("Where the ceiling is") == 1
 
 
 async def test_counting_app_counts_per_token_and_answers_counts() -> None:
