@@ -273,6 +273,7 @@ async def embedded_server(
     port: int | None = None,
     max_body_bytes: int | None = None,
     ws_ping_interval: float | None = None,
+    document_cache_size: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -296,7 +297,7 @@ async def embedded_server(
         Run the server in a child process (for kill/restart tests).
     port:
         Fixed port; a free one when ``None``.
-    max_body_bytes, ws_ping_interval:
+    max_body_bytes, ws_ping_interval, document_cache_size:
         Override the :class:`ServerConfig` defaults.
 
     >>> async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as s:  # doctest: +SKIP
@@ -311,6 +312,8 @@ async def embedded_server(
         extra["max_body_bytes"] = max_body_bytes
     if ws_ping_interval is not None:
         extra["ws_ping_interval"] = ws_ping_interval
+    if document_cache_size is not None:
+        extra["document_cache_size"] = document_cache_size
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -378,6 +381,7 @@ async def _subprocess_server(
     args = [sys.executable, "-m", "oada_jobs", "serve", "--host", "127.0.0.1", "--db", config.db]
     args += ["--quirks", config.quirks, "--max-body-bytes", str(config.max_body_bytes)]
     args += ["--ws-ping-interval", str(config.ws_ping_interval)]
+    args += ["--document-cache-size", str(config.document_cache_size)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

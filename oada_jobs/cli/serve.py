@@ -135,6 +135,14 @@ def serve_command(
     ws_ping_interval: Annotated[
         float, typer.Option(min=0.01, help="Seconds between WebSocket keepalive pings.")
     ] = ServerConfig.model_fields["ws_ping_interval"].default,
+    document_cache_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Documents kept in memory between requests, least recently used dropped "
+            "first (reloaded from the database when used again).",
+        ),
+    ] = ServerConfig.model_fields["document_cache_size"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -158,6 +166,7 @@ def serve_command(
         quirks=quirks.value,
         max_body_bytes=max_body_bytes,
         ws_ping_interval=ws_ping_interval,
+        document_cache_size=document_cache_size,
     )
     ca_note = ""
     if tls_self_signed:

@@ -92,6 +92,11 @@ class ServerConfig(BaseModel):
         400, so a hostile body cannot exhaust the stack.
     ws_ping_interval:
         Seconds between WebSocket pings sent by the server (transport only).
+    document_cache_size:
+        How many documents stay in memory between requests, least recently
+        used dropped first (reloaded from SQLite when next used). 20,000 by
+        default: a finished job's document takes about 3 KiB of memory, and
+        lists, bookmarks and the jobs being run are used often and stay.
 
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
     """
@@ -105,6 +110,7 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_depth: int = Field(default=64, ge=2)
     ws_ping_interval: float = Field(default=30.0, gt=0)
+    document_cache_size: int = Field(default=20_000, ge=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -231,7 +231,7 @@ class OADACore:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._state = CoreState.UNOPENED
-        self._store = Store(config.db)
+        self._store = Store(config.db, document_cache_size=config.document_cache_size)
         self._graph = ResourceGraph(self._store, max_depth=config.max_depth)
         self._task_group: TaskGroup | None = None
         self._deferred = config.quirks == "reference"
@@ -333,7 +333,10 @@ class OADACore:
         except Exception:
             logger.exception("%s %s failed", request.method.upper(), request.path)
             response = error_response(500, "Internal Server Error")
-        return response, self._group
+        group = self._group
+        if group is None:
+            self._store.trim()
+        return response, group
 
     def subscribe(self, resource_id: str, listener: ChangeListener) -> Callable[[], None]:
         """Call *listener* after every committed change of *resource_id*.
@@ -780,6 +783,8 @@ class OADACore:
             self._settle(group, ok=False)
         else:
             self._settle(group, ok=True)
+        if self._group is None:
+            self._store.trim()
 
     def _settle(self, group: _Group, *, ok: bool) -> None:
         """Notify watchers of a committed group and give its answers, in order."""

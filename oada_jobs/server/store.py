@@ -30,17 +30,21 @@ A job, for one, is snapshotted when it is created and then only logged: its
 claim and its result each cost a change row, not a change row and a new
 snapshot.
 
-Documents, the whole edge graph and recent change records are kept in memory;
-reads never touch SQLite once a document has been loaded. The core mutates the
-cached documents in place and then hands the :class:`Batch` of what changed to
-:meth:`Store.commit`; if the commit fails, :meth:`Store.discard` drops the
-cached state of the touched resources so it is reloaded from disk.
+The whole edge graph, recent change records and the most recently used
+documents are kept in memory; reads never touch SQLite while a document stays
+cached. The core mutates the cached documents in place and then hands the
+:class:`Batch` of what changed to :meth:`Store.commit`; if the commit fails,
+:meth:`Store.discard` drops the cached state of the touched resources so it is
+reloaded from disk. Once nothing uncommitted is cached, :meth:`Store.trim`
+drops the least recently used documents beyond the cache size, so memory does
+not grow with every job ever run.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,10 +233,12 @@ class Store:
     awaits between reading a document and committing its new state.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, document_cache_size: int) -> None:
         self.path = path
+        self.document_cache_size = document_cache_size
         self._db: sqlite3.Connection | None = None
-        self._docs: dict[str, Resource] = {}
+        # Least recently used first.
+        self._docs: OrderedDict[str, Resource] = OrderedDict()
         # Ids known not to exist, so repeated misses skip SQLite.
         self._missing: set[str] = set()
         #: parent → {path → (child, versioned)}
@@ -320,10 +326,13 @@ class Store:
     # -- reads --------------------------------------------------------------
 
     def get(self, resource_id: str) -> Resource | None:
-        """The cached resource, loading it from SQLite on first use."""
+        """The cached resource, loading it from SQLite if it is not cached."""
         res = self._docs.get(resource_id)
-        if res is not None or resource_id in self._missing:
+        if res is not None:
+            self._docs.move_to_end(resource_id)
             return res
+        if resource_id in self._missing:
+            return None
         db = self.db
         row = db.execute(
             "SELECT rev, doc, data FROM resources WHERE id = ?", (resource_id,)
@@ -351,6 +360,21 @@ class Store:
         res = Resource(resource_id, doc, data, snap_bytes=len(snapshot), pending_bytes=pending)
         self._docs[resource_id] = res
         return res
+
+    @property
+    def cached(self) -> list[str]:
+        """Ids of the documents in memory, least recently used first."""
+        return list(self._docs)
+
+    def trim(self) -> None:
+        """Drop the least recently used documents beyond :attr:`document_cache_size`.
+
+        Call it only when no uncommitted change is cached (no batch is staged):
+        a dropped document is reloaded from SQLite as last committed.
+        """
+        docs = self._docs
+        for _ in range(len(docs) - self.document_cache_size):
+            docs.popitem(last=False)
 
     def put_cached(self, res: Resource) -> None:
         """Make a newly created resource visible before its batch commits."""

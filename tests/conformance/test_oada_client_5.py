@@ -7,7 +7,9 @@ server; every case is one thing the client does, checked from its side.
 
 The ``ws`` run's server pings every second, so the client's sockets live
 through several keepalive rounds (a session that the keepalive wrongly ended
-would fail the cases that follow).
+would fail the cases that follow). The ``http`` run's server keeps no
+documents in memory between requests, so the cases also read and write
+documents reloaded from the database.
 
 A third run uses a server with ``quirks="reference"``: the client must work
 just as well against the imitation of the reference server, whose
@@ -39,14 +41,17 @@ pytestmark = pytest.mark.node
 
 @pytest.fixture(
     scope="module",
-    params=[("http", "none", None), ("ws", "none", 1.0), ("ws", "reference", None)],
+    params=[("http", "none", None, 0), ("ws", "none", 1.0, None), ("ws", "reference", None, None)],
     ids=["http", "ws", "ws-reference"],
 )
 async def client5(request: pytest.FixtureRequest) -> AsyncIterator[NodeRun]:
     """Every case run once against a fresh server, in one connection mode."""
-    mode, quirks, ping_interval = request.param
+    mode, quirks, ping_interval, cache_size = request.param
     async with embedded_server(
-        quirks=quirks, ws_ping_interval=ping_interval, max_body_bytes=MAX_BODY_BYTES
+        quirks=quirks,
+        ws_ping_interval=ping_interval,
+        max_body_bytes=MAX_BODY_BYTES,
+        document_cache_size=cache_size,
     ) as server:
         yield await run_cases(
             CLIENT5_SCRIPT,

@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
 
@@ -111,3 +113,45 @@ def collect(core: OADACore, resource_id: str) -> list[tuple[int, list[dict[str, 
     seen: list[tuple[int, list[dict[str, Any]]]] = []
     core.subscribe(resource_id, lambda rid, rev, changes: seen.append((rev, changes)))
     return seen
+
+
+def request(method: str, path: str, data: Any = None, *, raw: bytes | None = None) -> CoreRequest:
+    headers = {"authorization": "Bearer god"}
+    body = b""
+    if raw is not None:
+        headers["content-type"] = "application/octet-stream"
+        body = raw
+    elif data is not None:
+        headers["content-type"] = "application/json"
+        body = json.dumps(data).encode()
+    return CoreRequest(method, path, headers, body)
+
+
+class Answers:
+    """Submits requests in one go and collects their answers, in the order given."""
+
+    def __init__(self, core: OADACore) -> None:
+        self.core = core
+        self.log: list[Any] = []
+        self.responses: dict[int, CoreResponse] = {}
+        self._answered = anyio.Event()
+        self._expected = 0
+
+    def submit(self, *requests: CoreRequest) -> None:
+        for req in requests:
+            n = self._expected
+            self._expected += 1
+            self.core.submit(req, lambda response, n=n: self._answer(n, response))
+
+    def _answer(self, n: int, response: CoreResponse) -> None:
+        self.log.append(("answer", n))
+        self.responses[n] = response
+        self._answered.set()
+
+    async def wait(self) -> list[CoreResponse]:
+        # Some answers come while later requests are still being submitted.
+        with anyio.fail_after(5):
+            while len(self.responses) < self._expected:
+                self._answered = anyio.Event()
+                await self._answered.wait()
+        return [self.responses[n] for n in range(self._expected)]

@@ -50,13 +50,15 @@ async def serve(
 
 async def test_serve_answers_and_stops_gracefully(tmp_path: Path) -> None:
     db = tmp_path / "oada.sqlite"
-    async with serve("--db", str(db)) as (process, url, out):
+    async with serve("--db", str(db), "--document-cache-size", "0") as (process, url, out):
         assert "god" in out  # the documented development token may be shown
         async with httpx.AsyncClient() as c:
             r = await c.put(
                 f"{url}/bookmarks/cli", json={"ok": 1}, headers={"authorization": "Bearer god"}
             )
             assert r.status_code == 201
+            r = await c.get(f"{url}/bookmarks/cli/ok", headers={"authorization": "Bearer god"})
+            assert r.json() == 1
             denied = await c.get(f"{url}/bookmarks", headers={"authorization": "Bearer nope"})
             assert denied.status_code == 401
     # SIGTERM stops it: killed by its own re-raised signal or a clean exit.
@@ -113,6 +115,7 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ["serve", "--port", "70000"],
         ["serve", "--tls-cert", str(cert)],
         ["serve", "--max-body-bytes", "0"],
+        ["serve", "--document-cache-size", "-1"],
         ["serve", "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(cert)],
     ]
     for args in cases:

@@ -15,6 +15,7 @@ def test_defaults() -> None:
     assert config.max_body_bytes == 20 * 1024 * 1024
     assert config.max_depth == 64
     assert config.ws_ping_interval == 30.0
+    assert config.document_cache_size == 20_000
     assert config.tokens == DEFAULT_TOKENS
     god, abc = config.tokens["god"], config.tokens["abc"]
     assert god.user == "users/default:users_sam_321"
@@ -29,6 +30,8 @@ def test_config_is_keyword_only_strict_and_frozen() -> None:
         ServerConfig(quirks="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         ServerConfig(max_body_bytes=0)
+    with pytest.raises(ValidationError):
+        ServerConfig(document_cache_size=-1)
     with pytest.raises(ValidationError):
         ServerConfig(unknown=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):

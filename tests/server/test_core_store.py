@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
-from core_helpers import SAM_BM, Caller, collect, open_core
+from core_helpers import SAM_BM, Answers, Caller, collect, open_core, request
 
+from oada_jobs.server import core as core_module
+from oada_jobs.server import graph as graph_module
 from oada_jobs.server import store as store_module
+from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.store import pointer, unpointer
 
 _WRITER = textwrap.dedent(
@@ -270,3 +276,81 @@ async def test_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     async with open_core(db=str(db)) as again:
         assert (await again.get("/resources/bg-late")).data["late"] is True
         assert (await again.get("/resources/bg19")).data["i"] == 19
+
+
+async def test_least_recently_used_documents_are_dropped_beyond_the_cache_size(
+    tmp_path: Path,
+) -> None:
+    async with open_core(db=str(tmp_path / "lru.sqlite3"), document_cache_size=5) as c:
+        store = c.core.store
+        for rid in "ABCD":
+            await c.ok("put", f"/resources/{rid}", {"id": rid})
+        assert len(store.cached) == 5
+        assert "resources/A" not in store.cached
+        assert (await c.get("/resources/B")).data["id"] == "B"
+        await c.ok("put", "/resources/E", {"id": "E"})
+        # B was used after C, so C went first.
+        assert len(store.cached) == 5
+        assert "resources/B" in store.cached
+        assert "resources/C" not in store.cached
+        assert (await c.get("/resources/A")).data["id"] == "A"
+
+
+async def test_dropped_documents_read_back_and_go_on_as_before(tmp_path: Path) -> None:
+    async with open_core(db=str(tmp_path / "none.sqlite3"), document_cache_size=0) as c:
+        store = c.core.store
+        await c.ok("put", "/resources/A", {"x": 1})
+        await c.ok("put", "/bookmarks/a", {"_id": "resources/A", "_rev": 0})
+        await c.ok("put", "/resources/bin", raw=b"PNG", content_type="image/png")
+        seen = collect(c.core, "resources/A")
+        assert store.cached == []
+        assert (await c.get("/bookmarks/a")).data["x"] == 1
+        assert (await c.put("/resources/A", {"y": 2})).rev == 2
+        assert store.cached == []
+        assert [rev for rev, _ in seen] == [2]
+        doc = (await c.get("/resources/A")).data
+        assert (doc["x"], doc["y"], doc["_rev"]) == (1, 2, 2)
+        # The link's _rev still follows (the link graph is never dropped).
+        assert (await c.get("/bookmarks/a/_rev")).data == 2
+        assert (await c.get("/resources/bin")).raw.body == b"PNG"
+        assert [rev for rev, _ in c.core.changes_since("resources/A", 0)] == [1, 2]
+
+
+async def test_writes_waiting_for_their_commit_are_never_dropped() -> None:
+    # With no cache at all, a read in the same event-loop pass as a write
+    # still sees it: documents are dropped only once nothing is uncommitted.
+    async with open_core(document_cache_size=0) as c:
+        await c.ok("put", "/resources/A", {})
+        answers = Answers(c.core)
+        answers.submit(
+            request("put", "/resources/A", {"x": 1}),
+            request("get", "/resources/A"),
+            request("put", "/resources/A", {"y": 2}),
+            request("get", "/resources/A"),
+        )
+        first, read, second, reread = await answers.wait()
+        assert [int(r.headers["x-oada-rev"]) for r in (first, second)] == [2, 3]
+        assert json.loads(read.body)["x"] == 1
+        assert "y" not in json.loads(read.body)
+        assert json.loads(reread.body) | {"x": 1, "y": 2} == json.loads(reread.body)
+        assert c.core.store.cached == []
+        doc = (await c.get("/resources/A")).data
+        assert (doc["x"], doc["y"], doc["_rev"]) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_a_core_without_a_document_cache_answers_as_one_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # The same history on both, with the clock and generated keys made
+    # repeatable: every document, _meta, change feed and link is the same.
+    states = []
+    for size in (ServerConfig.model_fields["document_cache_size"].default, 0):
+        clock = itertools.count(1_700_000_000)
+        keys = (f"k{n:06d}" for n in itertools.count())
+        monkeypatch.setattr(graph_module, "time", SimpleNamespace(time=clock.__next__))
+        monkeypatch.setattr(core_module, "ksuid", keys.__next__)
+        async with open_core(db=str(tmp_path / f"{size}.sqlite3"), document_cache_size=size) as c:
+            await _random_history(c, random.Random(seed), 300)
+            states.append(await _state(c))
+    assert states[0] == states[1]
