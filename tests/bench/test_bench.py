@@ -274,3 +274,21 @@ async def test_the_bench_server_does_not_compress_the_originals_messages() -> No
         )
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout) == ""
+
+
+def test_server_memory_bench_runs_jobs_and_keeps_the_cache_bounded() -> None:
+    args = ["--jobs", "40", "--rounds", "2", "--document-cache-size", "25"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.server_memory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "document cache size 25"
+    assert lines[1].startswith("after      40 jobs: RSS ")
+    assert lines[2].startswith("after      80 jobs: RSS ")
+    assert all(line.endswith(", 25 documents cached") for line in lines[1:])
