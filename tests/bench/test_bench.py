@@ -221,21 +221,27 @@ async def test_list_drain_says_how_many_jobs_are_left_when_it_gives_up(
             await drain.wait_gone(0.2)
 
 
+def _run(module: str, *args: str, timeout: float) -> str:
+    """Run ``python -m module args`` from the repository; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.node
 @pytest.mark.timeout(600)
 def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     problem = node_available()
     assert problem is None, problem
     sections = "throughput,throughput_large,backlog,latency,work,scale_out,server,client"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", sections, "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run("bench", "--quick", "--only", sections, "--out", str(tmp_path), timeout=540)
     results = json.loads((tmp_path / "benchmarks.json").read_text())
     for name in ("throughput", "throughput_large", "backlog"):
         section = results[name]
@@ -278,16 +284,7 @@ async def test_the_bench_server_does_not_compress_the_originals_messages() -> No
 
 def test_server_memory_bench_runs_jobs_and_keeps_the_cache_bounded() -> None:
     args = ["--jobs", "40", "--rounds", "2", "--document-cache-size", "25"]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.server_memory", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+    lines = _run("bench.server_memory", *args, timeout=120).splitlines()
     assert lines[0] == "document cache size 25"
     assert lines[1].startswith("after      40 jobs: RSS ")
     assert lines[2].startswith("after      80 jobs: RSS ")
