@@ -71,8 +71,12 @@ async def _run_job(call: _Caller, key: str, n: int) -> None:
     etag = job.headers["etag"]
     claim = {"status": "running", "lease": {"worker": "w"}, "updates": _update("started", n)}
     claimed = await call("put", f"/resources/{key}", claim, **{"if-match": etag})
-    done = {"status": "success", "result": {"n": n}, "lease": None}
-    done["updates"] = _update("success", n)
+    done = {
+        "status": "success",
+        "result": {"n": n},
+        "lease": None,
+        "updates": _update("success", n),
+    }
     await call("put", f"/resources/{key}", done, **{"if-match": claimed.headers["etag"]})
     await call("put", _SUCCESS, {key: {"_id": f"resources/{key}", "_rev": 0}})
     await call("delete", f"{_QUEUE}/{key}")
