@@ -137,14 +137,31 @@ def replay(doc: dict[str, Any], body: dict[str, Any], kind: str) -> None:
     """
     if kind != "delete":
         merge(doc, body)
+    else:
+        _replay_delete(doc, body)
+
+
+def _replay_delete(node: dict[str, Any] | list[Any], body: dict[str, Any]) -> None:
+    """Apply a key delete's body: the path to the removed key, plus ``_rev`` and ``_meta``.
+
+    A key delete finds its key through array elements too (``a/0/b``); its
+    body then names the element by index, and so the index is followed here.
+    """
+    if isinstance(node, list):
+        for key, value in body.items():
+            index = int(key) if key.isascii() and key.isdigit() else len(node)
+            if index < len(node) and isinstance(value, dict):
+                element = node[index]
+                if isinstance(element, dict | list):
+                    _replay_delete(element, value)
         return
     for key, value in body.items():
         if value is None:
-            doc.pop(key, None)
-        elif isinstance(value, dict) and isinstance(doc.get(key), dict):
-            replay(doc[key], value, kind)
+            node.pop(key, None)
+        elif isinstance(value, dict) and isinstance(node.get(key), dict | list):
+            _replay_delete(node[key], value)
         else:
-            doc[key] = value
+            node[key] = value
 
 
 @dataclass(slots=True)

@@ -354,3 +354,18 @@ async def test_a_core_without_a_document_cache_answers_as_one_with_it(
             await _random_history(c, random.Random(seed), 300)
             states.append(await _state(c))
     assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("cache", [0, 20_000])
+async def test_a_key_deleted_inside_an_array_element_stays_deleted(
+    tmp_path: Path, cache: int
+) -> None:
+    db = str(tmp_path / "array.sqlite3")
+    async with open_core(db=db, document_cache_size=cache) as c:
+        await c.ok("put", "/resources/L", {"a": [{"b": 1, "c": 2}, [{"d": 3, "e": 4}]]})
+        assert (await c.delete("/resources/L/a/0/b")).status == 204
+        assert (await c.delete("/resources/L/a/1/0/d")).status == 204
+        await c.ok("put", "/resources/L", {"z": 1})
+        assert (await c.get("/resources/L/a")).data == [{"c": 2}, [{"e": 4}]]
+    async with open_core(db=db) as c:
+        assert (await c.get("/resources/L/a")).data == [{"c": 2}, [{"e": 4}]]
