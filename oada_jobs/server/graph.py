@@ -260,8 +260,8 @@ class ResourceGraph:
         store = self.store
         store.clear_edges(batch, res.id)
         batch.deleted.add(res.id)
-        store.delete_cached(res.id)
         rec = ChangeRecord(res.id, res.rev + 1, "delete", None)
+        store.delete_cached(res.id, rec.rev)
         batch.changes.append(rec)
         return rec
 

@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS edges (
 DROP INDEX IF EXISTS edges_child;
 """
 
+#: How many ids known not to exist are remembered (beyond it they are forgotten).
+_MISSING_CACHE_SIZE = 100_000
 #: How many change records stay cached (they are small; replay reads the rest).
 _CHANGE_CACHE_SIZE = 20_000
 _INSERT_CHANGE = (
@@ -256,8 +258,9 @@ class Store:
         self._db: sqlite3.Connection | None = None
         # Least recently used first.
         self._docs: OrderedDict[str, Resource] = OrderedDict()
-        # Ids known not to exist, so repeated misses skip SQLite.
-        self._missing: set[str] = set()
+        # Ids known not to exist, so repeated misses skip SQLite, each with
+        # the rev of its delete if that is staged and not yet committed (else 0).
+        self._missing: dict[str, int] = {}
         #: parent → {path → (child, versioned)}
         self.links: dict[str, dict[Path, tuple[str, bool]]] = {}
         #: child → {(parent, path)} for versioned edges only (rev propagation).
@@ -355,9 +358,7 @@ class Store:
             "SELECT rev, doc, data FROM resources WHERE id = ?", (resource_id,)
         ).fetchone()
         if row is None:
-            if len(self._missing) > 100_000:
-                self._missing.clear()
-            self._missing.add(resource_id)
+            self._missing[resource_id] = 0
             return None
         snap_rev, snapshot, data = row
         doc = json.loads(snapshot)
@@ -387,23 +388,28 @@ class Store:
         """Drop the least recently used documents beyond :attr:`document_cache_size`.
 
         Call it only when no uncommitted change is cached (no batch is staged):
-        a dropped document is reloaded from SQLite as last committed.
+        a dropped document is reloaded from SQLite as last committed. The ids
+        known not to exist are forgotten here too once there are too many.
         """
         docs = self._docs
         for _ in range(len(docs) - self.document_cache_size):
             docs.popitem(last=False)
+        # Not while anything is staged: a staged delete is hidden only here.
+        if len(self._missing) > _MISSING_CACHE_SIZE:
+            self._missing.clear()
 
     def put_cached(self, res: Resource) -> None:
         """Make a newly created resource visible before its batch commits."""
         self._docs[res.id] = res
-        self._missing.discard(res.id)
+        self._missing.pop(res.id, None)
 
     def max_change_rev(self, resource_id: str) -> int:
-        """Highest rev ever recorded for *resource_id* (0 if none)."""
+        """Highest rev ever recorded for *resource_id* (0 if none), staged deletes included."""
         row = self.db.execute(
             "SELECT MAX(rev) FROM changes WHERE resource_id = ?", (resource_id,)
         ).fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        committed = int(row[0]) if row and row[0] is not None else 0
+        return max(committed, self._missing.get(resource_id, 0))
 
     def change(self, resource_id: str, rev: int) -> ChangeRecord | None:
         """The change record of *resource_id* at *rev*, if there is one."""
@@ -474,9 +480,10 @@ class Store:
             self._drop_edge(parent, p)
         batch.edges_cleared.add(parent)
 
-    def delete_cached(self, resource_id: str) -> None:
+    def delete_cached(self, resource_id: str, rev: int) -> None:
+        """Hide a resource whose delete (at *rev*) is staged."""
         self._docs.pop(resource_id, None)
-        self._missing.add(resource_id)
+        self._missing[resource_id] = rev
 
     def commit(self, batches: Sequence[Batch]) -> None:
         """Write *batches* in one transaction; returns after it is committed.
@@ -585,7 +592,7 @@ class Store:
         """Forget the cached state of *ids* after a failed commit."""
         for rid in ids:
             self._docs.pop(rid, None)
-            self._missing.discard(rid)
+            self._missing.pop(rid, None)
             for p in list(self.links.get(rid, ())):
                 self._drop_edge(rid, p)
             for parent, path, child, versioned in self.db.execute(

@@ -369,3 +369,42 @@ async def test_a_key_deleted_inside_an_array_element_stays_deleted(
         assert (await c.get("/resources/L/a")).data == [{"c": 2}, [{"e": 4}]]
     async with open_core(db=db) as c:
         assert (await c.get("/resources/L/a")).data == [{"c": 2}, [{"e": 4}]]
+
+
+async def test_a_resource_deleted_and_created_again_in_one_pass_goes_on_counting() -> None:
+    async with open_core() as c:
+        await c.ok("put", "/resources/X", {"v": 1})
+        answers = Answers(c.core)
+        answers.submit(
+            request("delete", "/resources/X"),
+            request("put", "/resources/X", {"w": 2}),
+        )
+        deleted, created = await answers.wait()
+        assert (deleted.status, created.status) == (204, 201)
+        assert created.headers["x-oada-rev"] == "3"
+        feed = c.core.changes_since("resources/X", 0)
+        assert [(rev, changes[0]["type"]) for rev, changes in feed] == [
+            (1, "merge"),
+            (2, "delete"),
+            (3, "merge"),
+        ]
+
+
+async def test_a_staged_delete_is_not_forgotten_with_the_ids_known_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ids known not to exist are forgotten beyond a limit; a resource whose
+    # delete is staged is hidden only by being among them.
+    monkeypatch.setattr(store_module, "_MISSING_CACHE_SIZE", 1)
+    async with open_core() as c:
+        await c.ok("put", "/resources/X", {"v": 1})
+        answers = Answers(c.core)
+        answers.submit(
+            request("delete", "/resources/X"),
+            request("get", "/resources/none1"),
+            request("get", "/resources/none2"),
+            request("get", "/resources/X"),
+        )
+        statuses = [r.status for r in await answers.wait()]
+        assert statuses == [204, 404, 404, 404]
+        assert (await c.get("/resources/X")).status == 404
