@@ -6,6 +6,7 @@ Pure functions on decoded JSON, shared by the read and write paths.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+def _finite_float(text: str) -> float:
+    # orjson refuses numbers too large for a double (1e400); so does this.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 # orjson turns integers beyond 64 bits (below -2**63, above 2**64 - 1) into
 # floats; texts with a run of 19 digits go to the exact (slower) stdlib
 # decoder instead. The run is found by mapping every digit to "0" and

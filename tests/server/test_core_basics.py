@@ -234,6 +234,17 @@ async def test_huge_integers_and_unicode_round_trip_exactly() -> None:
         assert (await c.get("/resources/N/big")).raw.body == b"123456789012345678901234567890"
 
 
+async def test_numbers_beyond_a_double_are_refused_by_either_decoder() -> None:
+    # A run of 19 digits sends the body to the exact (stdlib) decoder; it
+    # refuses 1e400 as orjson does, rather than store an infinity.
+    async with open_core() as c:
+        for raw in (b'{"a": 1e400}', b'{"a": 1e400, "big": 123456789012345678901234567890}'):
+            reply = await c.put("/resources/F", raw=raw)
+            assert reply.status == 400, raw
+            assert reply.data["message"].startswith("malformed JSON body"), reply.data
+        assert (await c.get("/resources/F")).status == 404
+
+
 async def test_integers_just_beyond_64_bits_round_trip_exactly() -> None:
     async with open_core() as c:
         raw = b'{"low": -9223372036854775809, "high": 18446744073709551616, "n": -1}'
