@@ -517,13 +517,16 @@ class WebSocketSession:
         With a numeric ``x-oada-rev`` that is the client's rev. Otherwise
         (no header, or one that is not a number) the rev the underlying
         request saw: normally nothing is newer, but a change that slipped in
-        before the subscription is replayed rather than lost.
+        before the subscription is replayed rather than lost. Rev 0 (a
+        resource deleted, or not there) has nothing to replay.
         """
         asked = req.headers.get("x-oada-rev", "").strip()
         if asked.isascii() and asked.isdigit():
             return int(asked), True
         seen = response.headers.get("x-oada-rev", "")
-        return (int(seen) if seen.isascii() and seen.isdigit() else None), False
+        if seen.isascii() and seen.isdigit() and int(seen) > 0:
+            return int(seen), False
+        return None, False
 
     def _listener(self, notifier: _Notifier) -> Callable[[str, int, list[dict[str, Any]]], None]:
         def on_change(resource_id: str, rev: int, change: list[dict[str, Any]]) -> None:

@@ -184,6 +184,15 @@ async def test_whole_resource_delete_ends_the_watch(server: EmbeddedServer) -> N
         await assert_quiet(ws)
 
 
+async def test_delete_watch_of_a_whole_resource_replays_nothing(server: EmbeddedServer) -> None:
+    async with http(server) as c, ws_connect(server) as ws:
+        for n in range(3):
+            await c.put("/resources/dw", json={"n": n})
+        assert (await ws.request("delete-watch", "/resources/dw"))["status"] == 204
+        # Its answer's rev is 0: there is no history after it to send.
+        await assert_quiet(ws)
+
+
 async def test_rev_graph_bumps_reach_parent_watchers(server: EmbeddedServer) -> None:
     async with http(server) as c, ws_connect(server) as ws:
         await c.put("/resources/child", json={"x": 0})
