@@ -493,6 +493,8 @@ class ResourceGraph:
             change["_type"] = kind
             res = Resource(resource_id, {"_id": resource_id})
             store.put_cached(res)
+            # Saved from now on, so that a failure below drops it again.
+            batch.saved[resource_id] = res
         else:
             rev = res.rev + 1
             meta.update({"modifiedBy": user, "modified": now, "_rev": rev})

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from core_helpers import SAM_BM, Caller, open_core
 
+from oada_jobs.server import graph as graph_module
 from oada_jobs.server.core import CoreRequest
 
 
@@ -236,3 +237,22 @@ async def test_failed_ensure_link_leaves_nothing_behind() -> None:
         assert snapshot(c) == before
         assert len(c.core.store.links) == 0
         assert (await c.get("/resources/A")).data["x"] == 1
+
+
+async def test_a_create_that_fails_halfway_leaves_no_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The new resource is visible to the rest of the pass from early on; a
+    # failure after that (here, copying the body into it) must drop it again.
+    def failing_copy(value: Any) -> Any:
+        raise RuntimeError("copy failed")
+
+    async with open_core() as c:
+        await c.ok("get", "/bookmarks")  # the user's root resources exist
+        with monkeypatch.context() as patch:
+            patch.setattr(graph_module, "copy_json", failing_copy)
+            assert (await c.put("/resources/G", {"a": 1})).status == 500
+        assert (await c.get("/resources/G")).status == 404
+        assert (await c.put("/resources/G", {"b": 2})).status == 201
+        meta = (await c.get("/resources/G/_meta")).data
+        assert meta["_owner"] == "users/default:users_sam_321"
