@@ -659,13 +659,16 @@ class OADACore:
                     headers,
                 )
             new_id = f"resources/{ksuid()}"
+            link: dict[str, Any] = {"_id": new_id}
+            if ensure_link == "versioned":
+                link["_rev"] = 0
+            # Refused once the fresh resource exists, the link would fail the
+            # other writes of the pass with it; so it is checked first.
+            self._graph.check(target, link)
             fresh = Resolved(new_id, None, [])
             self._graph.write(
                 batch, token.user, fresh, media_type, value, data, ignore_links=ignore_links
             )
-            link: dict[str, Any] = {"_id": new_id}
-            if ensure_link == "versioned":
-                link["_rev"] = 0
             target = self._graph.resolve(resource_id, rest)
             rec = self._graph.write(batch, token.user, target, "application/json", link, None)
         return rec

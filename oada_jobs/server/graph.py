@@ -229,7 +229,7 @@ class ResourceGraph:
             )
         found: list[tuple[Path, dict[str, Any]]] = []
         if data is None:
-            self._validate_body(resource_id, path, value, found, headers)
+            found = self.check(target, value)
             if not ignore_links:
                 store = self.store
                 for _, link in found:
@@ -241,6 +241,17 @@ class ResourceGraph:
         if data is None and (found or resource_id in self.store.links):
             self._update_edges(batch, resource_id, (), fragment, ignore_links)
         return rec
+
+    def check(self, target: Resolved, value: Any) -> list[tuple[Path, dict[str, Any]]]:
+        """Raise :class:`Reject` if :meth:`write` would refuse JSON *value* at *target*.
+
+        Returns the links found in *value*, with their paths.
+        """
+        found: list[tuple[Path, dict[str, Any]]] = []
+        self._validate_body(
+            target.resource_id, tuple(target.leftover), value, found, target.location()
+        )
+        return found
 
     def create(self, batch: Batch, user: str, resource_id: str, media_type: str) -> ChangeRecord:
         """Create an empty resource of *media_type* owned by *user*."""

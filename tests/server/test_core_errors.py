@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from core_helpers import SAM_BM, Caller, open_core
+from core_helpers import SAM_BM, Answers, Caller, open_core, request
 
 from oada_jobs.server import graph as graph_module
 from oada_jobs.server.core import CoreRequest
@@ -237,6 +237,26 @@ async def test_failed_ensure_link_leaves_nothing_behind() -> None:
         assert snapshot(c) == before
         assert len(c.core.store.links) == 0
         assert (await c.get("/resources/A")).data["x"] == 1
+
+
+async def test_a_refused_ensure_link_fails_no_other_write_of_its_pass() -> None:
+    async with open_core(max_depth=8) as c:
+        await c.ok("put", "/resources/A", {"x": 1})
+        headers = {
+            "authorization": "Bearer god",
+            "content-type": "application/json",
+            "x-oada-ensure-link": "versioned",
+        }
+        deep = "/resources/A/" + "/".join("k" * 8)
+        answers = Answers(c.core)
+        answers.submit(
+            request("put", "/resources/A", {"x": 2}),
+            CoreRequest("put", deep, headers, b'{"y": 1}'),
+            request("put", "/resources/A", {"x": 3}),
+        )
+        assert [r.status for r in await answers.wait()] == [201, 400, 201]
+        assert (await c.get("/resources/A")).data["x"] == 3
+        assert len(c.core.store.links) == 0
 
 
 async def test_a_create_that_fails_halfway_leaves_no_resource(
