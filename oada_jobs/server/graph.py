@@ -341,9 +341,14 @@ class ResourceGraph:
                     if not isinstance(link, dict):
                         continue
                     current = link.get("_rev")
-                    if child_rev and isinstance(current, int) and current >= child_rev:
+                    if (
+                        child_rev
+                        and isinstance(current, int)
+                        and child_rev <= current <= self._rev_now(child.resource_id)
+                    ):
                         # Linked after this change (deferred propagation):
-                        # the link already names this rev or a newer one.
+                        # the link already names this rev or a newer one. (A
+                        # rev the child never had was written by a client.)
                         continue
                     link["_rev"] = child_rev
                     merge(fragment, nest(path, {"_rev": child_rev}))
@@ -356,6 +361,10 @@ class ResourceGraph:
                 rec.children = children
                 causes.add(parent_id)
                 level.append((rec, frozenset(causes)))
+
+    def _rev_now(self, resource_id: str) -> int:
+        res = self.store.get(resource_id)
+        return res.rev if res is not None else 0
 
     def _may_see(self, parent: Resource, child: ChangeRecord) -> bool:
         """Whether the parent's owner may read the child whose change would nest in it.

@@ -244,3 +244,14 @@ async def test_deleting_under_meta_is_in_the_change_body() -> None:
         assert body["_meta"]["watchPersists"] == {"w": None}
         assert body["_meta"]["_rev"] == body["_rev"] == 3
         assert (await c.get("/resources/A/_meta/watchPersists")).data == {}
+
+
+async def test_a_rev_written_into_a_link_by_a_client_does_not_stop_propagation() -> None:
+    async with open_core() as c:
+        await c.ok("put", "/resources/C", {"n": 1})
+        await c.ok("put", "/resources/Q", {"a": {"_id": "resources/C", "_rev": 0}})
+        await c.ok("put", "/resources/Q", {"a": {"_rev": 999}})
+        before = (await c.get("/resources/Q")).rev
+        child = (await c.put("/resources/C", {"n": 2})).rev
+        assert (await c.get("/resources/Q")).rev == before + 1
+        assert (await c.get("/resources/Q/a/_rev")).data == child
