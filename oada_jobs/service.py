@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._ksuid import ksuid
 from .client import parse_domain
+from .client._client import check_token
 from .exceptions import InvalidQueueEntry, OADAError, redact
 from .job import Job
 from .metrics import ServiceMetrics
@@ -165,6 +166,11 @@ def parse_queue_entry(key: str, value: object) -> QueueEntry:
         problems.append("'token' is missing")
     elif not isinstance(token, str) or not token.strip():
         problems.append(f"'token' must be a non-empty string, got {_describe(token)}")
+    else:
+        try:
+            check_token(token)
+        except ValueError as error:
+            problems.append(f"'token' is malformed: {error}")
     if problems or normalised is None or not isinstance(token, str):
         message = f"queue entry {key!r} is ignored: {'; '.join(problems)}"
         secret = token.strip() if isinstance(token, str) else ""

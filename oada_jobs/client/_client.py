@@ -101,7 +101,7 @@ class _Shared:
         self.stack: AsyncExitStack | None = None
 
 
-def _check_token(token: Any) -> str:
+def check_token(token: Any) -> str:
     if not isinstance(token, str) or not token:
         raise ValueError("expected the token as a non-empty string")
     if any(ch.isspace() or not ch.isprintable() for ch in token):
@@ -213,7 +213,7 @@ class OADAClient(ClosesOnExit):
         user_agent: str | None = None,
     ) -> None:
         base = parse_domain(domain)
-        self._token = _check_token(token)
+        self._token = check_token(token)
         try:
             options = _Options(
                 connection=connection,
@@ -327,7 +327,7 @@ class OADAClient(ClosesOnExit):
         exit.
         """
         clone = object.__new__(OADAClient)
-        clone._token = self._token if token is None else _check_token(token)
+        clone._token = self._token if token is None else check_token(token)
         clone._shared = self._shared
         clone._root = False
         clone._revoked = False

@@ -148,6 +148,8 @@ def valid_entry(value: object) -> bool:
     domain, token = value.get("domain"), value.get("token")
     if not isinstance(token, str) or not token.strip() or not isinstance(domain, str):
         return False
+    if any(char.isspace() or not char.isprintable() for char in token):
+        return False
     if any(char.isspace() for char in domain.strip()):
         return False
     try:

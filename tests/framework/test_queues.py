@@ -105,10 +105,18 @@ async def test_invalid_queue_entries_are_logged_without_tokens_and_ignored(
                 "bad-domain": {"domain": "ftp://example.org", "token": "secret-token-2"},
                 "spaces": {"domain": "not a domain", "token": "secret-token-3"},
                 "empty-token": {"domain": domain, "token": ""},
+                "pasted-token": {"domain": domain, "token": "secret-token-4\n"},
                 "_meta-like": {"ignored": True},
             },
         )
-        for key in ("not-an-object", "no-token", "bad-domain", "spaces", "empty-token"):
+        for key in (
+            "not-an-object",
+            "no-token",
+            "bad-domain",
+            "spaces",
+            "empty-token",
+            "pasted-token",
+        ):
             await logs.wait_for(
                 lambda r, key=key: f"queue entry {key!r} is ignored" in r.getMessage()
             )
@@ -120,6 +128,7 @@ async def test_invalid_queue_entries_are_logged_without_tokens_and_ignored(
     assert "'token' is missing" in text
     assert "got scheme 'ftp'" in text
     assert "'token' must be a non-empty string" in text
+    assert "'token' is malformed: the token contains whitespace" in text
     assert "secret-token" not in text
 
 

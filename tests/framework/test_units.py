@@ -48,6 +48,8 @@ async def test_service_options_and_registration_are_validated() -> None:
         ({"domain": "http://h/x", "token": "tok-secret"}, "got a path"),
         ({"domain": "http://h"}, "'token' is missing"),
         ({"domain": "http://h", "token": " "}, "'token' must be a non-empty string"),
+        ({"domain": "http://h", "token": "tok-secret\n"}, "'token' is malformed: the token"),
+        ({"domain": "http://h", "token": "tok secret"}, "contains whitespace"),
     ],
 )
 def test_bad_queue_entries_are_refused_without_naming_the_token(
