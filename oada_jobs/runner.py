@@ -158,6 +158,22 @@ class JobOutcome:
     state: Json = None
 
 
+def _raised_by_work(error: BaseException, work_scope: anyio.CancelScope) -> bool:
+    """Whether a non-``Exception`` from a work function is its own failure.
+
+    Not when the process is stopping, nor when this task is being cancelled
+    (by the job's timeout, its cancellation or the service's shutdown). A
+    ``CancelledError`` the function merely let through, from a task it
+    awaited, fails the job like any error.
+    """
+    if isinstance(error, KeyboardInterrupt | SystemExit | GeneratorExit):
+        return False
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return not work_scope.cancel_called and not (task is not None and task.cancelling())
+    return True
+
+
 def _failed(error: JobError, message: str) -> JobOutcome:
     """The failure outcome of *error*: its result and fail type, *message* as the update."""
     return JobOutcome(JobStatus.FAILURE.value, error_result(error), error.fail_type, message)
@@ -749,6 +765,10 @@ class Runner:
                         outcome = self._retry(error, reason, None, worker, job)
                     else:
                         outcome = self._failure(error)
+                except BaseException as error:
+                    if not _raised_by_work(error, work_scope):
+                        raise
+                    outcome = self._failure(error)
         finally:
             for timer in timers:
                 timer.cancel()
@@ -843,7 +863,7 @@ class Runner:
             state=state,
         )
 
-    def _failure(self, error: Exception) -> JobOutcome:
+    def _failure(self, error: BaseException) -> JobOutcome:
         fail_type = error.fail_type if isinstance(error, JobError) else None
         if isinstance(error, ClientClosed):
             self.log.error("work function used its client after it was revoked: %s", error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import Counter
@@ -242,6 +243,46 @@ async def test_unregistered_types_and_non_json_results_fail_clearly(
     assert "expected the work function to return JSON" in odd_job.result["message"]
     assert isinstance(gone_job.result, dict)
     assert "no work function is registered for job type 'gone'" in gone_job.result["message"]
+
+
+class Bail(BaseException):
+    """Not an Exception: what a work function should never raise, but may."""
+
+
+async def test_a_work_function_letting_a_cancellation_or_base_exception_out_only_fails_its_job(
+    make_service: Callable[..., Service], oada: OADAClient, name: str
+) -> None:
+    service = make_service()
+
+    @service.on("awaits-cancelled", 10)
+    async def awaits_cancelled(job: Job, ctx: WorkerContext) -> Json:
+        # Not a cancellation of this job: a task it awaits was cancelled.
+        task = asyncio.ensure_future(asyncio.sleep(10))
+        task.cancel()
+        await task
+        return {}
+
+    @service.on("bails", 10)
+    async def bails(job: Job, ctx: WorkerContext) -> Json:
+        raise Bail("giving up")
+
+    @service.on("echo", 10)
+    async def echo(job: Job, ctx: WorkerContext) -> Json:
+        return {"ok": True}
+
+    async with service:
+        cancelled = await wait_for_job(oada, await post_job(oada, name, "awaits-cancelled", {}), 10)
+        bailed = await wait_for_job(oada, await post_job(oada, name, "bails", {}), 10)
+        # The queue goes on.
+        after = await wait_for_job(oada, await post_job(oada, name, "echo", {}), 10)
+    assert cancelled.status == "failure"
+    assert isinstance(cancelled.result, dict)
+    assert cancelled.result["name"] == "CancelledError"
+    assert cancelled.tries == 1
+    assert bailed.status == "failure"
+    assert isinstance(bailed.result, dict)
+    assert (bailed.result["name"], bailed.result["message"]) == ("Bail", "giving up")
+    assert after.status == "success"
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
