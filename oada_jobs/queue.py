@@ -21,13 +21,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .client._client import check_path
 from .exceptions import (
+    BadRequest,
     Forbidden,
     InvalidJob,
     NotFound,
@@ -65,6 +67,17 @@ KNOWN_DAYS = 16
 
 def _describe(value: object) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _is_resource_id(value: object) -> TypeGuard[str]:
+    """Whether *value* is a ``resources/...`` id the client can put in a path."""
+    if not isinstance(value, str) or not value.startswith("resources/"):
+        return False
+    try:
+        check_path(f"/{value}")
+    except ValueError:
+        return False
+    return True
 
 
 class _Once:
@@ -310,7 +323,7 @@ class Queue:
             if key.startswith("_"):
                 continue
             job_id = value.get("_id") if isinstance(value, Mapping) else None
-            if not isinstance(job_id, str) or not job_id.startswith("resources/"):
+            if not _is_resource_id(job_id):
                 self.log.warning(
                     "queue %r: skipping list entry %r: expected a link {'_id': 'resources/...'}, "
                     "got %s",
@@ -376,7 +389,7 @@ class Queue:
             return  # left the list meanwhile
         try:
             job = await self._read(entry)
-        except (InvalidJob, NotFound, Forbidden) as problem:
+        except (InvalidJob, NotFound, Forbidden, BadRequest) as problem:
             self.scheduler.read(entry, None, problem)
         except OADAError as error:
             self.log.warning(
@@ -560,7 +573,7 @@ class Queue:
             try:
                 data = (await self.oada.get(f"/{holder_id}")).data
                 return Job.from_resource(data, oada_id=holder_id)
-            except (NotFound, Forbidden, InvalidJob) as error:
+            except (NotFound, Forbidden, BadRequest, InvalidJob) as error:
                 self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
                 return None
             except OADAError as error:

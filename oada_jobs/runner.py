@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from .client._common import dumps
 from .exceptions import (
+    BadRequest,
     ClientClosed,
     Forbidden,
     InvalidJob,
@@ -491,12 +492,13 @@ class Runner:
             )
             await self._write_and_file(outcome, None, etag=None)
             return None
-        except (NotFound, Forbidden) as error:
+        except (NotFound, Forbidden, BadRequest) as error:
             # Older OADA servers answer 403 for a resource that does not
             # exist; either way this queue can never run the job.
             self.log.error(
-                "list entry %r links to %s, which does not exist or this queue's token may "
-                "not read (%s); moving the link to the failure list",
+                "list entry %r links to %s, which does not exist, or which this queue's token "
+                "may not read, or whose path the server refuses (%s); moving the link to the "
+                "failure list",
                 self.key,
                 self.job_id,
                 error.status,

@@ -113,7 +113,7 @@ def check_token(token: Any) -> str:
 _BAD_PATH = re.compile(r"[?#\s\x00-\x1f\x7f]")
 
 
-def _check_path(path: Any) -> str:
+def check_path(path: Any) -> str:
     if not isinstance(path, str) or not path.strip("/"):
         if path == "/" or path == "":
             raise ValueError("expected an OADA path like '/bookmarks/x', got the server root")
@@ -376,7 +376,7 @@ class OADAClient(ClosesOnExit):
         """GET *path*. With *tree*, also GET every linked resource the tree names below it
         and splice it into ``data`` (children that fail are logged and left as links)."""
         if tree is not None:
-            return await tree_get(self, _check_path(path), tree, headers=headers)
+            return await tree_get(self, check_path(path), tree, headers=headers)
         return await self._send("get", path, headers=headers, if_match=if_match)
 
     async def head(
@@ -408,7 +408,7 @@ class OADAClient(ClosesOnExit):
         *if_match* is an ETag exactly as received; a mismatch raises
         :class:`PreconditionFailed`.
         """
-        path = _check_path(path)
+        path = check_path(path)
         if tree is not None:
             return await tree_put(
                 self,
@@ -437,7 +437,7 @@ class OADAClient(ClosesOnExit):
         ``<path>/<ksuid>``. A POST that may have reached the server is never
         retried.
         """
-        path = _check_path(path)
+        path = check_path(path)
         if tree is not None:
             return await self.put(
                 f"{path.rstrip('/')}/{ksuid()}",
@@ -471,7 +471,7 @@ class OADAClient(ClosesOnExit):
 
         Returns the HEAD response when it exists, else the PUT response.
         """
-        path = _check_path(path)
+        path = check_path(path)
         exists, head = await path_exists(self, path)
         if exists and head is not None:
             return head
@@ -534,7 +534,7 @@ class OADAClient(ClosesOnExit):
         ...     async for change in changes:
         ...         print(change.path, change.type, change.rev)
         """
-        path = _check_path(path)
+        path = check_path(path)
         if type not in ("single", "tree"):
             raise ValueError(f"expected type 'single' or 'tree', got {type!r}")
         if initial_method not in ("head", "get"):
@@ -604,7 +604,7 @@ class OADAClient(ClosesOnExit):
         headers: Mapping[str, str] | None = None,
         if_match: str | None = None,
     ) -> Response:
-        path = _check_path(path)
+        path = check_path(path)
         self._check_open(method, path)
         request_headers = {"authorization": f"Bearer {self._token}"}
         if headers:
