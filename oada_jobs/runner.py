@@ -46,6 +46,7 @@ from .exceptions import (
     NotFound,
     OADAError,
     OADATransportError,
+    PayloadTooLarge,
     PreconditionFailed,
     Reschedule,
     Retry,
@@ -878,6 +879,16 @@ class Runner:
             meta=f"{type(error).__name__}: {error}",
         )
 
+    def _unrecordable(self, outcome: JobOutcome, error: BaseException) -> JobOutcome:
+        """The failure recorded in place of *outcome*, which could not be written (*error*)."""
+        if isinstance(error, OADAError):
+            why = f"the server refused it ({error.status}: {error})"
+        else:
+            why = f"it is not JSON ({type(error).__name__}: {error})"
+        message = f"the job's {outcome.status} outcome could not be recorded: {why}"
+        self.log.error("%s", message)
+        return _failed(JobError(message, INVALID_RESULT_FAIL_TYPE), message)
+
     def _note_write(self, etag: str | None) -> None:
         if etag is not None:
             self._etag = etag
@@ -1002,27 +1013,41 @@ class Runner:
         job by now. Otherwise it is conditional on *etag* (if given).
         """
         finished_at = utc_now()
-        # Made once, so a retried write does not add a second update.
-        key, update = new_update(outcome.status, outcome.meta, at=finished_at)
-        body: JsonObject = {
-            "status": outcome.status,
-            "result": outcome.result,
-            "lease": None,
-            "updates": {key: update},
-        }
-        written = False
 
+        def body_of(outcome: JobOutcome) -> JsonObject:
+            # Made once per outcome, so a retried write does not add a second update.
+            key, update = new_update(outcome.status, outcome.meta, at=finished_at)
+            return {
+                "status": outcome.status,
+                "result": outcome.result,
+                "lease": None,
+                "updates": {key: update},
+            }
+
+        body = body_of(outcome)
+        written = False
         abandoned = False
 
+        async def put(body: JsonObject) -> None:
+            nonlocal abandoned
+            if owned:
+                abandoned = not await self._owned_put(body)
+            else:
+                await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
+
         async def record() -> str | None:
-            nonlocal written, abandoned
+            nonlocal written, outcome, body
             if not written:
-                if owned:
-                    if not await self._owned_put(body):
-                        abandoned = True
-                        return None
-                else:
-                    await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
+                try:
+                    await put(body)
+                except (TypeError, ValueError, BadRequest, PayloadTooLarge) as error:
+                    # Not JSON, or refused by the server (too deep, too large):
+                    # recorded instead is a failure saying so, not the run again.
+                    outcome = self._unrecordable(outcome, error)
+                    body = body_of(outcome)
+                    await put(body)
+                if abandoned:
+                    return None
                 written = True
                 self.release_slot()
             return await self._file(outcome.status, outcome.fail_type, finished_at)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from oada_jobs import ClientClosed, Job, Json, Retry, Service, WorkerContext
+from oada_jobs import ClientClosed, Job, JobError, Json, Retry, Service, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.job import Lease, request_cancel
 from oada_jobs.testing import post_job, wait_for_job
@@ -283,6 +283,48 @@ async def test_a_work_function_letting_a_cancellation_or_base_exception_out_only
     assert isinstance(bailed.result, dict)
     assert (bailed.result["name"], bailed.result["message"]) == ("Bail", "giving up")
     assert after.status == "success"
+
+
+async def test_an_outcome_that_cannot_be_recorded_fails_the_job_once_saying_why(
+    make_service: Callable[..., Service], oada: OADAClient, name: str
+) -> None:
+    service = make_service()
+    runs: Counter[str] = Counter()
+
+    @service.on("deep", 10)
+    async def deep(job: Job, ctx: WorkerContext) -> Json:
+        runs["deep"] += 1
+        result: Any = "bottom"
+        for _ in range(70):  # deeper than the server stores
+            result = {"d": result}
+        return result
+
+    @service.on("set-details", 10)
+    async def set_details(job: Job, ctx: WorkerContext) -> Json:
+        runs["set-details"] += 1
+        raise JobError("rejected", "smtp", details={"codes": {550, 551}})
+
+    @service.on("surrogate", 10)
+    async def surrogate(job: Job, ctx: WorkerContext) -> Json:
+        runs["surrogate"] += 1
+        raise ValueError(b"bad \xff byte".decode("utf-8", "surrogateescape"))
+
+    async with service:
+        ids = {
+            kind: await post_job(oada, name, kind, {})
+            for kind in ("deep", "set-details", "surrogate")
+        }
+        jobs = {kind: await wait_for_job(oada, job_id, 10) for kind, job_id in ids.items()}
+    assert runs == {"deep": 1, "set-details": 1, "surrogate": 1}
+    for kind, job in jobs.items():
+        assert job.status == "failure", kind
+        assert job.tries == 1, kind
+        assert isinstance(job.result, dict)
+        assert job.result["failType"] == "invalid-result", kind
+        assert "outcome could not be recorded" in job.result["message"], kind
+    assert "the server refused it (400" in jobs["deep"].result["message"]
+    assert "it is not JSON" in jobs["set-details"].result["message"]
+    assert "surrogates not allowed" in jobs["surrogate"].result["message"]
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
