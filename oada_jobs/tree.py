@@ -156,9 +156,12 @@ class Layout:
 
 
 def _segment(value: str) -> str:
-    # A failure type comes from user code; keep it one safe path segment.
+    # A failure type comes from user code; keep it one safe path segment
+    # ("." and ".." are navigation, which servers refuse).
     cleaned = re.sub(r"[^A-Za-z0-9._~-]", "-", value)
-    return cleaned or "-"
+    if cleaned in ("", ".", ".."):
+        return "-" * max(len(cleaned), 1)
+    return cleaned
 
 
 _CLASSIC = Layout(

@@ -33,6 +33,10 @@ def test_pending_layout_paths() -> None:
         layout.day_index_path("svc", "failure", day, "a b/c")
         == "/bookmarks/services/svc/jobs/typed-failure/a-b-c/day-index/2026-01-02"
     )
+    # Never a navigation segment, which servers refuse.
+    for fail_type, segment in ((".", "-"), ("..", "--"), ("", "-"), (".x", ".x")):
+        path = layout.day_index_path("svc", "failure", day, fail_type)
+        assert path == f"/bookmarks/services/svc/jobs/typed-failure/{segment}/day-index/2026-01-02"
 
 
 def test_trees_mark_lists_as_resources_with_versioned_finished_lists() -> None:
