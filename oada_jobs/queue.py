@@ -119,6 +119,8 @@ class Queue:
         self._stopping = False
         self._stop_event = anyio.Event()
         self._intake_scope: anyio.CancelScope | None = None
+        # Around connecting and running; cancelled by stop() only before any job can run.
+        self._run_scope: anyio.CancelScope | None = None
         #: The queue's pending jobs and what runs next.
         self.scheduler = Scheduler(
             service.worker_for, worker_id=service.worker_id, keep_bodies=service.config.keep_jobs
@@ -154,6 +156,10 @@ class Queue:
         self._stop_event.set()
         if self._intake_scope is not None:
             self._intake_scope.cancel()
+        elif self._runners is None and self._run_scope is not None:
+            # Still connecting (maybe to a server that never answers): no job
+            # runs yet, so there is nothing to let finish.
+            self._run_scope.cancel()
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[OADAClient]:
@@ -196,9 +202,10 @@ class Queue:
         try:
             while not self._stopping:
                 try:
-                    async with self._client() as oada, anyio.create_task_group() as runners:
-                        self._oada, self._runners = oada, runners
-                        await self._intake(runners, ready)
+                    with anyio.CancelScope() as self._run_scope:
+                        async with self._client() as oada, anyio.create_task_group() as runners:
+                            self._oada, self._runners = oada, runners
+                            await self._intake(runners, ready)
                     return
                 except OADAError as error:
                     self.log.error(
@@ -213,6 +220,7 @@ class Queue:
         finally:
             ready()
             self._oada = self._runners = None
+            self._run_scope = None
 
     async def _intake(self, runners: TaskGroup, ready: _Once) -> None:
         """Watch, sweep and dispatch until stopped; errors are retried here so

@@ -62,6 +62,10 @@ __all__ = ["Service", "ServiceConfig", "ServiceState", "Timeout"]
 
 logger = logging.getLogger("oada_jobs")
 
+#: How long ``start()`` and a change of the queues list wait for a new queue
+#: to watch its list; a queue whose server is slower goes on starting meanwhile.
+QUEUE_START_WAIT = 5.0
+
 #: A timeout in seconds, or a :class:`~datetime.timedelta`.
 Timeout = float | int | timedelta
 
@@ -137,6 +141,16 @@ _NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 
 def _describe(value: object) -> str:
     return "null" if value is None else _NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+class _Started:
+    """The task status of a queue started without waiting for it: an event."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    def started(self, value: None = None) -> None:
+        self.event.set()
 
 
 def parse_queue_entry(key: str, value: object) -> QueueEntry:
@@ -801,18 +815,34 @@ class Service:
 
     # ------------------------------------------------------------ queues
 
-    async def _start_queue(self, queue: Queue) -> None:
+    async def _start_queues(self, queues: list[Queue], *, wait: bool = True) -> None:
+        """Start *queues*; with *wait*, until each watches its list, at most
+        :data:`QUEUE_START_WAIT`.
+
+        A queue whose server is slow to answer (or never answers) goes on
+        starting in the background rather than holding up ``start()``.
+        """
         assert self._work is not None
-        # Listed before it starts, so a stop() meanwhile reaches it too.
-        self._queues[queue.key] = queue
-        await self._work.start(queue.run)
-        self._queues_changed()
+        started = []
+        for queue in queues:
+            # Listed before it starts, so a stop() meanwhile reaches it too.
+            self._queues[queue.key] = queue
+            status = _Started()
+            self._work.start_soon(partial(queue.run, task_status=status))
+            started.append(status.event)
+        if queues:
+            self._queues_changed()
+        if not wait:
+            return
+        with anyio.move_on_after(QUEUE_START_WAIT):
+            for event in started:
+                await event.wait()
 
     async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
         ready = _Once(task_status)
         with anyio.CancelScope() as scope:
             self._config_scope = scope
-            await self._start_queue(Queue(self, DEFAULT_QUEUE, domain=self.domain, token=None))
+            await self._start_queues([Queue(self, DEFAULT_QUEUE, domain=self.domain, token=None)])
             delay = self.config.retry_initial
             while True:
                 try:
@@ -838,7 +868,8 @@ class Service:
         response = await oada.get(path)
         last_rev = response.rev or 0
         async with oada.watch(path, rev=response.rev) as changes:
-            await self._reconcile(response.data)
+            # start() returns once the queues listed now watch their lists.
+            await self._reconcile(response.data, wait=not ready.done)
             ready()
             async for change in changes:
                 if change.rev and change.rev <= last_rev:
@@ -847,7 +878,7 @@ class Service:
                 # the whole list and compare with what runs.
                 response = await oada.get(path)
                 last_rev = max(response.rev or 0, change.rev or 0)
-                await self._reconcile(response.data)
+                await self._reconcile(response.data, wait=False)
 
     async def _entry(self, key: str, value: object) -> QueueEntry | None:
         if isinstance(value, Mapping) and "_id" in value and "domain" not in value:
@@ -870,7 +901,7 @@ class Service:
         self._invalid_seen.pop(key, None)
         return entry
 
-    async def _reconcile(self, listing: object) -> None:
+    async def _reconcile(self, listing: object, *, wait: bool) -> None:
         if not isinstance(listing, Mapping):
             logger.error(
                 "service %s: expected the queues list to be an object, got %s",
@@ -891,8 +922,10 @@ class Service:
                 self._queues.pop(key).stop()
                 del self._entries[key]
                 self._queues_changed()
+        new = []
         for key, entry in wanted.items():
             if key not in self._entries:
                 logger.info("service %s: starting queue %r on %s", self.name, key, entry.domain)
                 self._entries[key] = entry
-                await self._start_queue(Queue(self, key, domain=entry.domain, token=entry.token))
+                new.append(Queue(self, key, domain=entry.domain, token=entry.token))
+        await self._start_queues(new, wait=wait)

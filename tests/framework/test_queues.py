@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 
 import anyio
 import pytest
 
 from oada_jobs import Job, Json, Queue, Service, WorkerContext
+from oada_jobs import service as service_module
 from oada_jobs.client import OADAClient
 from oada_jobs.testing import post_job, wait_for_job
 from oada_jobs.tree import get_layout
@@ -217,3 +219,37 @@ async def test_idle_queues_hold_no_slot_even_after_queues_come_and_go(
         job = await wait_for_job(frank, await post_job(frank, name, "echo", {"n": 1}), 10)
         assert job.status == "success"
         assert service.limiter.borrowed_tokens == 0
+
+
+async def test_a_queue_whose_server_never_answers_holds_up_nothing(
+    make_service: Callable[..., Service],
+    oada: OADAClient,
+    domain: str,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "QUEUE_START_WAIT", 0.5)
+    queues = CLASSIC.queues_path(name)
+    # Accepts connections (the kernel does, from its backlog) and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        stalled = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        await oada.put(queues, {"stalled": {"domain": stalled, "token": "t0ken-stalled"}})
+        service = make_service()
+        echo_service(service)
+        started = anyio.current_time()
+        with anyio.fail_after(20):
+            async with service:
+                # start() waited for the stalled queue no longer than it may.
+                assert anyio.current_time() - started < 5
+                assert not service.queues["stalled"].watching
+                response = await oada.post(queues, {"domain": domain, "token": "abc"})
+                key = response.content_location.rsplit("/", 1)[-1]
+                with anyio.fail_after(2):
+                    await service.wait_for_queues(watching(key))
+                job = await wait_for_job(oada, await post_job(oada, name, "echo", {"n": 1}), 10)
+                assert job.status == "success"
+                stopping = anyio.current_time()
+            # Nothing runs on the stalled queue: stopping does not wait for it.
+            assert anyio.current_time() - stopping < 2
