@@ -684,6 +684,8 @@ class OADACore:
         res = r.resource
         headers = r.location()
         if res is None:
+            # Preconditions hold against rev 0, as for a PUT creating it.
+            self._check_preconditions(req, r.resource_id, 0, headers)
             headers["x-oada-rev"] = "0"
             headers["etag"] = _etag(r.resource_id, 0)
             return CoreResponse(204, headers)

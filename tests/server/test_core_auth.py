@@ -198,6 +198,11 @@ async def test_write_if_none_match_and_delete_if_match() -> None:
         assert (await c.delete("/resources/A/x", headers={"if-match": '"A/2"'})).status == 204
         assert (await c.delete("/resources/A", headers={"if-match": '"A/2"'})).status == 412
         assert (await c.get("/resources/A")).status == 200
+        # Nothing there matches no rev but 0, as for a PUT that would create it.
+        gone = {"if-match": '"none/1"'}
+        assert (await c.delete("/resources/none", headers=gone)).status == 412
+        assert (await c.put("/resources/none", {"x": 1}, headers=gone)).status == 412
+        assert (await c.delete("/resources/none")).status == 204
 
 
 async def test_change_arrays_do_not_leak_other_users_changes_through_links() -> None:
