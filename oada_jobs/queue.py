@@ -406,7 +406,7 @@ class Queue:
                 entry.job_id,
                 error,
             )
-            self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
+            self.scheduler.read_failed(entry, anyio.current_time() + READ_RETRY)
         else:
             self.scheduler.read(entry, job, None)
 

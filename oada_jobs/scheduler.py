@@ -49,6 +49,8 @@ UniquePolicy = Literal["refuse", "merge", "allow"]
 #: Priority of jobs that only need to be filed (bad, finished, cancelled,
 #: refused): they go before all others, since they take no time.
 URGENT = math.inf
+#: Failed first reads of a job that the jobs queued after it wait through.
+HELD_FAILED_READS = 3
 
 
 class _Signal:
@@ -122,6 +124,8 @@ class Entry:
     wake_at: float | None = None
     #: Whether the queue has read it at least once.
     settled_once: bool = False
+    #: Reads of it that failed since it was last read.
+    failed_reads: int = 0
     #: Its link left the list while it ran: forget it when the run ends.
     gone: bool = False
 
@@ -250,6 +254,7 @@ class Scheduler:
         if self._by_id.get(entry.job_id) is not entry:
             return  # left the list while being read
         entry.problem = problem
+        entry.failed_reads = 0
         self._set_body(entry, job)
         if entry.settled_once:
             self._settle(entry)
@@ -393,6 +398,22 @@ class Scheduler:
         heapq.heappush(self._timers, (at, next(self._pushes), entry))
         self._notify()
         self._timer_added.fire()
+
+    def read_failed(self, entry: Entry, until: float) -> None:
+        """Reading *entry* failed; it is read again at *until*.
+
+        The jobs queued after it wait for its first read (their group's and
+        unique key's order depend on it) through :data:`HELD_FAILED_READS`
+        failed attempts only: a job that cannot be read must not stall the
+        queue. Should it be read later, it takes its place from then on.
+        """
+        entry.failed_reads += 1
+        self.wait(entry, until)
+        if entry.failed_reads >= HELD_FAILED_READS and not entry.settled_once:
+            entry.settled_once = True
+            self._drain_unsettled()
+            if self._settling:
+                self._room.fire()
 
     def wait(self, entry: Entry, until: datetime | float) -> None:
         """Put *entry* back on a timer (a retry, a reschedule, a skipped claim)."""

@@ -9,7 +9,7 @@ import anyio
 
 from oada_jobs import Job, Json, WorkerContext
 from oada_jobs.runner import Worker
-from oada_jobs.scheduler import Entry, EntryState, Scheduler
+from oada_jobs.scheduler import HELD_FAILED_READS, Entry, EntryState, Scheduler
 
 
 async def work(job: Job[Json], ctx: WorkerContext) -> Json:
@@ -136,6 +136,21 @@ async def test_a_failed_first_read_keeps_the_group_order() -> None:
     for due in scheduled.due():
         scheduled.reread(due)
     scheduled.read(a, job("a", group="g"), None)
+    assert drain(scheduled) == ["a"]
+
+
+async def test_a_job_that_cannot_be_read_holds_the_queue_only_so_long() -> None:
+    scheduled = scheduler()
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    scheduled.read(b, job("b"), None)
+    for _ in range(HELD_FAILED_READS):
+        assert scheduled.pop() is None  # b waits for a's first read
+        scheduled.read_failed(a, 0.0)
+        for due in scheduled.due():
+            scheduled.reread(due)
+    assert drain(scheduled) == ["b"]
+    # Read at last, it runs too.
+    scheduled.read(a, job("a"), None)
     assert drain(scheduled) == ["a"]
 
 
