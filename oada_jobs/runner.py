@@ -235,9 +235,15 @@ class JobLogger:
         key, body = new_update(status, meta)
         # PUT at a client-chosen KSUID key is what POST does server-side, but
         # keeps the keys time-ordered by this process's clock.
-        response = await self._oada.put(
-            f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE
-        )
+        try:
+            response = await self._oada.put(
+                f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE
+            )
+        except (OADATransportError, ServerError, TooManyRequests) as error:
+            # The client retried already; a progress note is not worth
+            # failing the work for while the server is away.
+            self._log.warning("update %s not written (the work goes on): %s", status, error)
+            return
         self._on_write(response.etag)
 
     async def info(self, status: str, meta: Json = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import anyio
 import httpx
@@ -10,7 +11,9 @@ import pytest
 import respx
 
 from oada_jobs import InvalidQueueEntry, Job, Service, SlackReporter
+from oada_jobs.exceptions import BadRequest, OADATransportError
 from oada_jobs.reporters import FinishReport
+from oada_jobs.runner import JobLogger
 from oada_jobs.service import parse_queue_entry
 
 
@@ -232,3 +235,27 @@ async def test_run_helpers_are_gone_before_stop_returns_and_their_errors_stop_th
             run.cancel()
             await helpers.stop()
         assert left == ["watcher", "watcher", "watcher"]
+
+
+class _Refusing:
+    """Stands in for a job's client: every PUT fails with *error*."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def put(self, *args: object, **kwargs: object) -> None:
+        raise self.error
+
+
+async def test_job_log_drops_an_update_the_server_cannot_take_now(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.LoggerAdapter(logging.getLogger("oada_jobs.test"), {})
+    away = OADATransportError("connection refused", method="put", path="/resources/j")
+    logger = JobLogger(_Refusing(away), "resources/j", log)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="oada_jobs.test"):
+        await logger.info("halfway")  # does not raise: the work goes on
+    assert "update halfway not written (the work goes on)" in caplog.text
+    refused = BadRequest("no", method="put", path="/resources/j")
+    with pytest.raises(BadRequest):
+        await JobLogger(_Refusing(refused), "resources/j", log).info("x")  # type: ignore[arg-type]
