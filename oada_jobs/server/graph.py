@@ -229,7 +229,7 @@ class ResourceGraph:
             )
         found: list[tuple[Path, dict[str, Any]]] = []
         if data is None:
-            found = self.check(target, value)
+            self._validate_body(resource_id, path, value, found, headers)
             if not ignore_links:
                 store = self.store
                 for _, link in found:
