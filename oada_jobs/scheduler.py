@@ -124,8 +124,10 @@ class Entry:
     wake_at: float | None = None
     #: Whether the queue has read it at least once.
     settled_once: bool = False
-    #: Reads of it that failed since it was last read.
+    #: Reads of it that failed while others came back (see Scheduler.read_failed).
     failed_reads: int = 0
+    #: The scheduler's count of reads that came back, at its last failed read.
+    reads_back_at_failure: int = -1
     #: Its link left the list while it ran: forget it when the run ends.
     gone: bool = False
 
@@ -165,6 +167,9 @@ class Scheduler:
         # First reads, settled strictly in queue order (a group's or unique
         # key's order must not depend on which read came back first).
         self._unsettled: list[tuple[int, Entry]] = []
+        # Reads that came back (a job or a problem), to tell one job that
+        # cannot be read from a server that is away.
+        self._reads_back = 0
         # Heaps; an entry may be pushed again, so stale copies are skipped
         # on pop and a push counter breaks ties.
         self._ready: list[tuple[float, int, int, Entry]] = []
@@ -255,6 +260,7 @@ class Scheduler:
             return  # left the list while being read
         entry.problem = problem
         entry.failed_reads = 0
+        self._reads_back += 1
         self._set_body(entry, job)
         if entry.settled_once:
             self._settle(entry)
@@ -405,9 +411,13 @@ class Scheduler:
         The jobs queued after it wait for its first read (their group's and
         unique key's order depend on it) through :data:`HELD_FAILED_READS`
         failed attempts only: a job that cannot be read must not stall the
-        queue. Should it be read later, it takes its place from then on.
+        queue. Should it be read later, it takes its place from then on. An
+        attempt counts only when other reads came back since its last one:
+        while the server is away, every read fails and all keep their order.
         """
-        entry.failed_reads += 1
+        if entry.reads_back_at_failure != self._reads_back:
+            entry.failed_reads += 1
+        entry.reads_back_at_failure = self._reads_back
         self.wait(entry, until)
         if entry.failed_reads >= HELD_FAILED_READS and not entry.settled_once:
             entry.settled_once = True

@@ -141,16 +141,34 @@ async def test_a_failed_first_read_keeps_the_group_order() -> None:
 
 async def test_a_job_that_cannot_be_read_holds_the_queue_only_so_long() -> None:
     scheduled = scheduler()
-    a, b = add(scheduled, "a"), add(scheduled, "b")
-    scheduled.read(b, job("b"), None)
-    for _ in range(HELD_FAILED_READS):
-        assert scheduled.pop() is None  # b waits for a's first read
+    a = add(scheduled, "a")
+    later = [add(scheduled, key) for key in "bcd"]
+    assert len(later) == HELD_FAILED_READS
+    for entry in later:
+        # Another job's read comes back, a's fails again: a is what cannot be read.
+        scheduled.read(entry, job(entry.key), None)
+        assert scheduled.pop() is None  # the later jobs wait for a's first read
         scheduled.read_failed(a, 0.0)
         for due in scheduled.due():
             scheduled.reread(due)
-    assert drain(scheduled) == ["b"]
+    assert drain(scheduled) == ["b", "c", "d"]
     # Read at last, it runs too.
     scheduled.read(a, job("a"), None)
+    assert drain(scheduled) == ["a"]
+
+
+async def test_while_every_read_fails_the_queue_order_holds() -> None:
+    # The server is away: a's reads fail with nothing read in between, so b
+    # (read just before) keeps waiting for a however often a fails.
+    scheduled = scheduler()
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    scheduled.read(b, job("b", group="g"), None)
+    for _ in range(2 * HELD_FAILED_READS):
+        scheduled.read_failed(a, 0.0)
+        for due in scheduled.due():
+            scheduled.reread(due)
+        assert scheduled.pop() is None
+    scheduled.read(a, job("a", group="g"), None)
     assert drain(scheduled) == ["a"]
 
 
