@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -160,19 +161,20 @@ class JobOutcome:
     state: Json = None
 
 
-def _raised_by_work(error: BaseException, work_scope: anyio.CancelScope) -> bool:
+def _raised_by_work(error: BaseException) -> bool:
     """Whether a non-``Exception`` from a work function is its own failure.
 
     Not when the process is stopping, nor when this task is being cancelled
-    (by the job's timeout, its cancellation or the service's shutdown). A
+    (by the job's timeout, its cancellation or the service's shutdown: each
+    cancels a scope around the work, which leaves no time to run). A
     ``CancelledError`` the function merely let through, from a task it
-    awaited, fails the job like any error.
+    awaited, fails the job like any error. (``Task.cancelling()`` cannot
+    tell: on Python 3.11 an ``asyncio.TaskGroup`` may leave it raised.)
     """
     if isinstance(error, KeyboardInterrupt | SystemExit | GeneratorExit):
         return False
     if isinstance(error, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return not work_scope.cancel_called and not (task is not None and task.cancelling())
+        return anyio.current_effective_deadline() != -math.inf
     return True
 
 
@@ -775,7 +777,7 @@ class Runner:
                     else:
                         outcome = self._failure(error)
                 except BaseException as error:
-                    if not _raised_by_work(error, work_scope):
+                    if not _raised_by_work(error):
                         raise
                     outcome = self._failure(error)
         finally:
