@@ -274,6 +274,8 @@ async def embedded_server(
     max_body_bytes: int | None = None,
     ws_ping_interval: float | None = None,
     document_cache_size: int | None = None,
+    document_cache_bytes: int | None = None,
+    change_cache_bytes: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -297,7 +299,7 @@ async def embedded_server(
         Run the server in a child process (for kill/restart tests).
     port:
         Fixed port; a free one when ``None``.
-    max_body_bytes, ws_ping_interval, document_cache_size:
+    max_body_bytes, ws_ping_interval, document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults.
 
     >>> async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as s:  # doctest: +SKIP
@@ -314,6 +316,10 @@ async def embedded_server(
         extra["ws_ping_interval"] = ws_ping_interval
     if document_cache_size is not None:
         extra["document_cache_size"] = document_cache_size
+    if document_cache_bytes is not None:
+        extra["document_cache_bytes"] = document_cache_bytes
+    if change_cache_bytes is not None:
+        extra["change_cache_bytes"] = change_cache_bytes
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -382,6 +388,8 @@ async def _subprocess_server(
     args += ["--quirks", config.quirks, "--max-body-bytes", str(config.max_body_bytes)]
     args += ["--ws-ping-interval", str(config.ws_ping_interval)]
     args += ["--document-cache-size", str(config.document_cache_size)]
+    args += ["--document-cache-bytes", str(config.document_cache_bytes)]
+    args += ["--change-cache-bytes", str(config.change_cache_bytes)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

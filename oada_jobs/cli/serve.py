@@ -143,6 +143,21 @@ def serve_command(
             "first (reloaded from the database when used again).",
         ),
     ] = ServerConfig.model_fields["document_cache_size"].default,
+    document_cache_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Bytes of documents kept in memory between requests (encoded size plus "
+            "512 bytes each); large ones dropped first, then the least recently used.",
+        ),
+    ] = ServerConfig.model_fields["document_cache_bytes"].default,
+    change_cache_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Bytes of change records kept in memory (the rest is read from the database).",
+        ),
+    ] = ServerConfig.model_fields["change_cache_bytes"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -167,6 +182,8 @@ def serve_command(
         max_body_bytes=max_body_bytes,
         ws_ping_interval=ws_ping_interval,
         document_cache_size=document_cache_size,
+        document_cache_bytes=document_cache_bytes,
+        change_cache_bytes=change_cache_bytes,
     )
     ca_note = ""
     if tls_self_signed:

@@ -97,6 +97,15 @@ class ServerConfig(BaseModel):
         used dropped first (reloaded from SQLite when next used). 20,000 by
         default: a finished job's document takes about 3 KiB of memory, and
         lists, bookmarks and the jobs being run are used often and stay.
+    document_cache_bytes:
+        Bytes of documents kept in memory between requests (32 MiB), counted
+        as their encoded size plus 512 bytes each; documents over a
+        sixteenth of it are dropped first, then the least recently used.
+        Both this and ``document_cache_size`` hold. 0 keeps no document.
+    change_cache_bytes:
+        Bytes of change records kept in memory (16 MiB), counted the same
+        way, large ones dropped first; watches and ``_meta/_changes`` read
+        the others from SQLite.
 
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
     """
@@ -111,6 +120,8 @@ class ServerConfig(BaseModel):
     max_depth: int = Field(default=64, ge=2)
     ws_ping_interval: float = Field(default=30.0, gt=0)
     document_cache_size: int = Field(default=20_000, ge=0)
+    document_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    change_cache_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -231,7 +231,12 @@ class OADACore:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._state = CoreState.UNOPENED
-        self._store = Store(config.db, document_cache_size=config.document_cache_size)
+        self._store = Store(
+            config.db,
+            document_cache_size=config.document_cache_size,
+            document_cache_bytes=config.document_cache_bytes,
+            change_cache_bytes=config.change_cache_bytes,
+        )
         self._graph = ResourceGraph(self._store, max_depth=config.max_depth)
         self._task_group: TaskGroup | None = None
         self._deferred = config.quirks == "reference"

@@ -36,22 +36,40 @@ cached. The core mutates the cached documents in place and then hands the
 :class:`Batch` of what changed to :meth:`Store.commit`; if the commit fails,
 :meth:`Store.discard` drops the cached state of the touched resources so it is
 reloaded from disk. Once nothing uncommitted is cached, :meth:`Store.trim`
-drops the least recently used documents beyond the cache size, so memory does
-not grow with every job ever run.
+drops the least recently used documents beyond the cache's budget, so memory
+does not grow with every job ever run.
+
+Both caches are :class:`~oada_jobs.server.cache.SizedLRU` maps bounded in
+bytes (``document_cache_bytes``, ``change_cache_bytes``): an entry weighs its
+encoded size plus :data:`ENTRY_BYTES`. A document's encoded size is its stored
+snapshot, the change bodies logged after it, its binary data and its cached
+GET body; it is measured again in :meth:`Store.trim` for every document used
+since the last one, so what a request made of a document is accounted before
+anything is evicted.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.documents import dumpb, merge
 
-__all__ = ["Batch", "ChangeRecord", "Path", "Resource", "Store", "pointer", "replay", "unpointer"]
+__all__ = [
+    "ENTRY_BYTES",
+    "Batch",
+    "ChangeRecord",
+    "Path",
+    "Resource",
+    "Store",
+    "pointer",
+    "replay",
+    "unpointer",
+]
 
 #: A key path inside a document, as a tuple of unescaped keys.
 Path = tuple[str, ...]
@@ -81,10 +99,14 @@ CREATE TABLE IF NOT EXISTS edges (
 DROP INDEX IF EXISTS edges_child;
 """
 
-#: How many ids known not to exist are remembered (beyond it they are forgotten).
-_MISSING_CACHE_SIZE = 100_000
-#: How many change records stay cached (they are small; replay reads the rest).
-_CHANGE_CACHE_SIZE = 20_000
+#: Bytes of ids known not to exist that are remembered (beyond it they are
+#: forgotten; an id is as long as a request path allows).
+_MISSING_CACHE_BYTES = 4 * 1024 * 1024
+#: What a cached entry weighs beyond its encoded size: the Python objects of
+#: the entry itself (key, record or resource, the cache's own slot). Small
+#: documents take more still (a 600-byte job about 3.8 KiB parsed); the count
+#: limit ``document_cache_size`` bounds those.
+ENTRY_BYTES = 512
 _INSERT_CHANGE = (
     "INSERT OR REPLACE INTO changes (resource_id, rev, type, body, children) VALUES (?, ?, ?, ?, ?)"
 )
@@ -252,15 +274,23 @@ class Store:
     awaits between reading a document and committing its new state.
     """
 
-    def __init__(self, path: str, *, document_cache_size: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        document_cache_size: int,
+        document_cache_bytes: int,
+        change_cache_bytes: int,
+    ) -> None:
         self.path = path
-        self.document_cache_size = document_cache_size
         self._db: sqlite3.Connection | None = None
-        # Least recently used first.
-        self._docs: OrderedDict[str, Resource] = OrderedDict()
+        self._docs = SizedLRU[str, Resource](document_cache_bytes, max_entries=document_cache_size)
+        # Documents used since the last trim(): measured again there.
+        self._used: set[str] = set()
         # Ids known not to exist, so repeated misses skip SQLite, each with
         # the rev of its delete if that is staged and not yet committed (else 0).
         self._missing: dict[str, int] = {}
+        self._missing_bytes = 0
         #: parent → {path → (child, versioned)}
         self.links: dict[str, dict[Path, tuple[str, bool]]] = {}
         #: child → {(parent, path)} for versioned edges only (rev propagation).
@@ -268,7 +298,7 @@ class Store:
         # parent → {prefix → number of links at or below it}, so that writes
         # to documents with many links need not scan them all.
         self._under: dict[str, dict[Path, int]] = {}
-        self._changes: dict[tuple[str, int], ChangeRecord] = {}
+        self._changes = SizedLRU[tuple[str, int], ChangeRecord](change_cache_bytes)
         #: Commits since the last :meth:`checkpoint` was started (0: nothing to do).
         self.commits_since_checkpoint = 0
         # The checkpoint's own connection, used only by the checkpointing thread.
@@ -331,7 +361,9 @@ class Store:
                 self._db.close()
                 self._db = None
         self._docs.clear()
+        self._used.clear()
         self._missing.clear()
+        self._missing_bytes = 0
         self.links.clear()
         self.versioned_parents.clear()
         self._under.clear()
@@ -349,7 +381,7 @@ class Store:
         """The cached resource, loading it from SQLite if it is not cached."""
         res = self._docs.get(resource_id)
         if res is not None:
-            self._docs.move_to_end(resource_id)
+            self._used.add(resource_id)
             return res
         if resource_id in self._missing:
             return None
@@ -358,7 +390,7 @@ class Store:
             "SELECT rev, doc, data FROM resources WHERE id = ?", (resource_id,)
         ).fetchone()
         if row is None:
-            self._missing[resource_id] = 0
+            self._forget_missing(resource_id, 0)
             return None
         snap_rev, snapshot, data = row
         doc = json.loads(snapshot)
@@ -376,7 +408,8 @@ class Store:
         if isinstance(meta, dict):
             meta["_changes"] = {"_id": f"{resource_id}/_meta/_changes", "_rev": doc.get("_rev")}
         res = Resource(resource_id, doc, data, snap_bytes=len(snapshot), pending_bytes=pending)
-        self._docs[resource_id] = res
+        self._docs.put(resource_id, res, _document_bytes(res))
+        self._used.add(resource_id)
         return res
 
     @property
@@ -384,24 +417,50 @@ class Store:
         """Ids of the documents in memory, least recently used first."""
         return list(self._docs)
 
-    def trim(self) -> None:
-        """Drop the least recently used documents beyond :attr:`document_cache_size`.
+    @property
+    def cached_changes(self) -> list[tuple[str, int]]:
+        """``(resource_id, rev)`` of the change records in memory, least recently used first."""
+        return list(self._changes)
 
-        Call it only when no uncommitted change is cached (no batch is staged):
-        a dropped document is reloaded from SQLite as last committed. The ids
-        known not to exist are forgotten here too once there are too many.
+    @property
+    def document_bytes(self) -> int:
+        """What the cached documents are accounted to weigh (see the module docstring)."""
+        return self._docs.bytes
+
+    @property
+    def change_bytes(self) -> int:
+        """What the cached change records are accounted to weigh."""
+        return self._changes.bytes
+
+    def trim(self) -> None:
+        """Drop documents until the cache is within its budget in bytes and count.
+
+        Every document used since the last trim is measured again first.
+        Large documents go first, then the least recently used (see
+        :class:`~oada_jobs.server.cache.SizedLRU`). Call it only when no
+        uncommitted change is cached (no batch is staged): a dropped document
+        is reloaded from SQLite as last committed. The ids known not to exist
+        are forgotten here too once they take too many bytes.
         """
         docs = self._docs
-        for _ in range(len(docs) - self.document_cache_size):
-            docs.popitem(last=False)
+        for rid in self._used:
+            res = docs.peek(rid)
+            if res is not None:
+                docs.resize(rid, _document_bytes(res))
+        self._used.clear()
+        docs.evict()
         # Not while anything is staged: a staged delete is hidden only here.
-        if len(self._missing) > _MISSING_CACHE_SIZE:
+        if self._missing_bytes > _MISSING_CACHE_BYTES:
             self._missing.clear()
+            self._missing_bytes = 0
 
     def put_cached(self, res: Resource) -> None:
         """Make a newly created resource visible before its batch commits."""
-        self._docs[res.id] = res
-        self._missing.pop(res.id, None)
+        # Measured in trim(), once the write has made the document.
+        self._docs.put(res.id, res, ENTRY_BYTES)
+        self._used.add(res.id)
+        if self._missing.pop(res.id, None) is not None:
+            self._missing_bytes -= len(res.id)
 
     def max_change_rev(self, resource_id: str) -> int:
         """Highest rev ever recorded for *resource_id* (0 if none), staged deletes included."""
@@ -426,7 +485,9 @@ class Store:
         rec = ChangeRecord(
             resource_id, rev, row[0], json.loads(row[1]) if row[1] else None, children
         )
-        self._remember_change(rec)
+        size = ENTRY_BYTES + len(row[1] or b"") + len(row[2] or b"")
+        self._changes.put((resource_id, rev), rec, size)
+        self._changes.evict()
         return rec
 
     def change_revs(self, resource_id: str, after: int = 0) -> list[int]:
@@ -482,8 +543,8 @@ class Store:
 
     def delete_cached(self, resource_id: str, rev: int) -> None:
         """Hide a resource whose delete (at *rev*) is staged."""
-        self._docs.pop(resource_id, None)
-        self._missing[resource_id] = rev
+        self._docs.pop(resource_id)
+        self._forget_missing(resource_id, rev)
 
     def commit(self, batches: Sequence[Batch]) -> None:
         """Write *batches* in one transaction; returns after it is committed.
@@ -534,9 +595,12 @@ class Store:
             db.execute("ROLLBACK")
             raise
         self.commits_since_checkpoint += 1
-        for batch in batches:
-            for c in batch.changes:
-                self._remember_change(c)
+        changes = self._changes
+        records = (c for batch in batches for c in batch.changes)
+        for rec, (_, _, _, body, children) in zip(records, rows, strict=True):
+            size = ENTRY_BYTES + len(body or b"") + len(children or b"")
+            changes.put((rec.resource_id, rec.rev), rec, size)
+        changes.evict()
 
     def _write_edges(
         self, db: sqlite3.Connection, cleared: set[str], edges: dict[tuple[str, Path], None]
@@ -591,8 +655,9 @@ class Store:
     def discard(self, ids: Iterable[str]) -> None:
         """Forget the cached state of *ids* after a failed commit."""
         for rid in ids:
-            self._docs.pop(rid, None)
-            self._missing.pop(rid, None)
+            self._docs.pop(rid)
+            if self._missing.pop(rid, None) is not None:
+                self._missing_bytes -= len(rid)
             for p in list(self.links.get(rid, ())):
                 self._drop_edge(rid, p)
             for parent, path, child, versioned in self.db.execute(
@@ -655,10 +720,18 @@ class Store:
                 if not parents:
                     del self.versioned_parents[child]
 
-    def _remember_change(self, rec: ChangeRecord) -> None:
-        changes = self._changes
-        if len(changes) >= _CHANGE_CACHE_SIZE:
-            # Drop the oldest tenth in one go (dicts keep insertion order).
-            for key in list(changes)[: _CHANGE_CACHE_SIZE // 10]:
-                del changes[key]
-        changes[(rec.resource_id, rec.rev)] = rec
+    def _forget_missing(self, resource_id: str, rev: int) -> None:
+        """Remember that *resource_id* does not exist (deleted at *rev*, if staged)."""
+        if resource_id not in self._missing:
+            self._missing_bytes += len(resource_id)
+        self._missing[resource_id] = rev
+
+
+def _document_bytes(res: Resource) -> int:
+    """What a cached document is accounted to weigh (see the module docstring)."""
+    size = ENTRY_BYTES + res.snap_bytes + res.pending_bytes
+    if res.data is not None:
+        size += len(res.data)
+    if res.root_json is not None:
+        size += len(res.root_json)
+    return size

@@ -50,7 +50,12 @@ async def serve(
 
 async def test_serve_answers_and_stops_gracefully(tmp_path: Path) -> None:
     db = tmp_path / "oada.sqlite"
-    async with serve("--db", str(db), "--document-cache-size", "0") as (process, url, out):
+    options = ("--document-cache-size", "0", "--document-cache-bytes", "0")
+    async with serve("--db", str(db), *options, "--change-cache-bytes", "0") as (
+        process,
+        url,
+        out,
+    ):
         assert "god" in out  # the documented development token may be shown
         async with httpx.AsyncClient() as c:
             r = await c.put(
@@ -116,6 +121,8 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ["serve", "--tls-cert", str(cert)],
         ["serve", "--max-body-bytes", "0"],
         ["serve", "--document-cache-size", "-1"],
+        ["serve", "--document-cache-bytes", "-1"],
+        ["serve", "--change-cache-bytes", "-1"],
         ["serve", "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(cert)],
     ]
     for args in cases:

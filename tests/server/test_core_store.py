@@ -395,7 +395,7 @@ async def test_a_staged_delete_is_not_forgotten_with_the_ids_known_missing(
 ) -> None:
     # The ids known not to exist are forgotten beyond a limit; a resource whose
     # delete is staged is hidden only by being among them.
-    monkeypatch.setattr(store_module, "_MISSING_CACHE_SIZE", 1)
+    monkeypatch.setattr(store_module, "_MISSING_CACHE_BYTES", 1)
     async with open_core() as c:
         await c.ok("put", "/resources/X", {"v": 1})
         answers = Answers(c.core)
