@@ -158,6 +158,14 @@ def serve_command(
             help="Bytes of change records kept in memory (the rest is read from the database).",
         ),
     ] = ServerConfig.model_fields["change_cache_bytes"].default,
+    ws_send_buffer_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Bytes a WebSocket may have waiting to be sent before it is closed "
+            "as too slow (code 1013).",
+        ),
+    ] = ServerConfig.model_fields["ws_send_buffer_bytes"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -184,6 +192,7 @@ def serve_command(
         document_cache_size=document_cache_size,
         document_cache_bytes=document_cache_bytes,
         change_cache_bytes=change_cache_bytes,
+        ws_send_buffer_bytes=ws_send_buffer_bytes,
     )
     ca_note = ""
     if tls_self_signed:

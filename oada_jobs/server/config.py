@@ -106,6 +106,11 @@ class ServerConfig(BaseModel):
         Bytes of change records kept in memory (16 MiB), counted the same
         way, large ones dropped first; watches and ``_meta/_changes`` read
         the others from SQLite.
+    ws_send_buffer_bytes:
+        Bytes a WebSocket may have waiting to be sent (queued by the server
+        and in the transport's write buffer) before the peer is taken to be
+        too slow and the socket is closed with code 1013 (32 MiB: room for a
+        message of the largest body and what follows it while it is read).
 
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
     """
@@ -122,6 +127,7 @@ class ServerConfig(BaseModel):
     document_cache_size: int = Field(default=20_000, ge=0)
     document_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     change_cache_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    ws_send_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

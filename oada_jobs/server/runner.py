@@ -69,7 +69,14 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
     The OADA session (:mod:`oada_jobs.server.ws`) sends without a task of its
     own through :meth:`send_text_nowait` and closes through
     :meth:`close_nowait`; the protocol offers itself to it in the ASGI scope
-    under :data:`~oada_jobs.server.ws.DIRECT_SEND`.
+    under :data:`~oada_jobs.server.ws.DIRECT_SEND`. Such sends do not wait
+    for the transport to drain: :meth:`send_text_nowait` says how many bytes
+    are waiting (the frames of this pass and the transport's write buffer),
+    and the session closes a socket whose peer lets that pass its budget
+    (``ws_send_buffer_bytes``). Whatever ends a connection without the
+    peer's help (the close handshake or a keepalive ping timing out) aborts
+    the transport, dropping its buffer: a peer that does not read would
+    otherwise hold it for as long as TCP keeps the connection up.
 
     *Receiving.* uvicorn stops reading the socket after every message until
     the application has taken it: two system calls (or two loop passes
@@ -78,8 +85,8 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     _batching = False
-    #: Frames sent since the transport asked to pause writing (0 while writable).
-    _unsent = 0
+    #: Bytes of the frames sent this pass, not yet written to the transport.
+    _batched = 0
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -105,6 +112,11 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
         text = message.get("text") if message["type"] == "websocket.send" else None
         if text is None or not self.handshake_complete or self.initial_response is not None:
             await super().send(message)
+            if message["type"] == "websocket.close" and self.close_timer is not None:
+                # uvicorn then closes the transport, which waits for a drain
+                # that a peer that reads nothing never allows: abort instead.
+                self.close_timer.cancel()
+                self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
             return
         await self.writable.wait()
         if self.disconnected:
@@ -112,29 +124,41 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent:
             await super().send(message)  # uvicorn's error for a send after close
             return
+        data = text.encode()
         try:
-            self.conn.send_text(text.encode())
+            self.conn.send_text(data)
         except InvalidState:
             raise ClientDisconnected() from None
+        self._batched += len(data)
         self._batch()
 
     def send_text_nowait(self, text: str) -> int:
         """Send a text frame (with the others of this pass) without waiting.
 
-        Returns how many frames were sent since the peer stopped taking them
-        (the transport asked to pause writing); 0 while it keeps up. Frames
-        for a socket that is closed or closing are dropped.
+        Returns :meth:`buffered_bytes` after it. Frames for a socket that is
+        closed or closing are dropped (and 0 is returned).
         """
         if self.disconnected or self.close_sent or self.transport.is_closing():
             return 0
+        data = text.encode()
         try:
-            self.conn.send_text(text.encode())
+            self.conn.send_text(data)
         except InvalidState:
             return 0
+        self._batched += len(data)
         self._batch()
-        if not self.writable.is_set():
-            self._unsent += 1
-        return self._unsent
+        return self._batched + self.transport.get_write_buffer_size()
+
+    def buffered_bytes(self) -> int:
+        """Bytes sent and not yet taken by the peer's kernel.
+
+        The frames of this pass (counted before compression, which only
+        shrinks them) and the transport's write buffer (TLS records
+        included); 0 once the connection is gone.
+        """
+        if self.disconnected:
+            return 0
+        return self._batched + self.transport.get_write_buffer_size()
 
     def close_nowait(self, code: int, reason: str = "") -> None:
         """Start the closing handshake after the frames sent so far.
@@ -154,13 +178,12 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._unsent = 0
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._unsent = 0
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        # uvicorn closes the transport, which waits for its buffer to drain:
+        # for a peer that reads nothing, never.
+        if self.close_sent and not self.disconnected:
+            self.transport.abort()
 
     def _batch(self) -> None:
         if not self._batching:
@@ -172,6 +195,7 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._write()
 
     def _write(self) -> None:
+        self._batched = 0
         output = self.conn.data_to_send()
         if output and not self.transport.is_closing():
             self.transport.write(b"".join(output))

@@ -24,9 +24,14 @@ be reordered or interleaved with another watch's. Plain requests are not
 awaited one by one: their answers are queued in request order once the
 core has committed what they depend on (:meth:`OADACore.submit`).
 
-A socket that cannot keep up (more than :data:`MAX_QUEUED` unsent messages)
-is closed with code 1013 instead of silently losing changes; the client
-reconnects and resumes with ``x-oada-rev``.
+A socket that cannot keep up is closed with code 1013 instead of silently
+losing changes, once more than ``ws_send_buffer_bytes`` wait to be sent on
+it: in the server's WebSocket protocol (the frames of this pass and the
+transport's write buffer, see :class:`DirectSocket`) or, under another ASGI
+server, in this session's queue (whose writer sends one message at a time,
+under the ASGI server's flow control). The client reconnects and resumes
+with ``x-oada-rev``. A session keeps no reference to anything once it ends:
+its watches are unsubscribed and its queue closed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -54,15 +61,12 @@ __all__ = [
     "DIRECT_SEND",
     "FRAME_ENVELOPE",
     "MAX_FRAME",
-    "MAX_QUEUED",
     "DirectSocket",
     "WebSocketSession",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Unsent messages a socket may accumulate before it is closed as too slow.
-MAX_QUEUED = 10_000
 #: Requests a connection's reader serves before it lets the event loop run
 #: (see ``WebSocketSession._reader``).
 REQUESTS_PER_TURN = 4
@@ -112,7 +116,11 @@ class DirectSocket(Protocol):
     """
 
     def send_text_nowait(self, text: str) -> int:
-        """Send *text*; return how many frames the peer is behind (0: it keeps up)."""
+        """Send *text*; return how many bytes now wait to be sent on this socket.
+
+        That is what was sent and is still held in the server: frames not yet
+        handed to the transport and the transport's write buffer.
+        """
         ...
 
     def close_nowait(self, code: int, reason: str = "") -> None:
@@ -230,6 +238,9 @@ class WebSocketSession:
         extensions = websocket.scope.get("extensions") or {}
         self._direct: DirectSocket | None = extensions.get(DIRECT_SEND)
         self._overflowed = False
+        self._send_limit = core.config.ws_send_buffer_bytes
+        # Bytes of the messages in the queue (plain ASGI only).
+        self._queued = 0
         #: resource id → notifier
         self._notifiers: dict[str, _Notifier] = {}
         #: watch request id → notifier
@@ -244,7 +255,8 @@ class WebSocketSession:
             finally:
                 self._drop_all()
             return
-        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=MAX_QUEUED)
+        # Bounded in bytes by _enqueue, not in messages.
+        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
         with send, receive:
             self._out = send
             try:
@@ -318,6 +330,7 @@ class WebSocketSession:
                 if self._overflowed:
                     break
                 await self._ws.send_text(text)
+                self._queued -= sys.getsizeof(text)
             if self._overflowed:
                 await self._ws.close(code=1013, reason=_TOO_SLOW)
         except (OSError, RuntimeError, WebSocketDisconnect):
@@ -332,24 +345,32 @@ class WebSocketSession:
         text = message if isinstance(message, str) else _dumps(message)
         direct = self._direct
         if direct is not None:
-            if direct.send_text_nowait(text) > MAX_QUEUED:
-                self._too_slow()
+            waiting = direct.send_text_nowait(text)
+            if waiting > self._send_limit:
+                self._too_slow(waiting)
                 direct.close_nowait(1013, _TOO_SLOW)
             return
         out = self._out
         if out is None:
             return
-        try:
-            out.send_nowait(text)
-        except anyio.WouldBlock:
-            self._too_slow()
+        size = sys.getsizeof(text)
+        if self._queued + size > self._send_limit:
+            self._too_slow(self._queued + size)
             # Wake the writer even if it was idle.
             out.close()
+            return
+        try:
+            out.send_nowait(text)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            return
+        self._queued += size
 
-    def _too_slow(self) -> None:
-        logger.warning("closing a WebSocket that is %d messages behind", MAX_QUEUED)
+    def _too_slow(self, waiting: int) -> None:
+        logger.warning(
+            "closing a WebSocket with %d bytes waiting to be sent (ws_send_buffer_bytes is %d)",
+            waiting,
+            self._send_limit,
+        )
         self._overflowed = True
 
     # -- requests ---------------------------------------------------------------

@@ -26,12 +26,17 @@ class RecordingTransport(asyncio.Transport):
         self.closed = False
         self.aborted = False
         self.reading = True
+        #: What the transport pretends to hold for a peer that is not reading.
+        self.buffered = 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def is_closing(self) -> bool:
         return self.closed
@@ -105,27 +110,41 @@ def text_frame(text: str) -> bytes:
     return b"".join(writer.data_to_send())
 
 
-async def test_direct_sends_join_the_pass_and_count_what_the_peer_is_behind() -> None:
+async def test_direct_sends_join_the_pass_and_count_the_bytes_waiting() -> None:
     protocol, transport = open_protocol()
     await protocol.send({"type": "websocket.send", "text": "awaited"})
-    assert protocol.send_text_nowait("direct") == 0
+    assert protocol.send_text_nowait("direct") == len("awaited") + len("direct")
     await asyncio.sleep(0)
     assert [[frame.data for frame in frames(data)] for data in transport.writes] == [
         [b"awaited", b"direct"]
     ]
-    protocol.pause_writing()  # the transport's buffer is over its high-water mark
-    assert [protocol.send_text_nowait(text) for text in ("a", "b", "c")] == [1, 2, 3]
-    protocol.resume_writing()
-    assert protocol.send_text_nowait("d") == 0
+    assert protocol.buffered_bytes() == 0
+    transport.buffered = 1000  # the peer stopped taking what was written
+    # This pass's frames (UTF-8 bytes) and the transport's buffer.
+    assert [protocol.send_text_nowait(text) for text in ("a", "b", "é")] == [1001, 1002, 1004]
+    assert protocol.buffered_bytes() == 1004
+    await asyncio.sleep(0)
+    assert protocol.buffered_bytes() == 1000
+    transport.buffered = 0
+    assert protocol.send_text_nowait("d") == 1
     await asyncio.sleep(0)
     assert [frame.data for frame in frames(b"".join(transport.writes[1:]))] == [
         b"a",
         b"b",
-        b"c",
+        "é".encode(),
         b"d",
     ]
     transport.closed = True
     assert protocol.send_text_nowait("dropped") == 0
+
+
+async def test_a_keepalive_timeout_drops_what_waits_for_the_peer() -> None:
+    protocol, transport = open_protocol()
+    transport.buffered = 1000
+    protocol.keepalive_timeout()
+    # Closing would wait for the buffer to drain, which a peer that does not
+    # read never lets happen.
+    assert transport.aborted
 
 
 async def test_close_nowait_closes_after_the_frames_and_cuts_off_a_silent_peer() -> None:
@@ -146,6 +165,16 @@ async def test_close_nowait_closes_after_the_frames_and_cuts_off_a_silent_peer()
     assert len(frames(b"".join(transport.writes))) == 2
     with anyio.fail_after(5):
         while not transport.aborted:  # the peer never answers the close
+            await asyncio.sleep(0.01)
+
+
+async def test_an_application_close_cuts_off_a_silent_peer_too() -> None:
+    protocol, transport = open_protocol()
+    protocol.close_timeout = 0.01
+    transport.buffered = 1000
+    await protocol.send({"type": "websocket.close", "code": 1000})
+    with anyio.fail_after(5):
+        while not transport.aborted:  # not merely closed: that waits for a drain
             await asyncio.sleep(0.01)
 
 

@@ -1,10 +1,12 @@
-"""A peer that stops reading, against the real server: closed with 1013 after
-an in-order prefix of what it was sent, never left with a gap."""
+"""A peer that stops reading, against the real server: closed with 1013 once
+more than ws_send_buffer_bytes wait to be sent to it, after an in-order
+prefix of what it was sent, never left with a gap."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 
 import anyio
 import httpx
@@ -15,21 +17,21 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 from ws_helpers import handshake
 
-from oada_jobs.server import ws as ws_module
 from oada_jobs.testing import embedded_server
 
 AUTH = {"authorization": "Bearer god", "content-type": "application/json"}
 #: Each change message carries a body this large, to fill the socket buffers.
 BLOB = "x" * 256 * 1024
+#: Bytes the server may hold for the peer.
+BUDGET = 1024 * 1024
 
 
 async def test_a_peer_that_stops_reading_is_closed_with_1013(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(ws_module, "MAX_QUEUED", 5)
     caplog.set_level(logging.WARNING, logger="oada_jobs.server.ws")
     async with (
-        embedded_server() as server,
+        embedded_server(ws_send_buffer_bytes=BUDGET) as server,
         httpx.AsyncClient(base_url=server.url, headers=AUTH) as http,
     ):
         assert (await http.put("/resources/slow", json={"n": 0})).status_code == 201
@@ -50,7 +52,7 @@ async def test_a_peer_that_stops_reading_is_closed_with_1013(
             # The peer reads nothing while the resource changes, until the
             # server has given up on it.
             n = 0
-            while "messages behind" not in caplog.text:
+            while "bytes waiting to be sent" not in caplog.text:
                 n += 1
                 assert n < 400, "the server never noticed the peer fell behind"
                 response = await http.put("/resources/slow", json={"n": n, "blob": BLOB})
@@ -67,6 +69,11 @@ async def test_a_peer_that_stops_reading_is_closed_with_1013(
                     if received and received[-1].opcode is Opcode.CLOSE:
                         break
                     peer.receive_data(await stream.receive())
+    # Closed for the bytes waiting: over the budget by less than one message.
+    match = re.search(r"with (\d+) bytes waiting", caplog.text)
+    assert match is not None
+    waiting = int(match.group(1))
+    assert BUDGET < waiting <= BUDGET + len(BLOB) + 1024
     *texts, close = received
     assert close.opcode is Opcode.CLOSE
     assert int.from_bytes(close.data[:2], "big") == 1013

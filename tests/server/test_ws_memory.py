@@ -1,0 +1,94 @@
+"""What a WebSocket costs the server ends with it: a socket closed for being
+too slow (or any other) leaves no session, watch or buffer behind."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import weakref
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+from ws_helpers import handshake, ws_connect
+
+from oada_jobs.server.ws import WebSocketSession
+from oada_jobs.testing import embedded_server
+
+AUTH = {"authorization": "Bearer god", "content-type": "application/json"}
+BLOB = "x" * 128 * 1024
+BUDGET = 512 * 1024
+
+
+def record_sessions(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref[Any]]:
+    """Weak references to every session (and its direct socket) started from now on."""
+    refs: list[weakref.ref[Any]] = []
+    original = WebSocketSession.__init__
+
+    def init(self: WebSocketSession, *args: Any) -> None:
+        original(self, *args)
+        refs.append(weakref.ref(self))
+        direct = self._direct  # the protocol object must go too
+        if direct is not None:
+            refs.append(weakref.ref(direct))
+
+    monkeypatch.setattr(WebSocketSession, "__init__", init)
+    return refs
+
+
+async def all_gone(refs: list[weakref.ref[Any]]) -> bool:
+    with anyio.move_on_after(10):
+        while True:
+            gc.collect()
+            if all(ref() is None for ref in refs):
+                return True
+            await anyio.sleep(0.05)
+    return False
+
+
+async def test_a_socket_closed_as_too_slow_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="oada_jobs.server.ws")
+    refs = record_sessions(monkeypatch)
+    async with (
+        embedded_server(ws_send_buffer_bytes=BUDGET) as server,
+        httpx.AsyncClient(base_url=server.url, headers=AUTH) as http,
+    ):
+        assert (await http.put("/resources/m", json={"n": 0})).status_code == 201
+        stream, _ = await handshake(server.port)
+        async with stream:
+            peer = ClientProtocol(parse_uri(server.ws_url), state=State.OPEN)
+            watch = {"requestId": "w", "method": "watch", "path": "/resources/m", "headers": AUTH}
+            peer.send_text(json.dumps(watch).encode())
+            await stream.send(b"".join(peer.data_to_send()))
+            n = 0
+            while "bytes waiting to be sent" not in caplog.text:
+                n += 1
+                assert n < 400, "the server never closed the socket"
+                response = await http.put("/resources/m", json={"n": n, "blob": BLOB})
+                assert response.status_code == 201
+            assert len(refs) == 2
+        # The peer has gone without reading a byte.
+        assert await all_gone(refs), "a session or its socket is still referenced"
+        # Later changes find no listener of the closed socket to call.
+        assert (await http.put("/resources/m", json={"n": -1})).status_code == 201
+
+
+async def test_sockets_closed_by_their_peers_leave_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refs = record_sessions(monkeypatch)
+    async with embedded_server() as server:
+        for n in range(3):
+            async with ws_connect(server) as ws:
+                await ws.request("put", f"/resources/p{n}", data={"n": n})
+                reply = await ws.request("watch", f"/resources/p{n}")
+                assert reply["status"] == 200
+        assert len(refs) == 6
+        assert await all_gone(refs), "a session or its socket is still referenced"
