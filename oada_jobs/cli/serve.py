@@ -166,6 +166,14 @@ def serve_command(
             "as too slow (code 1013).",
         ),
     ] = ServerConfig.model_fields["ws_send_buffer_bytes"].default,
+    ws_send_buffer_total_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Bytes all WebSockets together may have waiting to be sent; past it the "
+            "ones furthest behind are closed (code 1013).",
+        ),
+    ] = ServerConfig.model_fields["ws_send_buffer_total_bytes"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -193,6 +201,7 @@ def serve_command(
         document_cache_bytes=document_cache_bytes,
         change_cache_bytes=change_cache_bytes,
         ws_send_buffer_bytes=ws_send_buffer_bytes,
+        ws_send_buffer_total_bytes=ws_send_buffer_total_bytes,
     )
     ca_note = ""
     if tls_self_signed:

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
-from oada_jobs.server.ws import WebSocketSession
+from oada_jobs.server.ws import SendBudget, WebSocketSession
 
 __all__ = ["EXPOSED_HEADERS", "create_app"]
 
@@ -264,12 +264,15 @@ def create_app(config: ServerConfig | None = None, *, core: OADACore | None = No
             finally:
                 slot.core = None
 
+    # What waits to be sent on all the app's sockets together.
+    budget = SendBudget(config.ws_send_buffer_total_bytes)
+
     async def websocket_endpoint(websocket: WebSocket) -> None:
         opened = slot.core
         if opened is None:
             await websocket.close(code=1013, reason="the server is starting or stopping")
             return
-        await WebSocketSession(opened, websocket).run()
+        await WebSocketSession(opened, websocket, budget=budget).run()
 
     cors: dict[str, Any] = {
         "allow_origins": ["*"],

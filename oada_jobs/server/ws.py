@@ -30,8 +30,11 @@ it: in the server's WebSocket protocol (the frames of this pass and the
 transport's write buffer, see :class:`DirectSocket`) or, under another ASGI
 server, in this session's queue (whose writer sends one message at a time,
 under the ASGI server's flow control). The client reconnects and resumes
-with ``x-oada-rev``. A session keeps no reference to anything once it ends:
-its watches are unsubscribed and its queue closed.
+with ``x-oada-rev``. All the sockets of one server share a
+:class:`SendBudget` of ``ws_send_buffer_total_bytes`` as well: past it, the
+sockets furthest behind are closed the same way. A session keeps no
+reference to anything once it ends: its watches are unsubscribed, its queue
+closed and its share of the budget given back.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "FRAME_ENVELOPE",
     "MAX_FRAME",
     "DirectSocket",
+    "SendBudget",
     "WebSocketSession",
 ]
 
@@ -96,6 +100,7 @@ _WATCHES = {
 _METHODS = _PLAIN | _WATCHES.keys() | {"unwatch", "ping"}
 _BINARY_OVER_WS = "Cannot GET binary over WebSockets"
 _TOO_SLOW = "client too slow to receive changes"
+_SERVER_FULL = "server send buffers full; this client is furthest behind"
 _ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.md"
 
 
@@ -126,6 +131,82 @@ class DirectSocket(Protocol):
     def close_nowait(self, code: int, reason: str = "") -> None:
         """Close after what was sent; the session then receives a disconnect."""
         ...
+
+    def buffered_bytes(self) -> int:
+        """How many bytes wait to be sent now (as :meth:`send_text_nowait` returns)."""
+        ...
+
+
+class _Sender(Protocol):
+    """What :class:`SendBudget` needs of a session."""
+
+    def waiting_bytes(self) -> int:
+        """Bytes waiting to be sent on the session's socket now."""
+        ...
+
+    def shed(self, waiting: int, reason: str) -> None:
+        """Close the socket as too slow (with 1013 and *reason*)."""
+        ...
+
+
+class SendBudget:
+    """The bytes waiting on every socket of one server, held to one budget.
+
+    Each session says what waits on its socket whenever it sends. When the
+    sum passes *limit*, every socket is measured afresh (sockets drain
+    without saying so) and, while the sum is still over, the one furthest
+    behind is closed with 1013. The figures of sockets that drained since
+    they last sent are too high until then, never too low.
+
+    >>> budget = SendBudget(256 * 1024 * 1024)  # one per server  # doctest: +SKIP
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: dict[_Sender, int] = {}
+        self._total = 0
+
+    @property
+    def total(self) -> int:
+        """The bytes waiting on all sockets, as last reported."""
+        return self._total
+
+    @property
+    def senders(self) -> int:
+        """How many sockets share the budget."""
+        return len(self._waiting)
+
+    def join(self, sender: _Sender) -> None:
+        self._waiting.setdefault(sender, 0)
+
+    def leave(self, sender: _Sender) -> None:
+        self._total -= self._waiting.pop(sender, 0)
+
+    def report(self, sender: _Sender, waiting: int) -> None:
+        """*sender* has *waiting* bytes waiting now; shed sockets if that is too many."""
+        waiting_before = self._waiting.get(sender)
+        if waiting_before is None:
+            return
+        self._waiting[sender] = waiting
+        self._total += waiting - waiting_before
+        if self._total > self.limit:
+            self._shed()
+
+    def _shed(self) -> None:
+        figures = self._waiting
+        for sender in figures:
+            figures[sender] = sender.waiting_bytes()
+        self._total = sum(figures.values())
+        while self._total > self.limit and figures:
+            sender = max(figures, key=figures.__getitem__)
+            waiting = figures.pop(sender)
+            self._total -= waiting
+            logger.warning(
+                "WebSocket send buffers hold %d bytes (ws_send_buffer_total_bytes is %d)",
+                self._total + waiting,
+                self.limit,
+            )
+            sender.shed(waiting, _SERVER_FULL)
 
 
 class InvalidMessage(ValueError):
@@ -225,8 +306,14 @@ class WebSocketSession:
     >>> await WebSocketSession(core, websocket).run()  # doctest: +SKIP
     """
 
-    def __init__(self, core: OADACore, websocket: WebSocket) -> None:
+    def __init__(
+        self, core: OADACore, websocket: WebSocket, *, budget: SendBudget | None = None
+    ) -> None:
         self._core = core
+        # Shared with the server's other sockets (one of its own when alone).
+        self._budget = (
+            budget if budget is not None else SendBudget(core.config.ws_send_buffer_total_bytes)
+        )
         self._ws = websocket
         self._reference = core.config.quirks == "reference"
         # Frames this large cannot hold an acceptable body: refuse unparsed.
@@ -238,6 +325,7 @@ class WebSocketSession:
         extensions = websocket.scope.get("extensions") or {}
         self._direct: DirectSocket | None = extensions.get(DIRECT_SEND)
         self._overflowed = False
+        self._close_reason = _TOO_SLOW
         self._send_limit = core.config.ws_send_buffer_bytes
         # Bytes of the messages in the queue (plain ASGI only).
         self._queued = 0
@@ -248,25 +336,29 @@ class WebSocketSession:
 
     async def run(self) -> None:
         """Accept the socket and serve it until either side closes it."""
-        if self._direct is not None:
-            try:
-                await self._ws.accept()
-                await self._reader()
-            finally:
-                self._drop_all()
-            return
-        # Bounded in bytes by _enqueue, not in messages.
-        send, receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
-        with send, receive:
-            self._out = send
-            try:
-                await self._ws.accept()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, receive, tg.cancel_scope)
+        self._budget.join(self)
+        try:
+            if self._direct is not None:
+                try:
+                    await self._ws.accept()
                     await self._reader()
-                    tg.cancel_scope.cancel()
-            finally:
-                self._drop_all()
+                finally:
+                    self._drop_all()
+                return
+            # Bounded in bytes by _enqueue, not in messages.
+            send, receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+            with send, receive:
+                self._out = send
+                try:
+                    await self._ws.accept()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._writer, receive, tg.cancel_scope)
+                        await self._reader()
+                        tg.cancel_scope.cancel()
+                finally:
+                    self._drop_all()
+        finally:
+            self._budget.leave(self)
 
     # -- I/O --------------------------------------------------------------------
 
@@ -332,7 +424,7 @@ class WebSocketSession:
                 await self._ws.send_text(text)
                 self._queued -= sys.getsizeof(text)
             if self._overflowed:
-                await self._ws.close(code=1013, reason=_TOO_SLOW)
+                await self._ws.close(code=1013, reason=self._close_reason)
         except (OSError, RuntimeError, WebSocketDisconnect):
             # The socket is gone; the reader sees the disconnect too, but do
             # not wait for it.
@@ -346,32 +438,47 @@ class WebSocketSession:
         direct = self._direct
         if direct is not None:
             waiting = direct.send_text_nowait(text)
-            if waiting > self._send_limit:
-                self._too_slow(waiting)
-                direct.close_nowait(1013, _TOO_SLOW)
-            return
-        out = self._out
-        if out is None:
-            return
-        size = sys.getsizeof(text)
-        if self._queued + size > self._send_limit:
-            self._too_slow(self._queued + size)
-            # Wake the writer even if it was idle.
-            out.close()
-            return
-        try:
-            out.send_nowait(text)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return
-        self._queued += size
+        else:
+            out = self._out
+            if out is None:
+                return
+            size = sys.getsizeof(text)
+            waiting = self._queued + size
+            if waiting <= self._send_limit:
+                try:
+                    out.send_nowait(text)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                self._queued = waiting
+        if waiting > self._send_limit:
+            logger.warning(
+                "closing a WebSocket with %d bytes waiting to be sent (ws_send_buffer_bytes is %d)",
+                waiting,
+                self._send_limit,
+            )
+            self.shed(waiting, _TOO_SLOW)
+        else:
+            self._budget.report(self, waiting)
 
-    def _too_slow(self, waiting: int) -> None:
-        logger.warning(
-            "closing a WebSocket with %d bytes waiting to be sent (ws_send_buffer_bytes is %d)",
-            waiting,
-            self._send_limit,
-        )
+    def waiting_bytes(self) -> int:
+        """Bytes waiting to be sent on this socket now (see the module docstring)."""
+        if self._overflowed:
+            return 0
+        direct = self._direct
+        return direct.buffered_bytes() if direct is not None else self._queued
+
+    def shed(self, waiting: int, reason: str) -> None:
+        """Close the socket with 1013 after what was sent: its peer is too far behind."""
+        if self._overflowed:
+            return
         self._overflowed = True
+        self._close_reason = reason
+        self._budget.leave(self)
+        if self._direct is not None:
+            self._direct.close_nowait(1013, reason)
+        elif self._out is not None:
+            # Wake the writer even if it was idle; it closes the socket.
+            self._out.close()
 
     # -- requests ---------------------------------------------------------------
 

@@ -124,6 +124,7 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ["serve", "--document-cache-bytes", "-1"],
         ["serve", "--change-cache-bytes", "-1"],
         ["serve", "--ws-send-buffer-bytes", "0"],
+        ["serve", "--ws-send-buffer-total-bytes", "0"],
         ["serve", "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(cert)],
     ]
     for args in cases:

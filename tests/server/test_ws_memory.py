@@ -17,7 +17,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 from ws_helpers import handshake, ws_connect
 
-from oada_jobs.server.ws import WebSocketSession
+from oada_jobs.server.ws import SendBudget, WebSocketSession
 from oada_jobs.testing import embedded_server
 
 AUTH = {"authorization": "Bearer god", "content-type": "application/json"}
@@ -30,8 +30,8 @@ def record_sessions(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref[Any]]:
     refs: list[weakref.ref[Any]] = []
     original = WebSocketSession.__init__
 
-    def init(self: WebSocketSession, *args: Any) -> None:
-        original(self, *args)
+    def init(self: WebSocketSession, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
         refs.append(weakref.ref(self))
         direct = self._direct  # the protocol object must go too
         if direct is not None:
@@ -91,4 +91,76 @@ async def test_sockets_closed_by_their_peers_leave_nothing_behind(
                 reply = await ws.request("watch", f"/resources/p{n}")
                 assert reply["status"] == 200
         assert len(refs) == 6
+        assert await all_gone(refs), "a session or its socket is still referenced"
+
+
+class FakeSender:
+    def __init__(self, waiting: int = 0) -> None:
+        self.waiting = waiting
+        self.shed_with: str | None = None
+
+    def waiting_bytes(self) -> int:
+        return self.waiting
+
+    def shed(self, waiting: int, reason: str) -> None:
+        self.shed_with = reason
+
+
+def test_the_shared_budget_closes_the_sockets_furthest_behind_first() -> None:
+    budget = SendBudget(1000)
+    a, b, c = FakeSender(300), FakeSender(500), FakeSender()
+    for sender in (a, b, c):
+        budget.join(sender)
+    budget.report(a, 300)
+    budget.report(b, 500)
+    assert budget.total == 800
+    # a has drained since it last said so: measured again before anything is closed.
+    a.waiting = 0
+    c.waiting = 400
+    budget.report(c, 400)
+    assert (a.shed_with, b.shed_with, c.shed_with) == (None, None, None)
+    assert budget.total == 900
+    c.waiting = 700
+    budget.report(c, 700)
+    # 1200 bytes: c, furthest behind, goes; a and b stay.
+    assert c.shed_with is not None
+    assert "furthest behind" in c.shed_with
+    assert (a.shed_with, b.shed_with) == (None, None)
+    assert (budget.total, budget.senders) == (500, 2)
+    budget.report(c, 5000)  # a closed socket no longer counts
+    assert budget.total == 500
+    budget.leave(a)
+    budget.leave(b)
+    budget.leave(c)
+    assert (budget.total, budget.senders) == (0, 0)
+
+
+async def test_never_reading_sockets_are_held_to_the_servers_total(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="oada_jobs.server.ws")
+    refs = record_sessions(monkeypatch)
+    # Each socket alone may hold 8 MiB; all of them together only BUDGET.
+    async with (
+        embedded_server(
+            ws_send_buffer_bytes=8 * 1024 * 1024, ws_send_buffer_total_bytes=BUDGET
+        ) as server,
+        httpx.AsyncClient(base_url=server.url, headers=AUTH) as http,
+    ):
+        assert (await http.put("/resources/t", json={"n": 0})).status_code == 201
+        streams = [await handshake(server.port) for _ in range(3)]
+        for stream, _ in streams:
+            peer = ClientProtocol(parse_uri(server.ws_url), state=State.OPEN)
+            watch = {"requestId": "w", "method": "watch", "path": "/resources/t", "headers": AUTH}
+            peer.send_text(json.dumps(watch).encode())
+            await stream.send(b"".join(peer.data_to_send()))
+        n = 0
+        while caplog.text.count("ws_send_buffer_total_bytes") < 3:
+            n += 1
+            assert n < 400, "the server never held its sockets to the total"
+            response = await http.put("/resources/t", json={"n": n, "blob": BLOB})
+            assert response.status_code == 201
+        assert "ws_send_buffer_bytes is" not in caplog.text
+        for stream, _ in streams:
+            await stream.aclose()
         assert await all_gone(refs), "a session or its socket is still referenced"
