@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 from anyio.abc import Process
 from typer.testing import CliRunner
 
@@ -176,3 +178,41 @@ def test_bad_tokens_file_never_quotes_a_token(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--tokens-file", str(path)])
     assert result.exit_code == 2
     assert "non-empty JSON object" in result.output
+
+
+_BURST = """
+import sys, psutil
+from oada_jobs.cli.serve import _return_large_buffers_to_the_os
+if sys.argv[1] == "fixed":
+    _return_large_buffers_to_the_os()
+process = psutil.Process()
+base = process.memory_info().rss
+keep = []
+for _ in range(3):
+    blocks = []
+    for _ in range(100):
+        blocks.append(bytes(2**20))
+        keep.append(bytearray(4000))  # small and long-lived, as a server's are
+    del blocks
+print((process.memory_info().rss - base) // 2**20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc allocator setting")
+def test_the_server_process_gives_freed_large_buffers_back_to_the_os() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
+    kept = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", _BURST, mode],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        for mode in ("default", "fixed")
+    }
+    # 300 one-MiB buffers were freed: glibc alone keeps some of them.
+    assert kept["fixed"] < 4, kept
+    assert kept["default"] > kept["fixed"], kept
