@@ -86,8 +86,12 @@ class SizedLRU(Generic[K, V]):
 
     def put(self, key: K, value: V, size: int) -> None:
         """Add or replace *key* as the most recently used entry, weighing *size* bytes."""
-        self.pop(key)
-        self._entries[key] = (value, size)
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+            self._large.pop(key, None)
+        entries[key] = (value, size)
         self._bytes += size
         if size > self.budget // LARGE_FRACTION:
             self._large[key] = None
@@ -115,14 +119,16 @@ class SizedLRU(Generic[K, V]):
 
     def evict(self) -> int:
         """Drop entries until the budget (and *max_entries*) hold; how many were dropped."""
-        dropped = 0
         entries = self._entries
+        limit = self.max_entries
+        if self._bytes <= self.budget and (limit is None or len(entries) <= limit):
+            return 0
+        dropped = 0
         large = self._large
         while self._bytes > self.budget and large:
             key, _ = large.popitem(last=False)
             self._bytes -= entries.pop(key)[1]
             dropped += 1
-        limit = self.max_entries
         while entries and (
             self._bytes > self.budget or (limit is not None and len(entries) > limit)
         ):
