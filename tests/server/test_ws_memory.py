@@ -3,22 +3,26 @@ too slow (or any other) leaves no session, watch or buffer behind."""
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import logging
+import os
 import weakref
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from anyio.abc import SocketStream
+from anyio.streams.tls import TLSStream
 from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 from ws_helpers import handshake, ws_connect
 
 from oada_jobs.server.ws import SendBudget, WebSocketSession
-from oada_jobs.testing import embedded_server
+from oada_jobs.testing import EmbeddedServer, embedded_server
 
 AUTH = {"authorization": "Bearer god", "content-type": "application/json"}
 BLOB = "x" * 128 * 1024
@@ -51,17 +55,41 @@ async def all_gone(refs: list[weakref.ref[Any]]) -> bool:
     return False
 
 
+async def tls_handshake(server: EmbeddedServer) -> SocketStream | TLSStream:
+    """A raw WebSocket upgrade over TLS (the peer then reads nothing)."""
+    stream = await anyio.connect_tcp(
+        "127.0.0.1", server.port, ssl_context=server.ssl_context(), tls_standard_compatible=False
+    )
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive()
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return stream
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_a_socket_closed_as_too_slow_leaves_nothing_behind(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tls: bool
 ) -> None:
     caplog.set_level(logging.WARNING, logger="oada_jobs.server.ws")
     refs = record_sessions(monkeypatch)
     async with (
-        embedded_server(ws_send_buffer_bytes=BUDGET) as server,
-        httpx.AsyncClient(base_url=server.url, headers=AUTH) as http,
+        embedded_server(ws_send_buffer_bytes=BUDGET, tls=tls) as server,
+        httpx.AsyncClient(
+            base_url=server.url, headers=AUTH, verify=server.ssl_context() if tls else True
+        ) as http,
     ):
         assert (await http.put("/resources/m", json={"n": 0})).status_code == 201
-        stream, _ = await handshake(server.port)
+        # Under TLS what waits is in the TLS layer's buffers: counted as well.
+        stream = await tls_handshake(server) if tls else (await handshake(server.port))[0]
         async with stream:
             peer = ClientProtocol(parse_uri(server.ws_url), state=State.OPEN)
             watch = {"requestId": "w", "method": "watch", "path": "/resources/m", "headers": AUTH}
