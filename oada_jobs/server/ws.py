@@ -177,9 +177,11 @@ class SendBudget:
         return len(self._waiting)
 
     def join(self, sender: _Sender) -> None:
+        """Count *sender*'s socket from now on (nothing waits on it yet)."""
         self._waiting.setdefault(sender, 0)
 
     def leave(self, sender: _Sender) -> None:
+        """Stop counting *sender*'s socket (it closed, or is closing); idempotent."""
         self._total -= self._waiting.pop(sender, 0)
 
     def report(self, sender: _Sender, waiting: int) -> None:
