@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import random
-import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -56,6 +55,7 @@ from .exceptions import (
 )
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
 from .scheduler import UniquePolicy
+from .settings import update_levels
 from .tree import JOB_TYPE, JOBS_TYPE, LayoutName
 from .types import Json, JsonObject, WorkFunction
 
@@ -205,9 +205,8 @@ class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
 
 def enabled_levels() -> frozenset[str]:
     """The optional update levels ``OADA_JOBS_LOGGING`` asks for (``debug``, ``trace``)."""
-    # Any separator, as @oada/jobs only looks for the words in the value.
-    value = os.environ.get(LOGGING_ENV, "").lower()
-    return frozenset(part for part in re.split(r"[^a-z]+", value) if part)
+    # Read at each call, as @oada/jobs does, by the one parser settings use.
+    return update_levels(os.environ.get(LOGGING_ENV))
 
 
 class JobLogger:

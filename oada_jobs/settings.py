@@ -15,6 +15,14 @@ variable                       meaning                                     defau
 
 Values come, highest priority first, from keyword arguments, the process
 environment, and a ``.env`` file in the working directory if there is one.
+``DOMAIN`` and ``TOKEN``, the names OADA services have long been configured
+with, are read when ``OADA_DOMAIN`` / ``OADA_TOKEN`` are not set.
+
+``OADA_JOBS_LOGGING`` is read as @oada/jobs reads it: the ``debug`` update
+level is on when the value contains the text ``debug`` anywhere, ``trace``
+likewise (case-sensitive, any separator, other words ignored), so
+``"info,debug"`` and ``"debug trace"`` both work. :func:`update_levels` is
+that one rule, used here and by ``ctx.log`` at each call.
 The token is a :class:`~pydantic.SecretStr`: it never shows in reprs, logs or
 validation errors.
 
@@ -27,15 +35,39 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .client._common import parse_domain
 from .tree import LayoutName, validate_service_name
 
-__all__ = ["ENV_NAMES", "Settings", "describe_error", "load_settings"]
+__all__ = [
+    "ENV_NAMES",
+    "UPDATE_LEVELS",
+    "Settings",
+    "describe_error",
+    "load_settings",
+    "update_levels",
+]
 
-_LEVELS = frozenset({"debug", "trace"})
+#: The optional ``ctx.log`` update levels ``OADA_JOBS_LOGGING`` can turn on.
+UPDATE_LEVELS = ("debug", "trace")
+
+
+def update_levels(value: str | None) -> frozenset[str]:
+    """The update levels *value* (an ``OADA_JOBS_LOGGING`` value) turns on.
+
+    A level is on when its name appears anywhere in the value, exactly as
+    @oada/jobs tests it; nothing is ever rejected.
+
+    >>> sorted(update_levels("info,debug"))
+    ['debug']
+    >>> sorted(update_levels("debug trace"))
+    ['debug', 'trace']
+    """
+    if not value:
+        return frozenset()
+    return frozenset(level for level in UPDATE_LEVELS if level in value)
 
 
 class Settings(BaseSettings):
@@ -54,12 +86,14 @@ class Settings(BaseSettings):
     )
 
     #: The OADA server, normalised to ``scheme://host[:port]``; ``None`` when unset.
-    domain: str | None = Field(default=None, validation_alias="OADA_DOMAIN")
+    domain: str | None = Field(default=None, validation_alias=AliasChoices("OADA_DOMAIN", "DOMAIN"))
     #: The token for :attr:`domain`; ``None`` when unset.
-    token: SecretStr | None = Field(default=None, validation_alias="OADA_TOKEN")
+    token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OADA_TOKEN", "TOKEN")
+    )
     #: Jobs run at once (over all queues).
     concurrency: int = Field(default=10, gt=0, validation_alias="OADA_JOBS_CONCURRENCY")
-    #: Extra update levels written by ``ctx.log``: any of ``debug``, ``trace``.
+    #: Extra update levels written by ``ctx.log`` (see :func:`update_levels`).
     logging: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), validation_alias="OADA_JOBS_LOGGING"
     )
@@ -107,15 +141,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_logging(cls, value: object) -> object:
         if isinstance(value, str):
-            value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+            return update_levels(value)
         if isinstance(value, list | tuple | set | frozenset):
-            levels = frozenset(str(part).strip().lower() for part in value)
-            unknown = sorted(levels - _LEVELS)
-            if unknown:
-                raise ValueError(
-                    f"expected a comma-separated list of {sorted(_LEVELS)}, got {unknown}"
-                )
-            return levels
+            return update_levels(" ".join(str(part) for part in value))
         return value
 
     @field_validator("metrics_port", mode="before")
@@ -135,9 +163,16 @@ class Settings(BaseSettings):
         return set(self.model_fields_set)
 
 
+def _env_name(alias: object) -> str:
+    # The first of several names is the one documented and preferred.
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias)
+
+
 #: Field name -> environment variable.
 ENV_NAMES: dict[str, str] = {
-    name: str(field.validation_alias) for name, field in Settings.model_fields.items()
+    name: _env_name(field.validation_alias) for name, field in Settings.model_fields.items()
 }
 
 

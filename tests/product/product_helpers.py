@@ -29,6 +29,8 @@ CLI_ENV = (
     "OADA_JOBS_LAYOUT",
     "OADA_JOBS_SERVICE",
     "OADA_QUEUE_TOKEN",
+    "DOMAIN",
+    "TOKEN",
 )
 
 

@@ -76,6 +76,28 @@ async def test_check_only(cli: CLI) -> None:
     assert "settings and server OK" in result.stderr
 
 
+async def test_check_with_the_names_oada_services_use(
+    bare_cli: CLI, server: EmbeddedServer
+) -> None:
+    # DOMAIN/TOKEN as other OADA services read them, and OADA_JOBS_LOGGING
+    # values @oada/jobs accepts: the service starts instead of exiting 2.
+    for logging_value in ("info,debug", "debug trace"):
+        result = await bare_cli(
+            "run",
+            TARGET,
+            "--app-dir",
+            str(REPO),
+            "--check",
+            env={
+                "DOMAIN": server.url,
+                "TOKEN": server.token,
+                "OADA_JOBS_LOGGING": logging_value,
+            },
+        )
+        assert result.exit_code == 0, result
+        assert f"settings and server OK ({server.url})" in result.stderr
+
+
 async def test_fails_fast_without_a_domain(bare_cli: CLI) -> None:
     result = await bare_cli("run", TARGET, "--app-dir", str(REPO))
     assert result.exit_code == 2, result

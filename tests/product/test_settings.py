@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from oada_jobs.settings import ENV_NAMES, Settings, describe_error, load_settings
+from oada_jobs.runner import enabled_levels
+from oada_jobs.settings import (
+    ENV_NAMES,
+    Settings,
+    describe_error,
+    load_settings,
+    update_levels,
+)
 
 
 def test_defaults_without_anything_set() -> None:
@@ -26,7 +33,7 @@ def test_environment_is_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("OADA_DOMAIN", "localhost:8080")
     monkeypatch.setenv("OADA_TOKEN", " god ")
     monkeypatch.setenv("OADA_JOBS_CONCURRENCY", "3")
-    monkeypatch.setenv("OADA_JOBS_LOGGING", "Debug, trace")
+    monkeypatch.setenv("OADA_JOBS_LOGGING", "info,debug trace")
     monkeypatch.setenv("OADA_JOBS_METRICS_PORT", "9100")
     monkeypatch.setenv("OADA_JOBS_GRACE_PERIOD", "2.5")
     monkeypatch.setenv("OADA_JOBS_LAYOUT", "pending")
@@ -67,14 +74,66 @@ def test_dotenv_file_is_read_and_environment_wins(
     assert load_settings().token_value() == "from-env"
 
 
-def test_unprefixed_names_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOMAIN", "https://wrong.example.org")
-    monkeypatch.setenv("TOKEN", "wrong")
+def test_domain_and_token_are_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The names OADA services are configured with elsewhere.
+    monkeypatch.setenv("DOMAIN", "https://fallback.example.org")
+    monkeypatch.setenv("TOKEN", "fallback-token")
     monkeypatch.setenv("LAYOUT", "pending")
     settings = load_settings()
-    assert settings.domain is None
-    assert settings.token is None
+    assert settings.domain == "https://fallback.example.org"
+    assert settings.token_value() == "fallback-token"
+    assert settings.explicit() >= {"domain", "token"}
+    # Other settings have no unprefixed name.
     assert settings.layout == "classic"
+
+
+def test_prefixed_names_win_over_the_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOMAIN", "https://fallback.example.org")
+    monkeypatch.setenv("TOKEN", "fallback-token")
+    monkeypatch.setenv("OADA_DOMAIN", "https://oada.example.org")
+    monkeypatch.setenv("OADA_TOKEN", "oada-token")
+    settings = load_settings()
+    assert settings.domain == "https://oada.example.org"
+    assert settings.token_value() == "oada-token"
+    # And flags win over both.
+    assert load_settings(token="flag-token").token_value() == "flag-token"
+
+
+def test_fallback_token_is_checked_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKEN", "Bearer s3cret")
+    with pytest.raises(ValidationError) as caught:
+        load_settings()
+    message = describe_error(caught.value)
+    assert "expected a token without spaces" in message
+    assert "s3cret" not in message
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "levels"),
+    [
+        ("debug", {"debug"}),
+        ("trace", {"trace"}),
+        ("info,debug", {"debug"}),
+        ("debug trace", {"debug", "trace"}),
+        ("debug,trace", {"debug", "trace"}),
+        ("debug;trace", {"debug", "trace"}),
+        ("info", set()),
+        ("verbose", set()),
+        # @oada/jobs tests for the text, case-sensitively.
+        ("DEBUG", set()),
+        ("nodebug", {"debug"}),
+        ("*:trace", {"trace"}),
+    ],
+)
+def test_logging_is_read_as_oada_jobs_reads_it(
+    value: str, levels: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert update_levels(value) == levels
+    monkeypatch.setenv("OADA_JOBS_LOGGING", value)
+    assert load_settings().logging == levels
+    # ctx.log reads the same variable by the same rule.
+    assert enabled_levels() == levels
 
 
 def test_token_never_shows() -> None:
@@ -91,7 +150,6 @@ def test_token_never_shows() -> None:
         ({"token": "   "}, "OADA_TOKEN: expected a non-empty token"),
         ({"concurrency": 0}, "OADA_JOBS_CONCURRENCY: Input should be greater than 0"),
         ({"layout": "flat"}, "OADA_JOBS_LAYOUT: Input should be 'classic' or 'pending'"),
-        ({"logging": "debug,loud"}, "OADA_JOBS_LOGGING: expected a comma-separated list"),
         ({"metrics_port": 70000}, "OADA_JOBS_METRICS_PORT: Input should be less than"),
         ({"grace_period": -1}, "OADA_JOBS_GRACE_PERIOD: Input should be greater than"),
         ({"domain": "ftp://x"}, "OADA_DOMAIN:"),
