@@ -14,6 +14,10 @@ name                                kind       labels
 ==================================  =========  ===============================
 
 ``state`` is ``started``, ``success`` or ``failure``.
+
+Jobs run for milliseconds or for days, so the duration histogram's buckets
+(:data:`DURATION_BUCKETS`) double from 1/8 s to 2^19 s (about six days),
+the range @oada/jobs' ``job_times`` covers, plus the fast end.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
-__all__ = ["ServiceMetrics"]
+__all__ = ["DURATION_BUCKETS", "ServiceMetrics"]
+
+#: Upper bounds (seconds) of the job duration histogram's buckets: powers of
+#: two from 0.125 s to 524,288 s (6.07 days); slower jobs land in ``+Inf``.
+DURATION_BUCKETS: tuple[float, ...] = tuple(2.0**exponent for exponent in range(-3, 20))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,7 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                     "oada_jobs_job_duration_seconds",
                     "Time from claiming a job to its outcome being known.",
                     ["service", "type", "state"],
+                    buckets=DURATION_BUCKETS,
                     registry=registry,
                 ),
                 queues=Gauge(

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, Json, Service, SlackReporter, WorkerContext
 from oada_jobs.client import OADAClient
+from oada_jobs.metrics import DURATION_BUCKETS, ServiceMetrics
 from oada_jobs.testing import post_job, wait_for_job
 
 WEBHOOK = "https://hooks.example.org/services/T000/B000/XXXX"
@@ -95,3 +96,25 @@ async def test_metrics_count_jobs_by_state_and_type_and_can_be_served(
     assert sample("oada_jobs_job_duration_seconds_count", state="success") == 2
     assert registry.get_sample_value("oada_jobs_queues", {"service": name}) == 1
     assert f'oada_jobs_jobs_total{{service="{name}",state="success",type="echo"}} 2.0' in text
+
+
+def test_duration_buckets_fit_jobs_of_seconds_to_days() -> None:
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics("svc", registry=registry)
+    for seconds in (0.05, 3, 90, 2 * 3600, 3 * 86400):
+        metrics.job_finished("long", "success", seconds)
+
+    def below(bound: str) -> float | None:
+        labels = {"service": "svc", "type": "long", "state": "success", "le": bound}
+        return registry.get_sample_value("oada_jobs_job_duration_seconds_bucket", labels)
+
+    assert DURATION_BUCKETS[0] == 0.125
+    assert DURATION_BUCKETS[-1] >= 6 * 86400
+    assert list(DURATION_BUCKETS) == sorted(DURATION_BUCKETS)
+    # Minutes, hours and days each fall in a bucket of their own, not +Inf.
+    assert below("0.125") == 1
+    assert below("4.0") == 2
+    assert below("128.0") == 3
+    assert below("8192.0") == 4
+    assert below("262144.0") == 5
+    assert below("+Inf") == 5
