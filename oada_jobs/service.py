@@ -26,7 +26,6 @@ import builtins
 import inspect
 import logging
 import os
-import signal
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -43,6 +42,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._ksuid import ksuid
+from ._signals import stop_on_signals
 from .client import parse_domain
 from .client._client import check_token
 from .exceptions import InvalidQueueEntry, OADAError, redact
@@ -753,6 +753,10 @@ class Service:
     ) -> None:
         """Run until :meth:`stop` is called or (with *handle_signals*) SIGTERM/SIGINT arrives.
 
+        Where the event loop cannot handle signals (Windows), Ctrl-C still
+        stops the service gracefully from the main thread (see
+        :mod:`oada_jobs._signals`).
+
         ``await task_group.start(service.run)`` returns once the queues are
         watched (and the signal handlers installed).
         """
@@ -764,12 +768,11 @@ class Service:
             group.cancel_scope.cancel()
 
     async def _handle_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                logger.info("service %s: got %s; stopping", self.name, signal.Signals(signum).name)
-                self._stop_requested.set()
-                return
+        def stop(name: str) -> None:
+            logger.info("service %s: got %s; stopping", self.name, name)
+            self._stop_requested.set()
+
+        await stop_on_signals(stop, task_status=task_status)
 
     async def _main(self, *, task_status: TaskStatus[None]) -> None:
         from .cron import run_cron

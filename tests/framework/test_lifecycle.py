@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections import Counter
@@ -10,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from oada_jobs import Job, Json, Service, ServiceState, WorkerContext
@@ -195,3 +197,55 @@ async def test_a_copy_of_a_stopped_service_runs_again(
         assert (
             await wait_for_job(oada, await post_job(oada, name, "echo", {"n": 2}), 10)
         ).result == {"n": 2}
+
+
+def _no_loop_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the event loop refuse signal handlers, as asyncio does on Windows."""
+
+    def unsupported(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError
+
+    loop_type = type(asyncio.get_running_loop())
+    monkeypatch.setattr(loop_type, "add_signal_handler", unsupported)
+    monkeypatch.setattr(loop_type, "remove_signal_handler", unsupported)
+
+
+async def test_run_stops_on_ctrl_c_where_the_loop_has_no_signal_handlers(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_loop_signal_handlers(monkeypatch)
+    before = signal.getsignal(signal.SIGINT)
+    service = make_service()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            await group.start(service.run)
+            assert service.state is ServiceState.RUNNING
+            # Ctrl-C: delivered to the Python-level handler, which hands the
+            # stop request to the loop instead of raising KeyboardInterrupt.
+            signal.raise_signal(signal.SIGINT)
+    assert service.state is ServiceState.STOPPED
+    # The process's own handler is back.
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+async def test_run_without_any_signal_handlers_still_stops_by_stop(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_loop_signal_handlers(monkeypatch)
+    service = make_service()
+    before = signal.getsignal(signal.SIGTERM)
+
+    def run_in_a_thread() -> None:
+        # Not the main thread: no handler can be installed; run() still works.
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                await group.start(service.run)
+                assert service.state is ServiceState.RUNNING
+                await service.stop()
+
+        anyio.run(main)
+
+    with anyio.fail_after(20):
+        await anyio.to_thread.run_sync(run_in_a_thread)
+    assert service.state is ServiceState.STOPPED
+    assert signal.getsignal(signal.SIGTERM) is before
