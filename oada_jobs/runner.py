@@ -55,7 +55,7 @@ from .exceptions import (
 )
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
 from .scheduler import UniquePolicy
-from .settings import update_levels
+from .settings import LOGGING_ENV, update_levels
 from .tree import JOB_TYPE, JOBS_TYPE, LayoutName
 from .types import Json, JsonObject, WorkFunction
 
@@ -70,8 +70,6 @@ logger = logging.getLogger("oada_jobs")
 
 T = TypeVar("T")
 
-#: Environment variable naming the optional update levels (``"debug,trace"``).
-LOGGING_ENV = "OADA_JOBS_LOGGING"
 
 #: Fail type of jobs whose work function ran past its timeout.
 TIMEOUT_FAIL_TYPE = "timeout"

@@ -52,6 +52,7 @@ from .queue import DEFAULT_QUEUE, Queue, _Once
 from .reporters import FinishReport, Reporter
 from .runner import Worker
 from .scheduler import UniquePolicy
+from .settings import Settings, load_settings
 from .tree import Layout, LayoutName, get_layout, validate_service_name
 from .types import Json, WorkFunction
 
@@ -374,6 +375,41 @@ class Service:
             self.reporters = list(reporters)
         self.limiter = anyio.CapacityLimiter(self.config.concurrency)
         self._grace = self.config.shutdown_grace
+
+    @classmethod
+    def from_env(cls, name: str, **options: Any) -> Service:
+        """A service with *options*, then the settings ``oada-jobs run`` applies on top.
+
+        For a program that runs its service itself rather than through
+        ``oada-jobs run``::
+
+            service = Service.from_env("email-service", concurrency=4)
+
+            @service.on("email", timeout=60)
+            async def send(job: Job, ctx: WorkerContext) -> Json: ...
+
+            anyio.run(service.run)
+
+        ``OADA_DOMAIN``/``OADA_TOKEN`` (or ``DOMAIN``/``TOKEN``),
+        ``OADA_JOBS_CONCURRENCY``, ``OADA_JOBS_LAYOUT``,
+        ``OADA_JOBS_METRICS_PORT``, ``OADA_JOBS_GRACE_PERIOD`` and
+        ``OADA_JOBS_LOGGING`` are read from the environment and a ``.env``
+        file, and win over *options* as they win over the service's code
+        under ``oada-jobs run``. Raises :class:`pydantic.ValidationError`
+        naming a bad variable (never its value).
+        """
+        service = cls(name, **options)
+        service.configure_from_env()
+        return service
+
+    def configure_from_env(self, settings: Settings | None = None) -> None:
+        """Apply *settings* (default: read from the environment and ``.env`` now).
+
+        Only settings set somewhere change the service; see :meth:`from_env`.
+        """
+        settings = settings if settings is not None else load_settings()
+        self.configure(**settings.service_options())
+        settings.export_update_levels()
 
     def copy(self) -> Service:
         """A new, not yet started service with this one's name, options, work

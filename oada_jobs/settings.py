@@ -33,6 +33,7 @@ SecretStr('**********')
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -43,12 +44,16 @@ from .tree import LayoutName, validate_service_name
 
 __all__ = [
     "ENV_NAMES",
+    "LOGGING_ENV",
     "UPDATE_LEVELS",
     "Settings",
     "describe_error",
     "load_settings",
     "update_levels",
 ]
+
+#: The variable naming the optional ``ctx.log`` update levels.
+LOGGING_ENV = "OADA_JOBS_LOGGING"
 
 #: The optional ``ctx.log`` update levels ``OADA_JOBS_LOGGING`` can turn on.
 UPDATE_LEVELS = ("debug", "trace")
@@ -161,6 +166,38 @@ class Settings(BaseSettings):
     def explicit(self) -> set[str]:
         """Names of the fields given by keyword, environment or ``.env`` (not defaults)."""
         return set(self.model_fields_set)
+
+    def service_options(self) -> dict[str, Any]:
+        """The :meth:`~oada_jobs.Service.configure` arguments these settings set.
+
+        Only what was set somewhere (keyword, environment, ``.env``) is
+        included, so everything else keeps what the service's code chose.
+        """
+        explicit = self.explicit()
+        options: dict[str, Any] = {}
+        if self.domain is not None:
+            options["domain"] = self.domain
+        token = self.token_value()
+        if token is not None:
+            options["token"] = token
+        if "concurrency" in explicit:
+            options["concurrency"] = self.concurrency
+        if "layout" in explicit:
+            options["layout"] = self.layout
+        if "metrics_port" in explicit and self.metrics_port is not None:
+            options["metrics_port"] = self.metrics_port
+        if "grace_period" in explicit:
+            options["shutdown_grace"] = self.grace_period
+        return options
+
+    def export_update_levels(self) -> None:
+        """Put the ``OADA_JOBS_LOGGING`` levels where ``ctx.log`` reads them.
+
+        ``ctx.log`` reads the process environment at each call (as @oada/jobs
+        does); a value that came from ``.env`` or a keyword is not there yet.
+        """
+        if "logging" in self.explicit():
+            os.environ[LOGGING_ENV] = ",".join(sorted(self.logging))
 
 
 def _env_name(alias: object) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +14,6 @@ import typer
 
 from .._loop import run as run_process
 from ..exceptions import OADAError
-from ..runner import LOGGING_ENV
 from ..service import Service
 from ..settings import Settings
 from . import app
@@ -94,31 +92,13 @@ def _import_failure(module_name: str, error: BaseException) -> str:
 def apply_settings(service: Service, settings: Settings) -> None:
     """Give *service* every option set by a flag, the environment or ``.env``.
 
-    Options not set anywhere keep what the service's code chose.
+    Options not set anywhere keep what the service's code chose; the same
+    rules as :meth:`Service.from_env`.
     """
-    explicit = settings.explicit()
-    options: dict[str, Any] = {}
-    if settings.domain is not None:
-        options["domain"] = settings.domain
-    token = settings.token_value()
-    if token is not None:
-        options["token"] = token
-    if "concurrency" in explicit:
-        options["concurrency"] = settings.concurrency
-    if "layout" in explicit:
-        options["layout"] = settings.layout
-    if "metrics_port" in explicit and settings.metrics_port is not None:
-        options["metrics_port"] = settings.metrics_port
-    if "grace_period" in explicit:
-        options["shutdown_grace"] = settings.grace_period
     try:
-        service.configure(**options)
+        service.configure_from_env(settings)
     except (ValueError, RuntimeError) as error:
         raise CLIError(f"cannot configure {service.name}: {error}", ExitCode.USAGE) from None
-    if "logging" in explicit:
-        # The runner reads the update levels from the process environment,
-        # which a value from .env has not reached.
-        os.environ[LOGGING_ENV] = ",".join(sorted(settings.logging))
 
 
 def _setup_logging(level: str) -> None:

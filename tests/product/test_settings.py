@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from oada_jobs import Job, Json, Service, WorkerContext
+from oada_jobs.cli.run import apply_settings
+from oada_jobs.client import OADAClient
 from oada_jobs.runner import enabled_levels
 from oada_jobs.settings import (
     ENV_NAMES,
@@ -15,6 +23,7 @@ from oada_jobs.settings import (
     load_settings,
     update_levels,
 )
+from oada_jobs.testing import EmbeddedServer, post_job, wait_for_job
 
 
 def test_defaults_without_anything_set() -> None:
@@ -176,3 +185,74 @@ def test_settings_is_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.concurrency = 4  # type: ignore[misc]
+
+
+def test_from_env_applies_what_oada_jobs_run_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOMAIN", "https://oada.example.org")
+    monkeypatch.setenv("OADA_TOKEN", "svc-token")
+    monkeypatch.setenv("OADA_JOBS_CONCURRENCY", "7")
+    monkeypatch.setenv("OADA_JOBS_LAYOUT", "pending")
+    monkeypatch.setenv("OADA_JOBS_GRACE_PERIOD", "4")
+    service = Service.from_env("svc", concurrency=3, lease=90, metrics_registry=CollectorRegistry())
+    assert service.domain == "https://oada.example.org"
+    assert service.token == "svc-token"
+    # The environment wins over the code, as under `oada-jobs run` ...
+    assert service.config.concurrency == 7
+    assert service.config.shutdown_grace == 4
+    assert service.layout.name == "pending"
+    # ... and what it does not set keeps what the code chose.
+    assert service.config.lease.total_seconds() == 90
+    assert service.config.metrics_port is None
+
+    by_cli = Service("svc", concurrency=3, lease=90, metrics_registry=CollectorRegistry())
+    apply_settings(by_cli, load_settings())
+    assert by_cli.config == service.config
+    assert (by_cli.domain, by_cli.token) == (service.domain, service.token)
+
+
+def test_from_env_takes_update_levels_from_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("OADA_JOBS_LOGGING=info,debug\n")
+    monkeypatch.chdir(tmp_path)
+    # Recorded, so the value from_env exports is undone after the test.
+    monkeypatch.setenv("OADA_JOBS_LOGGING", "")
+    monkeypatch.delenv("OADA_JOBS_LOGGING")
+    Service.from_env("svc", metrics_registry=CollectorRegistry())
+    assert enabled_levels() == {"debug"}
+
+
+def test_from_env_names_a_bad_variable_never_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OADA_TOKEN", "Bearer s3cret")
+    with pytest.raises(ValidationError) as caught:
+        Service.from_env("svc", metrics_registry=CollectorRegistry())
+    assert "OADA_TOKEN" in describe_error(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+async def test_a_service_from_env_runs_in_its_own_event_loop(
+    server: EmbeddedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OADA_DOMAIN", server.url)
+    monkeypatch.setenv("OADA_TOKEN", server.token)
+    service = Service.from_env("from-env-svc", metrics_registry=CollectorRegistry())
+
+    @service.on("echo", timeout=10)
+    async def echo(job: Job[Any], ctx: WorkerContext) -> Json:
+        return {"echo": job.config}
+
+    def user_program() -> None:
+        # What a user's own entry point does instead of `oada-jobs run`.
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                await group.start(partial(service.run, handle_signals=False))
+                async with OADAClient(server.url, server.token) as oada:
+                    job_id = await post_job(oada, "from-env-svc", "echo", {"n": 1})
+                    job = await wait_for_job(oada, job_id, 20)
+                assert job.result == {"echo": {"n": 1}}
+                await service.stop()
+
+        anyio.run(main)
+
+    with anyio.fail_after(40):
+        await anyio.to_thread.run_sync(user_program)
