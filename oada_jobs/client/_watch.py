@@ -82,6 +82,10 @@ class Watch(ClosesOnExit, Generic[T]):
         self.generation = 0
         self.response: Response | None = None
         self.state = WatchState.UNOPENED
+        #: Whether the server holds this watch right now: false from the
+        #: moment its connection drops until it is restored (changes made
+        #: meanwhile are replayed then), and once the watch is closed.
+        self.connected = False
         #: root rev of the last change array handed to the consumer
         self.rev: int | None = rev
         # root rev of the last change array queued (>= rev); replays up to it are dropped
@@ -105,6 +109,7 @@ class Watch(ClosesOnExit, Generic[T]):
         return headers
 
     def opened(self, response: Response) -> None:
+        self.connected = True
         if self.response is None:
             self.response = response
         if self._queued_rev is None and response.rev is not None:
@@ -129,6 +134,7 @@ class Watch(ClosesOnExit, Generic[T]):
         self._send.send_nowait(changes)
 
     def fail(self, error: OADAError) -> None:
+        self.connected = False
         if self._send is None:
             return
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -144,6 +150,7 @@ class Watch(ClosesOnExit, Generic[T]):
             await self._client._open_watch(self)
         except BaseException:
             self.state = WatchState.CLOSED
+            self.connected = False
             self._send.close()
             self._receive.close()
             raise
@@ -155,6 +162,7 @@ class Watch(ClosesOnExit, Generic[T]):
         if self.state is WatchState.CLOSED:
             return
         self.state = WatchState.CLOSED
+        self.connected = False
         if self._send is not None and self._receive is not None:
             self._send.close()
             self._receive.close()

@@ -71,6 +71,8 @@ class WatchSink(Protocol):
     generation: int
     deadline: float
     serial: int
+    #: set false by the connection when the socket under the watch drops
+    connected: bool
 
     def request_headers(self) -> dict[str, str]: ...
     def opened(self, response: Response) -> None: ...
@@ -296,9 +298,12 @@ class WSConnection:
         for watch in self._watches:
             if watch.generation == generation and watch not in self._lost:
                 self._lost[watch] = now
+                watch.connected = False
         if self._lost:
-            logger.info(
-                "WebSocket to %s dropped; restoring %d watch(es)", self._url, len(self._lost)
+            logger.warning(
+                "WebSocket to %s dropped; restoring %d watch(es)",
+                self._url,
+                len(self._lost),
             )
             self._start_restore()
 
@@ -543,6 +548,7 @@ class WSConnection:
                 wait=wait_exponential_jitter(multiplier=0.05, max=self._max_backoff),
                 stop=self._give_up,
                 sleep=anyio.sleep,
+                before_sleep=self._log_attempt,
                 reraise=True,
             )
             try:
@@ -590,8 +596,24 @@ class WSConnection:
                 except OADATransportError as error:
                     self._last_restore_error = str(error)
                     raise
-                self._lost.pop(watch, None)
-                logger.info("restored the watch on %s", watch.path)
+                since = self._lost.pop(watch, None)
+                down = anyio.current_time() - since if since is not None else 0.0
+                logger.info("restored the watch on %s after %.1f s", watch.path, down)
+
+    def _log_attempt(self, state: RetryCallState) -> None:
+        """Say that a reconnect attempt failed, and when the next one is."""
+        waited = anyio.current_time() - min(self._lost.values(), default=anyio.current_time())
+        next_in = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "reconnecting to %s: attempt %d failed (%s); %d watch(es) down for %.1f s, "
+            "next attempt in %.1f s",
+            self._url,
+            state.attempt_number,
+            self._last_restore_error or "connection lost",
+            len(self._lost),
+            waited,
+            next_in,
+        )
 
     def _give_up(self, state: RetryCallState) -> bool:
         now = anyio.current_time()

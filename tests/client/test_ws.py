@@ -326,6 +326,43 @@ async def test_watch_survives_a_server_restart() -> None:
     assert revs(seen) == [2, 3, 4, 5]
 
 
+async def test_a_watch_says_whether_it_is_connected_and_reconnects_are_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="oada_jobs.client")
+    fake = FakeOADA()
+    first = fake.running()
+    await first.__aenter__()
+    port = fake.port
+    try:
+        async with client(fake, max_backoff=0.1) as oada, oada.watch("/bookmarks/r") as watch:
+            assert watch.connected
+            await first.__aexit__(None, None, None)
+            with anyio.fail_after(10):
+                while watch.connected:
+                    await anyio.sleep(0.01)
+                # Every failed attempt to reconnect is a warning, not silence.
+                while sum("reconnecting to" in r.getMessage() for r in caplog.records) < 2:
+                    await anyio.sleep(0.01)
+            assert not watch.connected
+            async with fake.running(port):
+                with anyio.fail_after(10):
+                    while not watch.connected:
+                        await anyio.sleep(0.01)
+                await fake.write({"n": 1})
+                assert revs(await take(watch, 1)) == [2]
+        assert not watch.connected
+    finally:
+        await first.__aexit__(None, None, None)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dropped" in r.getMessage() for r in warnings)
+    attempts = [r.getMessage() for r in warnings if "reconnecting to" in r.getMessage()]
+    assert "attempt 1 failed" in attempts[0]
+    assert "next attempt in" in attempts[0]
+    assert "restored the watch on /bookmarks/r" in caplog.text
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+
+
 async def test_watch_that_cannot_be_restored_raises_watch_lost() -> None:
     fake = FakeOADA()
     server = fake.running()
