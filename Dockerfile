@@ -22,9 +22,11 @@ COPY examples/__init__.py examples/email_service.py ./examples/
 RUN mkdir -p /app/outbox && chown oada /app/outbox
 USER oada
 EXPOSE 9100
-# Healthy while the service process serves its Prometheus metrics.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ['OADA_JOBS_METRICS_PORT'], timeout=4)"]
+# Healthy while the service is ready: its event loop runs and every queue's
+# watch is established with the OADA server reachable (/readyz). For
+# Kubernetes, probe /healthz for liveness and /readyz for readiness.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['OADA_JOBS_METRICS_PORT'], timeout=4)"]
 # SIGTERM stops taking jobs; running ones get OADA_JOBS_GRACE_PERIOD seconds.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["oada-jobs", "run", "examples.email_service:service"]

@@ -11,7 +11,13 @@ name                                kind       labels
 ``oada_jobs_jobs_running``          gauge      service, type
 ``oada_jobs_job_duration_seconds``  histogram  service, type, state
 ``oada_jobs_queues``                gauge      service
+``oada_jobs_queue_up``              gauge      service, queue
 ==================================  =========  ===============================
+
+``oada_jobs_queues`` counts the queues the service runs (watching or
+retrying); ``oada_jobs_queue_up`` is 1 for a queue whose list watch is
+established with its connection up, 0 while it is being restored or the
+queue is retrying (see :mod:`oada_jobs.health`, which refreshes it).
 
 ``state`` is ``started``, ``success`` or ``failure``.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +50,7 @@ class _Collectors:
     running: Gauge
     duration: Histogram
     queues: Gauge
+    queue_up: Gauge
 
 
 _lock = threading.Lock()
@@ -77,8 +85,14 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                 ),
                 queues=Gauge(
                     "oada_jobs_queues",
-                    "Job queues the service is watching.",
+                    "Job queues the service runs (watching or retrying).",
                     ["service"],
+                    registry=registry,
+                ),
+                queue_up=Gauge(
+                    "oada_jobs_queue_up",
+                    "1 while the queue's list watch is established and its connection up.",
+                    ["service", "queue"],
                     registry=registry,
                 ),
             )
@@ -101,6 +115,7 @@ class ServiceMetrics:
         # Labelled children, looked up once: ``labels()`` checks and joins
         # its arguments on every call, three times per job.
         self._children: dict[tuple[object, ...], Any] = {}
+        self._queues_up: set[str] = set()
 
     def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         key = (metric, *labels)
@@ -123,6 +138,14 @@ class ServiceMetrics:
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)
+
+    def set_queues_up(self, queues: Mapping[str, bool]) -> None:
+        """Set ``oada_jobs_queue_up`` for *queues* (key -> up); drop queues gone since."""
+        for key in self._queues_up - queues.keys():
+            self._c.queue_up.remove(self.service, key)
+        for key, up in queues.items():
+            self._c.queue_up.labels(self.service, key).set(1 if up else 0)
+        self._queues_up = set(queues)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on *port* (0 picks a free one); returns the port."""

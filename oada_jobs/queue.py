@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .client import Watch
 from .client._client import check_path
 from .exceptions import (
     BadRequest,
@@ -135,11 +136,18 @@ class Queue:
         self._day_locks: dict[str, anyio.Lock] = {}
         #: Whether the queue's list watch is open right now.
         self.watching = False
+        self._list_watch: Watch[Any] | None = None
         self.log = logging.LoggerAdapter(logger, {"service": service.name, "queue": key})
 
     def __repr__(self) -> str:
         # Never the token.
         return f"Queue({self.key!r}, domain={self.domain!r})"
+
+    @property
+    def up(self) -> bool:
+        """Whether the list watch is open and the server holds it now (not restoring)."""
+        watch = self._list_watch
+        return self.watching and watch is not None and watch.connected
 
     @property
     def oada(self) -> OADAClient:
@@ -274,6 +282,7 @@ class Queue:
             oada.watch(self.pending_path, rev=response.rev) as changes,
         ):
             self.log.info("queue %r: watching %s on %s", self.key, self.pending_path, self.domain)
+            self._list_watch = changes
             self._set_watching(True)
             ready()
             async with anyio.create_task_group() as intake:

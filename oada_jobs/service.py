@@ -46,6 +46,7 @@ from ._signals import stop_on_signals
 from .client import parse_domain
 from .client._client import check_token
 from .exceptions import InvalidQueueEntry, OADAError, redact
+from .health import Readiness, serve_probes
 from .job import Job
 from .metrics import ServiceMetrics
 from .queue import DEFAULT_QUEUE, Queue, _Once
@@ -112,6 +113,9 @@ class ServiceConfig(BaseModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: Address the metrics server binds to.
     metrics_addr: str = "0.0.0.0"
+    #: Seconds the event loop may go without a heartbeat before ``/healthz``
+    #: (served with ``/metrics``) fails (see :mod:`oada_jobs.health`).
+    loop_stall_limit: PositiveFloat = 5.0
 
 
 class ServiceState(Enum):
@@ -257,6 +261,7 @@ class Service:
         keep_jobs: int = 1000,
         metrics_port: int | None = None,
         metrics_addr: str = "0.0.0.0",
+        loop_stall_limit: Timeout = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         reporters: Iterable[Reporter] = (),
     ) -> None:
@@ -286,6 +291,7 @@ class Service:
             keep_jobs=keep_jobs,
             metrics_port=metrics_port,
             metrics_addr=metrics_addr,
+            loop_stall_limit=loop_stall_limit,
             reporters=reporters,
         )
         #: Identifies this service instance in job leases.
@@ -323,6 +329,7 @@ class Service:
         keep_jobs: int | None = None,
         metrics_port: int | None = None,
         metrics_addr: str | None = None,
+        loop_stall_limit: Timeout | None = None,
         metrics_registry: CollectorRegistry | None = None,
         reporters: Iterable[Reporter] | None = None,
     ) -> None:
@@ -356,6 +363,7 @@ class Service:
             "keep_jobs": keep_jobs,
             "metrics_port": metrics_port,
             "metrics_addr": metrics_addr,
+            "loop_stall_limit": secs(loop_stall_limit),
         }
         merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
         self.config = ServiceConfig.model_validate(merged)
@@ -666,6 +674,11 @@ class Service:
                 return
             await event.wait()
 
+    def _readiness(self) -> Readiness:
+        """For ``/readyz``: running, and each queue's watch established and connected."""
+        running = self._state is ServiceState.RUNNING
+        return Readiness(running, {key: queue.up for key, queue in self._queues.items()})
+
     def _queues_changed(self) -> None:
         self.metrics.set_queues(len(self._queues))
         self._queues_event.set()
@@ -823,10 +836,16 @@ class Service:
                         OADAClient(self.domain, self._token, concurrency=self.request_concurrency)
                     )
                 if self.config.metrics_port is not None:
-                    self.metrics_bound_port = self.metrics.serve(
-                        self.config.metrics_port, self.config.metrics_addr
+                    probes = await stack.enter_async_context(
+                        serve_probes(
+                            self.metrics,
+                            self._readiness,
+                            port=self.config.metrics_port,
+                            addr=self.config.metrics_addr,
+                            stall_limit=self.config.loop_stall_limit,
+                        )
                     )
-                    stack.callback(self.metrics.close)
+                    self.metrics_bound_port = probes.port
                 with anyio.CancelScope() as work_scope:
                     async with anyio.create_task_group() as work:
                         self._work = work
