@@ -11,6 +11,8 @@ variable                       meaning                                     defau
 ``OADA_JOBS_GRACE_PERIOD``     seconds running jobs get at shutdown        ``30``
 ``OADA_JOBS_LAYOUT``           job-list layout: ``classic``, ``pending``   ``classic``
 ``OADA_JOBS_SERVICE``          service the CLI's ``jobs``/``queues`` use   (none)
+``OADA_JOBS_LOG_FORMAT``       log lines: ``text`` or ``json``             ``text``
+``OADA_JOBS_LOG_LEVEL``        ``debug``, ``info``, ``warning``, ``error``  ``info``
 =============================  ==========================================  ==========
 
 Values come, highest priority first, from keyword arguments, the process
@@ -40,6 +42,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .client._common import parse_domain
+from .logs import LOG_LEVELS, LogFormat
 from .tree import LayoutName, validate_service_name
 
 __all__ = [
@@ -116,6 +119,24 @@ class Settings(BaseSettings):
 
     #: Default service name for the ``oada-jobs jobs`` and ``queues`` commands.
     service: str | None = Field(default=None, validation_alias="OADA_JOBS_SERVICE")
+
+    #: Log lines written by ``oada-jobs run``: ``text``, or ``json`` (one object per line).
+    log_format: LogFormat = Field(default="text", validation_alias="OADA_JOBS_LOG_FORMAT")
+    #: Python log level of ``oada-jobs run``.
+    log_level: str = Field(default="info", validation_alias="OADA_JOBS_LOG_LEVEL")
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _check_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("service")
     @classmethod

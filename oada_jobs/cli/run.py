@@ -14,6 +14,7 @@ import typer
 
 from .._loop import run as run_process
 from ..exceptions import OADAError
+from ..logs import configure_logging
 from ..service import Service
 from ..settings import Settings
 from . import app
@@ -101,18 +102,6 @@ def apply_settings(service: Service, settings: Settings) -> None:
         raise CLIError(f"cannot configure {service.name}: {error}", ExitCode.USAGE) from None
 
 
-def _setup_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level.upper())
-    if level.upper() != "DEBUG":
-        # One line per HTTP request drowns the service's own log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 @command(app, "run")
 def run(
     target: Annotated[
@@ -151,8 +140,20 @@ def run(
         ),
     ] = None,
     log_level: Annotated[
-        str, typer.Option(help="Python log level: debug, info, warning, error.")
-    ] = "info",
+        str | None,
+        typer.Option(
+            help="Python log level: debug, info, warning, error. \\[env: OADA_JOBS_LOG_LEVEL]",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Log lines: text, or json (one object per line, with the job's fields). "
+            "\\[env: OADA_JOBS_LOG_FORMAT]",
+            show_default=False,
+        ),
+    ] = None,
     app_dir: Annotated[
         Path | None,
         typer.Option(help="Directory to import MODULE from (default: the current one)."),
@@ -172,11 +173,9 @@ def run(
     what the service's code chose. Exits non-zero at once when the domain or
     token is missing, the server cannot be reached or the token is refused.
     """
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise CLIError(
-            f"--log-level must be debug, info, warning or error, got {log_level!r}", ExitCode.USAGE
-        )
     settings = settings_from(
+        log_level=log_level,
+        log_format=log_format,
         domain=domain,
         token=token,
         concurrency=concurrency,
@@ -194,7 +193,7 @@ def run(
             "set OADA_DOMAIN",
             ExitCode.USAGE,
         ) from None
-    _setup_logging(log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
         if settings.token is not None:

@@ -47,6 +47,8 @@ def test_environment_is_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("OADA_JOBS_GRACE_PERIOD", "2.5")
     monkeypatch.setenv("OADA_JOBS_LAYOUT", "pending")
     monkeypatch.setenv("OADA_JOBS_SERVICE", "email-service")
+    monkeypatch.setenv("OADA_JOBS_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("OADA_JOBS_LOG_LEVEL", "Warning")
     settings = load_settings()
     assert settings.domain == "http://localhost:8080"
     assert settings.token_value() == "god"
@@ -56,6 +58,8 @@ def test_environment_is_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.grace_period == 2.5
     assert settings.layout == "pending"
     assert settings.service == "email-service"
+    assert settings.log_format == "json"
+    assert settings.log_level == "warning"
     assert settings.explicit() == set(ENV_NAMES)
 
 
@@ -163,6 +167,8 @@ def test_token_never_shows() -> None:
         ({"grace_period": -1}, "OADA_JOBS_GRACE_PERIOD: Input should be greater than"),
         ({"domain": "ftp://x"}, "OADA_DOMAIN:"),
         ({"service": "no spaces please"}, "OADA_JOBS_SERVICE: expected a service name"),
+        ({"log_format": "xml"}, "OADA_JOBS_LOG_FORMAT: Input should be 'text' or 'json'"),
+        ({"log_level": "loud"}, "OADA_JOBS_LOG_LEVEL: expected one of debug, info"),
     ],
 )
 def test_bad_values_name_the_variable_never_the_value(
