@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from . import telemetry
 from .client._common import dumps
 from .exceptions import (
     BadRequest,
@@ -525,13 +526,18 @@ class Runner:
             return None
         if verdict is not None:
             return verdict
-        claimed = await self._claim(job)
-        if claimed is None:
-            # Someone wrote the job since it was read, most likely another
-            # replica's claim. Looking again a moment later costs nothing
-            # if that one files the job by then (the list watch tells).
-            return utc_now() + timedelta(seconds=1)
-        return await self._execute(job, claimed)
+        with telemetry.job_span(self.service.name, self.queue.key, job):
+            with telemetry.step_span("claim"):
+                claimed = await self._claim(job)
+            if claimed is None:
+                # Someone wrote the job since it was read, most likely another
+                # replica's claim. Looking again a moment later costs nothing
+                # if that one files the job by then (the list watch tells).
+                return utc_now() + timedelta(seconds=1)
+            again = await self._execute(job, claimed)
+            if self.outcome is not None:
+                telemetry.set_job_outcome(self.outcome.status, self.outcome.fail_type)
+            return again
 
     def _verdict(
         self, job: Job[Any], merged_into: tuple[str, JobOutcome] | None
@@ -625,7 +631,8 @@ class Runner:
         )
         outcome: JobOutcome | None = None
         try:
-            outcome = await self._call(worker, job, ctx, scoped, claim_rev)
+            with telemetry.step_span("run"):
+                outcome = await self._call(worker, job, ctx, scoped, claim_rev)
         except anyio.get_cancelled_exc_class():
             # Shutdown past its grace period: give the job back so it runs
             # again, here or on another replica.
@@ -653,7 +660,8 @@ class Runner:
             # the queue looks at it again shortly.
             return outcome.run_at if given_back else utc_now() + timedelta(seconds=1)
         duration = anyio.current_time() - started
-        await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
+        with telemetry.step_span("file"):
+            await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
         return None
 
     async def _give_back(self, outcome: JobOutcome) -> bool:

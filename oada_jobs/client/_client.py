@@ -28,6 +28,7 @@ from ..exceptions import (
     ServerError,
     TooManyRequests,
 )
+from . import _tracing
 from ._common import BaseURL, ClosesOnExit, dumps, make_ssl_context, new_request_id, parse_domain
 from ._http import ConnectFailed, HTTPTransport
 from ._response import Change, Response, status_error
@@ -642,7 +643,18 @@ class OADAClient(ClosesOnExit):
         async def attempt() -> Response:
             return await self._attempt(method, path, request_headers, data, body, encoded)
 
-        return await self._with_retries(attempt, method)
+        if not _tracing.ENABLED:
+            return await self._with_retries(attempt, method)
+        transport = "websocket" if use_ws else "http"
+        with _tracing.request_span(method, path, self.domain, transport) as span:
+            try:
+                response = await self._with_retries(attempt, method)
+            except OADAError as error:
+                if error.status is not None:
+                    _tracing.set_status(span, error.status)
+                raise
+            _tracing.set_status(span, response.status)
+            return response
 
     async def _attempt(
         self,
