@@ -643,7 +643,7 @@ class OADAClient(ClosesOnExit):
         async def attempt() -> Response:
             return await self._attempt(method, path, request_headers, data, body, encoded)
 
-        if not _tracing.ENABLED:
+        if not _tracing.active():
             return await self._with_retries(attempt, method)
         transport = "websocket" if use_ws else "http"
         with _tracing.request_span(method, path, self.domain, transport) as span:

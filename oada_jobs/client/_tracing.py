@@ -2,8 +2,9 @@
 
 Owns the one question the client asks about tracing: is it available, and
 if so, a span per request. Without ``opentelemetry-api`` installed nothing
-is imported and :data:`ENABLED` is false, so the client does not even enter
-a context manager per request. Tokens never become span attributes.
+is imported and :data:`ENABLED` is false; installed but with no tracer
+provider configured, :func:`active` is false. Either way the client does not
+even enter a context manager per request. Tokens never become span attributes.
 """
 
 from __future__ import annotations
@@ -21,10 +22,21 @@ try:
 except ImportError:  # the `otel` extra is not installed
     trace = None
 
-__all__ = ["ENABLED", "request_span"]
+__all__ = ["ENABLED", "active", "request_span", "set_status"]
 
 #: Whether OpenTelemetry is installed (the ``otel`` extra).
 ENABLED = trace is not None
+# Providers that record nothing: while one of these is in place (no
+# provider configured yet), spans are not even made.
+_INERT: tuple[type, ...] = (
+    (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
+)
+
+
+def active() -> bool:
+    """Whether spans would be recorded: the extra is installed and a provider set."""
+    return trace is not None and not isinstance(trace.get_tracer_provider(), _INERT)
+
 
 _TRACER_NAME = "oada_jobs.client"
 

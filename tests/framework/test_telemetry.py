@@ -217,3 +217,29 @@ async def test_a_refused_request_is_an_error_span(
     assert span.attributes["http.response.status_code"] == 404
     assert span.attributes["url.path"] == "/bookmarks/no-such-thing-here"
     assert span.status.status_code is StatusCode.ERROR
+
+
+def test_installed_but_without_a_provider_no_span_is_made() -> None:
+    script = textwrap.dedent(
+        """
+        from oada_jobs import telemetry
+        from oada_jobs.client import _tracing
+
+        assert telemetry.ENABLED and _tracing.ENABLED
+        assert not _tracing.active()
+        assert telemetry.step_span("run") is telemetry.step_span("file")
+
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
+        trace.set_tracer_provider(TracerProvider())
+        assert _tracing.active()
+        assert telemetry.step_span("run") is not telemetry.step_span("file")
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
