@@ -1,19 +1,19 @@
 """Configuration from the environment (and a ``.env`` file), for services and the CLI.
 
-=============================  ==========================================  ==========
-variable                       meaning                                     default
-=============================  ==========================================  ==========
-``OADA_DOMAIN``                the OADA server, ``https://host[:port]``    (required)
-``OADA_TOKEN``                 the service's token for that server         (required)
-``OADA_JOBS_CONCURRENCY``      jobs run at once                            ``10``
-``OADA_JOBS_LOGGING``          extra update levels: ``debug``, ``trace``   (none)
-``OADA_JOBS_METRICS_PORT``     serve Prometheus ``/metrics`` on this port  (off)
-``OADA_JOBS_GRACE_PERIOD``     seconds running jobs get at shutdown        ``30``
-``OADA_JOBS_LAYOUT``           job-list layout: ``classic``, ``pending``   ``classic``
-``OADA_JOBS_SERVICE``          service the CLI's ``jobs``/``queues`` use   (none)
-``OADA_JOBS_LOG_FORMAT``       log lines: ``text`` or ``json``             ``text``
-``OADA_JOBS_LOG_LEVEL``        ``debug``, ``info``, ``warning``, ``error``  ``info``
-=============================  ==========================================  ==========
+=============================  ============================================  ==========
+variable                       meaning                                       default
+=============================  ============================================  ==========
+``OADA_DOMAIN``                the OADA server, ``https://host[:port]``      (required)
+``OADA_TOKEN``                 the service's token for that server           (required)
+``OADA_JOBS_CONCURRENCY``      jobs run at once                              ``10``
+``OADA_JOBS_LOGGING``          extra update levels: ``debug``, ``trace``     (none)
+``OADA_JOBS_METRICS_PORT``     serve Prometheus ``/metrics`` on this port    (off)
+``OADA_JOBS_GRACE_PERIOD``     seconds running jobs get at shutdown          ``30``
+``OADA_JOBS_LAYOUT``           job-list layout: ``classic``, ``pending``     ``classic``
+``OADA_JOBS_SERVICE``          service the CLI's ``jobs``/``queues`` use     (none)
+``OADA_JOBS_LOG_FORMAT``       log lines: ``text`` or ``json``               ``text``
+``OADA_JOBS_LOG_LEVEL``        ``debug``, ``info``, ``warning`` or ``error``  ``info``
+=============================  ============================================  ==========
 
 Values come, highest priority first, from keyword arguments, the process
 environment, and a ``.env`` file in the working directory if there is one.
