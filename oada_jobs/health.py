@@ -8,7 +8,11 @@ else of the service.
 The HTTP server runs in a thread of its own, so it answers even while the
 event loop is blocked, and that is the point: a task on the loop records a
 heartbeat every :data:`HEARTBEAT_INTERVAL` seconds together with a snapshot
-of the queues' readiness, and the thread judges by the heartbeat's age.
+of the queues' readiness, and the thread judges liveness by the heartbeat's
+age. For ``/readyz`` it asks the loop for the readiness of this moment
+(waiting at most :data:`READY_WAIT` seconds, else it answers from the last
+snapshot), so a probe right after a change does not see the state of up to
+a heartbeat ago.
 
 ``/healthz`` (liveness)
     200 while the last heartbeat is at most ``stall_limit`` seconds old; 503
@@ -26,11 +30,13 @@ Both probes answer a small JSON object saying why.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import CancelledError, Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
@@ -43,10 +49,12 @@ from prometheus_client import make_wsgi_app
 
 from .metrics import ServiceMetrics
 
-__all__ = ["HEARTBEAT_INTERVAL", "ProbeServer", "Readiness", "serve_probes"]
+__all__ = ["HEARTBEAT_INTERVAL", "READY_WAIT", "ProbeServer", "Readiness", "serve_probes"]
 
 #: Seconds between heartbeats of the event loop (and readiness snapshots).
 HEARTBEAT_INTERVAL = 0.5
+#: Seconds ``/readyz`` waits for the event loop to report the current state.
+READY_WAIT = 1.0
 
 _JSON = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
 
@@ -97,6 +105,7 @@ class ProbeServer:
         self._metrics_app = make_wsgi_app(metrics.registry)
         # Replaced whole by the loop, read whole by the server thread.
         self._beat = _Beat(time.monotonic(), Readiness(running=False))
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         #: The port the server listens on, once started.
@@ -119,7 +128,11 @@ class ProbeServer:
     # -- the server thread ---------------------------------------------------
 
     def start(self, port: int, addr: str) -> int:
-        """Listen on *addr*:*port* (0 picks a free port) in a thread; return the port."""
+        """Listen on *addr*:*port* (0 picks a free port) in a thread; return the port.
+
+        Called from the event loop whose health it reports.
+        """
+        self._loop = asyncio.get_running_loop()
         server_class: type[_Server] = _Server
         if ":" in addr:
 
@@ -171,10 +184,34 @@ class ProbeServer:
             "stall_limit_seconds": self._stall_limit,
         }
 
+    def _current_readiness(self) -> Readiness:
+        """The readiness computed on the loop now, or the last snapshot if it does not answer."""
+        loop = self._loop
+        if loop is None:
+            return self._beat.readiness
+        answer: Future[Readiness] = Future()
+
+        def compute() -> None:
+            # On the loop: a heartbeat like any other, gauges included.
+            if answer.set_running_or_notify_cancel():
+                try:
+                    self.beat()
+                    answer.set_result(self._beat.readiness)
+                except Exception as error:
+                    answer.set_exception(error)
+
+        try:
+            loop.call_soon_threadsafe(compute)
+            return answer.result(timeout=READY_WAIT)
+        except (RuntimeError, TimeoutError, CancelledError):
+            # The loop is closed, or too busy to answer now.
+            answer.cancel()
+            return self._beat.readiness
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: alive, running, and every queue's watch established and connected."""
         alive, body = self.health()
-        readiness = self._beat.readiness
+        readiness = self._current_readiness() if alive else self._beat.readiness
         ok = alive and readiness.ready
         if ok:
             status = "ready"

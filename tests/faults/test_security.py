@@ -96,11 +96,14 @@ async def test_tokens_never_leak_end_to_end(caplog: pytest.LogCaptureFixture) ->
                 assert repr(service.queues["second"])
                 assert_clean(repr(service) + repr(service.queues), "reprs")
                 async with httpx.AsyncClient() as http:
-                    metrics = (
-                        await http.get(f"http://127.0.0.1:{service.metrics_bound_port}/metrics")
-                    ).text
+                    base = f"http://127.0.0.1:{service.metrics_bound_port}"
+                    metrics = (await http.get(f"{base}/metrics")).text
+                    probes = (await http.get(f"{base}/healthz")).text
+                    probes += (await http.get(f"{base}/readyz")).text
                 assert "oada" in metrics
                 assert_clean(metrics, "the metrics output")
+                assert '"second": true' in probes, probes
+                assert_clean(probes, "the health probes")
             outcome = await collect(oada, name, keys)
             everything = json.dumps(outcome.bodies)
             tree = await oada.get(f"/bookmarks/services/{name}")
