@@ -405,6 +405,10 @@ class Service:
         file, and win over *options* as they win over the service's code
         under ``oada-jobs run``. Raises :class:`pydantic.ValidationError`
         naming a bad variable (never its value).
+
+        Log output is the process's business, not the service's: for the
+        output ``oada-jobs run`` sets up (``OADA_JOBS_LOG_LEVEL``,
+        ``OADA_JOBS_LOG_FORMAT``), call ``load_settings().configure_logging()``.
         """
         service = cls(name, **options)
         service.configure_from_env()

@@ -36,13 +36,14 @@ SecretStr('**********')
 from __future__ import annotations
 
 import os
+from logging import Handler
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .client._common import parse_domain
-from .logs import LOG_LEVELS, LogFormat
+from .logs import LOG_LEVELS, LogFormat, configure_logging
 from .tree import LayoutName, validate_service_name
 
 __all__ = [
@@ -210,6 +211,14 @@ class Settings(BaseSettings):
         if "grace_period" in explicit:
             options["shutdown_grace"] = self.grace_period
         return options
+
+    def configure_logging(self) -> Handler | None:
+        """Set up log output as ``oada-jobs run`` does: ``log_level`` and ``log_format``.
+
+        See :func:`oada_jobs.logs.configure_logging` (it leaves a logging
+        set-up of your own alone).
+        """
+        return configure_logging(self.log_level, self.log_format)
 
     def export_update_levels(self) -> None:
         """Put the ``OADA_JOBS_LOGGING`` levels where ``ctx.log`` reads them.

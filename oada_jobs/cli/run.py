@@ -14,7 +14,6 @@ import typer
 
 from .._loop import run as run_process
 from ..exceptions import OADAError
-from ..logs import configure_logging
 from ..service import Service
 from ..settings import Settings
 from . import app
@@ -193,7 +192,7 @@ def run(
             "set OADA_DOMAIN",
             ExitCode.USAGE,
         ) from None
-    configure_logging(settings.log_level, settings.log_format)
+    settings.configure_logging()
 
     async def main() -> None:
         if settings.token is not None:

@@ -19,6 +19,7 @@ from anyio.streams.text import TextReceiveStream
 from oada_jobs.client import OADAClient
 from oada_jobs.logs import JSONFormatter, configure_logging
 from oada_jobs.runner import JobLogAdapter
+from oada_jobs.settings import load_settings
 from oada_jobs.testing import EmbeddedServer, post_job, wait_for_job
 
 SERVICE_MODULE = """
@@ -151,3 +152,15 @@ async def test_run_writes_json_lines(server: EmbeddedServer, tmp_path: Path, how
     assert by_message["working on it"]["step"] == 1
     assert any(record["level"] == "DEBUG" for record in records) == (how == "env")
     assert server.token not in output or server.token == "god"
+
+
+def test_settings_configure_logging_as_run_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setenv("OADA_JOBS_LOG_FORMAT", "json")
+    monkeypatch.setenv("OADA_JOBS_LOG_LEVEL", "error")
+    handler = load_settings().configure_logging()
+    assert isinstance(handler, logging.StreamHandler)
+    assert isinstance(handler.formatter, JSONFormatter)
+    assert root.level == logging.ERROR
