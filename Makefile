@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := conformance/node_modules/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check lint typecheck test demo bench audit clean
+.PHONY: help setup browser check lint typecheck test demo bench audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,dashboard]'
 	touch $@
 
 $(NODE_STAMP): conformance/package.json conformance/package-lock.json
@@ -22,6 +22,16 @@ $(NODE_STAMP): conformance/package.json conformance/package-lock.json
 	touch $@
 
 setup: $(STAMP) $(NODE_STAMP)  ## create .venv and install Python and Node packages
+
+# The dashboard's browser tests drive Debian's Chromium through Playwright
+# (never `playwright install`). Installed here when missing, if this runs as
+# root with apt; otherwise those tests skip and say why.
+CHROMIUM ?= /usr/bin/chromium
+browser:  ## install Chromium for the dashboard's browser tests (root with apt only)
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "no $(CHROMIUM) and cannot install it (not root or no apt): browser tests will skip"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,7 +42,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck  ## ruff and mypy (strict)
 
-test: setup check  ## set up, check, run the whole suite
+test: setup browser check  ## set up, check, run the whole suite
 	$(BIN)/pytest
 
 demo: $(STAMP)  ## start the embedded server and an example service, run jobs through it

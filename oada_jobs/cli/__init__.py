@@ -27,4 +27,4 @@ def main() -> None:
 
 
 # Sub-commands register themselves on `app` when imported.
-from . import cron, demo, jobs, queues, report, run, serve  # noqa: E402, F401
+from . import cron, dashboard, demo, jobs, queues, report, run, serve  # noqa: E402, F401

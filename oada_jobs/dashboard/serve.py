@@ -1,0 +1,102 @@
+"""Serve a dashboard app with uvicorn (what ``oada-jobs dashboard`` and the tests use).
+
+Owns the listening socket and the uvicorn server; knows nothing of pages.
+Binding is checked by :func:`~oada_jobs.dashboard.security.check_bind`
+before anything listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+from starlette.types import ASGIApp
+
+from .security import check_bind
+
+__all__ = ["SHUTDOWN_GRACE", "DashboardHandle", "serve_dashboard"]
+
+#: Seconds open requests (live streams) get to end when the dashboard stops.
+SHUTDOWN_GRACE = 2.0
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+        super().__init__(config)
+        self._handle_signals = handle_signals
+        self.ready = anyio.Event()
+
+    def capture_signals(self) -> Any:
+        if self._handle_signals:
+            return super().capture_signals()
+        return contextlib.nullcontext()  # embedded: the host owns the signals
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
+@dataclass(slots=True)
+class DashboardHandle:
+    """A running dashboard, as reported by :func:`serve_dashboard` once it answers."""
+
+    host: str
+    port: int
+    _server: _Server = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8300``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def shutdown(self) -> None:
+        """Stop serving (open live streams get :data:`SHUTDOWN_GRACE` seconds)."""
+        self._server.should_exit = True
+
+
+async def serve_dashboard(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    login_secret: str | None = None,
+    handle_signals: bool = False,
+    task_status: TaskStatus[DashboardHandle] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *app* on *host*:*port* (0 = a free port) until shut down.
+
+    Refuses a non-loopback *host* unless *allow_remote*, and then only with
+    a *login_secret* (the one the app was made with). Use it as
+    ``handle = await task_group.start(serve_dashboard, app)``.
+    """
+    check_bind(host, allow_remote=allow_remote, login_secret=login_secret)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+        server_header=False,
+    )
+    server = _Server(config, handle_signals=handle_signals)
+    with sock:
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [sock])
+            with anyio.fail_after(30):
+                await server.ready.wait()
+            task_status.started(DashboardHandle(host, sock.getsockname()[1], server))
