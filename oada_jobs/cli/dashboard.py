@@ -94,7 +94,7 @@ def dashboard_command(
             ExitCode.USAGE,
         ) from None
     try:
-        check_bind(host, allow_remote=allow_remote, login_secret=login_secret)
+        check_bind(host, allow_remote=allow_remote, has_login=bool(login_secret))
     except BindRefused as error:
         raise CLIError(str(error), ExitCode.USAGE) from None
     hosts = tuple(allowed_host) if allowed_host else (("*",) if allow_remote else None)
@@ -121,7 +121,6 @@ def dashboard_command(
                     host=host,
                     port=port,
                     allow_remote=allow_remote,
-                    login_secret=login_secret,
                     handle_signals=True,
                     task_status=task_status,
                 )

@@ -79,7 +79,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, *, allow_remote: bool, login_secret: str | None) -> None:
+def check_bind(host: str, *, allow_remote: bool, has_login: bool) -> None:
     """Refuse to listen on a non-loopback *host* unless asked, and then only with a login.
 
     Raises :class:`BindRefused` saying what to do.
@@ -92,7 +92,7 @@ def check_bind(host: str, *, allow_remote: bool, login_secret: str | None) -> No
             "can cancel and retry jobs with its OADA token; to serve it to other machines "
             "pass --allow-remote and a login secret"
         )
-    if not login_secret:
+    if not has_login:
         raise BindRefused(
             f"listening on {host!r} needs a login secret: set OADA_JOBS_DASHBOARD_SECRET "
             "(or pass --login-secret)"

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import uvicorn
 from anyio.abc import TaskStatus
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 from .security import check_bind
 
@@ -62,22 +62,22 @@ class DashboardHandle:
 
 
 async def serve_dashboard(
-    app: ASGIApp,
+    app: Starlette,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     allow_remote: bool = False,
-    login_secret: str | None = None,
     handle_signals: bool = False,
     task_status: TaskStatus[DashboardHandle] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *app* on *host*:*port* (0 = a free port) until shut down.
 
-    Refuses a non-loopback *host* unless *allow_remote*, and then only with
-    a *login_secret* (the one the app was made with). Use it as
+    *app* is one :func:`~oada_jobs.dashboard.create_dashboard_app` made.
+    Refuses a non-loopback *host* unless *allow_remote*, and then only when
+    the app asks for a login. Use it as
     ``handle = await task_group.start(serve_dashboard, app)``.
     """
-    check_bind(host, allow_remote=allow_remote, login_secret=login_secret)
+    check_bind(host, allow_remote=allow_remote, has_login=app.state.dashboard.login_required)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
