@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -117,6 +118,8 @@ class Dashboard:
         self.health = Health()
         self.throttle = LoginThrottle(config.login_attempts_per_minute)
         self.streams = 0
+        #: Set when the server begins to shut down: live streams end.
+        self.stopping = anyio.Event()
         self._oada: OADAClient | None = None
         self._reader: JobReader | None = None
         self.templates = Environment(
@@ -435,9 +438,9 @@ class _Events:
             return
         dashboard.streams += 1
         try:
-            await EventStream(dashboard.oada, dashboard.config, paths, dashboard.health)(
-                scope, receive, send
-            )
+            await EventStream(
+                dashboard.oada, dashboard.config, paths, dashboard.health, dashboard.stopping
+            )(scope, receive, send)
         finally:
             dashboard.streams -= 1
 

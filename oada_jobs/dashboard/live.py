@@ -85,11 +85,13 @@ class EventStream:
         config: DashboardConfig,
         paths: PathsFunction,
         health: Health,
+        stopping: anyio.Event,
     ) -> None:
         self.oada = oada
         self.config = config
         self.paths = paths
         self.health = health
+        self.stopping = stopping
         self.changed = Signal()
         self._watching: dict[str, anyio.CancelScope] = {}
 
@@ -107,6 +109,7 @@ class EventStream:
         )
         async with anyio.create_task_group() as group:
             group.start_soon(self._until_disconnect, receive, group)
+            group.start_soon(self._until_stopping, group)
             group.start_soon(self._probe_when_broken)
             await self._sync(group)
             # The first event: the page re-reads after its watches are open.
@@ -116,6 +119,12 @@ class EventStream:
     async def _until_disconnect(self, receive: Receive, group: TaskGroup) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        group.cancel_scope.cancel()
+
+    async def _until_stopping(self, group: TaskGroup) -> None:
+        # The server is shutting down: end the stream now rather than be cut
+        # at the end of the grace period (the browser reconnects by itself).
+        await self.stopping.wait()
         group.cancel_scope.cancel()
 
     async def _event(self, send: Send, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -26,10 +27,21 @@ SHUTDOWN_GRACE = 2.0
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, handle_signals: bool, stopping: anyio.Event
+    ) -> None:
         super().__init__(config)
         self._handle_signals = handle_signals
         self.ready = anyio.Event()
+        self.stopping = stopping
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
 
     def capture_signals(self) -> Any:
         if self._handle_signals:
@@ -58,7 +70,7 @@ class DashboardHandle:
 
     def shutdown(self) -> None:
         """Stop serving (open live streams get :data:`SHUTDOWN_GRACE` seconds)."""
-        self._server.should_exit = True
+        self._server.stop()
 
 
 async def serve_dashboard(
@@ -93,7 +105,7 @@ async def serve_dashboard(
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
         server_header=False,
     )
-    server = _Server(config, handle_signals=handle_signals)
+    server = _Server(config, handle_signals=handle_signals, stopping=app.state.dashboard.stopping)
     with sock:
         async with anyio.create_task_group() as group:
             group.start_soon(server.serve, [sock])
