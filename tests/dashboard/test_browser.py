@@ -3,19 +3,22 @@ work through their confirmation step, and a config holding a script stays inert.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 
 from oada_jobs import JobError, Service
 from oada_jobs.client import OADAClient
 from oada_jobs.dashboard import DashboardHandle, create_dashboard_app, serve_dashboard
 from oada_jobs.runner import WorkerContext
-from oada_jobs.testing import EmbeddedServer, post_job
+from oada_jobs.testing import EmbeddedServer, embedded_server, post_job
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+from .conftest import FAST
 
 require_chromium()
 
@@ -192,3 +195,45 @@ async def test_jobs_move_live_and_can_be_cancelled_and_retried(
     assert watcher.dialogs == []
     assert watcher.problems == []
     await page.close()
+
+
+async def test_a_live_page_stays_correct_across_an_oada_restart(
+    browser: Browser, name: str
+) -> None:
+    gates = Gates()
+    async with embedded_server(subprocess=True, tokens=[secrets.token_urlsafe(24)]) as oada_server:
+        service = Service(
+            name,
+            domain=oada_server.url,
+            token=oada_server.token,
+            metrics_registry=CollectorRegistry(),
+            **FAST,
+        )
+        make_workers(service, gates)
+        async with service, anyio.create_task_group() as group:
+            app = create_dashboard_app(oada_server.url, oada_server.token, services=[service])
+            dashboard = await group.start(serve_dashboard, app)
+            page = await browser.new_page()
+            watcher = Watcher(page)
+            await page.goto(f"{dashboard.url}/services/{name}")
+            await expect(page.locator("#live")).to_have_attribute(
+                "data-stream", "open", timeout=LIVE
+            )
+            async with OADAClient(oada_server.url, oada_server.token) as oada:
+                await post_job(oada, name, "quick", {})
+            await expect(page.locator("#count-success")).to_have_text("1", timeout=LIVE)
+
+            await oada_server.kill()
+            await oada_server.restart()
+
+            # Changes made after the restart still reach the open page.
+            async with OADAClient(oada_server.url, oada_server.token) as oada:
+                after = (await post_job(oada, name, "quick", {})).removeprefix("resources/")
+            await expect(page.locator(f"#finished tr[data-key='{after}']")).to_contain_text(
+                "success", timeout=3 * LIVE
+            )
+            await expect(page.locator("#count-success")).to_have_text("2")
+            await expect(page.locator("#banner")).to_be_hidden()
+            assert watcher.dialogs == []
+            await page.close()
+            dashboard.shutdown()
