@@ -69,7 +69,20 @@ MAX_FORM_BYTES = 16 * 1024
 FRAGMENT_HEADER = "x-dashboard-fragment"
 #: Statuses with a style of their own; any other is shown as ``other``.
 _STATUS_CLASSES = frozenset(
-    {*(status.value for status in JobStatus), "invalid", "missing", "unreadable"}
+    {
+        *(status.value for status in JobStatus),
+        # update statuses the framework writes
+        "started",
+        "progress",
+        "retry",
+        "delayed",
+        "rescheduled",
+        "error",
+        # rows the dashboard could not read as jobs
+        "invalid",
+        "missing",
+        "unreadable",
+    }
 )
 
 
@@ -83,6 +96,18 @@ def _json_text(value: object, limit: int) -> str:
         cut = text.encode()[:limit].decode(errors="ignore")
         return f"{cut}\n… (cut at {limit} bytes)"
     return text
+
+
+def _traceback(result: object) -> str | None:
+    """A failed job's ``result.traceback`` (shown as text, not as a JSON string)."""
+    text = result.get("traceback") if isinstance(result, Mapping) else None
+    return text if isinstance(text, str) else None
+
+
+def _without_traceback(result: object) -> object:
+    if isinstance(result, Mapping) and isinstance(result.get("traceback"), str):
+        return {key: value for key, value in result.items() if key != "traceback"}
+    return result
 
 
 def _status_class(status: object) -> str:
@@ -132,6 +157,8 @@ class Dashboard:
         self.templates.filters["seconds"] = format_seconds
         self.templates.filters["status_class"] = _status_class
         self.templates.filters["percent"] = _percent
+        self.templates.filters["traceback"] = _traceback
+        self.templates.filters["without_traceback"] = _without_traceback
         self.templates.tests["service_name"] = _is_service_name
 
     @property
