@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 NODE_STAMP := conformance/node_modules/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser check lint typecheck test demo bench audit clean
+.PHONY: help setup browser check lint typecheck test demo screenshots bench audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test: setup browser check  ## set up, check, run the whole suite
 
 demo: $(STAMP)  ## start the embedded server and an example service, run jobs through it
 	$(BIN)/oada-jobs demo
+
+screenshots: $(STAMP) browser  ## photograph the dashboard's pages into docs/img (docs/dashboard.md)
+	$(BIN)/python docs/screenshots.py docs/img
 
 bench: setup  ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python -m bench

@@ -307,6 +307,7 @@ def _how_to_look(
         "  oada-jobs jobs list",
         f"  oada-jobs jobs show {failed.job_id}",
         f"  oada-jobs jobs retry {failed.job_id}   # posts its config again as a new job",
+        "  oada-jobs dashboard   # the jobs in a browser, on http://127.0.0.1:8300",
     ]
     if day_paths:
         lines.append(f"  curl -H 'Authorization: Bearer {TOKEN}' {base}{day_paths[0]}")
