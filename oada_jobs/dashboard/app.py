@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 
 import anyio
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -40,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..client import OADAClient
-from ..exceptions import OADAError, OADAStatusError, OADATransportError
+from ..exceptions import OADAError, OADAJobsError, OADAStatusError, OADATransportError
 from ..job import JobStatus, request_cancel
 from ..reports import days_between
 from ..requester import post_job
@@ -138,6 +139,12 @@ class Dashboard:
     ) -> None:
         self.domain = domain
         self._token = token
+        # The token as it would appear in a page: as is, inside JSON, and
+        # HTML-escaped (either way), so that blanking it out cannot miss.
+        in_json = json.dumps(token)[1:-1]
+        self._token_forms = sorted(
+            {token, in_json, str(escape(token)), str(escape(in_json))}, key=len, reverse=True
+        )
         self.config = config
         self.services = services
         self.health = Health()
@@ -214,7 +221,8 @@ class Dashboard:
             domain=self.domain,
             **context,
         )
-        html = html.replace(self._token, "[token]")
+        for form in self._token_forms:
+            html = html.replace(form, "[token]")
         return HTMLResponse(html, status_code=status_code)
 
     def error(self, request: Request, status_code: int, message: str) -> HTMLResponse:
@@ -394,6 +402,10 @@ async def do_action(request: Request) -> Response:
         )
     except OADAError as error:
         return dashboard.oada_error(request, error)
+    except OADAJobsError as error:
+        # The job changed under the action (e.g. it kept changing while being
+        # cancelled, or stopped being a job): say so rather than fail.
+        return dashboard.error(request, 409, f"could not {action} resources/{key}: {error}")
     logger.info("dashboard: %s retried as %s", job.oada_id, new_id)
     new_url = request.app.router.url_path_for("job", key=new_id.removeprefix("resources/"))
     return RedirectResponse(root + str(new_url), status_code=303)

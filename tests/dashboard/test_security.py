@@ -4,6 +4,7 @@ headers, escaping, and the OADA token kept out of every page."""
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from oada_jobs.client import OADAClient
 from oada_jobs.dashboard import BindRefused, DashboardConfig, check_bind, serve_dashboard
 from oada_jobs.dashboard.app import create_dashboard_app
 from oada_jobs.dashboard.security import CSP
-from oada_jobs.testing import EmbeddedServer, post_job
+from oada_jobs.testing import EmbeddedServer, embedded_server, post_job
 
 from .conftest import BASE, SECRET
 
@@ -272,3 +273,21 @@ async def test_job_data_is_escaped(
             assert "<img" not in html, path
             assert 'class="status other"' in html or path.endswith("cancel")
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (await http.get(f"/jobs/{key}")).text
+
+
+async def test_a_token_with_html_characters_is_blanked_in_every_form(name: str) -> None:
+    token = f"tok&<en>\\{secrets.token_urlsafe(16)}"
+    async with (
+        embedded_server(tokens=[token]) as server,
+        OADAClient(server.url, token) as oada,
+    ):
+        job_id = await post_job(oada, name, "work", {"echo": token, "html": f"<b>{token}</b>"})
+        app = create_dashboard_app(server.url, token)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as http,
+        ):
+            html = (await http.get(f"/jobs/{job_id.removeprefix('resources/')}")).text
+    assert "[token]" in html
+    for form in (token, "tok&amp;&lt;en&gt;", "tok&<en>"):
+        assert form not in html
