@@ -33,7 +33,6 @@ from markupsafe import escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -544,10 +543,6 @@ def create_dashboard_app(
         routes=routes,
         middleware=[
             Middleware(
-                TrustedHostMiddleware,
-                allowed_hosts=list(config.allowed_hosts or LOOPBACK_HOSTS),
-            ),
-            Middleware(
                 SessionMiddleware,
                 secret_key=session_key,
                 session_cookie="oada_jobs_dashboard",
@@ -555,7 +550,11 @@ def create_dashboard_app(
                 same_site="strict",
                 https_only=config.secure_cookies,
             ),
-            Middleware(GuardMiddleware, login_required=dashboard.login_required),
+            Middleware(
+                GuardMiddleware,
+                login_required=dashboard.login_required,
+                allowed_hosts=config.allowed_hosts or LOOPBACK_HOSTS,
+            ),
         ],
         exception_handlers={NotAJob: _not_found},
         lifespan=lifespan,

@@ -3,8 +3,8 @@
 * :func:`check_bind` — which addresses the dashboard may listen on.
 * :class:`GuardMiddleware` — every request: security headers (a strict
   Content-Security-Policy: scripts and styles from the dashboard's own static
-  files only), the login gate, and the ``Origin`` check of every unsafe
-  method.
+  files only), the ``Host`` check, the login gate, and the ``Origin`` check
+  of every unsafe method.
 * :func:`csrf_token` / :func:`check_csrf` — the per-session token every POST
   form carries.
 * :class:`LoginThrottle` — failed logins per minute.
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..exceptions import OADAJobsError
@@ -38,12 +38,13 @@ __all__ = [
     "check_bind",
     "check_csrf",
     "csrf_token",
+    "host_name",
     "is_loopback",
     "logged_in",
 ]
 
 #: ``Host`` names of a dashboard bound to loopback.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -140,12 +141,24 @@ def _same_origin(headers: Headers) -> bool:
     return parts.scheme in ("http", "https") and host is not None and parts.netloc == host
 
 
-class GuardMiddleware:
-    """Headers on every response, the login gate, and the origin check of unsafe methods."""
+def host_name(header: str) -> str:
+    """The host name of a ``Host`` header, without its port (IPv6 in brackets kept)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
-    def __init__(self, app: ASGIApp, *, login_required: bool) -> None:
+
+class GuardMiddleware:
+    """Headers on every response, the host check, the login gate, and the
+    origin check of unsafe methods."""
+
+    def __init__(
+        self, app: ASGIApp, *, login_required: bool, allowed_hosts: tuple[str, ...]
+    ) -> None:
         self.app = app
         self.login_required = login_required
+        self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -160,19 +173,25 @@ class GuardMiddleware:
                 headers.setdefault("cache-control", "no-store")
             await send(message)
 
+        headers = Headers(scope=scope)
+        if "*" not in self.allowed_hosts and (
+            host_name(headers.get("host", "")) not in self.allowed_hosts
+        ):
+            # A page on another name resolving here (DNS rebinding) gets nothing.
+            response: Response = PlainTextResponse("unknown host name", status_code=400)
+            await response(scope, receive, send_with_headers)
+            return
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         method = scope["method"]
         if self.login_required and not logged_in(scope) and not path.startswith(_PUBLIC):
             if method in _SAFE_METHODS and not path.startswith("/events"):
                 root = scope.get("root_path", "")
-                response: PlainTextResponse | RedirectResponse = RedirectResponse(
-                    f"{root}/login", status_code=303
-                )
+                response = RedirectResponse(f"{root}/login", status_code=303)
             else:
                 response = PlainTextResponse("log in first", status_code=401)
             await response(scope, receive, send_with_headers)
             return
-        if method not in _SAFE_METHODS and not _same_origin(Headers(scope=scope)):
+        if method not in _SAFE_METHODS and not _same_origin(headers):
             response = PlainTextResponse(
                 "refused: this request did not come from a dashboard page", status_code=403
             )

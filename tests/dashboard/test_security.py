@@ -16,7 +16,7 @@ from oada_jobs.cli import app as cli_app
 from oada_jobs.client import OADAClient
 from oada_jobs.dashboard import BindRefused, DashboardConfig, check_bind, serve_dashboard
 from oada_jobs.dashboard.app import create_dashboard_app
-from oada_jobs.dashboard.security import CSP
+from oada_jobs.dashboard.security import CSP, host_name
 from oada_jobs.testing import EmbeddedServer, embedded_server, post_job
 
 from .conftest import BASE, SECRET
@@ -184,8 +184,23 @@ async def test_actions_need_the_session_csrf_token_and_a_same_origin(
 
 async def test_a_foreign_host_header_is_refused(open_dashboard: Callable[..., Any]) -> None:
     async with open_dashboard() as (_app, http):
-        response = await http.get("/", headers={"host": "attacker.example"})
-        assert response.status_code == 400
+        for host in ("attacker.example", "attacker.example:8300", "127.0.0.1.evil:80", ""):
+            response = await http.get("/", headers={"host": host})
+            assert response.status_code == 400, host
+            assert response.headers["content-security-policy"] == CSP
+        for host in ("localhost:8300", "[::1]:8300", "127.0.0.1"):
+            assert (await http.get("/", headers={"host": host})).status_code == 200, host
+    async with open_dashboard(allowed_hosts=("jobs.example.org",)) as (_app, http):
+        assert (await http.get("/", headers={"host": "jobs.example.org"})).status_code == 200
+        assert (await http.get("/", headers={"host": "localhost"})).status_code == 400
+
+
+def test_host_names_drop_the_port() -> None:
+    assert host_name("LocalHost:8300") == "localhost"
+    assert host_name("[::1]:8300") == "[::1]"
+    assert host_name("[::1]") == "[::1]"
+    assert host_name("127.0.0.1") == "127.0.0.1"
+    assert host_name("::1") == "::1"
 
 
 # -- headers, escaping, the token -----------------------------------------
