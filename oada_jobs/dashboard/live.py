@@ -174,11 +174,12 @@ class EventStream:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         delay = self.config.retry_initial
-        started = False
+        started = opened = False
         with scope:
             while True:
                 try:
                     async with self.oada.watch(path) as changes:
+                        opened = True
                         if started:
                             self.changed.set()  # re-opened: the page reads afresh
                         else:
@@ -196,7 +197,8 @@ class EventStream:
                     logger.info(
                         "dashboard: watch on %s failed: %s; again in %.1f s", path, error, delay
                     )
-                    self.changed.set()
+                    if opened:
+                        self.changed.set()  # lost: what it watched may have changed
                 if not started:
                     started = True
                     task_status.started()

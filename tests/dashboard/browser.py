@@ -27,14 +27,18 @@ CHROMIUM_ARGS = [
 
 
 def require_chromium() -> None:
-    """Skip the calling test, saying why, when no Chromium or Playwright is there."""
+    """Skip the calling test module, saying why, when no Chromium or Playwright is there."""
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(
         CHROMIUM
     ):
         pytest.skip(
-            f"no Chromium at {CHROMIUM}: run `make browser` as root (apt-get install chromium)"
+            f"no Chromium at {CHROMIUM}: run `make browser` as root (apt-get install chromium)",
+            allow_module_level=True,
         )
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
-        pytest.skip("Playwright for Python is not installed (pip install playwright)")
+        pytest.skip(
+            "Playwright for Python is not installed (pip install playwright)",
+            allow_module_level=True,
+        )

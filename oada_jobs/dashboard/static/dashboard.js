@@ -51,7 +51,7 @@
         }
       } while (again);
     } catch (error) {
-      say("The dashboard cannot be reached; live updates resume when it answers again.");
+      say("The dashboard cannot be reached (or the login has expired: reload the page); live updates resume when it answers again.");
     } finally {
       busy = false;
     }
