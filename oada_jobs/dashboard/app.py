@@ -167,6 +167,10 @@ class Dashboard:
         self.templates.filters["without_traceback"] = _without_traceback
         self.templates.tests["service_name"] = _is_service_name
 
+    def stop_streams(self) -> None:
+        """End the open live streams (the server is shutting down)."""
+        self.stopping.set()
+
     @property
     def login_required(self) -> bool:
         return self.config.login_secret is not None
@@ -187,6 +191,7 @@ class Dashboard:
     async def running(self) -> AsyncIterator[None]:
         """Open the OADA client for as long as the app serves."""
         async with OADAClient(self.domain, self._token, watch_deadline=30.0) as oada:
+            self.stopping = anyio.Event()  # a fresh one for each run of the app
             self._oada = oada
             self._reader = JobReader(oada, self.config)
             try:

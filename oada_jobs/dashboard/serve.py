@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -28,19 +29,19 @@ SHUTDOWN_GRACE = 2.0
 
 class _Server(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, *, handle_signals: bool, stopping: anyio.Event
+        self, config: uvicorn.Config, *, handle_signals: bool, on_stop: Callable[[], None]
     ) -> None:
         super().__init__(config)
         self._handle_signals = handle_signals
         self.ready = anyio.Event()
-        self.stopping = stopping
+        self._on_stop = on_stop
 
     def stop(self) -> None:
-        self.stopping.set()
+        self._on_stop()
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.stopping.set()
+        self._on_stop()
         super().handle_exit(sig, frame)
 
     def capture_signals(self) -> Any:
@@ -105,7 +106,9 @@ async def serve_dashboard(
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
         server_header=False,
     )
-    server = _Server(config, handle_signals=handle_signals, stopping=app.state.dashboard.stopping)
+    server = _Server(
+        config, handle_signals=handle_signals, on_stop=app.state.dashboard.stop_streams
+    )
     with sock:
         async with anyio.create_task_group() as group:
             group.start_soon(server.serve, [sock])
