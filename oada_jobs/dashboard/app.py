@@ -63,8 +63,6 @@ __all__ = ["Dashboard", "create_dashboard_app"]
 logger = logging.getLogger("oada_jobs.dashboard")
 
 STATIC = Path(__file__).parent / "static"
-#: Largest form body accepted (bytes): forms carry a token and a secret.
-MAX_FORM_BYTES = 16 * 1024
 #: The request header a page's script sends to get only the live part.
 FRAGMENT_HEADER = "x-dashboard-fragment"
 #: Statuses with a style of their own; any other is shown as ``other``.
@@ -261,11 +259,12 @@ def _key_param(request: Request) -> str:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The fields of a url-encoded form body (at most :data:`MAX_FORM_BYTES`)."""
+    """The fields of a url-encoded form body (at most ``max_form_bytes``; else none)."""
+    limit = _dashboard(request).config.max_form_bytes
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
+        if len(body) > limit:
             return {}
     if request.headers.get("content-type", "").split(";")[0].strip() != (
         "application/x-www-form-urlencoded"

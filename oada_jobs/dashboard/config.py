@@ -66,6 +66,11 @@ class DashboardConfig(BaseModel):
     max_json_bytes: int = Field(default=200_000, ge=1_000)
     #: Failed logins allowed per minute over all clients before the form answers 429.
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    #: Bytes of a form body read (forms carry a CSRF token and a login secret).
+    max_form_bytes: int = Field(default=16 * 1024, ge=1_024)
+    #: Seconds open requests get to end when the dashboard stops (live
+    #: streams end at once; this bounds a page still being read).
+    shutdown_grace: int = Field(default=2, ge=0)
 
     @field_validator("login_secret")
     @classmethod

@@ -21,10 +21,7 @@ from starlette.applications import Starlette
 
 from .security import check_bind
 
-__all__ = ["SHUTDOWN_GRACE", "DashboardHandle", "serve_dashboard"]
-
-#: Seconds open requests (live streams) get to end when the dashboard stops.
-SHUTDOWN_GRACE = 2.0
+__all__ = ["DashboardHandle", "serve_dashboard"]
 
 
 class _Server(uvicorn.Server):
@@ -70,7 +67,7 @@ class DashboardHandle:
         return f"http://{host}:{self.port}"
 
     def shutdown(self) -> None:
-        """Stop serving (open live streams get :data:`SHUTDOWN_GRACE` seconds)."""
+        """Stop serving: live streams end at once, other requests get ``shutdown_grace`` seconds."""
         self._server.stop()
 
 
@@ -103,7 +100,7 @@ async def serve_dashboard(
         app,
         log_level="warning",
         lifespan="on",
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+        timeout_graceful_shutdown=app.state.dashboard.config.shutdown_grace,
         server_header=False,
     )
     server = _Server(

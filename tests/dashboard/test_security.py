@@ -306,3 +306,19 @@ async def test_a_token_with_html_characters_is_blanked_in_every_form(name: str) 
     assert "[token]" in html
     for form in (token, "tok&amp;&lt;en&gt;", "tok&<en>"):
         assert form not in html
+
+
+async def test_an_oversized_form_is_not_read(
+    open_dashboard: Callable[..., Any], oada: OADAClient, name: str
+) -> None:
+    key = (await post_job(oada, name, "work", {})).removeprefix("resources/")
+    async with open_dashboard(max_form_bytes=2048) as (_app, http):
+        token = csrf_of((await http.get(f"/jobs/{key}/cancel")).text)
+        big = await http.post(
+            f"/jobs/{key}/cancel", data={"csrf": token, "pad": "x" * 4096}, headers=ORIGIN
+        )
+        assert big.status_code == 403
+        small = await http.post(
+            f"/jobs/{key}/cancel", data={"csrf": token, "pad": "x" * 512}, headers=ORIGIN
+        )
+        assert small.status_code == 303
