@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from oada_jobs import JobError, Service
 from oada_jobs.client import OADAClient
 from oada_jobs.dashboard import create_dashboard_app, serve_dashboard
+from oada_jobs.dashboard.app import STATIC
 from oada_jobs.dashboard.chart import duration_chart, format_seconds
 from oada_jobs.dashboard.config import DashboardConfig
 from oada_jobs.reports import JobRecord
@@ -142,3 +146,49 @@ async def test_the_event_stream_says_changed_on_open_and_on_each_change(
             with anyio.fail_after(10):
                 assert await anext(names) == "changed"
         dashboard.shutdown()
+
+
+async def test_the_app_can_be_mounted_under_a_prefix(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    key = (await post_job(oada, name, "ok", {})).removeprefix("resources/")
+    dashboard = create_dashboard_app(
+        server.url, server.token, config=DashboardConfig(login_secret="a login secret, long enough")
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with dashboard.router.lifespan_context(dashboard):
+            yield
+
+    host = Starlette(routes=[Mount("/dash", dashboard)], lifespan=lifespan)
+    async with (
+        host.router.lifespan_context(host),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=host), base_url="http://127.0.0.1:9000"
+        ) as http,
+    ):
+        gate = await http.get("/dash/")
+        assert (gate.status_code, gate.headers["location"]) == (303, "/dash/login")
+        form = await http.get("/dash/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert token
+        assert 'action="/dash/login"' in form.text
+        login = await http.post(
+            "/dash/login",
+            data={"csrf": token.group(1), "secret": "a login secret, long enough"},
+            headers={"origin": "http://127.0.0.1:9000"},
+        )
+        assert (login.status_code, login.headers["location"]) == (303, "/dash/")
+        html = (await http.get(f"/dash/services/{name}")).text
+        assert 'href="/dash/static/dashboard.css"' in html
+        assert f'data-events="/dash/events/services/{name}"' in html
+        assert f'href="/dash/jobs/{key}"' in html
+        assert (await http.get("/dash/static/dashboard.js")).status_code == 200
+
+
+def test_the_page_script_never_polls() -> None:
+    script = (STATIC / "dashboard.js").read_text()
+    for timer in ("setInterval", "setTimeout", "eval(", "new Function"):
+        assert timer not in script, timer
+    assert "new EventSource(" in script
