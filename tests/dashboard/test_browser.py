@@ -15,7 +15,7 @@ from oada_jobs import JobError, Service
 from oada_jobs.client import OADAClient
 from oada_jobs.dashboard import DashboardHandle, create_dashboard_app, serve_dashboard
 from oada_jobs.runner import WorkerContext
-from oada_jobs.testing import EmbeddedServer, embedded_server, post_job
+from oada_jobs.testing import EmbeddedServer, embedded_server, post_job, wait_for_job
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from .conftest import FAST
@@ -237,3 +237,47 @@ async def test_a_live_page_stays_correct_across_an_oada_restart(
             assert watcher.dialogs == []
             await page.close()
             dashboard.shutdown()
+
+
+async def test_a_live_page_reads_afresh_when_its_stream_reconnects(
+    browser: Browser,
+    server: EmbeddedServer,
+    make_service: Callable[..., Service],
+    oada: OADAClient,
+    name: str,
+) -> None:
+    gates = Gates()
+    service = make_service()
+    make_workers(service, gates)
+    async with service:
+        page = await browser.new_page()
+        async with anyio.create_task_group() as group:
+            first = await group.start(
+                serve_dashboard, create_dashboard_app(server.url, server.token)
+            )
+            await page.goto(f"{first.url}/services/{name}")
+            await expect(page.locator("#live")).to_have_attribute(
+                "data-stream", "open", timeout=LIVE
+            )
+            first.shutdown()
+        await expect(page.locator("#live")).to_have_attribute("data-stream", "reconnecting")
+
+        # A job finishes while the dashboard is down: nothing is watching.
+        missed = (await post_job(oada, name, "quick", {})).removeprefix("resources/")
+        await wait_for_job(oada, f"resources/{missed}", timeout=10)
+
+        async with anyio.create_task_group() as group:
+            second = await group.start(
+                lambda task_status: serve_dashboard(
+                    create_dashboard_app(server.url, server.token),
+                    port=first.port,
+                    task_status=task_status,
+                )
+            )
+            # The browser reconnects by itself and the page reads afresh.
+            await expect(page.locator(f"#finished tr[data-key='{missed}']")).to_contain_text(
+                "success", timeout=LIVE
+            )
+            await expect(page.locator("#live")).to_have_attribute("data-stream", "open")
+            await page.close()
+            second.shutdown()
