@@ -188,7 +188,16 @@ class Dashboard:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Open the OADA client for as long as the app serves."""
-        async with OADAClient(self.domain, self._token, watch_deadline=30.0) as oada:
+        client = OADAClient(
+            self.domain,
+            self._token,
+            timeout=self.config.oada_timeout,
+            connect_timeout=min(5.0, self.config.oada_timeout),
+            retries=self.config.oada_retries,
+            max_backoff=1.0,
+            watch_deadline=self.config.watch_deadline,
+        )
+        async with client as oada:
             self.stopping = anyio.Event()  # a fresh one for each run of the app
             self._oada = oada
             self._reader = JobReader(oada, self.config)

@@ -37,6 +37,13 @@ class DashboardConfig(BaseModel):
     #: Host names the dashboard answers to (``Host`` header); ``None`` for the
     #: loopback names only (which keeps DNS-rebinding pages out).
     allowed_hosts: tuple[str, ...] | None = None
+    #: Seconds one OADA request may take before the page says OADA cannot be read.
+    oada_timeout: float = Field(default=15.0, gt=0)
+    #: Retries of a failed OADA request (a page answers soon when OADA is down).
+    oada_retries: int = Field(default=2, ge=0)
+    #: Seconds the client keeps re-issuing a dropped watch before giving it up
+    #: (the dashboard then opens it again, with backoff).
+    watch_deadline: float = Field(default=30.0, gt=0)
     #: Pending jobs read per service page (the oldest, which run first).
     max_list_jobs: int = Field(default=100, ge=1, le=10_000)
     #: Finished jobs listed per service page (the newest of the chosen days).

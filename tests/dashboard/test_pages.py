@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from oada_jobs.dashboard.chart import duration_chart, format_seconds
 from oada_jobs.dashboard.config import DashboardConfig
 from oada_jobs.reports import JobRecord
 from oada_jobs.runner import WorkerContext
-from oada_jobs.testing import EmbeddedServer, post_job, wait_for_job
+from oada_jobs.testing import EmbeddedServer, embedded_server, post_job, wait_for_job
 
 
 def count(html: str, name: str) -> int:
@@ -192,3 +193,33 @@ def test_the_page_script_never_polls() -> None:
     for timer in ("setInterval", "setTimeout", "eval(", "new Function"):
         assert timer not in script, timer
     assert "new EventSource(" in script
+
+
+async def test_a_stream_says_changed_when_oada_answers_again(name: str) -> None:
+    async with embedded_server(subprocess=True, tokens=[secrets.token_urlsafe(24)]) as oada_server:
+        app = create_dashboard_app(oada_server.url, oada_server.token)
+        async with anyio.create_task_group() as group:
+            dashboard = await group.start(serve_dashboard, app)
+            async with (
+                httpx.AsyncClient(base_url=dashboard.url, timeout=30) as http,
+                http.stream("GET", f"/events/services/{name}") as stream,
+            ):
+                names = events(stream)
+                with anyio.fail_after(10):
+                    assert await anext(names) == "changed"
+                await oada_server.kill()
+                # A read while OADA is down: the page says so ...
+                with anyio.fail_after(20):
+                    down = await http.get(
+                        f"/services/{name}", headers={"x-dashboard-fragment": "1"}
+                    )
+                assert down.status_code == 502
+                assert "cannot reach the OADA server" in down.text
+                # ... and once OADA is back the stream tells the page to read again,
+                # though nothing changed in OADA.
+                await oada_server.restart()
+                with anyio.fail_after(20):
+                    assert await anext(names) == "changed"
+                up = await http.get(f"/services/{name}", headers={"x-dashboard-fragment": "1"})
+                assert up.status_code == 200
+            dashboard.shutdown()
