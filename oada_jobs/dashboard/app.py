@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -321,6 +321,7 @@ async def service_page(request: Request) -> Response:
     dashboard = _dashboard(request)
     service = _service_param(request)
     start, end = _days(request, dashboard.config)
+    today = datetime.now(UTC).date()
     try:
         page = await dashboard.reader.service_page(
             service, start, end, dashboard.queues_known(service)
@@ -336,7 +337,8 @@ async def service_page(request: Request) -> Response:
         finished=page.newest_finished(dashboard.config.max_finished_rows),
         local=service in dashboard.services,
         max_list_jobs=dashboard.config.max_list_jobs,
-        today=datetime.now(UTC).date(),
+        today=today,
+        week_start=today - timedelta(days=6),
     )
 
 

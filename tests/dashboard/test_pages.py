@@ -70,6 +70,12 @@ async def test_service_page_counts_both_layouts(
             assert name in overview
             assert f"<td>{layout}</td>" in overview
 
+            week = re.search(r'href="([^"]+)" id="last-7-days"', html)
+            assert week
+            last_week = (await http.get(week.group(1).replace("&amp;", "&"))).text
+            assert (count(last_week, "success"), count(last_week, "failure")) == (2, 1)
+            assert "finished 20" in last_week  # a range, not one day
+
             yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
             earlier = (await http.get(f"/services/{name}?start={yesterday}")).text
             assert (count(earlier, "success"), count(earlier, "failure")) == (0, 0)
