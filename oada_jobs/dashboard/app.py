@@ -48,7 +48,7 @@ from ..service import Service
 from ..tree import validate_service_name
 from .chart import duration_chart, format_seconds
 from .config import DashboardConfig
-from .live import EventStream, Health
+from .live import EventStream, Health, WatchHub
 from .reads import JobReader, check_job_key
 from .security import (
     LOOPBACK_HOSTS,
@@ -151,6 +151,7 @@ class Dashboard:
         self.stopping = anyio.Event()
         self._oada: OADAClient | None = None
         self._reader: JobReader | None = None
+        self._hub: WatchHub | None = None
         self.templates = Environment(
             loader=PackageLoader("oada_jobs.dashboard", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -180,6 +181,12 @@ class Dashboard:
         return self._oada
 
     @property
+    def hub(self) -> WatchHub:
+        if self._hub is None:
+            raise RuntimeError("the dashboard is not running: its lifespan opens the OADA client")
+        return self._hub
+
+    @property
     def reader(self) -> JobReader:
         if self._reader is None:
             raise RuntimeError("the dashboard is not running: its lifespan opens the OADA client")
@@ -197,14 +204,16 @@ class Dashboard:
             max_backoff=1.0,
             watch_deadline=self.config.watch_deadline,
         )
-        async with client as oada:
+        async with client as oada, anyio.create_task_group() as group:
             self.stopping = anyio.Event()  # a fresh one for each run of the app
             self._oada = oada
             self._reader = JobReader(oada, self.config)
+            self._hub = WatchHub(oada, self.config, group)
             try:
                 yield
             finally:
-                self._oada = self._reader = None
+                self._oada = self._reader = self._hub = None
+                group.cancel_scope.cancel()
 
     def queues_known(self, service: str) -> Mapping[str, Any]:
         running = self.services.get(service)
@@ -492,7 +501,7 @@ class _Events:
         dashboard.streams += 1
         try:
             await EventStream(
-                dashboard.oada, dashboard.config, paths, dashboard.health, dashboard.stopping
+                dashboard.hub, dashboard.config, paths, dashboard.health, dashboard.stopping
             )(scope, receive, send)
         finally:
             dashboard.streams -= 1

@@ -1,9 +1,12 @@
 """Live pages: OADA watches on the server, Server-Sent Events to the browser.
 
 A live page opens ``EventSource`` on its ``/events/...`` URL. The stream
-here watches, with the dashboard's one OADA client, what the page shows
-(:meth:`JobReader.watch_paths` and friends) and sends one ``changed`` event
-per burst of changes; the browser then fetches the page's fragment again.
+here subscribes to what the page shows (:meth:`JobReader.watch_paths` and
+friends) and sends one ``changed`` event per burst of changes; the browser
+then fetches the page's fragment again. The OADA watches themselves live in
+the :class:`WatchHub`: one per path, with the dashboard's one OADA client,
+shared by every open page that shows the path, and run in the task group of
+the dashboard's lifespan.
 
 Correctness across failures:
 
@@ -15,8 +18,8 @@ Correctness across failures:
 * when a render failed to reach OADA (:class:`Health`), the stream probes
   OADA until it answers, then sends ``changed``.
 
-This module owns the event stream and its tasks; it reads nothing a page
-shows and never writes to OADA.
+This module owns the event streams, the watch hub and their tasks; it reads
+nothing a page shows and never writes to OADA.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..client import OADAClient
 from ..exceptions import ClientClosed, NotFound, OADAError
 from .config import DashboardConfig
 
-__all__ = ["EventStream", "Health", "Signal"]
+__all__ = ["EventStream", "Health", "Signal", "WatchHub"]
 
 logger = logging.getLogger("oada_jobs.dashboard")
 
@@ -76,24 +79,116 @@ class Health:
             await self._changed.wait()
 
 
+class _Watcher:
+    """One OADA watch and the pages (their signals) that follow it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.subscribers: set[Signal] = set()
+        self.scope = anyio.CancelScope()
+        #: Set once the watch is open (or its first try failed).
+        self.ready = anyio.Event()
+
+    def notify(self) -> None:
+        for signal in self.subscribers:
+            signal.set()
+
+
+class WatchHub:
+    """One OADA watch per path, shared by every live page that shows it.
+
+    A path's watch starts with its first subscriber and ends with its last.
+    Its task runs in *group* (the dashboard's lifespan task group), so no
+    watch outlives the dashboard.
+    """
+
+    def __init__(self, oada: OADAClient, config: DashboardConfig, group: TaskGroup) -> None:
+        self.oada = oada
+        self.config = config
+        self._group = group
+        self._watchers: dict[str, _Watcher] = {}
+
+    def paths(self) -> set[str]:
+        """The paths watched now."""
+        return set(self._watchers)
+
+    async def subscribe(self, path: str, signal: Signal) -> None:
+        """Set *signal* on every change at *path*; returns once the watch is open.
+
+        Every (re)open of the watch sets it too: what the path holds may have
+        changed while it was not watched. Always pair with :meth:`unsubscribe`.
+        """
+        watcher = self._watchers.get(path)
+        if watcher is None:
+            watcher = self._watchers[path] = _Watcher(path)
+            self._group.start_soon(self._run, watcher)
+        watcher.subscribers.add(signal)
+        await watcher.ready.wait()
+
+    def unsubscribe(self, path: str, signal: Signal) -> None:
+        """Stop setting *signal* for *path*; the watch ends with its last subscriber."""
+        watcher = self._watchers.get(path)
+        if watcher is None:
+            return
+        watcher.subscribers.discard(signal)
+        if not watcher.subscribers:
+            del self._watchers[path]
+            watcher.scope.cancel()
+
+    async def _run(self, watcher: _Watcher) -> None:
+        delay = self.config.retry_initial
+        opened = False
+        with watcher.scope:
+            try:
+                while True:
+                    try:
+                        async with self.oada.watch(watcher.path) as changes:
+                            opened = True
+                            watcher.ready.set()
+                            watcher.notify()  # (re)opened: the pages read afresh
+                            delay = self.config.retry_initial
+                            async for _change in changes:
+                                watcher.notify()
+                        watcher.notify()  # the resource was deleted
+                    except NotFound:
+                        pass  # not there yet: a change above it will show it
+                    except ClientClosed:
+                        return  # the dashboard is stopping
+                    except OADAError as error:
+                        logger.info(
+                            "dashboard: watch on %s failed: %s; again in %.1f s",
+                            watcher.path,
+                            error,
+                            delay,
+                        )
+                        if opened:
+                            watcher.notify()  # lost: what it watched may have changed
+                    watcher.ready.set()
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, self.config.retry_max)
+            finally:
+                watcher.ready.set()
+
+
 class EventStream:
-    """The SSE response of one live page: watches *paths*, says ``changed``."""
+    """The SSE response of one live page: follows *paths* through the hub, says ``changed``."""
 
     def __init__(
         self,
-        oada: OADAClient,
+        hub: WatchHub,
         config: DashboardConfig,
         paths: PathsFunction,
         health: Health,
         stopping: anyio.Event,
     ) -> None:
-        self.oada = oada
+        self.hub = hub
+        self.oada = hub.oada
         self.config = config
         self.paths = paths
         self.health = health
         self.stopping = stopping
         self.changed = Signal()
-        self._watching: dict[str, anyio.CancelScope] = {}
+        self._following: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -107,14 +202,21 @@ class EventStream:
                 ],
             }
         )
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._until_disconnect, receive, group)
-            group.start_soon(self._until_stopping, group)
-            group.start_soon(self._probe_when_broken)
-            await self._sync(group)
-            # The first event: the page re-reads after its watches are open.
-            await self._event(send, "changed")
-            await self._forward(send, group)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._until_disconnect, receive, group)
+                group.start_soon(self._until_stopping, group)
+                group.start_soon(self._probe_when_broken)
+                await self._sync()
+                # The first event: the page re-reads after its watches are
+                # open (which covers what their opening announced).
+                self.changed.clear()
+                await self._event(send, "changed")
+                await self._forward(send)
+        finally:
+            for path in self._following:
+                self.hub.unsubscribe(path, self.changed)
+            self._following.clear()
 
     async def _until_disconnect(self, receive: Receive, group: TaskGroup) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -136,7 +238,7 @@ class EventStream:
             }
         )
 
-    async def _forward(self, send: Send, group: TaskGroup) -> None:
+    async def _forward(self, send: Send) -> None:
         while True:
             with anyio.move_on_after(self.config.stream_keepalive) as idle:
                 await self.changed.wait()
@@ -149,61 +251,24 @@ class EventStream:
             await anyio.sleep(self.config.stream_coalesce)
             self.changed.clear()
             try:
-                await self._sync(group)
+                await self._sync()
             except OADAError as error:
                 logger.info("dashboard: cannot read what to watch: %s", error)
                 self.health.failed()
             await self._event(send, "changed")
 
-    async def _sync(self, group: TaskGroup) -> None:
-        """Watch what the page shows now; stop watching what it no longer shows."""
+    async def _sync(self) -> None:
+        """Follow what the page shows now; stop following what it no longer shows."""
         wanted = set(await self.paths())
-        for path in list(self._watching):
-            if path not in wanted:
-                self._watching.pop(path).cancel()
-        for path in sorted(wanted - set(self._watching)):
-            scope = anyio.CancelScope()
-            self._watching[path] = scope
-            await group.start(self._watch, path, scope)
-
-    async def _watch(
-        self,
-        path: str,
-        scope: anyio.CancelScope,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        delay = self.config.retry_initial
-        started = opened = False
-        with scope:
-            while True:
-                try:
-                    async with self.oada.watch(path) as changes:
-                        opened = True
-                        if started:
-                            self.changed.set()  # re-opened: the page reads afresh
-                        else:
-                            started = True
-                            task_status.started()
-                        delay = self.config.retry_initial
-                        async for _change in changes:
-                            self.changed.set()
-                    self.changed.set()  # the resource was deleted
-                except NotFound:
-                    pass  # not there yet: a change above it will show it
-                except ClientClosed:
-                    raise
-                except OADAError as error:
-                    logger.info(
-                        "dashboard: watch on %s failed: %s; again in %.1f s", path, error, delay
-                    )
-                    if opened:
-                        self.changed.set()  # lost: what it watched may have changed
-                if not started:
-                    started = True
-                    task_status.started()
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max)
+        for path in self._following - wanted:
+            self._following.discard(path)
+            self.hub.unsubscribe(path, self.changed)
+        new = wanted - self._following
+        # Recorded before subscribing, so a cancelled subscribe is undone too.
+        self._following |= new
+        async with anyio.create_task_group() as group:
+            for path in sorted(new):
+                group.start_soon(self.hub.subscribe, path, self.changed)
 
     async def _probe_when_broken(self) -> None:
         while True:

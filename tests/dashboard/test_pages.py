@@ -229,3 +229,34 @@ async def test_a_stream_says_changed_when_oada_answers_again(name: str) -> None:
                 up = await http.get(f"/services/{name}", headers={"x-dashboard-fragment": "1"})
                 assert up.status_code == 200
             dashboard.shutdown()
+
+
+async def test_pages_showing_the_same_paths_share_their_watches(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    await post_job(oada, name, "ok", {})
+    app = create_dashboard_app(server.url, server.token)
+    hub = lambda: app.state.dashboard.hub  # noqa: E731 -- the hub exists while it runs
+    async with anyio.create_task_group() as group:
+        dashboard = await group.start(serve_dashboard, app)
+        async with httpx.AsyncClient(base_url=dashboard.url, timeout=10) as http:
+            async with http.stream("GET", f"/events/services/{name}") as one:
+                with anyio.fail_after(10):
+                    assert await anext(events(one)) == "changed"
+                watched = hub().paths()
+                assert f"/bookmarks/services/{name}" in watched
+                assert len(watched) >= 6  # the lists, the queues and the pending job
+                async with http.stream("GET", f"/events/services/{name}") as two:
+                    with anyio.fail_after(10):
+                        assert await anext(events(two)) == "changed"
+                    assert hub().paths() == watched
+                    async with http.stream("GET", "/events") as overview:
+                        with anyio.fail_after(10):
+                            assert await anext(events(overview)) == "changed"
+                        assert "/bookmarks/services" in hub().paths()
+            # Every page closed: every watch ends (the server learns of each
+            # closed stream on its own time; nothing here can be awaited).
+            with anyio.fail_after(10):
+                while hub().paths():
+                    await anyio.sleep(0.05)
+        dashboard.shutdown()
