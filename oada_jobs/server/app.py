@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -62,6 +63,9 @@ class _Gone(enum.Enum):
 
 
 _GONE = _Gone.GONE
+
+# Characters no HTTP header value may hold.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Statuses whose responses never carry a body (RFC 9110).
 _NO_BODY = frozenset({204, 304})
@@ -120,12 +124,16 @@ def _raw_path(scope: Scope) -> str | None:
 
 
 def _header_bytes(value: str) -> bytes:
+    if _CONTROL.search(value):
+        # HTTP forbids control characters in a header; a stored link may
+        # still name an id holding one, echoed in content-location.
+        value = _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", value)
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
         # A value built from non-Latin-1 data (e.g. a key written over
         # WebSocket, echoed in content-location) still goes out intact.
-        return value.encode("utf-8")
+        return value.encode("utf-8", "replace")
 
 
 class _HTTPEndpoint:

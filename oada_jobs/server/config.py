@@ -88,8 +88,13 @@ class ServerConfig(BaseModel):
         Largest accepted request body; larger ones get 413. 20 MiB as the
         reference server.
     max_depth:
-        Deepest accepted JSON nesting (objects and arrays); deeper bodies get
-        400, so a hostile body cannot exhaust the stack.
+        Deepest accepted JSON nesting (objects and arrays, counting the path
+        inside the resource); deeper bodies get 400, so a hostile body cannot
+        exhaust the stack. At most 512: every JSON decoder and encoder the
+        server uses stays well within Python's recursion limit there.
+    max_path_bytes:
+        Longest accepted request path, in UTF-8 bytes; longer ones get 414
+        (a WebSocket request's path is not bounded by any HTTP parser).
     ws_ping_interval:
         Seconds between WebSocket pings sent by the server (transport only).
     document_cache_size:
@@ -126,7 +131,8 @@ class ServerConfig(BaseModel):
     tokens: dict[str, TokenInfo] = Field(default_factory=_default_tokens, repr=False)
     quirks: Literal["none", "reference"] = "none"
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_depth: int = Field(default=64, ge=2)
+    max_depth: int = Field(default=64, ge=2, le=512)
+    max_path_bytes: int = Field(default=16 * 1024, ge=256)
     ws_ping_interval: float = Field(default=30.0, gt=0)
     document_cache_size: int = Field(default=20_000, ge=0)
     document_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)

@@ -50,15 +50,9 @@ from anyio.abc import TaskGroup
 from oada_jobs._ksuid import ksuid
 from oada_jobs.server.auth import may_access, scope_allows, token_from_header
 from oada_jobs.server.config import ServerConfig, TokenInfo
-from oada_jobs.server.documents import (
-    MISSING,
-    BadDocument,
-    dumpb,
-    is_json_type,
-    lookup,
-    parse_json,
-)
-from oada_jobs.server.graph import ChangeListener, Reject, Resolved, ResourceGraph
+from oada_jobs.server.documents import MISSING, dumpb, is_json_type, lookup
+from oada_jobs.server.edge import Reject, admit, decode_json, parse_rev
+from oada_jobs.server.graph import ChangeListener, Resolved, ResourceGraph
 from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store, pointer
 
 __all__ = [
@@ -332,6 +326,16 @@ class OADACore:
         if self._state is not CoreState.OPEN:
             return error_response(503, "the server is not running"), None
         try:
+            # The validation edge first: nothing below sees a string that is
+            # not UTF-8 text, a control character in a path or header, or a
+            # malformed rev.
+            headers = admit(
+                request.method,
+                request.path,
+                request.headers,
+                max_path_bytes=self.config.max_path_bytes,
+            )
+            request = CoreRequest(request.method, request.path, headers, request.body)
             response = self._dispatch(request)
         except Reject as exc:
             response = error_response(exc.status, exc.message, exc.headers)
@@ -554,8 +558,11 @@ class OADACore:
                     }
                 )
             rev_text = leftover[2]
-            if len(leftover) == 3 and rev_text.isascii() and rev_text.isdigit():
-                return dumpb(self.change_array(res.id, int(rev_text)))
+            # A key without digits is just not there; one with digits must
+            # be a rev the store can look up.
+            if len(leftover) == 3 and any(c.isdigit() for c in rev_text):
+                rev = parse_rev(rev_text, "the rev after _meta/_changes/")
+                return dumpb(self.change_array(res.id, rev))
             raise Reject(404, "Not Found", headers)
         value = lookup(res.doc, leftover)
         if value is MISSING or value is None:
@@ -604,10 +611,7 @@ class OADACore:
         value: Any = None
         data: bytes | None = None
         if is_json_type(media_type):
-            try:
-                value = parse_json(body)
-            except BadDocument as exc:
-                raise Reject(400, str(exc)) from None
+            value = decode_json(body, max_depth=self.config.max_depth)
         else:
             data = body
         ignore_links = req.headers.get("x-oada-ignore-links", "").strip().lower() == "true"

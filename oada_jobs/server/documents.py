@@ -1,12 +1,12 @@
-"""JSON document helpers of the embedded OADA server: parsing, merging, lookup.
+"""JSON document helpers of the embedded OADA server: encoding, merging, lookup.
 
-Pure functions on decoded JSON, shared by the read and write paths.
+Pure functions on decoded JSON, shared by the read and write paths. Decoding
+request bodies is the validation edge's (:mod:`oada_jobs.server.edge`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +14,15 @@ import orjson
 
 __all__ = [
     "MISSING",
-    "BadDocument",
+    "array_index",
     "copy_json",
     "dumpb",
     "dumps",
     "is_json_type",
     "is_link_position",
-    "loads",
     "lookup",
     "merge",
     "nest",
-    "parse_json",
 ]
 
 
@@ -35,71 +33,6 @@ class _Missing:
 
 #: Returned by :func:`lookup` when nothing is at the path.
 MISSING: Any = _Missing()
-
-
-class BadDocument(ValueError):
-    """A request body is not acceptable JSON; the message says why."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    # orjson refuses numbers too large for a double (1e400); so does this.
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-_stdlib_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
-# orjson turns integers beyond 64 bits (below -2**63, above 2**64 - 1) into
-# floats; texts with a run of 19 digits go to the exact (slower) stdlib
-# decoder instead. The run is found by mapping every digit to "0" and
-# everything else to " " (bytes.translate), then a substring search: a
-# regular expression for it took four times as long as orjson's decoding.
-_DIGIT_MAP = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_DIGIT_RUN = b"0" * 19
-
-
-def _long_digit_run(text: str | bytes) -> bool:
-    """Whether *text* has 19 ASCII digits in a row (a number orjson may not keep exact)."""
-    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    return _DIGIT_RUN in data.translate(_DIGIT_MAP)
-
-
-def parse_json(body: bytes) -> Any:
-    """Decode a JSON request body (UTF-8), raising :class:`BadDocument` with the reason."""
-    if not body.strip():
-        raise BadDocument("expected a JSON body, got an empty body")
-    try:
-        if not _long_digit_run(body):
-            return orjson.loads(body)
-        return _stdlib_decode(body.decode("utf-8"))
-    except RecursionError:
-        raise BadDocument("the JSON body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        if "depth limit" in str(exc):
-            raise BadDocument("the JSON body is nested too deeply") from None
-        raise BadDocument(f"malformed JSON body: {exc}") from None
-
-
-def loads(text: str | bytes) -> tuple[Any, bool]:
-    """``json.loads(text)``, through orjson when that gives the same value.
-
-    Returns the value and whether orjson decoded it: its values hold only
-    finite floats, 64-bit integers and valid UTF-8 strings, so
-    :func:`orjson.dumps` can encode them again. Anything orjson refuses
-    (``NaN``, lone surrogates, a byte-order mark...) or might change (long
-    numbers) gets exactly the stdlib's answer, value or exception.
-    """
-    if not _long_digit_run(text):
-        try:
-            return orjson.loads(text), True
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text), False
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -186,8 +119,23 @@ def lookup(doc: Any, path: Sequence[str]) -> Any:
             if key not in node:
                 return MISSING
             node = node[key]
-        elif isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
+        elif isinstance(node, list) and (index := array_index(key, len(node))) is not None:
+            node = node[index]
         else:
             return MISSING
     return node
+
+
+def array_index(key: str, length: int) -> int | None:
+    """The array index *key* names in an array of *length* elements, or ``None``.
+
+    As in JSON pointers: ``0`` or digits without a leading zero (ASCII only),
+    below *length*. A key of thousands of digits is not an index (and never
+    reaches :func:`int`).
+    """
+    if not key.isascii() or not key.isdigit() or len(key) > len(str(length)):
+        return None
+    if len(key) > 1 and key[0] == "0":
+        return None
+    index = int(key)
+    return index if index < length else None

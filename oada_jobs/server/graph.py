@@ -21,12 +21,14 @@ from typing import Any
 
 from oada_jobs.server.auth import may_access
 from oada_jobs.server.documents import (
+    array_index,
     copy_json,
     is_link_position,
     lookup,
     merge,
     nest,
 )
+from oada_jobs.server.edge import Reject
 from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store, pointer
 
 __all__ = ["ChangeListener", "Reject", "Resolved", "ResourceGraph"]
@@ -39,19 +41,6 @@ ChangeListener = Callable[[str, int, list[dict[str, Any]]], None]
 
 #: The user recorded as ``modifiedBy`` on rev-graph bumps (as the reference server).
 SYSTEM_USER = "system/rev_graph_update"
-
-
-class Reject(Exception):
-    """A request the server refuses; :meth:`OADACore.handle` turns it into a JSON error.
-
-    Internal to :mod:`oada_jobs.server`: it never leaves ``handle``.
-    """
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 @dataclass(slots=True)
@@ -169,13 +158,8 @@ class ResourceGraph:
                 key = rest[i]
                 if isinstance(node, dict) and key in node:
                     node = node[key]
-                elif (
-                    isinstance(node, list)
-                    and key.isascii()
-                    and key.isdigit()
-                    and int(key) < len(node)
-                ):
-                    node = node[int(key)]
+                elif isinstance(node, list) and (index := array_index(key, len(node))) is not None:
+                    node = node[index]
                 else:
                     break
                 i += 1

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oada_jobs.server.cache import SizedLRU
-from oada_jobs.server.documents import dumpb, merge
+from oada_jobs.server.documents import array_index, dumpb, merge
 
 __all__ = [
     "ENTRY_BYTES",
@@ -173,8 +173,8 @@ def _replay_delete(node: dict[str, Any] | list[Any], body: dict[str, Any]) -> No
     """
     if isinstance(node, list):
         for key, value in body.items():
-            index = int(key) if key.isascii() and key.isdigit() else len(node)
-            if index < len(node) and isinstance(value, dict):
+            index = array_index(key, len(node))
+            if index is not None and isinstance(value, dict):
                 element = node[index]
                 if isinstance(element, dict | list):
                     _replay_delete(element, value)

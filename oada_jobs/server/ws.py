@@ -39,7 +39,6 @@ closed and its share of the budget given back.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
@@ -53,12 +52,12 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
-from oada_jobs.server.documents import dumps, is_json_type, loads
+from oada_jobs.server.documents import dumpb, dumps, is_json_type
+from oada_jobs.server.edge import Reject, check_text, decode_json, parse_rev
 
 __all__ = [
     "DIRECT_SEND",
@@ -106,10 +105,6 @@ _ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.m
 
 # Outgoing messages: compact, non-ASCII as is (orjson, stdlib for what it refuses).
 _dumps = dumps
-
-
-def _stdlib_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 class DirectSocket(Protocol):
@@ -233,16 +228,34 @@ class WSRequest:
     body: bytes
 
 
-def parse_request(text: str | bytes) -> WSRequest:
+def _textual_request_id(text: str | bytes) -> str | None:
+    """The frame's ``requestId`` found without parsing it (for frames that cannot be)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    match = _REQUEST_ID.search(text)
+    if match is None:
+        return None
+    try:
+        found = json.loads(f'"{match.group(1)}"')
+        check_text(found, "requestId")
+    except (ValueError, Reject):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def parse_request(text: str | bytes, *, max_depth: int) -> WSRequest:
     """Parse and validate one frame (formats:``oada/websockets/request``).
 
-    Raises :class:`InvalidMessage` saying what was expected; it carries the
-    ``requestId`` when the frame had a usable one.
+    The frame goes through the validation edge's JSON decoder, so ``data``
+    may nest *max_depth* levels (the frame itself adds one) and no string in
+    it may be one that UTF-8 cannot encode. Raises :class:`InvalidMessage`
+    saying what was expected; it carries the ``requestId`` when the frame
+    had a usable one.
     """
     try:
-        msg, exact = loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"expected a JSON text frame, got unparseable data ({exc})") from None
+        msg = decode_json(text, max_depth=max_depth + 1, what="WebSocket message")
+    except Reject as exc:
+        raise InvalidMessage(exc.message, _textual_request_id(text)) from None
     if not isinstance(msg, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(msg).__name__}")
     request_id = msg.get("requestId")
@@ -271,13 +284,7 @@ def parse_request(text: str | bytes) -> WSRequest:
                 request_id,
             )
         headers[name.lower()] = value
-    body = b""
-    if "data" in msg:
-        # What orjson decoded it can encode again; other frames may hold
-        # NaN, which the stdlib writes as NaN (and the core then refuses)
-        # where orjson would write null.
-        data = msg["data"]
-        body = orjson.dumps(data) if exact else _stdlib_dumps(data).encode()
+    body = dumpb(msg["data"]) if "data" in msg else b""
     return WSRequest(request_id, method, path.split("?", 1)[0], headers, body)
 
 
@@ -320,6 +327,7 @@ class WebSocketSession:
         self._reference = core.config.quirks == "reference"
         # Frames this large cannot hold an acceptable body: refuse unparsed.
         self._frame_limit = core.config.max_body_bytes + FRAME_ENVELOPE
+        self._max_depth = core.config.max_depth
         # Added to every request's headers (websocket.url builds a URL object).
         self._proto = "https" if websocket.url.scheme == "wss" else "http"
         self._host = websocket.headers.get("host", "localhost")
@@ -388,7 +396,7 @@ class WebSocketSession:
                 self._send_too_large(frame)
                 continue
             try:
-                request = parse_request(frame)
+                request = parse_request(frame, max_depth=self._max_depth)
             except InvalidMessage as exc:
                 self._send_invalid(exc)
                 continue
@@ -486,12 +494,7 @@ class WebSocketSession:
 
     def _send_too_large(self, frame: str | bytes) -> None:
         """Answer an oversized frame with 413 without parsing it."""
-        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
-        match = _REQUEST_ID.search(text)
-        request_id: str | list[str] = ["error"]
-        if match:
-            with contextlib.suppress(ValueError):
-                request_id = json.loads(f'"{match.group(1)}"')
+        request_id: str | list[str] = _textual_request_id(frame) or ["error"]
         limit = self._core.config.max_body_bytes
         self._enqueue(
             {
@@ -644,15 +647,15 @@ class WebSocketSession:
     def _since(req: WSRequest, response: CoreResponse) -> tuple[int | None, bool]:
         """The rev after which to replay (None: no replay), and whether the client resumes.
 
-        With a numeric ``x-oada-rev`` that is the client's rev. Otherwise
-        (no header, or one that is not a number) the rev the underlying
-        request saw: normally nothing is newer, but a change that slipped in
-        before the subscription is replayed rather than lost. Rev 0 (a
-        resource deleted, or not there) has nothing to replay.
+        With ``x-oada-rev`` that is the client's rev (the validation edge
+        refused the request if it was not one). Otherwise the rev the
+        underlying request saw: normally nothing is newer, but a change that
+        slipped in before the subscription is replayed rather than lost. Rev
+        0 (a resource deleted, or not there) has nothing to replay.
         """
-        asked = req.headers.get("x-oada-rev", "").strip()
-        if asked.isascii() and asked.isdigit():
-            return int(asked), True
+        asked = req.headers.get("x-oada-rev", "")
+        if asked:
+            return parse_rev(asked, "header x-oada-rev"), True
         seen = response.headers.get("x-oada-rev", "")
         if seen.isascii() and seen.isdigit() and int(seen) > 0:
             return int(seen), False

@@ -288,7 +288,8 @@ async def test_ws_body_with_nan_is_refused_like_over_http(server: EmbeddedServer
         msg = await ws.recv()
         assert msg["requestId"] == "nan1"
         assert msg["status"] == 400
-        assert "malformed JSON" in msg["data"]["message"]
+        # NaN is not JSON: the frame itself is refused, under its id.
+        assert "malformed WebSocket message" in msg["data"]["detail"]
         gone = await ws.request("get", "/bookmarks/nan")
         assert gone["status"] == 404
 
