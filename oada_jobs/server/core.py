@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,6 +135,10 @@ class _Group:
     #: Set once the group is committed or has failed.
     done: anyio.Event = field(default_factory=anyio.Event)
     ok: bool = False
+    #: Set once its transaction is committed (its answers then say so).
+    committed: bool = False
+    #: How many of ``steps`` were handled; each is handled once.
+    settled: int = 0
 
 
 def _unsaved() -> CoreResponse:
@@ -770,7 +773,11 @@ class OADACore:
         return group
 
     async def _commit_groups(self) -> None:
-        """Commit each group two event-loop passes after its first write."""
+        """Commit each group two event-loop passes after its first write.
+
+        This task must outlive any failure: :meth:`_commit_group` never
+        raises, so a failed commit fails only the requests it held.
+        """
         while True:
             await self._group_started.wait()
             # Requests read from a socket in one pass are served in the next,
@@ -783,37 +790,72 @@ class OADACore:
             self._commit_group()
 
     def _commit_group(self) -> None:
-        unpropagated, self._unpropagated = self._unpropagated, []
-        for roots in unpropagated:
-            self._propagate_later(roots)
-        group, self._group = self._group, None
-        if group is None:
-            return
-        batches = [step for step in group.steps if isinstance(step, Batch)]
+        """Commit the open group; on any failure, :meth:`_recover` instead of raising."""
+        group: _Group | None = None
         try:
+            unpropagated, self._unpropagated = self._unpropagated, []
+            for roots in unpropagated:
+                self._propagate_later(roots)
+            group, self._group = self._group, None
+            if group is None:
+                return
+            batches = [step for step in group.steps if isinstance(step, Batch)]
             self._graph.save(batches)
-        except sqlite3.Error:
-            logger.exception("committing %d writes failed", len(batches))
-            self._settle(group, ok=False)
-        else:
+            group.committed = True
             self._settle(group, ok=True)
-        if self._group is None:
-            self._store.trim()
+            if self._group is None:
+                self._store.trim()
+        except Exception:
+            logger.exception("the group commit failed; its requests are answered with 500")
+            self._recover(group)
+
+    def _recover(self, group: _Group | None) -> None:
+        """Leave the store and caches as on disk after a failed commit, and answer *group*.
+
+        Whatever failed (SQLite, an encoder, a bug), the transaction is rolled
+        back and the documents the group touched are reloaded from disk when
+        next used; its requests that were not answered yet get a 500, unless
+        the transaction was already committed. Later groups commit as usual.
+        """
+        try:
+            self._store.rollback()
+            if group is not None and not group.committed:
+                touched: set[str] = set()
+                for step in group.steps:
+                    if isinstance(step, Batch):
+                        touched |= step.touched()
+                self._store.discard(touched)
+        except Exception:
+            logger.exception("reloading the cached state after a failed commit failed")
+        if group is not None:
+            self._settle(group, ok=group.committed)
+        if self._group is not None or self._unpropagated:
+            # Writes staged meanwhile still get their commit.
+            self._group_started.set()
 
     def _settle(self, group: _Group, *, ok: bool) -> None:
-        """Notify watchers of a committed group and give its answers, in order."""
+        """Notify watchers of a committed group and give its answers, in order.
+
+        Never raises: a failing notification or answer is logged, and the
+        steps after it are still handled (each exactly once, even when this
+        is called again for the same group after a failure).
+        """
         group.ok = ok
-        for step in group.steps:
-            if not isinstance(step, Batch):
-                try:
+        steps = group.steps
+        while group.settled < len(steps):
+            step = steps[group.settled]
+            group.settled += 1
+            try:
+                if not isinstance(step, Batch):
                     step(ok)
-                except Exception:
-                    logger.exception("answering a request failed")
-            elif ok:
-                self._graph.notify(step.changes)
+                elif ok:
+                    self._graph.notify(step.changes)
+            except Exception:
+                logger.exception("answering a request or notifying its watchers failed")
         group.done.set()
         if ok and group.unpropagated:
             self._unpropagated.extend(group.unpropagated)
+            group.unpropagated = []
             self._group_started.set()
 
     def _propagate_later(self, roots: list[ChangeRecord]) -> None:
@@ -839,7 +881,7 @@ class OADACore:
             store.commits_since_checkpoint = 0
             try:
                 await anyio.to_thread.run_sync(store.checkpoint)
-            except sqlite3.Error:
+            except Exception:
                 # Commits still checkpoint by themselves past the backstop.
                 logger.exception("background WAL checkpoint failed")
             done, self._checkpointed = self._checkpointed, anyio.Event()

@@ -13,7 +13,6 @@ then calls the listeners of every changed resource.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -368,14 +367,10 @@ class ResourceGraph:
     def save(self, batches: Sequence[Batch]) -> None:
         """Commit *batches* in one transaction; :meth:`notify` their changes afterwards.
 
-        On a database error the touched resources are reloaded from disk and
-        the error propagates: nothing was acknowledged.
+        On any error the transaction is rolled back and the error propagates:
+        nothing was acknowledged, and the caller reloads what the batches touched.
         """
-        try:
-            self.store.commit(batches)
-        except sqlite3.Error:
-            self.store.discard(set().union(*(batch.touched() for batch in batches)))
-            raise
+        self.store.commit(batches)
 
     def notify(self, changes: list[ChangeRecord]) -> None:
         """Call the listeners of every resource in *changes* (committed ones only)."""

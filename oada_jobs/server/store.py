@@ -592,7 +592,7 @@ class Store:
                     self._write_doc(db, latest, written.get(rid, 0), data.get(rid))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self.rollback()
             raise
         self.commits_since_checkpoint += 1
         changes = self._changes
@@ -651,6 +651,12 @@ class Store:
                 " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, doc = excluded.doc",
                 (res.id, res.rev, doc),
             )
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if there is one (after a failed commit)."""
+        db = self.db
+        if db.in_transaction:
+            db.execute("ROLLBACK")
 
     def discard(self, ids: Iterable[str]) -> None:
         """Forget the cached state of *ids* after a failed commit."""
