@@ -718,6 +718,9 @@ class OADACore:
             raise Reject(
                 400, f"{pointer(path)} is kept by the server and cannot be deleted", headers
             )
+        parent = lookup(res.doc, path[:-1])
+        if isinstance(parent, list):
+            self._graph.refuse_inside_array(res, path, "deleted", headers)
         with self._batch() as batch:
             rec = self._graph.delete_key(batch, token.user, res, path)
             if rec is not None:

@@ -212,6 +212,8 @@ class ResourceGraph:
             )
         found: list[tuple[Path, dict[str, Any]]] = []
         if data is None:
+            if target.resource is not None:
+                self.refuse_inside_array(target.resource, path, "written", headers)
             self._validate_body(resource_id, path, value, found, headers)
             if not ignore_links:
                 store = self.store
@@ -231,10 +233,37 @@ class ResourceGraph:
         Returns the links found in *value*, with their paths.
         """
         found: list[tuple[Path, dict[str, Any]]] = []
-        self._validate_body(
-            target.resource_id, tuple(target.leftover), value, found, target.location()
-        )
+        path = tuple(target.leftover)
+        headers = target.location()
+        if target.resource is not None:
+            self.refuse_inside_array(target.resource, path, "written", headers)
+        self._validate_body(target.resource_id, path, value, found, headers)
         return found
+
+    @staticmethod
+    def refuse_inside_array(
+        res: Resource, path: Path, action: str, headers: dict[str, str]
+    ) -> None:
+        """Raise :class:`Reject` (409) if *path* in *res* goes into an existing array.
+
+        A merge can only name object keys: written as nested objects, a
+        write at ``list/0`` would turn the array into an object with a key
+        ``"0"``, and an element cannot be removed as a key. Such writes and
+        deletes are refused; the whole array is written instead.
+        """
+        node: Any = res.doc
+        for i, key in enumerate(path):
+            if isinstance(node, list):
+                raise Reject(
+                    409,
+                    f"{pointer(path)} in {res.id} is inside the array at {pointer(path[:i])},"
+                    f" and array elements cannot be {action} one by one;"
+                    " PUT the whole array instead",
+                    headers,
+                )
+            if not isinstance(node, dict) or key not in node:
+                return
+            node = node[key]
 
     def create(self, batch: Batch, user: str, resource_id: str, media_type: str) -> ChangeRecord:
         """Create an empty resource of *media_type* owned by *user*."""
