@@ -97,6 +97,11 @@ class ServerConfig(BaseModel):
         (a WebSocket request's path is not bounded by any HTTP parser).
     ws_ping_interval:
         Seconds between WebSocket pings sent by the server (transport only).
+    replay_slice:
+        Seconds a WebSocket watch's replay (``x-oada-rev``) may hold the
+        event loop before letting other requests be served; it is read
+        from SQLite in pages and sent in slices of about this length, so a
+        replay of a long history never stalls other clients for longer.
     document_cache_size:
         How many documents stay in memory between requests, least recently
         used dropped first (reloaded from SQLite when next used). 20,000 by
@@ -134,6 +139,7 @@ class ServerConfig(BaseModel):
     max_depth: int = Field(default=64, ge=2, le=512)
     max_path_bytes: int = Field(default=16 * 1024, ge=256)
     ws_ping_interval: float = Field(default=30.0, gt=0)
+    replay_slice: float = Field(default=0.005, gt=0)
     document_cache_size: int = Field(default=20_000, ge=0)
     document_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     change_cache_bytes: int = Field(default=16 * 1024 * 1024, ge=0)

@@ -361,6 +361,16 @@ class OADACore:
         """Every ``(rev, change_array)`` of *resource_id* after *rev*, oldest first."""
         return self._graph.changes_since(resource_id, rev)
 
+    def changes_page(
+        self, resource_id: str, after: int, limit: int
+    ) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Up to *limit* ``(rev, change_array)`` of *resource_id* after *after*, oldest first.
+
+        For replays in pages: one SQLite query each, so that a transport can
+        let other requests run between pages of a long history.
+        """
+        return self._graph.changes_page(resource_id, after, limit)
+
     def current_rev(self, resource_id: str) -> int:
         """The resource's ``_rev``, 0 when it does not exist."""
         res = self._store.get(resource_id)

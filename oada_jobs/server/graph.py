@@ -101,6 +101,15 @@ class ResourceGraph:
             (r, self.change_array(resource_id, r)) for r in self.store.change_revs(resource_id, rev)
         ]
 
+    def changes_page(
+        self, resource_id: str, after: int, limit: int
+    ) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Up to *limit* ``(rev, change_array)`` of *resource_id* after *after*, oldest first."""
+        return [
+            (rec.rev, self.assemble(rec))
+            for rec in self.store.changes_after(resource_id, after, limit)
+        ]
+
     def change_array(self, resource_id: str, rev: int) -> list[dict[str, Any]]:
         """The nested change array of *resource_id* at *rev*; ``[]`` if unknown.
 

@@ -490,6 +490,28 @@ class Store:
         self._changes.evict()
         return rec
 
+    def changes_after(self, resource_id: str, after: int, limit: int) -> list[ChangeRecord]:
+        """Up to *limit* change records of *resource_id* after rev *after*, oldest first.
+
+        One query for a page of a replay; the records are not kept in the
+        change cache (a long replay would push out the recent ones).
+        """
+        out: list[ChangeRecord] = []
+        for rev, kind, body, children in self.db.execute(
+            "SELECT rev, type, body, children FROM changes"
+            " WHERE resource_id = ? AND rev > ? ORDER BY rev LIMIT ?",
+            (resource_id, after, limit),
+        ):
+            cached = self._changes.get((resource_id, rev))
+            if cached is not None:
+                out.append(cached)
+                continue
+            links = [(p, c, int(r)) for p, c, r in json.loads(children)] if children else []
+            out.append(
+                ChangeRecord(resource_id, rev, kind, json.loads(body) if body else None, links)
+            )
+        return out
+
     def change_revs(self, resource_id: str, after: int = 0) -> list[int]:
         """Revs with a change record for *resource_id* greater than *after*."""
         return [

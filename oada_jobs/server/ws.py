@@ -45,6 +45,7 @@ import logging
 import math
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -73,6 +74,9 @@ logger = logging.getLogger(__name__)
 #: Requests a connection's reader serves before it lets the event loop run
 #: (see ``WebSocketSession._reader``).
 REQUESTS_PER_TURN = 4
+
+#: Revs a watch's replay reads from SQLite in one query (see ``_replay``).
+REPLAY_PAGE = 64
 
 #: Room for the JSON envelope (requestId, method, headers) around a body.
 FRAME_ENVELOPE = 1024 * 1024
@@ -305,7 +309,11 @@ class _Notifier:
     """All watches of one socket on one resource (they share one subscription)."""
 
     resource_id: str
+    #: Watches that get live changes.
     request_ids: list[str] = field(default_factory=list)
+    #: Watches whose replay is still being sent → the live changes held for
+    #: them meanwhile, as ``(rev, change)``.
+    replaying: dict[str, list[tuple[int, list[dict[str, Any]]]]] = field(default_factory=dict)
     unsubscribe: Callable[[], None] = lambda: None
 
 
@@ -328,6 +336,7 @@ class WebSocketSession:
         # Frames this large cannot hold an acceptable body: refuse unparsed.
         self._frame_limit = core.config.max_body_bytes + FRAME_ENVELOPE
         self._max_depth = core.config.max_depth
+        self._replay_slice = core.config.replay_slice
         # Added to every request's headers (websocket.url builds a URL object).
         self._proto = "https" if websocket.url.scheme == "wss" else "http"
         self._host = websocket.headers.get("host", "localhost")
@@ -621,27 +630,67 @@ class WebSocketSession:
             )
             return
         since, resume = self._since(req, response)
-        # From here to the end nothing awaits: response, subscription and
-        # replay are queued atomically with respect to every other change.
+        # From here until the replay starts nothing awaits: response and
+        # subscription are queued atomically with respect to every change.
+        rid = req.request_id
         if resume and self._reference:
             # The reference server answers a resume twice: first a bare 200,
             # then (after the replay) the real response.
-            self._enqueue({"requestId": req.request_id, "status": 200})
+            self._enqueue({"requestId": rid, "status": 200})
         else:
             self._enqueue(frame)
-        self._unwatch(req.request_id)
+        self._unwatch(rid)
         notifier = self._notifiers.get(resource_id)
         if notifier is None:
             notifier = _Notifier(resource_id)
             self._notifiers[resource_id] = notifier
             notifier.unsubscribe = self._core.subscribe(resource_id, self._listener(notifier))
-        if since is not None:
-            for _rev, change in self._core.changes_since(resource_id, since):
-                self._enqueue(self._change_message([req.request_id], resource_id, change))
-        notifier.request_ids.append(req.request_id)
-        self._watches[req.request_id] = notifier
+        self._watches[rid] = notifier
+        if since is None:
+            notifier.request_ids.append(rid)
+            return
+        held = notifier.replaying[rid] = []
+        try:
+            last = await self._replay(rid, resource_id, since)
+        finally:
+            notifier.replaying.pop(rid, None)
+        if self._watches.get(rid) is not notifier or self._overflowed:
+            return
+        # Live changes committed during the replay, after what it sent.
+        for rev, change in held:
+            if rev <= last:
+                continue
+            self._enqueue(self._change_message([rid], resource_id, change))
+            if _is_whole_delete(change):
+                self._unwatch(rid)
+                break
+        else:
+            notifier.request_ids.append(rid)
         if resume and self._reference:
             self._enqueue(frame)
+
+    async def _replay(self, request_id: str, resource_id: str, since: int) -> int:
+        """Send the changes of *resource_id* after *since*; return the last rev sent.
+
+        Read from SQLite in pages of :data:`REPLAY_PAGE` revs and sent in
+        slices of ``replay_slice`` seconds, letting the event loop run
+        between slices: a replay of a long history does not stall other
+        clients. This socket's next requests wait for it (they are read by
+        this task), and its live changes are held meanwhile, so its
+        messages stay in order.
+        """
+        last = since
+        deadline = time.perf_counter() + self._replay_slice
+        while True:
+            page = self._core.changes_page(resource_id, last, REPLAY_PAGE)
+            for rev, change in page:
+                self._enqueue(self._change_message([request_id], resource_id, change))
+                last = rev
+            if len(page) < REPLAY_PAGE or self._overflowed:
+                return last
+            if time.perf_counter() >= deadline:
+                await anyio.lowlevel.checkpoint()
+                deadline = time.perf_counter() + self._replay_slice
 
     @staticmethod
     def _since(req: WSRequest, response: CoreResponse) -> tuple[int | None, bool]:
@@ -663,13 +712,21 @@ class WebSocketSession:
 
     def _listener(self, notifier: _Notifier) -> Callable[[str, int, list[dict[str, Any]]], None]:
         def on_change(resource_id: str, rev: int, change: list[dict[str, Any]]) -> None:
+            for held in notifier.replaying.values():
+                held.append((rev, change))
             if not notifier.request_ids:
                 return
             self._enqueue(self._change_message(list(notifier.request_ids), resource_id, change))
             if _is_whole_delete(change):
                 # A deleted resource ends all its watches (after the delete
-                # change itself was delivered).
-                self._drop(notifier)
+                # change itself was delivered); a watch still replaying ends
+                # once its replay reaches the delete.
+                if notifier.replaying:
+                    for request_id in notifier.request_ids:
+                        self._watches.pop(request_id, None)
+                    notifier.request_ids.clear()
+                else:
+                    self._drop(notifier)
 
         return on_change
 
@@ -690,7 +747,7 @@ class WebSocketSession:
             return
         if request_id in notifier.request_ids:
             notifier.request_ids.remove(request_id)
-        if not notifier.request_ids:
+        if not notifier.request_ids and not notifier.replaying:
             self._drop(notifier)
 
     def _drop(self, notifier: _Notifier) -> None:
