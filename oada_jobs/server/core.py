@@ -541,7 +541,11 @@ class OADACore:
             body = self._meta_body(res, leftover, headers)
         else:
             if res.data is not None and not is_json_type(media_type) and leftover != ["_rev"]:
-                raise Reject(501, "sub-paths of binary resources cannot be read", headers)
+                raise Reject(
+                    404,
+                    f"{media_type} resources have no sub-paths; GET the resource itself",
+                    headers,
+                )
             value = lookup(res.doc, leftover)
             if value is MISSING or value is None:
                 raise Reject(404, "Not Found", headers)
