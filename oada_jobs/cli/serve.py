@@ -161,6 +161,22 @@ def serve_command(
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest accepted request body; larger ones get 413.")
     ] = ServerConfig.model_fields["max_body_bytes"].default,
+    max_depth: Annotated[
+        int,
+        typer.Option(
+            min=2, max=512, help="Deepest accepted JSON nesting (counting the path); deeper: 400."
+        ),
+    ] = ServerConfig.model_fields["max_depth"].default,
+    max_path_bytes: Annotated[
+        int, typer.Option(min=256, help="Longest accepted request path in bytes; longer: 414.")
+    ] = ServerConfig.model_fields["max_path_bytes"].default,
+    replay_slice: Annotated[
+        float,
+        typer.Option(
+            min=0.0001,
+            help="Seconds a watch's replay (x-oada-rev) runs before other requests get a turn.",
+        ),
+    ] = ServerConfig.model_fields["replay_slice"].default,
     ws_ping_interval: Annotated[
         float, typer.Option(min=0.01, help="Seconds between WebSocket keepalive pings.")
     ] = ServerConfig.model_fields["ws_ping_interval"].default,
@@ -226,6 +242,9 @@ def serve_command(
         tokens=tokens,
         quirks=quirks.value,
         max_body_bytes=max_body_bytes,
+        max_depth=max_depth,
+        max_path_bytes=max_path_bytes,
+        replay_slice=replay_slice,
         ws_ping_interval=ws_ping_interval,
         document_cache_size=document_cache_size,
         document_cache_bytes=document_cache_bytes,

@@ -73,6 +73,19 @@ async def test_serve_answers_and_stops_gracefully(tmp_path: Path) -> None:
     assert db.exists()
 
 
+async def test_input_limits_are_options(tmp_path: Path) -> None:
+    args = ("--db", ":memory:", "--max-depth", "3", "--max-path-bytes", "300")
+    async with serve(*args, "--replay-slice", "0.001") as (_process, url, _out):
+        auth = {"authorization": "Bearer god"}
+        async with httpx.AsyncClient(base_url=url, headers=auth) as c:
+            assert (await c.put("/bookmarks/d", json={"a": {"b": 1}})).status_code == 201
+            deep = await c.put("/bookmarks/d", json={"a": {"b": {"c": 1}}})
+            assert deep.status_code == 400
+            assert "nested more than 3" in deep.json()["message"]
+            long = await c.get("/bookmarks/" + "k" * 300)
+            assert long.status_code == 414
+
+
 async def test_custom_tokens_are_never_printed(tmp_path: Path) -> None:
     secret = "s3cret-token-value"
     env = {"OADA_JOBS_SERVE_TOKENS": "from-env-token"}
@@ -127,6 +140,10 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         ["serve", "--change-cache-bytes", "-1"],
         ["serve", "--ws-send-buffer-bytes", "0"],
         ["serve", "--ws-send-buffer-total-bytes", "0"],
+        ["serve", "--max-depth", "1"],
+        ["serve", "--max-depth", "513"],
+        ["serve", "--max-path-bytes", "10"],
+        ["serve", "--replay-slice", "0"],
         ["serve", "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(cert)],
     ]
     for args in cases:
