@@ -7,14 +7,17 @@ HTTP and WebSocket alike, and the server keeps serving afterwards.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from ws_helpers import WS, ws_connect
 
-from oada_jobs.server.config import DEFAULT_TOKENS, TokenInfo
+from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
+from oada_jobs.server.runner import serve
 from oada_jobs.testing import EmbeddedServer, embedded_server
 
 READER = TokenInfo(
@@ -258,3 +261,35 @@ async def test_ws_huge_x_oada_rev_on_a_plain_request_is_400(server: EmbeddedServ
         ws = WS(conn, "god")
         reply = await ws.request("get", "/bookmarks", headers={"x-oada-rev": HUGE})
         assert reply["status"] == 400, reply
+
+
+@pytest.mark.parametrize("max_depth", [64, 512])
+async def test_the_depth_limit_is_the_same_over_http_and_ws(max_depth: int) -> None:
+    def nested(depth: int) -> Any:
+        value: Any = 1
+        for _ in range(depth):
+            value = {"k": value}
+        return value
+
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(partial(serve, ServerConfig(max_depth=max_depth), port=0))
+        url = f"http://127.0.0.1:{handle.port}"
+        async with (
+            httpx.AsyncClient(base_url=url, headers=AUTH) as c,
+            connect(url.replace("http", "ws", 1) + "/", max_size=None) as conn,
+        ):
+            ws = WS(conn, "god")
+            for depth, ok in ((max_depth, True), (max_depth + 1, False)):
+                put = await c.put("/resources/deep", json=nested(depth))
+                assert (put.status_code == 201) is ok, (depth, put.text)
+                got = await ws.request("put", "/resources/deep-ws", data=nested(depth))
+                assert (got["status"] == 201) is ok, (depth, got)
+            back = await c.get("/resources/deep")
+            assert back.status_code == 200
+            value = back.json()
+            for _ in range(max_depth - 1):
+                value = value["k"]
+            assert value == {"k": 1}
+            got = await ws.request("get", "/resources/deep-ws")
+            assert got["status"] == 200
+        handle.shutdown()
