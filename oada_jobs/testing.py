@@ -278,6 +278,7 @@ async def embedded_server(
     change_cache_bytes: int | None = None,
     ws_send_buffer_bytes: int | None = None,
     ws_send_buffer_total_bytes: int | None = None,
+    max_connections: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -301,7 +302,7 @@ async def embedded_server(
         Run the server in a child process (for kill/restart tests).
     port:
         Fixed port; a free one when ``None``.
-    max_body_bytes, ws_ping_interval, ws_send_buffer_bytes, ws_send_buffer_total_bytes:
+    max_body_bytes, ws_ping_interval, ws_send_buffer_bytes, ws_send_buffer_total_bytes, max_connections:
         Override the :class:`ServerConfig` defaults.
     document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults of the caches.
@@ -328,6 +329,8 @@ async def embedded_server(
         extra["ws_send_buffer_bytes"] = ws_send_buffer_bytes
     if ws_send_buffer_total_bytes is not None:
         extra["ws_send_buffer_total_bytes"] = ws_send_buffer_total_bytes
+    if max_connections is not None:
+        extra["max_connections"] = max_connections
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -400,6 +403,7 @@ async def _subprocess_server(
     args += ["--change-cache-bytes", str(config.change_cache_bytes)]
     args += ["--ws-send-buffer-bytes", str(config.ws_send_buffer_bytes)]
     args += ["--ws-send-buffer-total-bytes", str(config.ws_send_buffer_total_bytes)]
+    args += ["--max-connections", str(config.max_connections)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

@@ -219,6 +219,13 @@ def serve_command(
             "ones furthest behind are closed (code 1013).",
         ),
     ] = ServerConfig.model_fields["ws_send_buffer_total_bytes"].default,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Connections served at once; more are answered 503.",
+        ),
+    ] = ServerConfig.model_fields["max_connections"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -251,6 +258,7 @@ def serve_command(
         change_cache_bytes=change_cache_bytes,
         ws_send_buffer_bytes=ws_send_buffer_bytes,
         ws_send_buffer_total_bytes=ws_send_buffer_total_bytes,
+        max_connections=max_connections,
     )
     ca_note = ""
     if tls_self_signed:

@@ -121,6 +121,11 @@ class ServerConfig(BaseModel):
         and in the transport's write buffer) before the peer is taken to be
         too slow and the socket is closed with code 1013 (32 MiB: room for a
         message of the largest body and what follows it while it is read).
+    max_connections:
+        Connections (HTTP and WebSocket) served at once (1,000). A new
+        connection or request beyond it is answered 503 at once: each one may
+        hold a request body (``max_body_bytes``) or a WebSocket frame being
+        read, so this bounds what incoming data can take.
     ws_send_buffer_total_bytes:
         Bytes all WebSockets together may have waiting to be sent (256 MiB).
         Past it the sockets furthest behind are closed with code 1013, the
@@ -144,6 +149,7 @@ class ServerConfig(BaseModel):
     document_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     change_cache_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     ws_send_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
     ws_send_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
 
     @field_validator("tokens", mode="before")

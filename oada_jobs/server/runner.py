@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
@@ -44,6 +45,12 @@ _MIN_PONG_WAIT = 5.0
 
 #: Messages the application may fall behind on a socket before it stops being read.
 READ_AHEAD = 16
+
+#: Bytes of received messages the application may fall behind on a socket
+#: before it stops being read. With :data:`READ_AHEAD`, a socket holds at
+#: most this much read ahead plus the one message being assembled (which the
+#: frame limit, ``ws_max_size``, bounds).
+READ_AHEAD_BYTES = 1024 * 1024
 
 
 class _DropDebug(logging.Filter):
@@ -81,12 +88,22 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
     *Receiving.* uvicorn stops reading the socket after every message until
     the application has taken it: two system calls (or two loop passes
     under TLS) per request. Here reading pauses only while the application
-    is :data:`READ_AHEAD` messages behind.
+    is :data:`READ_AHEAD` messages or :data:`READ_AHEAD_BYTES` bytes behind,
+    so a peer that pipelines large frames cannot make the server hold more
+    than that (plus the frame being assembled) for it.
     """
 
     _batching = False
+    #: Sizes of the received messages queued for the application, in order.
+    _sizes: deque[int]
+    #: Their sum.
+    _queued_bytes = 0
     #: Bytes of the frames sent this pass, not yet written to the transport.
     _batched = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sizes = deque()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -97,14 +114,27 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
     # -- receiving ---------------------------------------------------------------
 
     def send_receive_event_to_app(self) -> None:
+        size = sum(len(frame) for frame in self.frames)
+        queued = self.queue.qsize()
         # Marked paused, uvicorn queues the message without pausing.
         paused, self.read_paused = self.read_paused, True
         super().send_receive_event_to_app()
         self.read_paused = paused
-        if not paused and self.queue.qsize() > READ_AHEAD:
+        if self.queue.qsize() > queued:
+            self._sizes.append(size)
+            self._queued_bytes += size
+        if not paused and (
+            self.queue.qsize() > READ_AHEAD or self._queued_bytes > READ_AHEAD_BYTES
+        ):
             # receive() resumes once the application has taken them all.
             self.read_paused = True
             self.transport.pause_reading()
+
+    async def receive(self) -> Any:
+        message = await super().receive()
+        if message["type"] == "websocket.receive":
+            self._queued_bytes -= self._sizes.popleft()
+        return message
 
     # -- sending -----------------------------------------------------------------
 
@@ -339,6 +369,10 @@ def uvicorn_config(
         # only frames beyond this hard cap close the socket (code 1009).
         ws_max_size=max(MAX_FRAME, config.max_body_bytes + FRAME_ENVELOPE),
         ws_per_message_deflate=per_message_deflate,
+        # Past this many open connections (or requests in progress) uvicorn
+        # answers 503 at once instead of taking on more: each connection can
+        # hold a body or a frame being read, so their number bounds memory.
+        limit_concurrency=config.max_connections,
         log_level="warning",
         access_log=False,
         lifespan="on",

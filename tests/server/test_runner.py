@@ -7,6 +7,7 @@ from functools import partial
 import anyio
 import httpx
 import pytest
+import websockets
 
 import oada_jobs.server as server_pkg
 from oada_jobs.server import OADACore, ServerConfig, ServerHandle, serve
@@ -47,3 +48,28 @@ def test_package_exports_resolve_lazily() -> None:
     assert set(server_pkg.__all__) <= set(dir(server_pkg))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = server_pkg.nope  # type: ignore[attr-defined]
+
+
+async def test_connections_past_max_connections_are_answered_503() -> None:
+    """Each connection may hold a body or a frame being read: their number is capped."""
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(partial(serve, ServerConfig(max_connections=2), port=0))
+        auth = {"authorization": "Bearer god"}
+        async with (
+            websockets.connect(handle.ws_url) as first,
+            websockets.connect(handle.ws_url) as second,
+        ):
+            async with httpx.AsyncClient() as c:
+                r = await c.get(f"{handle.url}/bookmarks", headers=auth)
+                assert r.status_code == 503
+            await first.close()
+            await second.close()
+        # With the sockets gone, requests are served again.
+        async with httpx.AsyncClient() as c:
+            for _ in range(50):
+                r = await c.get(f"{handle.url}/bookmarks", headers=auth)
+                if r.status_code == 200:
+                    break
+                await anyio.sleep(0.05)
+            assert r.status_code == 200
+        handle.shutdown()

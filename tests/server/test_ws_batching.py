@@ -16,7 +16,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from oada_jobs.server.runner import READ_AHEAD, BatchedWebSocketProtocol
+from oada_jobs.server.runner import READ_AHEAD, READ_AHEAD_BYTES, BatchedWebSocketProtocol
 
 
 class RecordingTransport(asyncio.Transport):
@@ -193,3 +193,22 @@ async def test_reading_pauses_only_while_the_application_is_far_behind() -> None
         *(f"m{n}" for n in range(READ_AHEAD)),
         "one too many",
     ]
+
+
+async def test_reading_pauses_once_the_application_is_a_budget_of_bytes_behind() -> None:
+    """A peer pipelining large frames is held to READ_AHEAD_BYTES, not READ_AHEAD frames."""
+    protocol, transport = open_protocol()
+    big = "x" * (READ_AHEAD_BYTES // 3 + 1)
+    for n in range(3):
+        assert transport.reading, f"paused after {n} large frames"
+        protocol.data_received(text_frame(big))
+    assert not transport.reading  # over the budget after 3 of them, not 16
+    await protocol.receive()
+    assert not transport.reading  # the others still wait
+    await protocol.receive()
+    await protocol.receive()
+    assert transport.reading
+    assert protocol.queue.empty()
+    # The count starts again from nothing: a small frame does not pause.
+    protocol.data_received(text_frame("small"))
+    assert transport.reading
