@@ -20,6 +20,8 @@
     │   ├── WatchLost                a watch could not be restored after its connection dropped
     │   └── ClientClosed             the client (or a revoked job-scoped clone) refuses requests
     ├── InvalidJob                   a job resource or list entry does not have the shape of a job
+    ├── InvalidKey                   a key (or resource id) that no OADA request path can name
+    ├── JobExists                    a job key is taken by a different job (requester side)
     ├── InvalidQueueEntry            a service-config queue entry is not ``{"domain", "token"}``
     ├── JobError                     raised by a work function to fail its job with a type
     │   ├── JobCancelled             the job was cancelled by a requester
@@ -43,9 +45,11 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "InvalidJob",
+    "InvalidKey",
     "InvalidQueueEntry",
     "JobCancelled",
     "JobError",
+    "JobExists",
     "JobFailed",
     "NotFound",
     "OADAError",
@@ -277,6 +281,34 @@ class InvalidJob(OADAJobsError):
         super().__init__(message)
         self.job_id = job_id
         self.key = key
+
+
+class InvalidKey(OADAJobsError, ValueError):
+    """A key, or a ``resources/<key>`` id, that no OADA request path can name.
+
+    OADA servers split a path as a JSON pointer and never percent-decode it,
+    so ``/`` and ``~`` can be escaped (``~1``, ``~0``) but an empty key,
+    ``.``, ``..`` or one with characters a URI path cannot carry as they are
+    (spaces, ``?``, ``#``, ``%``, control or non-ASCII characters) cannot be
+    named by any request. ``key`` is the offending key.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+class JobExists(OADAJobsError):
+    """A job was posted with an explicit key that already names a different job.
+
+    An explicit key means "this job, once": posting the same request again
+    returns the existing job, a different one is refused with this error and
+    nothing is written. ``job_id`` is the existing job.
+    """
+
+    def __init__(self, message: str, *, job_id: str):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class InvalidQueueEntry(OADAJobsError):

@@ -33,7 +33,7 @@ from .exceptions import (
     OADAJobsError,
     PreconditionFailed,
 )
-from .tree import JOBS_TYPE, get_layout
+from .tree import JOBS_TYPE, get_layout, resource_path
 from .types import Json, JsonObject
 
 if TYPE_CHECKING:
@@ -382,14 +382,14 @@ async def request_cancel(oada: OADAClient, job_id: str, reason: str = "cancelled
     once (even one waiting for a delayed start or a retry).
     """
     for _attempt in range(5):
-        response = await oada.get(f"/{job_id}")
+        response = await oada.get(resource_path(job_id))
         job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
         if job.finished:
             return False
         key, update = new_update(JobStatus.CANCEL_REQUESTED.value, reason)
         body = {"status": JobStatus.CANCEL_REQUESTED.value, "updates": {key: update}}
         try:
-            await oada.put(f"/{job_id}", body, content_type=JOBS_TYPE, if_match=job.etag)
+            await oada.put(resource_path(job_id), body, content_type=JOBS_TYPE, if_match=job.etag)
         except PreconditionFailed:
             continue  # claimed, logged or finished meanwhile: look again
         if job.status != JobStatus.RUNNING.value:

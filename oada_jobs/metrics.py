@@ -12,6 +12,7 @@ name                                kind       labels
 ``oada_jobs_job_duration_seconds``  histogram  service, type, state
 ``oada_jobs_queues``                gauge      service
 ``oada_jobs_queue_up``              gauge      service, queue
+``oada_jobs_bad_entries_total``     counter    service
 ==================================  =========  ===============================
 
 ``oada_jobs_queues`` counts the queues the service runs (watching or
@@ -51,6 +52,7 @@ class _Collectors:
     duration: Histogram
     queues: Gauge
     queue_up: Gauge
+    bad_entries: Counter
 
 
 _lock = threading.Lock()
@@ -95,6 +97,12 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                     ["service", "queue"],
                     registry=registry,
                 ),
+                bad_entries=Counter(
+                    "oada_jobs_bad_entries",
+                    "Warnings about job-list entries that cannot be run or filed.",
+                    ["service"],
+                    registry=registry,
+                ),
             )
             _by_registry[registry] = found
         return found
@@ -135,6 +143,9 @@ class ServiceMetrics:
         self._child(self._c.jobs, job_type, state).inc()
         if duration is not None:
             self._child(self._c.duration, job_type, state).observe(duration)
+
+    def bad_entry(self) -> None:
+        self._child(self._c.bad_entries).inc()
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)

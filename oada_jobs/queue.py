@@ -21,18 +21,18 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .client import Watch
-from .client._client import check_path
 from .exceptions import (
     BadRequest,
     Forbidden,
     InvalidJob,
+    InvalidKey,
     NotFound,
     OADAError,
     OADAStatusError,
@@ -43,7 +43,7 @@ from .exceptions import (
 from .job import Job, JobStatus, iso, new_update, utc_now
 from .runner import JobOutcome, Runner, read_job
 from .scheduler import Entry, EntryState, Scheduler
-from .tree import JOBS_TYPE, Layout
+from .tree import JOBS_TYPE, Layout, path_segment, resource_path
 from .types import JsonObject
 
 if TYPE_CHECKING:
@@ -64,21 +64,13 @@ READ_RETRY = 5.0
 REREADERS = 2
 #: Day lists a queue remembers as existing.
 KNOWN_DAYS = 16
+#: Seconds before the same bad list entry is warned about again (it is
+#: warned about when first seen, then at this slow cadence, never per sweep).
+BAD_ENTRY_REWARN = 3600.0
 
 
 def _describe(value: object) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _is_resource_id(value: object) -> TypeGuard[str]:
-    """Whether *value* is a ``resources/...`` id the client can put in a path."""
-    if not isinstance(value, str) or not value.startswith("resources/"):
-        return False
-    try:
-        check_path(f"/{value}")
-    except ValueError:
-        return False
-    return True
 
 
 class _Once:
@@ -134,6 +126,8 @@ class Queue:
         # Open (not yet written) link batch and write lock per day list.
         self._link_batches: dict[str, _LinkBatch] = {}
         self._day_locks: dict[str, anyio.Lock] = {}
+        # Bad list entries warned about: key -> (problem, anyio time warned).
+        self._warned: dict[str, tuple[str, float]] = {}
         #: Whether the queue's list watch is open right now.
         self.watching = False
         self._list_watch: Watch[Any] | None = None
@@ -340,25 +334,42 @@ class Queue:
             if key.startswith("_"):
                 continue
             job_id = value.get("_id") if isinstance(value, Mapping) else None
-            if not _is_resource_id(job_id):
-                self.log.warning(
-                    "queue %r: skipping list entry %r: expected a link {'_id': 'resources/...'}, "
-                    "got %s",
-                    self.key,
-                    key,
-                    _describe(value) if not isinstance(value, Mapping) else f"keys {sorted(value)}",
-                )
+            try:
+                # Filing the job deletes its key: a key no request can name
+                # would delete something else, or never leave the list.
+                path_segment(key)
+            except InvalidKey as error:
+                self._bad_entry(key, f"{error}; it is left in the list, never run nor filed")
                 continue
+            unreadable: InvalidKey | None = None
+            if isinstance(job_id, str) and job_id.startswith("resources/"):
+                try:
+                    resource_path(job_id)
+                except InvalidKey as error:
+                    # A link into a resource, or to one no request can name:
+                    # moved to the failure list, never read nor written.
+                    unreadable = error
+            else:
+                got = f"keys {sorted(value)}" if isinstance(value, Mapping) else _describe(value)
+                self._bad_entry(key, f"expected a link {{'_id': 'resources/<key>'}}, got {got}")
+                continue
+            assert isinstance(job_id, str)
+            self._warned.pop(key, None)
             seen.add(job_id)
             entry = scheduler.get(job_id)
             if entry is None:
                 entry = scheduler.add(key, job_id)
                 assert entry is not None
-                self._reads.send(entry)
+                if unreadable is None:
+                    self._reads.send(entry)
+                else:
+                    scheduler.read(entry, None, unreadable)
             elif known_before is None and entry.state in _TOUCHABLE:
                 scheduler.reread(entry)
                 self._reads.send(entry)
         if known_before is not None:
+            for key in [key for key in self._warned if key not in listing]:
+                del self._warned[key]
             for entry in scheduler.entries():
                 if (
                     entry.seq <= known_before
@@ -366,6 +377,16 @@ class Queue:
                     and entry.state is not EntryState.RUNNING
                 ):
                     self._left(entry)
+
+    def _bad_entry(self, key: str, problem: str) -> None:
+        """Warn about a bad list entry once, then every :data:`BAD_ENTRY_REWARN` s."""
+        now = anyio.current_time()
+        warned = self._warned.get(key)
+        if warned is not None and warned[0] == problem and now - warned[1] < BAD_ENTRY_REWARN:
+            return
+        self._warned[key] = (problem, now)
+        self.service.metrics.bad_entry()
+        self.log.warning("queue %r: skipping list entry %r: %s", self.key, key, problem)
 
     def _forget(self, body: Mapping[str, Any]) -> None:
         """Keys deleted from the list: those jobs are gone (filed, or removed)."""
@@ -406,7 +427,7 @@ class Queue:
             return  # left the list meanwhile
         try:
             job = await self._read(entry)
-        except (InvalidJob, NotFound, Forbidden, BadRequest) as problem:
+        except (InvalidJob, InvalidKey, NotFound, Forbidden, BadRequest) as problem:
             self.scheduler.read(entry, None, problem)
         except OADAError as error:
             self.log.warning(
@@ -444,7 +465,7 @@ class Queue:
             body = {"runAt": iso(run_at), "updates": {key: update}}
             try:
                 response = await self.oada.put(
-                    f"/{entry.job_id}", body, content_type=JOBS_TYPE, if_match=job.etag
+                    resource_path(entry.job_id), body, content_type=JOBS_TYPE, if_match=job.etag
                 )
             except PreconditionFailed:
                 continue  # changed meanwhile (another replica did it): look again
@@ -588,7 +609,7 @@ class Queue:
         delay = self.service.config.retry_initial
         for _attempt in range(5):
             try:
-                data = (await self.oada.get(f"/{holder_id}")).data
+                data = (await self.oada.get(resource_path(holder_id))).data
                 return Job.from_resource(data, oada_id=holder_id)
             except (NotFound, Forbidden, BadRequest, InvalidJob) as error:
                 self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)

@@ -40,10 +40,17 @@ from pydantic import (
     model_validator,
 )
 
-from .exceptions import NotFound, OADAStatusError, OADATransportError, ServerError
+from .exceptions import InvalidKey, NotFound, OADAStatusError, OADATransportError, ServerError
 from .job import Job, iso, parse_time, utc_now
 from .requester import post_job
-from .tree import LayoutName, get_layout, service_root, validate_service_name
+from .tree import (
+    LayoutName,
+    get_layout,
+    path_segment,
+    resource_path,
+    service_root,
+    validate_service_name,
+)
 from .types import Json, JsonObject, Tree
 
 if TYPE_CHECKING:
@@ -255,8 +262,8 @@ async def collect_jobs(
     async def read(index: int, key: str, job_id: str, day: str, status: str) -> None:
         async with limiter:
             try:
-                data: Any = (await oada.get(f"/{job_id}")).data
-            except OADAStatusError:
+                data: Any = (await oada.get(resource_path(job_id))).data
+            except (OADAStatusError, InvalidKey):
                 # The server answered about this one job (gone, forbidden,
                 # broken): count it as unknown rather than lose the report.
                 # No answer at all (a transport error) still fails the read.
@@ -491,7 +498,10 @@ def report_path(service: str, report: str, day: date, key: str) -> str:
 
     *day* is the day the report was made (UTC), *key* its job's key.
     """
-    return f"{service_root(service)}/reports/{report}/day-index/{day.isoformat()}/{key}"
+    return (
+        f"{service_root(service)}/reports/{path_segment(report)}/day-index/{day.isoformat()}/"
+        f"{path_segment(key)}"
+    )
 
 
 def _reports_tree(layout: LayoutName) -> Tree:
@@ -619,7 +629,7 @@ async def _queued_layout(oada: OADAClient, service: str, key: str | None) -> Lay
     # the service's code or `oada-jobs run --layout` may have chosen either.
     pending = get_layout("pending").pending_path(service)
     try:
-        await oada.head(f"{pending}/{key}" if key else pending)
+        await oada.head(f"{pending}/{path_segment(key)}" if key else pending)
     except NotFound:
         return "classic"
     return "pending"
@@ -668,7 +678,7 @@ async def _post_email(
     if email_key is not None:
         try:
             # A retried run whose mail job was already posted must not mail twice.
-            await oada.head(f"/resources/{email_key}")
+            await oada.head(resource_path(f"resources/{email_key}"))
             return f"resources/{email_key}"
         except NotFound:
             pass

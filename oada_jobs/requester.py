@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from .exceptions import JobFailed
 from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
-from .tree import JOBS_TYPE, LayoutName, get_layout, validate_service_name
+from .tree import JOBS_TYPE, LayoutName, get_layout, resource_path, validate_service_name
 from .types import Json, JsonObject
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ async def post_job(
                 f"(starting with a letter or digit, at most 200), got {key!r}"
             )
         job_id = f"resources/{key}"
-        await oada.put(f"/{job_id}", job, content_type=JOBS_TYPE)
+        await oada.put(resource_path(job_id), job, content_type=JOBS_TYPE)
     await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
     return job_id
 
@@ -144,7 +144,7 @@ async def wait_for_outcome(
     between is not missed); never polls. *timeout* (seconds, ``None`` for no
     limit) raises :class:`TimeoutError`.
     """
-    path = f"/{job_id}"
+    path = resource_path(job_id)
     with anyio.fail_after(timeout):
         response = await oada.get(path)
         job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
@@ -266,7 +266,7 @@ async def post_child_job(
     )
     child_key = child_id.removeprefix("resources/")
     await ctx.oada.put(
-        f"/{parent}/children", {child_key: {"_id": child_id}}, content_type=JOBS_TYPE
+        f"{resource_path(parent)}/children", {child_key: {"_id": child_id}}, content_type=JOBS_TYPE
     )
     return child_id
 

@@ -42,6 +42,7 @@ from .exceptions import (
     ClientClosed,
     Forbidden,
     InvalidJob,
+    InvalidKey,
     JobCancelled,
     JobError,
     NotFound,
@@ -57,7 +58,7 @@ from .exceptions import (
 from .job import Job, JobStatus, Lease, error_result, iso, new_update, parse_time, utc_now
 from .scheduler import UniquePolicy
 from .settings import LOGGING_ENV, update_levels
-from .tree import JOB_TYPE, JOBS_TYPE, LayoutName
+from .tree import JOB_TYPE, JOBS_TYPE, LayoutName, path_segment, resource_path
 from .types import Json, JsonObject, WorkFunction
 
 if TYPE_CHECKING:
@@ -237,7 +238,9 @@ class JobLogger:
         # keeps the keys time-ordered by this process's clock.
         try:
             response = await self._oada.put(
-                f"/{self._job_id}/updates/{key}", body, content_type=JOB_TYPE
+                f"{resource_path(self._job_id)}/updates/{path_segment(key)}",
+                body,
+                content_type=JOB_TYPE,
             )
         except (OADATransportError, ServerError, TooManyRequests) as error:
             # The client retried already; a progress note is not worth
@@ -334,7 +337,7 @@ async def read_job(oada: OADAClient, job_id: str, *, key: str, wait: float) -> J
     """
 
     async def get() -> tuple[Job[JsonObject] | InvalidJob, int | None]:
-        response = await oada.get(f"/{job_id}")
+        response = await oada.get(resource_path(job_id))
         try:
             job = Job.from_resource(response.data, oada_id=job_id, key=key, etag=response.etag)
         except InvalidJob as error:
@@ -345,7 +348,7 @@ async def read_job(oada: OADAClient, job_id: str, *, key: str, wait: float) -> J
     if isinstance(first, Job):
         return first
     with anyio.move_on_after(wait):
-        async with oada.watch(f"/{job_id}", rev=rev) as changes:
+        async with oada.watch(resource_path(job_id), rev=rev) as changes:
             async for _change in changes:
                 break
     second, _ = await get()
@@ -446,7 +449,12 @@ class Runner:
         self.oada = queue.oada
         self.key = key = entry.key
         self.job_id = job_id = entry.job_id
-        self.path = f"/{job_id}"
+        try:
+            self.path = resource_path(job_id)
+        except InvalidKey:
+            # Never requested: the queue gave such an entry a problem, so
+            # it is only moved to the failure list.
+            self.path = ""
         self.log = JobLogAdapter(
             logger,
             {
@@ -499,17 +507,26 @@ class Runner:
             )
             await self._write_and_file(outcome, None, etag=None)
             return None
-        except (NotFound, Forbidden, BadRequest) as error:
+        except (NotFound, Forbidden, BadRequest, InvalidKey) as error:
             # Older OADA servers answer 403 for a resource that does not
             # exist; either way this queue can never run the job.
-            self.log.error(
-                "list entry %r links to %s, which does not exist, or which this queue's token "
-                "may not read, or whose path the server refuses (%s); moving the link to the "
-                "failure list",
-                self.key,
-                self.job_id,
-                error.status,
-            )
+            if isinstance(error, InvalidKey):
+                self.log.error(
+                    "list entry %r links to %s, which no request can read (%s); moving the "
+                    "link to the failure list",
+                    self.key,
+                    self.job_id,
+                    error,
+                )
+            else:
+                self.log.error(
+                    "list entry %r links to %s, which does not exist, or which this queue's "
+                    "token may not read, or whose path the server refuses (%s); moving the "
+                    "link to the failure list",
+                    self.key,
+                    self.job_id,
+                    error.status,
+                )
             await self._shielded(partial(self._file, JobStatus.FAILURE.value, None, utc_now()))
             return None
         self._bind(job)
@@ -1109,5 +1126,5 @@ class Runner:
             await self.queue.link_into(
                 layout.day_index_path(name, status, day, fail_type), self.key, self.job_id
             )
-        await self.oada.delete(f"{self.queue.pending_path}/{self.key}")
+        await self.oada.delete(f"{self.queue.pending_path}/{path_segment(self.key)}")
         return day_path

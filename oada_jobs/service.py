@@ -45,7 +45,7 @@ from ._ksuid import ksuid
 from ._signals import stop_on_signals
 from .client import parse_domain
 from .client._client import check_token
-from .exceptions import InvalidQueueEntry, OADAError, redact
+from .exceptions import InvalidKey, InvalidQueueEntry, OADAError, redact
 from .health import Readiness, serve_probes
 from .job import Job
 from .metrics import ServiceMetrics
@@ -54,7 +54,7 @@ from .reporters import FinishReport, Reporter
 from .runner import Worker
 from .scheduler import UniquePolicy
 from .settings import Settings, load_settings
-from .tree import Layout, LayoutName, get_layout, validate_service_name
+from .tree import Layout, LayoutName, get_layout, resource_path, validate_service_name
 from .types import Json, WorkFunction
 
 if TYPE_CHECKING:
@@ -946,8 +946,8 @@ class Service:
         if isinstance(value, Mapping) and "_id" in value and "domain" not in value:
             # A linked entry: its content lives in its own resource.
             try:
-                value = (await self.oada.get(f"/{value['_id']}")).data
-            except OADAError as error:
+                value = (await self.oada.get(resource_path(value["_id"]))).data
+            except (OADAError, InvalidKey) as error:
                 logger.error(
                     "service %s: queue entry %r could not be read: %s", self.name, key, error
                 )

@@ -48,7 +48,7 @@ from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from oada_jobs.job import FINISHED, Job
 from oada_jobs.requester import post_job
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
-from oada_jobs.tree import LayoutName, get_layout
+from oada_jobs.tree import LayoutName, get_layout, resource_path
 from oada_jobs.types import JsonObject
 
 if TYPE_CHECKING:
@@ -452,7 +452,7 @@ async def wait_for_job(
     >>> job = await wait_for_job(oada, job_id, 10)  # doctest: +SKIP
     >>> job.status, job.result  # doctest: +SKIP
     """
-    path = f"/{job_id}"
+    path = resource_path(job_id)
     with anyio.fail_after(timeout):
         response = await oada.get(path)
         job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, TypeAlias
 
+from .exceptions import InvalidKey
 from .types import Tree
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "Layout",
     "LayoutName",
     "get_layout",
+    "path_segment",
+    "resource_path",
     "service_root",
     "validate_service_name",
 ]
@@ -56,6 +59,52 @@ LayoutName: TypeAlias = Literal["classic", "pending"]
 # Service names become one path segment; keep them to characters that need no
 # escaping in a URI reference (OADA does not percent-decode paths).
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
+
+
+# What a key may hold once "~" and "/" are escaped: RFC 3986 path characters
+# that every hop passes on as they are (unreserved, sub-delims, ":" and "@").
+# OADA servers never percent-decode a path, so "%" cannot escape anything
+# else: a key with a space, "?", "#", "%", a control or a non-ASCII character
+# names a different key (or none) in any request.
+_NAMEABLE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+def path_segment(key: str) -> str:
+    """*key* as one OADA path segment: ``~`` as ``~0`` and ``/`` as ``~1``
+    (JSON pointer rules, which OADA servers apply to paths).
+
+    Every key read from a list (a job key, a queue id) goes into a path
+    through this function. Raises :class:`~oada_jobs.InvalidKey` for a key
+    no request can name: empty, ``.``, ``..``, or holding characters a path
+    cannot carry as they are (see ``docs/concepts.md``).
+    """
+    if not isinstance(key, str):
+        raise InvalidKey(f"expected a key string, got {type(key).__name__}")
+    escaped = key.replace("~", "~0").replace("/", "~1")
+    if key in ("", ".", "..") or not _NAMEABLE.fullmatch(escaped):
+        raise InvalidKey(
+            f"no OADA request can name the key {key!r}: expected a non-empty key other than "
+            "'.' and '..' of letters, digits and -._~!$&'()*+,;=:@/",
+            key=key,
+        )
+    return escaped
+
+
+def resource_path(resource_id: str) -> str:
+    """``/resources/<key>`` for a resource id ``resources/<key>``.
+
+    Raises :class:`~oada_jobs.InvalidKey` for anything else (a sub-path, a
+    key no request can name): an ``_id`` read from a list must point at a
+    whole resource, never into one.
+    """
+    if not isinstance(resource_id, str) or not resource_id.startswith("resources/"):
+        raise InvalidKey(f"expected a resource id like 'resources/<key>', got {resource_id!r}")
+    key = resource_id.removeprefix("resources/")
+    if "/" in key:
+        raise InvalidKey(
+            f"expected a resource id like 'resources/<key>', got {resource_id!r}", key=key
+        )
+    return f"/resources/{path_segment(key)}"
 
 
 def validate_service_name(name: str) -> str:

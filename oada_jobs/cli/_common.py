@@ -32,6 +32,7 @@ from .._loop import backend_options
 from ..client import OADAClient
 from ..exceptions import (
     Forbidden,
+    InvalidKey,
     NotFound,
     OADAError,
     OADAStatusError,
@@ -40,7 +41,7 @@ from ..exceptions import (
     redact,
 )
 from ..settings import ENV_NAMES, Settings, describe_error, load_settings
-from ..tree import Layout, get_layout
+from ..tree import Layout, get_layout, resource_path
 
 __all__ = [
     "CLIError",
@@ -317,10 +318,12 @@ def job_id_of(text: str) -> str:
     cleaned = text.strip().strip("/")
     if cleaned.startswith("resources/"):
         cleaned = cleaned.removeprefix("resources/")
-    if not cleaned or "/" in cleaned or any(char.isspace() for char in cleaned):
+    try:
+        resource_path(f"resources/{cleaned}")
+    except InvalidKey:
         raise CLIError(
             f"expected a job id like resources/2Jx... or its key, got {text!r}", ExitCode.USAGE
-        )
+        ) from None
     return f"resources/{cleaned}"
 
 

@@ -34,7 +34,7 @@ from ..client import OADAClient
 from ..job import Job
 from ..service import Service
 from ..testing import post_job
-from ..tree import LayoutName, get_layout, service_root
+from ..tree import LayoutName, get_layout, resource_path, service_root
 from . import app
 from ._common import CLIError, ExitCode, command, err_console, out_console
 from .jobs import filed_paths
@@ -215,7 +215,7 @@ def _note(job: Job[Any]) -> str:
 
 async def _follow_job(oada: OADAClient, tracked: Tracked) -> None:
     """Keep *tracked* up to date until its job has finished."""
-    path = f"/{tracked.job_id}"
+    path = resource_path(tracked.job_id)
 
     def refresh(data: Any) -> None:
         job = Job.from_resource(data, oada_id=tracked.job_id, key=tracked.key)

@@ -12,11 +12,11 @@ import typer
 from rich.table import Table
 
 from ..client import OADAClient
-from ..exceptions import InvalidJob, NotFound, OADAError, OADAJobsError
+from ..exceptions import InvalidJob, InvalidKey, NotFound, OADAError, OADAJobsError
 from ..job import Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
-from ..tree import Layout, service_root
+from ..tree import Layout, resource_path, service_root
 from . import app
 from ._common import (
     CLIError,
@@ -114,8 +114,10 @@ async def _row(oada: OADAClient, list_name: str, key: str, job_id: str | None) -
     if job_id is None:
         return JobRow(list_name, key, None, None, None, None, "entry is not a link to a job")
     try:
-        response = await oada.get(f"/{job_id}")
+        response = await oada.get(resource_path(job_id))
         job = Job.from_resource(response.data, oada_id=job_id, key=key)
+    except InvalidKey as error:
+        return JobRow(list_name, key, job_id, None, None, None, str(error))
     except NotFound:
         return JobRow(list_name, key, job_id, None, None, None, "job resource does not exist")
     except OADAError as error:
@@ -252,7 +254,7 @@ def show_job(
     async def main() -> None:
         async with connect(settings) as oada:
             try:
-                response = await oada.get(f"/{job_id}")
+                response = await oada.get(resource_path(job_id))
             except NotFound:
                 raise CLIError(f"no job {job_id} on {oada.domain}") from None
         print_json(_public(response.data), plain=json)
@@ -432,7 +434,7 @@ def retry(
     async def main() -> None:
         async with connect(settings) as oada:
             try:
-                response = await oada.get(f"/{job_id}")
+                response = await oada.get(resource_path(job_id))
             except NotFound:
                 raise CLIError(f"no job {job_id} on {oada.domain}") from None
         try:
@@ -481,7 +483,9 @@ def cancel(
             except OADAJobsError as error:  # it kept changing under us
                 raise CLIError(str(error)) from None
             if not requested:
-                current = Job.from_resource((await oada.get(f"/{job_id}")).data, oada_id=job_id)
+                current = Job.from_resource(
+                    (await oada.get(resource_path(job_id))).data, oada_id=job_id
+                )
                 raise CLIError(f"{job_id} already finished with status {current.status}")
         if json:
             print_json({"id": job_id, "cancel": "requested"}, plain=True)

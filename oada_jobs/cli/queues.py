@@ -15,9 +15,9 @@ import typer
 from rich.table import Table
 
 from ..client import OADAClient, parse_domain
-from ..exceptions import InvalidQueueEntry, NotFound
+from ..exceptions import InvalidKey, InvalidQueueEntry, NotFound
 from ..service import parse_queue_entry
-from ..tree import QUEUE_TYPE, get_layout
+from ..tree import QUEUE_TYPE, get_layout, path_segment, resource_path
 from . import app
 from ._common import (
     CLIError,
@@ -73,8 +73,8 @@ async def _read_entry(oada: OADAClient, value: object) -> object:
     # An entry may be a link to a resource holding {domain, token}.
     if isinstance(value, Mapping) and "_id" in value and "domain" not in value:
         try:
-            return (await oada.get(f"/{value['_id']}")).data
-        except NotFound:
+            return (await oada.get(resource_path(value["_id"]))).data
+        except (NotFound, InvalidKey):
             return None
     return value
 
@@ -215,7 +215,11 @@ def remove_queue(
     settings = settings_from(domain=oada_domain, token=oada_token, service=service)
     name = resolve_service(settings, service)
     cleaned = queue_id.strip()
-    if not cleaned or cleaned.startswith("_") or "/" in cleaned:
+    try:
+        segment = path_segment(cleaned)
+    except InvalidKey:
+        segment = ""
+    if not segment or cleaned.startswith("_"):
         raise CLIError(
             f"expected a queue id from `oada-jobs queues list`, got {queue_id!r}", ExitCode.USAGE
         )
@@ -232,7 +236,7 @@ def remove_queue(
                     f"{name} has no queue {cleaned!r}; `oada-jobs queues list -s {name}` "
                     "shows the ids"
                 )
-            await oada.delete(f"{path}/{cleaned}")
+            await oada.delete(f"{path}/{segment}")
         if json:
             print_json({"service": name, "id": cleaned, "removed": True}, plain=True)
         else:

@@ -124,15 +124,17 @@ async def test_bad_jobs_fail_clearly_and_good_ones_run(caplog: pytest.LogCapture
             links[huge_key] = {"_id": f"resources/{huge_key}"}
             links[deep_key] = {"_id": f"resources/{deep_key}"}
             links[missing_key] = {"_id": f"resources/{missing_key}"}  # no such resource
-            # A path the server refuses (400): filed as failed like a missing one.
+            # Ids no request can read: filed as failed like a missing one,
+            # never requested (a link into a resource, one no client can send).
             links["unreadable"] = {"_id": "resources/.."}
+            links["into-a-job"] = {"_id": f"resources/{missing_key}/config"}
+            links["space-id"] = {"_id": "resources/a b"}
             # List entries that are not links at all: left alone, with a warning.
             not_links = {
                 "entry-number": 5,
                 "entry-string": "resources/abc",
                 "entry-no-id": {"service": name, "type": "noop"},
                 "entry-bad-id": {"_id": "users/someone"},
-                "entry-space-id": {"_id": "resources/a b"},  # no client can request it
                 "entry-null": None,
             }
             await oada.put(pending_path(name), {**links, **not_links}, content_type=JOBS_TYPE)
@@ -169,8 +171,9 @@ async def test_bad_jobs_fail_clearly_and_good_ones_run(caplog: pytest.LogCapture
     for key in not_links:
         assert f"skipping list entry {key!r}" in text, key
     assert f"links to resources/{missing_key}, which does not exist" in text
-    assert "links to resources/.., which does not exist" in text
-    assert "whose path the server refuses (400)" in text
+    assert "links to resources/.., which no request can read" in text
+    assert f"links to resources/{missing_key}/config, which no request can read" in text
+    assert "links to resources/a b, which no request can read" in text
     assert outcome.bodies[huge_key]["result"] == {"n": -1}
     assert outcome.bodies[deep_key]["result"] == {"n": -2}
 

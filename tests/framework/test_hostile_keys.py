@@ -1,0 +1,138 @@
+"""Hostile keys in a job list: every key reaches a request path through one
+escaping function, and a key no request can name is warned about, never filed
+into the wrong place nor retried every sweep."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+
+from oada_jobs import InvalidKey, Job, Service, WorkerContext
+from oada_jobs.client import OADAClient
+from oada_jobs.job import iso, utc_now
+from oada_jobs.requester import post_job
+from oada_jobs.tree import JOBS_TYPE, get_layout, path_segment, resource_path
+
+from .conftest import LogWaiter, key_of, wait_for_status
+
+CLASSIC = get_layout("classic")
+
+
+async def ok(job: Job[Any], ctx: WorkerContext) -> Any:
+    return {"ran": job.key}
+
+
+def test_path_segment_escapes_pointer_characters_and_refuses_the_unnameable() -> None:
+    assert path_segment("a/b") == "a~1b"
+    assert path_segment("~1") == "~01"
+    assert path_segment("x:y@z!$&'()*+,;=") == "x:y@z!$&'()*+,;="
+    for key in ("", ".", "..", "a b", "a?b", "a#b", "a%2Fb", "tab\t", "nl\n", "\x00", "é"):
+        with pytest.raises(InvalidKey):
+            path_segment(key)
+    assert resource_path("resources/a~b") == "/resources/a~0b"
+    for job_id in ("resources/a/b", "resources/..", "resources/", "bookmarks/x", "resources/a b"):
+        with pytest.raises(InvalidKey):
+            resource_path(job_id)
+
+
+async def _link(oada: OADAClient, name: str, links: dict[str, str]) -> None:
+    await oada.put(
+        CLASSIC.pending_path(name),
+        {key: {"_id": job_id} for key, job_id in links.items()},
+        tree=CLASSIC.tree,
+    )
+
+
+async def _job(oada: OADAClient, name: str, **extra: Any) -> str:
+    body = {"service": name, "type": "ok", "config": {}, **extra}
+    return await oada.create_resource(body, content_type=JOBS_TYPE)
+
+
+async def test_a_key_with_a_slash_never_reaches_into_another_job(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    # A job waiting for tomorrow, and a second entry whose key names a path
+    # into the first one's link.
+    later = iso(utc_now() + timedelta(hours=1))
+    victim = await _job(oada, name, options={"notBefore": later})
+    attacker = await _job(oada, name)
+    await _link(oada, name, {key_of(victim): victim, f"{key_of(victim)}/type": attacker})
+    tilde = await _job(oada, name)
+    await _link(oada, name, {"a~1b": tilde})
+    service = make_service()
+    service.on("ok", 10, ok)
+    async with service:
+        assert (await wait_for_status(oada, attacker))["status"] == "success"
+        assert (await wait_for_status(oada, tilde))["status"] == "success"
+        with anyio.fail_after(10):
+            while True:
+                pending = (await oada.get(CLASSIC.pending_path(name))).data
+                if f"{key_of(victim)}/type" not in pending and "a~1b" not in pending:
+                    break
+                await anyio.sleep(0.05)
+    assert (await oada.get(resource_path(victim))).data["type"] == "ok"
+    assert key_of(victim) in pending
+    success = (await oada.get(CLASSIC.day_index_path(name, "success", utc_now().date()))).data
+    assert success[f"{key_of(victim)}/type"]["_id"] == attacker
+    assert success["a~1b"]["_id"] == tilde
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "a b", "q?x", "h#x", "c\x01", "pct%41"])
+async def test_a_key_no_request_can_name_is_warned_about_once(
+    oada: OADAClient,
+    make_service: Callable[..., Service],
+    name: str,
+    logs: LogWaiter,
+    key: str,
+) -> None:
+    bad = await _job(oada, name)
+    good = await _job(oada, name)
+    await _link(oada, name, {key: bad, key_of(good): good})
+    service = make_service(sweep_interval=0.05)
+    service.on("ok", 10, ok)
+    async with service:
+        assert (await wait_for_status(oada, good))["status"] == "success"
+        # About ten sweeps pass, each reading the list again.
+        await anyio.sleep(0.5)
+        assert service.state.value == "running"
+    pending = (await oada.get(CLASSIC.pending_path(name))).data
+    # The list itself (and its link in the service) is intact.
+    assert pending[key]["_id"] == bad
+    assert key_of(good) not in pending
+    assert (await oada.get(resource_path(bad))).data.get("status") is None
+    warnings = [r for r in logs.records if "skipping list entry" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "no OADA request can name the key" in warnings[0].getMessage()
+    assert not [r for r in logs.records if r.exc_info]
+
+
+async def test_an_entry_that_is_not_a_link_is_warned_about_once_not_every_sweep(
+    oada: OADAClient, make_service: Callable[..., Service], name: str, logs: LogWaiter
+) -> None:
+    await oada.put(CLASSIC.pending_path(name), {"number": 5, "no-id": {"a": 1}}, tree=CLASSIC.tree)
+    service = make_service(sweep_interval=0.05)
+    async with service:
+        await anyio.sleep(0.5)  # about ten sweeps
+    warnings = [r.getMessage() for r in logs.records if "skipping list entry" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+
+
+async def test_a_job_linked_into_another_resource_is_moved_aside_untouched(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    victim = await post_job(oada, "elsewhere", "x", {"keep": True})
+    await _link(oada, name, {"into": f"{victim}/config"})
+    service = make_service()
+    async with service:
+        with anyio.fail_after(10):
+            while "into" in (await oada.get(CLASSIC.pending_path(name))).data:
+                await anyio.sleep(0.05)
+    failure = (await oada.get(CLASSIC.day_index_path(name, "failure", utc_now().date()))).data
+    assert failure["into"]["_id"] == f"{victim}/config"
+    body = (await oada.get(resource_path(victim))).data
+    assert body["config"] == {"keep": True}
+    assert "status" not in body
