@@ -130,6 +130,9 @@ class Entry:
     reads_back_at_failure: int = -1
     #: Its link left the list while it ran: forget it when the run ends.
     gone: bool = False
+    #: Counted among its group's running jobs (it was started by :meth:`Scheduler.pop`;
+    #: jobs only filed never are). Exactly these are uncounted when they stop.
+    counted: bool = False
 
     @property
     def urgent(self) -> bool:
@@ -386,15 +389,28 @@ class Scheduler:
 
     def _start(self, entry: Entry) -> None:
         entry.state = EntryState.RUNNING
-        if entry.group is not None:
+        if entry.group is not None and not entry.counted:
+            entry.counted = True
             self._group_running[entry.group] = self._group_running.get(entry.group, 0) + 1
 
     def _stopped(self, entry: Entry) -> bool:
-        """Count *entry* out of its group's running jobs, if it ran; whether it did."""
+        """Count *entry* out of its group's running jobs, if it was counted in;
+        whether it was running at all.
+
+        Only an entry :meth:`_start` counted in is counted out, once: a job
+        that was only filed (cancelled, refused, bad) ran as no member of its
+        group, and a count must never go below zero (a weaker group limit).
+        """
         if entry.state is not EntryState.RUNNING:
             return False
-        if entry.group is not None:
-            self._group_running[entry.group] -= 1
+        if entry.counted:
+            entry.counted = False
+            assert entry.group is not None
+            left = self._group_running.get(entry.group, 0) - 1
+            if left > 0:
+                self._group_running[entry.group] = left
+            else:
+                self._group_running.pop(entry.group, None)
         return True
 
     def _wait(self, entry: Entry, at: float) -> None:
@@ -509,7 +525,6 @@ class Scheduler:
                 self._group_moved(entry.group)
             else:
                 self._groups.pop(entry.group, None)
-                self._group_running.pop(entry.group, None)
         self._drain_unsettled()
         if self._settling:
             # A read waiting for room may now be the one the settling wait for.
@@ -578,6 +593,32 @@ class Scheduler:
         self._changed.fire()
 
     # ------------------------------------------------------------ introspection
+
+    def check_invariants(self) -> None:
+        """Raise :class:`AssertionError` if the bookkeeping is inconsistent (for tests).
+
+        Every group's running count is the number of its members counted in,
+        never negative nor kept at zero; every group lists exactly the known
+        entries naming it, in queue order; the key and id maps agree.
+        """
+        counted: dict[str, int] = {}
+        grouped: dict[str, list[Entry]] = {}
+        for entry in self._by_id.values():
+            if entry.counted:
+                assert entry.group is not None, entry
+                assert entry.state is EntryState.RUNNING, entry
+                counted[entry.group] = counted.get(entry.group, 0) + 1
+            if entry.group is not None:
+                grouped.setdefault(entry.group, []).append(entry)
+        assert self._group_running == counted, (self._group_running, counted)
+        assert all(count > 0 for count in self._group_running.values())
+        assert self._groups == {
+            group: sorted(members, key=lambda member: member.seq)
+            for group, members in grouped.items()
+        }, (self._groups, grouped)
+        assert all(self._by_id.get(entry.job_id) is entry for entry in self._by_key.values())
+        assert self._settling >= 0
+        assert self._bodies >= 0
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state (for health checks and tests)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from oada_jobs import Job, Json, WorkerContext
 from oada_jobs.runner import Worker
@@ -218,3 +220,125 @@ async def test_the_timer_and_filing_signals_fire_only_for_their_own_kind_of_chan
     # Each signal is renewed once set, so the next change can be waited for.
     assert not scheduled.timer_added.is_set()
     assert not scheduled.urgent_added.is_set()
+
+
+def later() -> str:
+    return "2999-01-01T00:00:00Z"
+
+
+async def test_cancelling_a_waiting_grouped_job_keeps_the_group_count_whole() -> None:
+    scheduled = scheduler()
+    a = add(scheduled, "a")
+    scheduled.read(a, job("a", group="g", notBefore=later()), None)
+    assert a.state is EntryState.WAITING
+    scheduled.check_invariants()
+    # The cancel request touches its link: it is read again, now cancelled.
+    scheduled.reread(a)
+    cancelled = Job.from_resource(
+        {"service": "s", "type": "t", "status": "cancel-requested", "options": {"group": "g"}},
+        oada_id="resources/a",
+        key="a",
+    )
+    scheduled.read(a, cancelled, None)
+    assert scheduled.pop_urgent() is a
+    scheduled.check_invariants()
+    assert scheduled.remove(a) == []  # raised KeyError before
+    scheduled.check_invariants()
+
+
+async def test_a_job_only_filed_never_lowers_its_group_count() -> None:
+    scheduled = scheduler()
+    a, b, c = (add(scheduled, key) for key in "abc")
+    scheduled.read(a, job("a", group="g"), None)
+    scheduled.read(b, job("b", group="g", notBefore=later()), None)
+    scheduled.read(c, job("c", group="g"), None)
+    assert drain(scheduled) == ["a"]
+    # b is read again and found finished elsewhere: it is only filed.
+    scheduled.reread(b)
+    done = Job.from_resource(
+        {"service": "s", "type": "t", "status": "success", "options": {"group": "g"}},
+        oada_id="resources/b",
+        key="b",
+    )
+    scheduled.read(b, done, None)
+    assert scheduled.pop_urgent() is b
+    scheduled.wait(b, anyio.current_time() + 60)  # its claim was refused here
+    scheduled.check_invariants()
+    scheduled.remove(b)
+    scheduled.check_invariants()
+    # a still runs: the group limit of one holds c back.
+    assert drain(scheduled) == []
+    scheduled.remove(a)
+    assert drain(scheduled) == ["c"]
+    scheduled.check_invariants()
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "read", "pop", "urgent", "wait", "remove", "reread", "cancel"]),
+        st.integers(min_value=0, max_value=2),
+        st.sampled_from([None, "g", "h"]),
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS, limit=st.integers(min_value=1, max_value=2))
+# A waiting group member cancelled, filed and removed (a KeyError once).
+@example(
+    ops=[
+        ("add", 0, None, False),
+        ("read", 0, "g", True),
+        ("cancel", 0, "g", False),
+        ("urgent", 0, None, False),
+        ("remove", 0, None, False),
+    ],
+    limit=1,
+)
+def test_group_bookkeeping_holds_under_any_sequence(
+    ops: list[tuple[str, int, str | None, bool]], limit: int
+) -> None:
+    async def main() -> None:
+        scheduled = scheduler(group_limit=limit)
+        entries: dict[int, Entry] = {}
+        for op, index, group, delayed in ops:
+            entry = entries.get(index)
+            if op == "add":
+                if entry is None or scheduled.get(entry.job_id) is not entry:
+                    entries[index] = add(scheduled, f"k{index}-{len(entries)}")
+                continue
+            if entry is None or scheduled.get(entry.job_id) is not entry:
+                continue
+            options: dict[str, Any] = {} if group is None else {"group": group}
+            if delayed:
+                options["notBefore"] = later()
+            if op in ("read", "cancel") and entry.state in (EntryState.WAITING, EntryState.READY):
+                # A timer fired, or its link was touched: the queue reads it again.
+                scheduled.reread(entry)
+            if op in ("read", "cancel") and entry.state is EntryState.READING:
+                body: dict[str, Any] = {"service": "s", "type": "t", "options": options}
+                if op == "cancel":
+                    body["status"] = "cancel-requested"
+                scheduled.read(
+                    entry, Job.from_resource(body, oada_id=entry.job_id, key=entry.key), None
+                )
+            elif op == "pop":
+                scheduled.pop()
+            elif op == "urgent":
+                scheduled.pop_urgent()
+            elif op == "wait" and entry.state is EntryState.RUNNING:
+                scheduled.wait(entry, anyio.current_time() + 60)
+            elif op == "remove":
+                scheduled.remove(entry)
+            elif op == "reread" and entry.state in (EntryState.WAITING, EntryState.READY):
+                scheduled.reread(entry)
+            scheduled.check_invariants()
+            running: dict[str, int] = {}
+            for known in scheduled.entries():
+                if known.counted and known.group is not None:
+                    running[known.group] = running.get(known.group, 0) + 1
+            assert all(count <= limit for count in running.values()), running
+
+    anyio.run(main)
