@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import anyio
 from pydantic import BaseModel
 
-from .exceptions import JobFailed
+from .exceptions import JobExists, JobFailed, NotFound, PreconditionFailed
 from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
 from .tree import JOBS_TYPE, LayoutName, get_layout, resource_path, validate_service_name
 from .types import Json, JsonObject
@@ -101,8 +101,13 @@ async def post_job(
     be the layout the service runs with (see ``docs/layouts.md``).
 
     *key* picks the job's key (and resource id ``resources/<key>``) instead
-    of a server-made one; writing the same key twice writes the same job, so
-    a requester that retries after an error does not post twice. *extra*
+    of a server-made one. A key means "this job, once": it is created only
+    if ``resources/<key>`` does not exist yet (a conditional PUT), so a
+    requester that retries after an error does not post twice. Posting the
+    same request again (service, type, config, options and *extra*) returns
+    the existing job, running or finished, and writes nothing but its link
+    while it is still pending; a different request raises
+    :class:`~oada_jobs.JobExists` and writes nothing. *extra*
     adds keys to the job resource (e.g. a ``parent`` link). *options* (a
     :class:`~oada_jobs.JobOptions` or its camelCase JSON) says when and how the
     job runs: ``notBefore``, ``priority``, ``uniqueKey``, ``group``,
@@ -127,9 +132,53 @@ async def post_job(
                 f"(starting with a letter or digit, at most 200), got {key!r}"
             )
         job_id = f"resources/{key}"
-        await oada.put(resource_path(job_id), job, content_type=JOBS_TYPE)
+        existing = await _create_once(oada, job_id, job)
+        if existing is not None:
+            _check_same(job_id, existing, job)
+            if existing.get("status") in FINISHED:
+                return job_id  # ran already: linking it again would only re-file it
     await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
     return job_id
+
+
+async def _create_once(oada: OADAClient, job_id: str, job: JsonObject) -> Mapping[str, Any] | None:
+    """Create *job* at *job_id* unless that resource exists; ``None`` when this
+    call created it, else the existing resource's body.
+
+    The create is conditional on the resource not existing: ``If-Match``
+    with rev 0, the rev of a resource that is not there (``If-None-Match: *``
+    is a no-op on OADA servers). A server that refuses that for a missing
+    resource gets a plain PUT after a GET saw nothing there.
+    """
+    path = resource_path(job_id)
+    key = job_id.removeprefix("resources/")
+    try:
+        await oada.put(path, job, content_type=JOBS_TYPE, if_match=f'"{key}/0"')
+        return None
+    except PreconditionFailed:
+        pass
+    try:
+        data = (await oada.get(path)).data
+    except NotFound:
+        await oada.put(path, job, content_type=JOBS_TYPE)
+        return None
+    return data if isinstance(data, Mapping) else {"": data}
+
+
+def _check_same(job_id: str, existing: Mapping[str, Any], job: JsonObject) -> None:
+    """Raise :class:`JobExists` unless *existing* is the job *job* asks for."""
+    wanted = {name: value for name, value in job.items() if name != "options"}
+    different = sorted(name for name, value in wanted.items() if existing.get(name) != value)
+    stored, _problems = JobOptions.parse(existing.get("options"))
+    asked, _ = JobOptions.parse(job.get("options"))
+    if stored != asked:
+        different.append("options")
+    if different:
+        raise JobExists(
+            f"{job_id} already holds a different job ({', '.join(different)} differ); a job "
+            "key names one job, posted once: pick another key",
+            job_id=job_id,
+        )
 
 
 async def wait_for_outcome(

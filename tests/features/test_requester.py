@@ -8,7 +8,17 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from oada_jobs import Job, JobError, JobFailed, Json, WorkerContext, post_job, run_job, testing
+from oada_jobs import (
+    Job,
+    JobError,
+    JobExists,
+    JobFailed,
+    Json,
+    WorkerContext,
+    post_job,
+    run_job,
+    testing,
+)
 from oada_jobs.client import OADAClient
 from oada_jobs.requester import wait_for_outcome
 from oada_jobs.testing import EmbeddedServer
@@ -185,3 +195,48 @@ async def test_child_jobs_are_linked_to_their_parent(
     assert child.raw["parent"] == {"_id": parent_id}
     linked = (await oada.get(f"/{parent_id}/children")).data
     assert linked[child_id.removeprefix("resources/")] == {"_id": child_id}
+
+
+async def test_a_job_key_names_one_job_posted_once(oada: OADAClient, name: str) -> None:
+    first = await post_job(oada, name, "echo", {"n": 1}, key="once-1", options={"priority": 2})
+    # The same request again: the same job, nothing new written.
+    again = await post_job(oada, name, "echo", {"n": 1}, key="once-1", options={"priority": 2})
+    assert again == first
+    # A different request under the same key is refused; nothing is overwritten.
+    for config, options in [({"n": 2}, {"priority": 2}), ({"n": 1}, {"priority": 3})]:
+        with pytest.raises(JobExists, match="already holds a different job") as refused:
+            await post_job(oada, name, "echo", config, key="once-1", options=options)
+        assert refused.value.job_id == first
+    with pytest.raises(JobExists):
+        await post_job(oada, name, "other", {"n": 1}, key="once-1", options={"priority": 2})
+    stored = (await oada.get(f"/{first}")).data
+    assert stored["config"] == {"n": 1}
+    assert stored["type"] == "echo"
+    assert stored["options"] == {"priority": 2}
+
+
+async def test_run_job_with_a_used_key_never_mixes_two_jobs(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    runs: list[Json] = []
+
+    async def counted(job: Job[Json], ctx: WorkerContext) -> Json:
+        runs.append(job.config)
+        return {"echo": job.config}
+
+    service = make_service(server, name)
+    service.on("echo", 10, counted)
+    async with service:
+        assert await run_job(oada, name, "echo", {"n": 1}, key="k-1", timeout=15) == {
+            "echo": {"n": 1}
+        }
+        # The same job again: its outcome, without running it again.
+        assert await run_job(oada, name, "echo", {"n": 1}, key="k-1", timeout=15) == {
+            "echo": {"n": 1}
+        }
+        with pytest.raises(JobExists):
+            await run_job(oada, name, "echo", {"n": 2}, key="k-1", timeout=15)
+    assert runs == [{"n": 1}]
+    stored = (await oada.get("/resources/k-1")).data
+    assert stored["config"] == {"n": 1}
+    assert stored["result"] == {"echo": {"n": 1}}
