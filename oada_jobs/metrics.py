@@ -13,6 +13,8 @@ name                                kind       labels
 ``oada_jobs_queues``                gauge      service
 ``oada_jobs_queue_up``              gauge      service, queue
 ``oada_jobs_bad_entries_total``     counter    service
+``oada_jobs_loop_lag_seconds``      gauge      service
+``oada_jobs_loop_blocked_total``    counter    service
 ==================================  =========  ===============================
 
 ``oada_jobs_queues`` counts the queues the service runs (watching or
@@ -53,6 +55,8 @@ class _Collectors:
     queues: Gauge
     queue_up: Gauge
     bad_entries: Counter
+    loop_lag: Gauge
+    loop_blocked: Counter
 
 
 _lock = threading.Lock()
@@ -103,6 +107,18 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                     ["service"],
                     registry=registry,
                 ),
+                loop_lag=Gauge(
+                    "oada_jobs_loop_lag_seconds",
+                    "How late the event loop last woke the watchdog (blocking work shows here).",
+                    ["service"],
+                    registry=registry,
+                ),
+                loop_blocked=Counter(
+                    "oada_jobs_loop_blocked",
+                    "Times the event loop lagged by loop_lag_warning seconds or more.",
+                    ["service"],
+                    registry=registry,
+                ),
             )
             _by_registry[registry] = found
         return found
@@ -146,6 +162,12 @@ class ServiceMetrics:
 
     def bad_entry(self) -> None:
         self._child(self._c.bad_entries).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        self._child(self._c.loop_lag).set(seconds)
+
+    def loop_blocked(self) -> None:
+        self._child(self._c.loop_blocked).inc()
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)

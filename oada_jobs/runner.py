@@ -398,6 +398,11 @@ class _Helpers:
 
         self._spawn(run)
 
+    def cancel(self) -> None:
+        """Cancel the helpers without waiting for them."""
+        for helper in self._helpers:
+            helper.scope.cancel()
+
     async def stop(self) -> None:
         """Cancel the helpers and wait until they are gone; raise the first one's error."""
         if not self._helpers:
@@ -444,6 +449,11 @@ class Runner:
         # ETag of this worker's latest write to the job while it holds it:
         # writes conditional on it fail (412) if anyone else wrote since.
         self._etag: str | None = None
+        # Set when a work function ignored its cancellation past
+        # ``cancel_grace``: its outcome is settled without waiting for it,
+        # and this is set once that is done.
+        self._abandoned: anyio.Event | None = None
+        self._abandoned_later: datetime | None = None
         self.queue = queue
         self.service = queue.service
         self.oada = queue.oada
@@ -647,9 +657,11 @@ class Runner:
             logger=self.log,
         )
         outcome: JobOutcome | None = None
+        watchdog = service.watchdog
+        watchdog.started(self.job_id, f"{self.key} ({job.type})")
         try:
             with telemetry.step_span("run"):
-                outcome = await self._call(worker, job, ctx, scoped, claim_rev)
+                outcome = await self._call(worker, job, ctx, scoped, claim_rev, started)
         except anyio.get_cancelled_exc_class():
             # Shutdown past its grace period: give the job back so it runs
             # again, here or on another replica.
@@ -659,7 +671,19 @@ class Runner:
             raise
         finally:
             scoped.revoke()
-            metrics.job_stopped(job.type)
+            watchdog.ended(self.job_id)
+            if self._abandoned is None:
+                metrics.job_stopped(job.type)
+        if self._abandoned is not None:
+            # Settled while the function ignored its cancellation.
+            await self._abandoned.wait()
+            return self._abandoned_later
+        return await self._settle(outcome, job, started)
+
+    async def _settle(
+        self, outcome: JobOutcome | None, job: Job[JsonObject], started: float
+    ) -> datetime | None:
+        """Record *outcome* of a run that began at *started*; when to look again."""
         if outcome is None:
             # Another worker took the job over: the queue looks at it again
             # (and sees it held) rather than forgetting it.
@@ -709,6 +733,7 @@ class Runner:
         ctx: WorkerContext,
         scoped: OADAClient,
         claim_rev: int | None,
+        started: float,
     ) -> JobOutcome | None:
         if worker is None:
             error = JobError(f"no work function is registered for job type {job.type!r}")
@@ -731,11 +756,60 @@ class Runner:
         # Cancelling it stops the work (the helpers are stopped after it).
         work_scope = anyio.CancelScope()
 
+        loop = asyncio.get_running_loop()
+        abandon_timer: asyncio.TimerHandle | None = None
+
         def stop_work() -> None:
             # Revoke first: from here on nothing the function still
             # tries (even in a shielded finally) reaches the job.
+            nonlocal abandon_timer
             scoped.revoke()
             work_scope.cancel()
+            if abandon_timer is None:
+                abandon_timer = loop.call_later(self.service.config.cancel_grace, abandon)
+
+        def stopped_outcome() -> JobOutcome | None:
+            """The outcome of a run stopped by a timeout, a cancel request or a lost lease."""
+            assert worker is not None
+            if lost:
+                self.log.error(
+                    "another worker claimed the job after this one's lease ran out; leaving it"
+                )
+                return None
+            if cancelled:
+                return self._cancelled("the job was cancelled while it ran")
+            message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
+            timeout_error = JobError(message, TIMEOUT_FAIL_TYPE)
+            if worker.retries(TimeoutError()):
+                return self._retry(timeout_error, message, None, worker, job)
+            self.log.error("%s", message)
+            return _failed(timeout_error, message)
+
+        def abandon() -> None:
+            # The function was told to stop cancel_grace seconds ago and
+            # goes on (it shields itself, or blocks in a thread that cannot
+            # be abandoned): settle the job without it, so it holds neither
+            # the job nor a slot.
+            if not (timed_out or cancelled or lost):
+                return  # a helper failed: its error is raised once the work ends
+            self._abandoned = done = anyio.Event()
+            helpers.cancel()
+            self.service.watchdog.ended(self.job_id)
+            self.service.metrics.job_stopped(job.type)
+            self.log.error(
+                "the work function ignored its cancellation for %g s; settling the job without "
+                "it (it goes on in the background, its client revoked)",
+                self.service.config.cancel_grace,
+            )
+
+            async def settle() -> None:
+                try:
+                    self._abandoned_later = await self._settle(stopped_outcome(), job, started)
+                finally:
+                    self.release_slot()
+                    done.set()
+
+            self.queue.start_beside(settle)
 
         helpers = _Helpers(self.queue.start_beside, stop_work)
 
@@ -772,7 +846,6 @@ class Runner:
 
         # Timers rather than tasks: most jobs end before any of them
         # is due, and a timer costs far less to set and drop.
-        loop = asyncio.get_running_loop()
         timers = [
             loop.call_later(CANCEL_WATCH_AFTER, helpers.start, cancel_watch),
             loop.call_later(self._lease_interval(), helpers.start, self._renew_lease, on_lost),
@@ -803,23 +876,24 @@ class Runner:
                         raise
                     outcome = self._failure(error)
         finally:
+            # A function that blocked the event loop past its timeout ends
+            # before the timer could fire: what it returned is too late.
+            if (
+                worker.timeout is not None
+                and not (timed_out or cancelled or lost)
+                and anyio.current_time() - started >= worker.timeout
+            ):
+                timed_out = True
+                scoped.revoke()
             for timer in timers:
                 timer.cancel()
+            if abandon_timer is not None:
+                abandon_timer.cancel()
             await helpers.stop()
-        if lost:
-            self.log.error(
-                "another worker claimed the job after this one's lease ran out; leaving it"
-            )
-            return None
-        if cancelled:
-            return self._cancelled("the job was cancelled while it ran")
-        if timed_out:
-            message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
-            timeout_error = JobError(message, TIMEOUT_FAIL_TYPE)
-            if worker.retries(TimeoutError()):
-                return self._retry(timeout_error, message, None, worker, job)
-            self.log.error("%s", message)
-            return _failed(timeout_error, message)
+        if self._abandoned is not None:
+            return None  # settled already, without waiting for the function
+        if lost or cancelled or timed_out:
+            return stopped_outcome()
         assert outcome is not None
         return outcome
 

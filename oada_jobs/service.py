@@ -56,6 +56,7 @@ from .scheduler import UniquePolicy
 from .settings import Settings, load_settings
 from .tree import Layout, LayoutName, get_layout, resource_path, validate_service_name
 from .types import Json, WorkFunction
+from .watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from .client import OADAClient
@@ -116,6 +117,13 @@ class ServiceConfig(BaseModel):
     #: Seconds the event loop may go without a heartbeat before ``/healthz``
     #: (served with ``/metrics``) fails (see :mod:`oada_jobs.health`).
     loop_stall_limit: PositiveFloat = 5.0
+    #: Seconds a cancelled work function (timeout, cancel request) has to
+    #: end; past that its job is filed anyway and its slot freed, while the
+    #: function, which ignores cancellation, goes on with a revoked client.
+    cancel_grace: float = Field(default=2.0, ge=0)
+    #: An event-loop lag of this many seconds or more is logged, naming the
+    #: jobs running, and counted (see docs/work-functions.md); 0 turns it off.
+    loop_lag_warning: float = Field(default=1.0, ge=0)
 
 
 class ServiceState(Enum):
@@ -264,6 +272,8 @@ class Service:
         loop_stall_limit: Timeout = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         reporters: Iterable[Reporter] = (),
+        cancel_grace: Timeout = 2.0,
+        loop_lag_warning: Timeout = 1.0,
     ) -> None:
         self.name = validate_service_name(name)
         self._state = ServiceState.CREATED
@@ -293,6 +303,8 @@ class Service:
             metrics_addr=metrics_addr,
             loop_stall_limit=loop_stall_limit,
             reporters=reporters,
+            cancel_grace=cancel_grace,
+            loop_lag_warning=loop_lag_warning,
         )
         #: Identifies this service instance in job leases.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ksuid()[-10:]}"
@@ -310,6 +322,8 @@ class Service:
         self._work: TaskGroup | None = None
         self._config_scope: anyio.CancelScope | None = None
         self._queues_event = anyio.Event()
+        #: Measures event-loop lag and names the work functions running.
+        self.watchdog = LoopWatchdog(self.name, self.metrics, self.config.loop_lag_warning)
 
     def configure(
         self,
@@ -332,6 +346,8 @@ class Service:
         loop_stall_limit: Timeout | None = None,
         metrics_registry: CollectorRegistry | None = None,
         reporters: Iterable[Reporter] | None = None,
+        cancel_grace: Timeout | None = None,
+        loop_lag_warning: Timeout | None = None,
     ) -> None:
         """Replace the given options (``None`` keeps the current value); only before start.
 
@@ -364,6 +380,8 @@ class Service:
             "metrics_port": metrics_port,
             "metrics_addr": metrics_addr,
             "loop_stall_limit": secs(loop_stall_limit),
+            "cancel_grace": secs(cancel_grace),
+            "loop_lag_warning": secs(loop_lag_warning),
         }
         merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
         self.config = ServiceConfig.model_validate(merged)
@@ -853,6 +871,11 @@ class Service:
                 with anyio.CancelScope() as work_scope:
                     async with anyio.create_task_group() as work:
                         self._work = work
+                        self.watchdog = LoopWatchdog(
+                            self.name, self.metrics, self.config.loop_lag_warning
+                        )
+                        watch_scope = anyio.CancelScope()
+                        work.start_soon(self._watch_loop, watch_scope)
                         await work.start(self._follow_config)
                         cron_scope = await work.start(run_cron, self)
                         self._state = ServiceState.RUNNING
@@ -864,6 +887,7 @@ class Service:
                         if self._config_scope is not None:
                             self._config_scope.cancel()
                         cron_scope.cancel()
+                        watch_scope.cancel()
                         for queue in self._queues.values():
                             queue.stop()
                         # Queues end once their running jobs end; past the
@@ -874,6 +898,10 @@ class Service:
             if self._given_client is None:
                 self._oada = None
             self._done.set()
+
+    async def _watch_loop(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.watchdog.run()
 
     # ------------------------------------------------------------ queues
 

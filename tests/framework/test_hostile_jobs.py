@@ -3,18 +3,20 @@ members, blocking and shielded work functions, plain functions."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import anyio
+from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, Service, ServiceState, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.job import iso, request_cancel, utc_now
 from oada_jobs.requester import post_job
 
-from .conftest import wait_for_status
+from .conftest import LogWaiter, wait_for_status
 
 
 async def ok(job: Job[Any], ctx: WorkerContext) -> Any:
@@ -40,3 +42,55 @@ async def test_cancelling_a_waiting_group_member_leaves_the_service_running(
         assert (await wait_for_status(oada, after))["status"] == "success"
         assert service.state is ServiceState.RUNNING
         service.queues["_default"].scheduler.check_invariants()
+
+
+async def test_a_function_that_blocks_the_loop_past_its_timeout_fails_and_is_named(
+    oada: OADAClient, make_service: Callable[..., Service], name: str, logs: LogWaiter
+) -> None:
+    registry = CollectorRegistry()
+
+    async def blocking(job: Job[Any], ctx: WorkerContext) -> Any:
+        time.sleep(0.6)  # blocks the event loop: what this test is about
+        return {"late": True}
+
+    service = make_service(loop_lag_warning=0.2, metrics_registry=registry)
+    service.on("blocking", 0.3, blocking)
+    async with service:
+        job_id = await post_job(oada, name, "blocking", key="blocker-1")
+        body = await wait_for_status(oada, job_id)
+        record = await logs.wait_for(lambda r: "event loop was blocked" in r.getMessage())
+    # What it returned after its timeout is not a success.
+    assert body["status"] == "failure"
+    assert body["result"]["failType"] == "timeout"
+    assert "blocker-1 (blocking)" in record.getMessage()
+    assert "anyio.to_thread.run_sync" in record.getMessage()
+    blocked = registry.get_sample_value("oada_jobs_loop_blocked_total", {"service": name})
+    assert blocked is not None
+    assert blocked >= 1
+
+
+async def test_a_function_that_shields_itself_gives_up_its_job_and_slot_at_the_timeout(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    released = anyio.Event()
+
+    async def stubborn(job: Job[Any], ctx: WorkerContext) -> Any:
+        with anyio.CancelScope(shield=True):
+            await released.wait()
+        return {"late": True}
+
+    service = make_service(concurrency=1, cancel_grace=0.2)
+    service.on("stubborn", 0.2, stubborn)
+    service.on("ok", 10, ok)
+    async with service:
+        try:
+            first = await post_job(oada, name, "stubborn")
+            body = await wait_for_status(oada, first, timeout=5)
+            assert body["result"]["failType"] == "timeout"
+            # Its only slot is free again while the function still runs.
+            second = await post_job(oada, name, "ok")
+            assert (await wait_for_status(oada, second, timeout=5))["status"] == "success"
+        finally:
+            released.set()
+    # Its late result changed nothing.
+    assert (await oada.get(f"/{first}")).data["result"]["failType"] == "timeout"
