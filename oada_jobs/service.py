@@ -222,6 +222,16 @@ def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
     return None
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling *fn* gives an awaitable: an ``async def`` function, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def _delay(value: Timeout, what: str) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
     if not seconds >= 0:
@@ -631,6 +641,16 @@ class Service:
         def register(fn: W) -> W:
             if not callable(fn):
                 raise ValueError(f"expected an async work function, got {fn!r}")
+            if not _is_async(fn):
+                # Refused rather than run in a thread: a thread cannot be
+                # cancelled, so its timeout would not hold, and ctx.log,
+                # ctx.oada and ctx.post_job are async anyway.
+                raise TypeError(
+                    f"expected an async work function for job type {type!r} (async def "
+                    f"{getattr(fn, '__name__', 'work')}(job, ctx)), got a plain callable "
+                    f"{fn!r}; for blocking code, call it from an async function with "
+                    "await anyio.to_thread.run_sync(...) (see docs/work-functions.md)"
+                )
             model = config or _config_model_of(fn)
             self._workers[type] = make_worker(type, fn, seconds, model)
             return fn

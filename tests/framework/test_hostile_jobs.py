@@ -3,12 +3,14 @@ members, blocking and shielded work functions, plain functions."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import anyio
+import pytest
 from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, Service, ServiceState, WorkerContext
@@ -94,3 +96,32 @@ async def test_a_function_that_shields_itself_gives_up_its_job_and_slot_at_the_t
             released.set()
     # Its late result changed nothing.
     assert (await oada.get(f"/{first}")).data["result"]["failType"] == "timeout"
+
+
+async def test_a_plain_function_is_refused_at_registration(
+    make_service: Callable[..., Service],
+) -> None:
+    service = make_service()
+    ran: list[object] = []
+
+    def plain(job: Job[Any], ctx: WorkerContext) -> Any:
+        ran.append(job)
+        return {"ok": True}
+
+    with pytest.raises(TypeError, match=r"expected an async work function.*async def plain"):
+        service.on("plain", 10, plain)
+    with pytest.raises(TypeError, match=r"anyio\.to_thread\.run_sync"):
+        service.on("plain", 10)(plain)
+    with pytest.raises(TypeError):
+        service.on("plain", 10, lambda job, ctx: None)
+    assert service.worker_for("plain") is None
+    assert not ran
+
+    class Callable_:
+        async def __call__(self, job: Job[Any], ctx: WorkerContext) -> Any:
+            return None
+
+    service.on("object", 10, Callable_())
+    service.on("partial", 10, functools.partial(ok))
+    assert service.worker_for("object") is not None
+    assert service.worker_for("partial") is not None
