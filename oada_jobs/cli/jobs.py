@@ -424,7 +424,7 @@ def retry(
     domain: DomainOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Post a failed job's service, type and config again, as a new job.
+    """Post a failed job's service, type, config and options again, as a new job.
 
     The failed job stays where it was filed.
     """
@@ -447,7 +447,17 @@ def retry(
                 "pass --force to post it again anyway"
             )
         await _post_and_report(
-            settings, old.service, old.type, dict(old.config), wait, timeout, json, job_id
+            settings,
+            old.service,
+            old.type,
+            dict(old.config),
+            wait,
+            timeout,
+            json,
+            job_id,
+            # Priority, group, unique key, version and tries are part of the
+            # job asked for, as much as its config.
+            options=old.options if old.options.to_json() else None,
         )
 
     run_command(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -278,3 +279,19 @@ async def test_post_writes_options_and_refuses_bad_ones(cli: CLI, oada: OADAClie
     bad = await cli("jobs", "post", "email", "-o", '{"priority": "high"}')
     assert bad.exit_code == 2, bad
     assert "--options: 'options.priority': Input should be a valid integer" in bad.stderr
+
+
+async def test_retry_keeps_the_failed_jobs_options(
+    cli: CLI, oada: OADAClient, service: Service, upstream: dict[str, bool]
+) -> None:
+    options = {"priority": 5, "group": "g-1", "uniqueKey": "u-1", "version": 2, "tries": 4}
+    failed = await cli(
+        "jobs", "post", "fail", "-c", '{"to": "x"}', "-o", json.dumps(options), "--wait", "--json"
+    )
+    assert failed.json()["status"] == "failure"
+    upstream["fixed"] = True
+    retried = await cli("jobs", "retry", failed.json()["id"], "--wait", "--json")
+    assert retried.exit_code == 0, retried
+    stored = (await oada.get(f"/{retried.json()['id']}")).data
+    assert stored["options"] == options
+    assert stored["config"] == {"to": "x"}
