@@ -16,6 +16,7 @@ parent and child are linked to each other (``parent`` on the child,
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 __all__ = [
     "PROGRESS_STATUS",
     "Progress",
+    "child_key",
     "latest_progress",
     "post_child_job",
     "post_job",
@@ -294,13 +296,28 @@ async def run_job(
     return value if result is None else result.model_validate(value)
 
 
+def child_key(parent_id: str, name: str) -> str:
+    """The key of the child called *name* of job *parent_id*: ``<parent key>-<name>``,
+    or a digest of both when that is not a valid job key."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"expected a child name as a non-empty string, got {name!r}")
+    key = f"{parent_id.removeprefix('resources/')}-{name}"
+    if _KEY.fullmatch(key):
+        return key
+    digest = hashlib.sha256(f"{parent_id}\0{name}".encode()).hexdigest()
+    return f"child-{digest[:40]}"
+
+
 async def post_child_job(
     ctx: WorkerContext,
     service: str,
     type: str,
     config: Mapping[str, Any] | BaseModel | None = None,
     *,
-    layout: LayoutName = "classic",
+    name: str | None = None,
+    key: str | None = None,
+    options: JobOptions | Mapping[str, Any] | None = None,
+    layout: LayoutName | None = None,
 ) -> str:
     """Post a follow-up job from inside a work function (``ctx.post_job``).
 
@@ -308,14 +325,31 @@ async def post_child_job(
     ``children/<child key>: {"_id": <child>}``. Both links are unversioned,
     so neither job's updates change the other. Uses the job-scoped client,
     so after this job timed out or was cancelled nothing is posted.
+
+    *layout* defaults to the parent's (``ctx.layout``): a service posting to
+    itself posts into the list it reads. *name* gives the child a key
+    derived from the parent's (:func:`child_key`), *key* an explicit one;
+    either makes posting idempotent, as for :func:`post_job`, so a parent
+    that runs again (a retry) finds its children instead of doubling them.
     """
     parent = ctx.job_id
+    if key is not None and name is not None:
+        raise ValueError("pass a child name or a key, not both")
+    if name is not None:
+        key = child_key(parent, name)
     child_id = await post_job(
-        ctx.oada, service, type, config, layout=layout, extra={"parent": {"_id": parent}}
+        ctx.oada,
+        service,
+        type,
+        config,
+        layout=ctx.layout if layout is None else layout,
+        key=key,
+        options=options,
+        extra={"parent": {"_id": parent}},
     )
-    child_key = child_id.removeprefix("resources/")
+    linked_key = child_id.removeprefix("resources/")
     await ctx.oada.put(
-        f"{resource_path(parent)}/children", {child_key: {"_id": child_id}}, content_type=JOBS_TYPE
+        f"{resource_path(parent)}/children", {linked_key: {"_id": child_id}}, content_type=JOBS_TYPE
     )
     return child_id
 

@@ -286,14 +286,32 @@ class WorkerContext:
     oada: OADAClient
     #: A Python logger whose records carry the job's context.
     logger: JobLogAdapter
+    #: The job-list layout of the queue this job came from; follow-up jobs
+    #: are posted in it unless told otherwise.
+    layout: LayoutName = "classic"
 
     async def post_job(
-        self, service: str, type: str, config: Any = None, *, layout: LayoutName = "classic"
+        self,
+        service: str,
+        type: str,
+        config: Any = None,
+        *,
+        name: str | None = None,
+        key: str | None = None,
+        options: Any = None,
+        layout: LayoutName | None = None,
     ) -> str:
-        """Post a follow-up job linked to this one (``parent`` on it, ``children`` here)."""
+        """Post a follow-up job linked to this one (``parent`` on it, ``children`` here).
+
+        *layout* defaults to this job's own. With *name* (or an explicit
+        *key*) the child's key is fixed, so a retried run that posts the same
+        child again gets the one already posted instead of a second one.
+        """
         from .requester import post_child_job
 
-        return await post_child_job(self, service, type, config, layout=layout)
+        return await post_child_job(
+            self, service, type, config, name=name, key=key, options=options, layout=layout
+        )
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress: an update ``progress`` with meta ``{fraction, message}``."""
@@ -655,6 +673,7 @@ class Runner:
             log=JobLogger(scoped, self.job_id, self.log, self._note_write),
             oada=scoped,
             logger=self.log,
+            layout=self.queue.layout.name,
         )
         outcome: JobOutcome | None = None
         watchdog = service.watchdog

@@ -14,6 +14,7 @@ from oada_jobs import (
     JobExists,
     JobFailed,
     Json,
+    Retry,
     WorkerContext,
     post_job,
     run_job,
@@ -240,3 +241,32 @@ async def test_run_job_with_a_used_key_never_mixes_two_jobs(
     stored = (await oada.get("/resources/k-1")).data
     assert stored["config"] == {"n": 1}
     assert stored["result"] == {"echo": {"n": 1}}
+
+
+async def test_a_retried_parent_posts_its_named_child_once_in_its_own_layout(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    posted: list[str] = []
+
+    async def parent(job: Job[Json], ctx: WorkerContext) -> Json:
+        posted.append(
+            await ctx.post_job(name, "echo", {"from": "parent"}, name="c1", options={"priority": 3})
+        )
+        if job.tries == 1:
+            raise Retry(defer=0, reason="once more")
+        return {"child": posted[-1]}
+
+    service = make_service(server, name, layout="pending")
+    service.on("parent", 10, parent)
+    service.on("echo", 10, echo)
+    async with service:
+        parent_id = await post_job(oada, name, "parent", layout="pending")
+        done = await wait_for_outcome(oada, parent_id, timeout=15)
+        assert done.status == "success", done.result
+        assert posted[0] == posted[1] == f"{parent_id}-c1"
+        # Posted to the list the service reads: it runs.
+        child = await wait_for_outcome(oada, posted[0], timeout=15)
+    assert child.status == "success"
+    assert child.raw["options"] == {"priority": 3}
+    linked = (await oada.get(f"/{parent_id}/children")).data
+    assert [key for key in linked if not key.startswith("_")] == [posted[0].split("/")[1]]
