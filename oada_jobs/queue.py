@@ -43,7 +43,15 @@ from .exceptions import (
 from .job import Job, JobStatus, iso, new_update, utc_now
 from .runner import JobOutcome, Runner, read_job
 from .scheduler import Entry, EntryState, Scheduler
-from .tree import JOBS_TYPE, Layout, path_segment, resource_path
+from .tree import (
+    JOBS_TYPE,
+    LAYOUT_MARKER,
+    SERVICE_TYPE,
+    Layout,
+    path_segment,
+    resource_path,
+    service_root,
+)
 from .types import JsonObject
 
 if TYPE_CHECKING:
@@ -260,6 +268,7 @@ class Queue:
     async def _watch(self, runners: TaskGroup, ready: _Once) -> None:
         oada = self.oada
         await oada.ensure(self.pending_path, {}, tree=self.layout.tree)
+        await self._note_layout()
         response = await oada.get(self.pending_path)
         service = self.service
         scheduler = self.scheduler
@@ -304,6 +313,28 @@ class Queue:
                         self._offer(change.body)
                 intake.cancel_scope.cancel()
 
+    async def _note_layout(self) -> None:
+        """Note the layout on the service resource, for requesters to find."""
+        root = service_root(self.service.name)
+        try:
+            noted = (await self.oada.get(f"{root}/{LAYOUT_MARKER}")).data
+        except NotFound:
+            noted = None
+        except (Forbidden, BadRequest):
+            return  # a token for the job list only: requesters guess instead
+        if noted != self.layout.name:
+            if noted in ("classic", "pending"):
+                self.log.warning(
+                    "queue %r: the service was noted as using the %s layout; this one uses %s",
+                    self.key,
+                    noted,
+                    self.layout.name,
+                )
+            with suppress(Forbidden, BadRequest):
+                await self.oada.put(
+                    root, {LAYOUT_MARKER: self.layout.name}, content_type=SERVICE_TYPE
+                )
+
     def _set_watching(self, value: bool) -> None:
         if self.watching != value:
             self.watching = value
@@ -334,6 +365,16 @@ class Queue:
             if key.startswith("_"):
                 continue
             job_id = value.get("_id") if isinstance(value, Mapping) else None
+            if key in self.layout.list_keys:
+                # Filing it would move a whole job list to the failure list.
+                self._bad_entry(
+                    key,
+                    f"it is a job list of the other layout, not a job: a requester posted to "
+                    f"{self.pending_path}/{key} with the wrong layout, and those jobs are never "
+                    f"run here; this service reads the {self.layout.name} layout "
+                    "(docs/layouts.md)",
+                )
+                continue
             try:
                 # Filing the job deletes its key: a key no request can name
                 # would delete something else, or never leave the list.

@@ -28,7 +28,15 @@ from pydantic import BaseModel
 
 from .exceptions import JobExists, JobFailed, NotFound, PreconditionFailed
 from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
-from .tree import JOBS_TYPE, LayoutName, get_layout, resource_path, validate_service_name
+from .tree import (
+    JOBS_TYPE,
+    LAYOUT_MARKER,
+    LayoutName,
+    get_layout,
+    resource_path,
+    service_root,
+    validate_service_name,
+)
 from .types import Json, JsonObject
 
 if TYPE_CHECKING:
@@ -41,6 +49,7 @@ __all__ = [
     "PROGRESS_STATUS",
     "Progress",
     "child_key",
+    "detect_layout",
     "latest_progress",
     "post_child_job",
     "post_job",
@@ -181,6 +190,42 @@ def _check_same(job_id: str, existing: Mapping[str, Any], job: JsonObject) -> No
             "key names one job, posted once: pick another key",
             job_id=job_id,
         )
+
+
+async def detect_layout(oada: OADAClient, service: str) -> tuple[LayoutName | None, str]:
+    """The layout *service* reads its jobs from, and how that is known.
+
+    A running oada-jobs service notes its layout on its service resource
+    (``jobs-layout``). Otherwise the lists tell: classic keeps job links and
+    ``jobs-success``/``jobs-failure`` beside them, the ``pending`` layout
+    only its lists inside ``jobs``. Returns ``(None, why)`` when it cannot
+    tell, e.g. when no service of that name has ever run on this server.
+    """
+    root = service_root(service)
+    try:
+        data = (await oada.get(root)).data
+    except NotFound:
+        return None, f"no service named {service!r} has ever run on {oada.domain}"
+    if not isinstance(data, Mapping):
+        return None, f"{root} is not a service resource"
+    noted = data.get(LAYOUT_MARKER)
+    if noted in ("classic", "pending"):
+        return noted, f"the service notes it in {root}/{LAYOUT_MARKER}"
+    if "jobs-success" in data or "jobs-failure" in data:
+        return "classic", "the service files jobs under jobs-success/jobs-failure"
+    if "jobs" not in data:
+        return None, f"service {service!r} has no job list yet (it may never have run)"
+    listing = (await oada.get(f"{root}/jobs")).data
+    keys = (
+        {key for key in listing if not key.startswith("_")}
+        if isinstance(listing, Mapping)
+        else set()
+    )
+    if keys - get_layout("classic").list_keys:
+        return "classic", "its jobs list holds jobs"
+    if keys:
+        return "pending", "its jobs list holds the pending layout's lists"
+    return "classic", "its jobs list is empty, as only a classic service leaves it"
 
 
 async def wait_for_outcome(

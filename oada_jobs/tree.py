@@ -30,6 +30,7 @@ __all__ = [
     "BOOKMARKS_TYPE",
     "JOBS_TYPE",
     "JOB_TYPE",
+    "LAYOUT_MARKER",
     "QUEUES_TYPE",
     "QUEUE_TYPE",
     "SERVICES_TYPE",
@@ -55,6 +56,10 @@ JOB_TYPE = "application/vnd.oada.service.job.1+json"
 
 #: The two job-list layouts.
 LayoutName: TypeAlias = Literal["classic", "pending"]
+
+#: Key of the service resource where a running service notes its layout
+#: (``{"jobs-layout": "classic"}``), so requesters post where it reads.
+LAYOUT_MARKER = "jobs-layout"
 
 # Service names become one path segment; keep them to characters that need no
 # escaping in a URI reference (OADA does not percent-decode paths).
@@ -177,6 +182,9 @@ class Layout:
     typed_failure: str
     #: The OADA tree for everything under ``/bookmarks/services/*``.
     tree: Tree
+    #: Keys of the pending list that name lists of the other layout, never
+    #: jobs: the ``pending`` layout keeps its lists inside classic's ``jobs``.
+    list_keys: frozenset[str] = frozenset()
 
     def pending_path(self, service: str) -> str:
         """Absolute path of *service*'s pending list."""
@@ -219,6 +227,7 @@ _CLASSIC = Layout(
     success="jobs-success",
     failure="jobs-failure",
     typed_failure="jobs-typed-failure",
+    list_keys=frozenset({"pending", "success", "failure", "typed-failure"}),
     tree=_service_tree(
         {
             "jobs": {"_type": JOBS_TYPE},

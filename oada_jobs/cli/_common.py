@@ -40,6 +40,7 @@ from ..exceptions import (
     Unauthorized,
     redact,
 )
+from ..requester import detect_layout
 from ..settings import ENV_NAMES, Settings, describe_error, load_settings
 from ..tree import Layout, get_layout, resource_path
 
@@ -327,20 +328,34 @@ def job_id_of(text: str) -> str:
     return f"resources/{cleaned}"
 
 
-async def resolve_layout(oada: OADAClient, settings: Settings, service: str) -> Layout:
-    """The layout from ``--layout``/``OADA_JOBS_LAYOUT``, else the one the service uses.
+async def resolve_layout(
+    oada: OADAClient, settings: Settings, service: str, *, posting: bool = False
+) -> Layout:
+    """The layout *service* uses (:func:`~oada_jobs.requester.detect_layout`),
+    else the one from ``--layout``/``OADA_JOBS_LAYOUT``, else ``classic``.
 
-    A service with a ``jobs/pending`` list uses the ``pending`` layout; any
-    other (or one that does not exist yet) is taken as ``classic``.
+    When *posting*, a layout given that differs from the one the service is
+    known to use is refused (a job posted there would never be seen), and a
+    service that has never run is warned about (a misspelled name?).
     """
-    if "layout" in settings.explicit():
-        return get_layout(settings.layout)
-    pending = get_layout("pending")
-    try:
-        await oada.head(pending.pending_path(service))
-    except NotFound:
-        return get_layout("classic")
-    return pending
+    detected, why = await detect_layout(oada, service)
+    explicit = "layout" in settings.explicit()
+    if detected is None:
+        if posting:
+            err_console.print(
+                f"[yellow]warning:[/] {why}; check the service name. Posting anyway with the "
+                f"{settings.layout if explicit else 'classic'} layout: the job waits until a "
+                "service of that name runs with it."
+            )
+        return get_layout(settings.layout if explicit else "classic")
+    if explicit and settings.layout != detected and posting:
+        raise CLIError(
+            f"service {service!r} reads the {detected} layout ({why}), but the {settings.layout} "
+            f"layout was asked for: a job posted there would never run. Drop --layout "
+            f"(or OADA_JOBS_LAYOUT), or pass --layout {detected}.",
+            ExitCode.USAGE,
+        )
+    return get_layout(settings.layout if explicit and not posting else detected)
 
 
 def describe_value(value: object) -> str:

@@ -348,7 +348,7 @@ async def _post_and_report(
     options: JobOptions | None = None,
 ) -> None:
     async with connect(settings) as oada:
-        chosen = await resolve_layout(oada, settings, name)
+        chosen = await resolve_layout(oada, settings, name, posting=True)
         job_id = await post_job(oada, name, job_type, config, layout=chosen.name, options=options)
         finished = await wait_if_asked(oada, job_id, wait, wait_seconds)
     report_posted(

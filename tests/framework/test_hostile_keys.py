@@ -11,10 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from oada_jobs import InvalidKey, Job, Service, WorkerContext
+from oada_jobs import InvalidKey, Job, NotFound, Service, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.job import iso, utc_now
-from oada_jobs.requester import post_job
+from oada_jobs.requester import detect_layout, post_job
 from oada_jobs.tree import JOBS_TYPE, get_layout, path_segment, resource_path
 
 from .conftest import LogWaiter, key_of, wait_for_status
@@ -136,3 +136,51 @@ async def test_a_job_linked_into_another_resource_is_moved_aside_untouched(
     body = (await oada.get(resource_path(victim))).data
     assert body["config"] == {"keep": True}
     assert "status" not in body
+
+
+async def test_a_classic_service_never_takes_a_list_of_the_pending_layout_for_a_job(
+    oada: OADAClient,
+    make_service: Callable[..., Service],
+    name: str,
+    logs: LogWaiter,
+) -> None:
+    service = make_service(sweep_interval=0.05)
+    service.on("ok", 10, ok)
+    async with service:
+        # Posted with the wrong layout: it lands in jobs/pending, a sub-list.
+        lost = await post_job(oada, name, "ok", layout="pending")
+        good = await post_job(oada, name, "ok")
+        assert (await wait_for_status(oada, good))["status"] == "success"
+        await logs.wait_for(lambda r: "job list of the other layout" in r.getMessage())
+        await anyio.sleep(0.3)  # a few sweeps
+    pending = (await oada.get(CLASSIC.pending_path(name))).data
+    assert "pending" in pending
+    listed = (await oada.get(f"{CLASSIC.pending_path(name)}/pending")).data
+    assert key_of(lost) in listed
+    failure_day = CLASSIC.day_index_path(name, "failure", utc_now().date())
+    with pytest.raises(NotFound):
+        await oada.get(failure_day)
+    warned = [r for r in logs.records if "job list of the other layout" in r.getMessage()]
+    assert len(warned) == 1
+
+
+@pytest.mark.parametrize("layout", ["classic", "pending"])
+async def test_a_running_service_notes_its_layout_for_requesters(
+    oada: OADAClient, make_service: Callable[..., Service], name: str, layout: Any
+) -> None:
+    assert (await detect_layout(oada, name))[0] is None
+    assert "has ever run" in (await detect_layout(oada, name))[1]
+    async with make_service(layout=layout):
+        pass
+    assert (await detect_layout(oada, name))[0] == layout
+
+
+async def test_the_layout_of_a_service_that_notes_none_is_read_from_its_lists(
+    oada: OADAClient, name: str
+) -> None:
+    pending = get_layout("pending")
+    await oada.ensure(pending.pending_path(name), {}, tree=pending.tree)
+    assert (await detect_layout(oada, name))[0] == "pending"
+    other = f"{name}-c"
+    await oada.ensure(CLASSIC.pending_path(other), {}, tree=CLASSIC.tree)
+    assert (await detect_layout(oada, other))[0] == "classic"

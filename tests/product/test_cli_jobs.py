@@ -11,7 +11,7 @@ import pytest
 from product_helpers import CLI
 from prometheus_client import CollectorRegistry
 
-from oada_jobs import Job, JobError, Service, WorkerContext
+from oada_jobs import Job, JobError, NotFound, Service, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.testing import EmbeddedServer, wait_for_job
 
@@ -295,3 +295,24 @@ async def test_retry_keeps_the_failed_jobs_options(
     stored = (await oada.get(f"/{retried.json()['id']}")).data
     assert stored["options"] == options
     assert stored["config"] == {"to": "x"}
+
+
+async def test_post_with_the_wrong_layout_is_refused_before_anything_is_written(
+    cli: CLI, oada: OADAClient, service: Service
+) -> None:
+    refused = await cli("jobs", "post", "ok", "--layout", "pending")
+    assert refused.exit_code == 2, refused
+    assert "reads the classic layout" in refused.stderr
+    assert "--layout classic" in refused.stderr
+    with pytest.raises(NotFound):
+        await oada.get("/bookmarks/services/svc/jobs/pending")
+    # Without --layout the service's own is used.
+    posted = await cli("jobs", "post", "ok", "--wait", "--json")
+    assert posted.exit_code == 0, posted
+
+
+async def test_post_to_a_service_that_never_ran_warns(cli: CLI) -> None:
+    posted = await cli("jobs", "post", "ok", "-s", "svc-typo", "--json")
+    assert posted.exit_code == 0, posted
+    assert "no service named 'svc-typo' has ever run" in posted.stderr
+    assert "check the service name" in posted.stderr
