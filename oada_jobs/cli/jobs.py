@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..client import OADAClient
 from ..exceptions import InvalidJob, InvalidKey, NotFound, OADAError, OADAJobsError
-from ..job import Job, JobOptions, parse_time, request_cancel
+from ..job import FINISHED, Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
 from ..tree import Layout, resource_path, service_root
@@ -28,6 +28,7 @@ from ._common import (
     TokenOption,
     command,
     connect,
+    err_console,
     job_id_of,
     out_console,
     print_json,
@@ -347,30 +348,76 @@ async def _post_and_report(
     *,
     options: JobOptions | None = None,
 ) -> None:
+    what = f"retry of {retry_of}" if retry_of else f"{job_type!r} job"
     async with connect(settings) as oada:
         chosen = await resolve_layout(oada, settings, name, posting=True)
         job_id = await post_job(oada, name, job_type, config, layout=chosen.name, options=options)
+        announce_posted(job_id, name, what, wait=wait, wait_seconds=wait_seconds, plain=plain)
         finished = await wait_if_asked(oada, job_id, wait, wait_seconds)
     report_posted(
         job_id,
         name,
-        f"retry of {retry_of}" if retry_of else f"{job_type!r} job",
+        what,
         finished,
         wait=wait,
         wait_seconds=wait_seconds,
         plain=plain,
         summary={"retryOf": retry_of} if retry_of is not None else None,
+        announced=True,
     )
+
+
+def announce_posted(
+    job_id: str, service: str, what: str, *, wait: bool, wait_seconds: float, plain: bool
+) -> None:
+    """Say a job was posted at once, before any wait (its id is what one needs
+    to look at it, or cancel it, while it runs)."""
+    key = job_id.removeprefix("resources/")
+    if plain:
+        # stdout carries one JSON document at the end; people watch stderr.
+        if wait:
+            err_console.print(f"posted {job_id}; waiting up to {wait_seconds:g} s")
+        return
+    out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {service}")
+    if wait:
+        out_console.print(f"waiting up to {wait_seconds:g} s for it to finish")
 
 
 async def wait_if_asked(
     oada: OADAClient, job_id: str, wait: bool, wait_seconds: float
 ) -> Job[Any] | None:
-    """With *wait*, the job once finished, or ``None`` if it did not finish in time."""
+    """With *wait*, the job once finished, or ``None`` if it did not finish in
+    time; its status changes and progress are shown on stderr meanwhile."""
     if not wait:
         return None
+    path = resource_path(job_id)
+    shown: list[object] = [None, None]
+
+    def show(body: Mapping[str, Any]) -> None:
+        status = body.get("status")
+        if isinstance(status, str) and status != shown[0]:
+            shown[0] = status
+            err_console.print(f"  status: {_status_text(status)}")
+        progress = latest_progress(body)
+        if progress is not None and progress != shown[1]:
+            shown[1] = progress
+            text = f"  progress: {progress.fraction:.0%}"
+            err_console.print(text + (f" - {progress.message}" if progress.message else ""))
+
     try:
-        return await wait_for_job(oada, job_id, wait_seconds)
+        with anyio.fail_after(wait_seconds):
+            response = await oada.get(path)
+            if isinstance(response.data, Mapping):
+                show(response.data)
+            if not (isinstance(response.data, Mapping) and response.data.get("status") in FINISHED):
+                async with oada.watch(path, rev=response.rev) as changes:
+                    async for change in changes:
+                        if change.path not in ("", "/") or not isinstance(change.body, Mapping):
+                            continue
+                        show(change.body)
+                        if change.body.get("status") in FINISHED:
+                            break
+            return await wait_for_job(oada, job_id, wait_seconds)
     except TimeoutError:
         return None
 
@@ -385,12 +432,14 @@ def report_posted(
     wait_seconds: float,
     plain: bool,
     summary: Mapping[str, Any] | None = None,
+    announced: bool = False,
 ) -> None:
-    """Print a job just posted (*what* it is), and its outcome when waited for.
+    """Print a job just posted (*what* it is; not again if *announced*), and
+    its outcome when waited for.
 
     ``--json`` prints ``{id, key, service, **summary, status?, result?}``.
-    Raises :class:`CLIError` (exit 1) when the job failed or did not finish
-    within *wait_seconds*.
+    Raises :class:`CLIError` (exit 1) when the job failed, saying why and
+    its fail type, or did not finish within *wait_seconds*.
     """
     key = job_id.removeprefix("resources/")
     if plain:
@@ -400,15 +449,28 @@ def report_posted(
             printed["result"] = finished.result
         print_json(printed, plain=True)
     else:
-        out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {service}")
+        if not announced:
+            out_console.print(f"posted {what} as [bold]{job_id}[/] (key {key}) for {service}")
         if finished is not None:
             print_json(_public(finished.raw), plain=False)
         else:
             _next_steps(job_id)
     if wait and finished is None:
-        raise CLIError(f"{job_id} did not finish within {wait_seconds:g} s", ExitCode.FAILED)
+        raise CLIError(
+            f"{job_id} did not finish within {wait_seconds:g} s; it stays posted "
+            f"(oada-jobs jobs show {job_id})",
+            ExitCode.FAILED,
+        )
     if finished is not None and finished.status != "success":
-        raise CLIError(f"{job_id} finished with status {finished.status}", ExitCode.FAILED)
+        result = finished.result if isinstance(finished.result, Mapping) else {}
+        reason = result.get("message")
+        fail_type = result.get("failType")
+        message = f"{job_id} finished with status {finished.status}"
+        if isinstance(reason, str) and reason:
+            message += f": {reason}"
+        if isinstance(fail_type, str):
+            message += f" (fail type {fail_type})"
+        raise CLIError(message, ExitCode.FAILED)
 
 
 @command(jobs_app, "retry")

@@ -316,3 +316,36 @@ async def test_post_to_a_service_that_never_ran_warns(cli: CLI) -> None:
     assert posted.exit_code == 0, posted
     assert "no service named 'svc-typo' has ever run" in posted.stderr
     assert "check the service name" in posted.stderr
+
+
+async def test_post_wait_says_the_id_first_shows_progress_and_why_it_failed(
+    cli: CLI, server: EmbeddedServer
+) -> None:
+    svc = Service(
+        "svc-progress",
+        domain=server.url,
+        token=server.token,
+        metrics_registry=CollectorRegistry(),
+        **FAST,
+    )
+
+    async def slow(job: Job[Any], ctx: WorkerContext) -> Any:
+        await ctx.progress(0.5, "half the rows")
+        raise JobError("mailbox full", "smtp-rejected")
+
+    svc.on("slow", 5, slow)
+    async with svc:
+        shown = await cli("jobs", "post", "slow", "-s", "svc-progress", "--wait")
+        as_json = await cli("jobs", "post", "slow", "-s", "svc-progress", "--wait", "--json")
+    assert shown.exit_code == 1, shown
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("posted 'slow' job as resources/")
+    assert lines[1] == "waiting up to 60 s for it to finish"
+    assert "progress: 50% - half the rows" in shown.stderr
+    assert "mailbox full" in shown.stderr
+    assert "(fail type smtp-rejected)" in shown.stderr
+    # Scripts get one JSON document on stdout; the id comes first on stderr.
+    assert as_json.exit_code == 1, as_json
+    job_id = as_json.json()["id"]
+    assert as_json.stderr.splitlines()[0] == f"posted {job_id}; waiting up to 60 s"
+    assert "mailbox full (fail type smtp-rejected)" in as_json.stderr
