@@ -72,6 +72,10 @@ READ_RETRY = 5.0
 REREADERS = 2
 #: Day lists a queue remembers as existing.
 KNOWN_DAYS = 16
+#: Longest wait, in seconds, for the jobs of a list just read to be read
+#: before the first of them starts: a high-priority job further down the list
+#: must not start after lower ones read before it.
+FIRST_READS_HOLD = 2.0
 #: Seconds before the same bad list entry is warned about again (it is
 #: warned about when first seen, then at this slow cadence, never per sweep).
 BAD_ENTRY_REWARN = 3600.0
@@ -542,6 +546,11 @@ class Queue:
         service = self.service
         limiter = service.limiter
         scheduler = self.scheduler
+        # The list was just read: let its jobs be read (as many as fit in
+        # memory) before choosing by priority among them.
+        with anyio.move_on_after(FIRST_READS_HOLD):
+            while scheduler.reading_first() and not scheduler.full:
+                await scheduler.changed.wait()
         while True:
             # Wait for a job first: an idle queue holds no slot.
             while not scheduler.has_ready():

@@ -289,6 +289,15 @@ class Scheduler:
             self._settling -= 1
             self._settle(first)
 
+    def reading_first(self) -> bool:
+        """Whether a job seen in the list still waits for its first read to settle."""
+        while self._unsettled:
+            _, first = self._unsettled[0]
+            if self._by_id.get(first.job_id) is first and not first.settled_once:
+                return True
+            heapq.heappop(self._unsettled)
+        return False
+
     def first_unsettled(self, entry: Entry) -> bool:
         """Whether *entry* is the job whose first read the others wait for."""
         while self._unsettled:

@@ -125,3 +125,24 @@ async def test_a_plain_function_is_refused_at_registration(
     service.on("partial", 10, functools.partial(ok))
     assert service.worker_for("object") is not None
     assert service.worker_for("partial") is not None
+
+
+async def test_a_backlog_starts_with_its_highest_priority_job(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    started: list[int] = []
+
+    async def record(job: Job[Any], ctx: WorkerContext) -> Any:
+        started.append(job.config["n"])
+        return None
+
+    # Posted before the service starts; the urgent one is listed last.
+    ids = [await post_job(oada, name, "record", {"n": n}) for n in range(40)]
+    ids.append(await post_job(oada, name, "record", {"n": 99}, options={"priority": 10}))
+    service = make_service(concurrency=1)
+    service.on("record", 10, record)
+    async with service:
+        for job_id in ids:
+            await wait_for_status(oada, job_id, timeout=30)
+    assert started[0] == 99
+    assert started[1:] == list(range(40))
