@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .exceptions import redact
 from .types import Json
 
 if TYPE_CHECKING:
@@ -28,6 +29,30 @@ if TYPE_CHECKING:
 __all__ = ["FinishReport", "Reporter", "SlackReporter"]
 
 logger = logging.getLogger("oada_jobs.reporters")
+
+
+class _RedactSecrets(logging.Filter):
+    """Masks webhook URLs in the records of the logger it is added to.
+
+    httpx logs every request it sends (``HTTP Request: POST <url> ...``) at
+    INFO on its own logger; a webhook URL is a credential.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        redacted = redact(message, *sorted(self.secrets, key=len, reverse=True))
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_httpx_filter = _RedactSecrets()
 
 # Slack rejects section texts longer than 3000 characters.
 _SLACK_TEXT_LIMIT = 2900
@@ -91,6 +116,16 @@ class SlackReporter:
         self._url = url
         self._timeout = timeout
         self._transport = transport
+        # The path and query are the secret part; httpx logs the URL as it
+        # normalised it.
+        secret = parsed.raw_path.decode("ascii")
+        if len(secret) > 1:
+            _httpx_filter.secrets.update({url, str(parsed), secret})
+        else:
+            _httpx_filter.secrets.update({url, str(parsed)})
+        httpx_logger = logging.getLogger("httpx")
+        if _httpx_filter not in httpx_logger.filters:
+            httpx_logger.addFilter(_httpx_filter)
 
     def __repr__(self) -> str:
         return f"SlackReporter(on={sorted(self.statuses)})"

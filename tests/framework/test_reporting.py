@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import anyio
@@ -11,7 +12,7 @@ import pytest
 import respx
 from prometheus_client import CollectorRegistry
 
-from oada_jobs import Job, Json, Service, SlackReporter, WorkerContext
+from oada_jobs import FinishReport, Job, Json, Service, SlackReporter, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.metrics import DURATION_BUCKETS, ServiceMetrics
 from oada_jobs.testing import post_job, wait_for_job
@@ -118,3 +119,26 @@ def test_duration_buckets_fit_jobs_of_seconds_to_days() -> None:
     assert below("8192.0") == 4
     assert below("262144.0") == 5
     assert below("+Inf") == 5
+
+
+async def test_the_webhook_url_never_reaches_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = "https://hooks.example.org/services/T000/B000/s3cretW3bhook"
+    reporter = SlackReporter(
+        url, on={"failure"}, transport=httpx.MockTransport(lambda request: httpx.Response(500))
+    )
+    job = Job.from_resource({"service": "s", "type": "t"}, oada_id="resources/j", key="j")
+    report = FinishReport(
+        service="s",
+        domain="http://x",
+        queue="_default",
+        job=job,
+        status="failure",
+        result=None,
+        path="/p",
+    )
+    await reporter.report(report)
+    assert "HTTP Request: POST" in caplog.text  # httpx's own line, with the URL masked
+    assert "s3cretW3bhook" not in caplog.text
+    assert "T000/B000" not in caplog.text
+    assert "Slack webhook answered 500" in caplog.text
