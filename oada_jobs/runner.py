@@ -340,6 +340,20 @@ def _json_result(value: object) -> Json:
     return value  # type: ignore[return-value]  # checked to be JSON just above
 
 
+def _release_body(job: Job[Any]) -> JsonObject:
+    """What giving a job back writes on it."""
+    key, update = new_update(
+        "released", "Worker stopped before the job finished; it will run again"
+    )
+    return {
+        "status": JobStatus.PENDING.value,
+        "lease": None,
+        # A stop is not a failed try: the claim's count is given back.
+        "tries": job.tries,
+        "updates": {key: update},
+    }
+
+
 def _lease_taken(value: object, worker: str) -> bool:
     lease = Lease.from_json(value)
     return lease is not None and lease.worker != worker
@@ -471,6 +485,8 @@ class Runner:
         # ``cancel_grace``: its outcome is settled without waiting for it,
         # and this is set once that is done.
         self._abandoned: anyio.Event | None = None
+        # Whether this run gave the job back already (a stop past its grace).
+        self._released = False
         self._abandoned_later: datetime | None = None
         self.queue = queue
         self.service = queue.service
@@ -685,8 +701,11 @@ class Runner:
             # Shutdown past its grace period: give the job back so it runs
             # again, here or on another replica.
             scoped.revoke()
-            self.log.warning("stopped before the job finished; releasing it")
-            await self._shielded(partial(self._release, job))
+            if not self._released:
+                # Once, whatever interrupts the release (a second Ctrl-C).
+                self._released = True
+                self.log.warning("stopped before the job finished; releasing it")
+                await self._shielded(partial(self._release, _release_body(job)))
             raise
         finally:
             scoped.revoke()
@@ -708,7 +727,9 @@ class Runner:
             # (and sees it held) rather than forgetting it.
             return utc_now() + timedelta(seconds=1)
         if outcome.run_at is not None:
-            given_back = await self._shielded(lambda: self._give_back(outcome))
+            # The update is made once: a retried write must not add another.
+            entry = new_update("rescheduled" if outcome.rescheduled else "retry", outcome.meta)
+            given_back = await self._shielded(lambda: self._give_back(outcome, entry))
             if given_back is None and outcome.rescheduled:
                 # Its new state could not be saved (e.g. too large): running
                 # it again from an old or empty state would be wrong.
@@ -724,10 +745,11 @@ class Runner:
             await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
         return None
 
-    async def _give_back(self, outcome: JobOutcome) -> bool:
-        """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule)."""
+    async def _give_back(self, outcome: JobOutcome, entry: tuple[str, JsonObject]) -> bool:
+        """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule),
+        with the update *entry*."""
         assert outcome.run_at is not None
-        key, update = new_update("rescheduled" if outcome.rescheduled else "retry", outcome.meta)
+        key, update = entry
         body: JsonObject = {
             "status": JobStatus.PENDING.value,
             "lease": None,
@@ -1099,17 +1121,9 @@ class Runner:
             self.log.error("recording the job's outcome took too long; it stays pending")
         return None
 
-    async def _release(self, job: Job[Any]) -> None:
-        key, update = new_update(
-            "released", "Worker stopped before the job finished; it will run again"
-        )
-        body: JsonObject = {
-            "status": JobStatus.PENDING.value,
-            "lease": None,
-            # A stop is not a failed try: the claim's count is given back.
-            "tries": job.tries,
-            "updates": {key: update},
-        }
+    async def _release(self, body: JsonObject) -> None:
+        """Give the job back (*body*: made once by :func:`_release_body`, so a
+        retried write adds no second ``released`` update)."""
         if not await self._owned_put(body):
             return  # another worker has it now; nothing to give back
         # Re-link the entry so other replicas' list watches see it at once

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, Service, ServiceState, WorkerContext
 from oada_jobs.client import OADAClient
+from oada_jobs.exceptions import OADATransportError
 from oada_jobs.job import iso, request_cancel, utc_now
 from oada_jobs.requester import post_job
 
@@ -146,3 +147,39 @@ async def test_a_backlog_starts_with_its_highest_priority_job(
             await wait_for_status(oada, job_id, timeout=30)
     assert started[0] == 99
     assert started[1:] == list(range(40))
+
+
+async def test_a_release_whose_answer_is_lost_writes_one_released_update(
+    domain: str, make_service: Callable[..., Service], name: str
+) -> None:
+    started = anyio.Event()
+
+    async def slow(job: Job[Any], ctx: WorkerContext) -> Any:
+        started.set()
+        await anyio.sleep(60)
+
+    async with OADAClient(domain, "god") as client:
+        real_put = client.put
+        cut: list[str] = []
+
+        async def put(path: str, data: Any, **options: Any) -> Any:
+            response = await real_put(path, data, **options)
+            updates = data.get("updates") if isinstance(data, dict) else None
+            if updates and not cut and "released" in str(updates):
+                cut.append(path)  # written, but the answer never comes back
+                raise OADATransportError("connection reset", path=path)
+            return response
+
+        client.put = put  # type: ignore[method-assign]
+        service = make_service(oada=client)
+        service.on("slow", 60, slow)
+        await service.start()
+        job_id = await post_job(client, name, "slow")
+        with anyio.fail_after(10):
+            await started.wait()
+        await service.stop(grace=0)
+        body = (await client.get(f"/{job_id}")).data
+    assert cut
+    statuses = [update["status"] for update in body["updates"].values()]
+    assert statuses.count("released") == 1, statuses
+    assert body["status"] == "pending"
