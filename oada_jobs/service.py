@@ -25,6 +25,7 @@ from __future__ import annotations
 import builtins
 import inspect
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
@@ -75,10 +76,23 @@ Timeout = float | int | timedelta
 W = TypeVar("W", bound=WorkFunction)
 
 
+def _as_seconds(value: Timeout, what: str) -> float:
+    """*value* (a number of seconds or a timedelta) as a finite float, or a clear ValueError."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        # float("30") would pass, but "30s" or "1m" would fail obscurely.
+        raise ValueError(f"expected {what} as a number of seconds or a timedelta, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected {what} as a finite number of seconds, got {value!r}")
+    return seconds
+
+
 def _seconds(value: Timeout | None, what: str) -> float | None:
     if value is None:
         return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    seconds = _as_seconds(value, what)
     if not seconds > 0:
         raise ValueError(f"expected {what} > 0 seconds, got {seconds}")
     return seconds
@@ -233,7 +247,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def _delay(value: Timeout, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    seconds = _as_seconds(value, what)
     if not seconds >= 0:
         raise ValueError(f"expected {what} >= 0 seconds, got {value!r}")
     return seconds
@@ -371,27 +385,25 @@ class Service:
         if oada is not None and (domain is not None or token is not None):
             raise ValueError("pass either oada= or domain= and token=, not both")
 
-        def secs(value: Timeout | None) -> float | None:
-            if value is None:
-                return None
-            return value.total_seconds() if isinstance(value, timedelta) else float(value)
+        def secs(value: Timeout | None, what: str = "a duration") -> float | None:
+            return None if value is None else _as_seconds(value, what)
 
         changes: dict[str, Any] = {
             "concurrency": concurrency,
             "layout": get_layout(layout).name if layout is not None else None,
-            "lease": timedelta(seconds=s) if (s := secs(lease)) is not None else None,
-            "sweep_interval": secs(sweep_interval),
-            "shutdown_grace": secs(shutdown_grace),
-            "retry_initial": secs(retry_initial),
-            "retry_max": secs(retry_max),
-            "invalid_job_wait": secs(invalid_job_wait),
-            "finish_timeout": secs(finish_timeout),
+            "lease": timedelta(seconds=s) if (s := secs(lease, "lease")) is not None else None,
+            "sweep_interval": secs(sweep_interval, "sweep_interval"),
+            "shutdown_grace": secs(shutdown_grace, "shutdown_grace"),
+            "retry_initial": secs(retry_initial, "retry_initial"),
+            "retry_max": secs(retry_max, "retry_max"),
+            "invalid_job_wait": secs(invalid_job_wait, "invalid_job_wait"),
+            "finish_timeout": secs(finish_timeout, "finish_timeout"),
             "keep_jobs": keep_jobs,
             "metrics_port": metrics_port,
             "metrics_addr": metrics_addr,
-            "loop_stall_limit": secs(loop_stall_limit),
-            "cancel_grace": secs(cancel_grace),
-            "loop_lag_warning": secs(loop_lag_warning),
+            "loop_stall_limit": secs(loop_stall_limit, "loop_stall_limit"),
+            "cancel_grace": secs(cancel_grace, "cancel_grace"),
+            "loop_lag_warning": secs(loop_lag_warning, "loop_lag_warning"),
         }
         merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
         self.config = ServiceConfig.model_validate(merged)

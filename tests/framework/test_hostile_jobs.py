@@ -183,3 +183,14 @@ async def test_a_release_whose_answer_is_lost_writes_one_released_update(
     statuses = [update["status"] for update in body["updates"].values()]
     assert statuses.count("released") == 1, statuses
     assert body["status"] == "pending"
+
+
+@pytest.mark.parametrize("timeout", ["30s", "abc", float("inf"), float("nan"), True])
+async def test_a_timeout_that_is_not_a_number_of_seconds_is_a_clear_error(
+    make_service: Callable[..., Service], timeout: Any
+) -> None:
+    service = make_service()
+    with pytest.raises(ValueError, match=r"expected timeout as a (finite )?number of seconds"):
+        service.on("ok", timeout, ok)
+    with pytest.raises(ValueError, match=r"expected lease as a (finite )?number of seconds"):
+        service.configure(lease=timeout)
