@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -304,14 +305,34 @@ def read_json_argument(text: str, what: str) -> Any:
         except OSError as error:
             message = f"cannot read {what} from {path}: {error.strerror}"
             raise CLIError(message, ExitCode.USAGE) from None
+        except UnicodeDecodeError:
+            raise CLIError(f"{what} from {path} is not UTF-8 text", ExitCode.USAGE) from None
     try:
-        return json.loads(text)
+        # Strict JSON: NaN, Infinity and numbers too large for a double are
+        # what Python's parser lets through and no OADA request can carry.
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except json.JSONDecodeError as error:
         raise CLIError(
             f"{what} from {source} is not valid JSON: {error.msg} at line {error.lineno} "
             f"column {error.colno}",
             ExitCode.USAGE,
         ) from None
+    except (ValueError, RecursionError) as error:
+        reason = "it is nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise CLIError(
+            f"{what} from {source} is not valid JSON: {reason}", ExitCode.USAGE
+        ) from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
 
 
 def job_id_of(text: str) -> str:

@@ -211,7 +211,8 @@ def list_jobs(
                 {
                     "service": name,
                     "layout": chosen.name,
-                    "pending": [row.to_json() for row in pending_rows],
+                    # One shape for every list: pending jobs belong to no day.
+                    "pending": {"day": None, "jobs": [row.to_json() for row in pending_rows]},
                     "success": {"day": success_day, "jobs": [row.to_json() for row in success]},
                     "failure": {"day": failure_day, "jobs": [row.to_json() for row in failure]},
                 },
@@ -259,7 +260,8 @@ def show_job(
             except NotFound:
                 raise CLIError(f"no job {job_id} on {oada.domain}") from None
         print_json(_public(response.data), plain=json)
-        # --json output already carries the updates; people get the gist.
+        # --json output already carries the updates; people get the gist,
+        # on stderr, so that stdout stays one JSON document either way.
         progress = latest_progress(response.data) if isinstance(response.data, Mapping) else None
         if progress is not None and not json:
             text = f"progress: {progress.fraction:.0%}"
@@ -267,7 +269,7 @@ def show_job(
                 text += f" - {progress.message}"
             if progress.time:
                 text += f" (at {progress.time})"
-            out_console.print(text)
+            err_console.print(text)
 
     run_command(main)
 

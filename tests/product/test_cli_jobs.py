@@ -66,8 +66,8 @@ async def test_post_then_show_and_list(cli: CLI, oada: OADAClient) -> None:
 
     listed = await cli("jobs", "list", "--json")
     assert listed.exit_code == 0, listed
-    assert [row["id"] for row in listed.json()["pending"]] == [job_id]
-    assert listed.json()["pending"][0]["status"] == "pending"
+    assert [row["id"] for row in listed.json()["pending"]["jobs"]] == [job_id]
+    assert listed.json()["pending"]["jobs"][0]["status"] == "pending"
 
     table = await cli("jobs", "list")
     assert table.exit_code == 0
@@ -89,7 +89,9 @@ async def test_show_prints_the_latest_progress(cli: CLI, oada: OADAClient) -> No
 
     shown = await cli("jobs", "show", job_id)
     assert shown.exit_code == 0, shown
-    assert "progress: 50% - half the rows (at 2026-01-01T00:00:05Z)" in shown.stdout
+    assert "progress: 50% - half the rows (at 2026-01-01T00:00:05Z)" in shown.stderr
+    # stdout is the job, as JSON, and nothing else.
+    assert json.loads(shown.stdout)["updates"]["2"]["meta"]["fraction"] == 0.5
     as_json = await cli("jobs", "show", job_id, "--json")
     assert "progress:" not in as_json.stdout
     assert as_json.json()["updates"]["2"]["meta"]["fraction"] == 0.5
@@ -120,7 +122,7 @@ async def test_bad_config_posts_nothing(
     assert result.exit_code == 2, result
     assert message in result.stderr
     listed = await cli("jobs", "list", "--json")
-    assert listed.json()["pending"] == []
+    assert listed.json()["pending"]["jobs"] == []
 
 
 async def test_post_wait_reports_success_and_failure(cli: CLI, service: Service) -> None:
@@ -142,7 +144,7 @@ async def test_list_shows_finished_jobs_of_the_latest_day(cli: CLI, service: Ser
     with anyio.fail_after(10):
         while True:
             listed = (await cli("jobs", "list", "--json")).json()
-            if not listed["pending"]:
+            if not listed["pending"]["jobs"]:
                 break
     assert [row["id"] for row in listed["success"]["jobs"]] == [good["id"]]
     assert [row["id"] for row in listed["failure"]["jobs"]] == [bad["id"]]
@@ -244,7 +246,7 @@ async def test_pending_layout_is_detected(cli: CLI, server: EmbeddedServer) -> N
     assert posted.exit_code == 0, posted
     listed = (await cli("jobs", "list", "--json")).json()
     assert listed["layout"] == "pending"
-    assert [row["id"] for row in listed["pending"]] == [posted.json()["id"]]
+    assert [row["id"] for row in listed["pending"]["jobs"]] == [posted.json()["id"]]
 
 
 async def test_cancel_stops_a_running_job(cli: CLI, server: EmbeddedServer) -> None:
@@ -349,3 +351,35 @@ async def test_post_wait_says_the_id_first_shows_progress_and_why_it_failed(
     job_id = as_json.json()["id"]
     assert as_json.stderr.splitlines()[0] == f"posted {job_id}; waiting up to 60 s"
     assert "mailbox full (fail type smtp-rejected)" in as_json.stderr
+
+
+async def test_list_json_has_one_shape_for_every_list(cli: CLI, service: Service) -> None:
+    await cli("jobs", "post", "ok", "--wait")
+    await cli("jobs", "post", "fail", "--wait")
+    posted = await cli("jobs", "post", "ok", "-s", "svc-idle")
+    listed = (await cli("jobs", "list", "--json")).json()
+    idle = (await cli("jobs", "list", "-s", "svc-idle", "--json")).json()
+    for lists in (listed, idle):
+        for name in ("pending", "success", "failure"):
+            assert set(lists[name]) == {"day", "jobs"}, (name, lists[name])
+            assert isinstance(lists[name]["jobs"], list)
+    assert listed["pending"]["day"] is None
+    assert [row["id"] for row in idle["pending"]["jobs"]] == [posted.stdout.split()[4]]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('{"timeout": NaN}', "NaN is not a JSON value"),
+        ('{"timeout": Infinity}', "Infinity is not a JSON value"),
+        ('{"timeout": 1e999}', "the number 1e999 is out of range"),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+)
+async def test_config_that_no_request_can_carry_is_a_clear_error(
+    cli: CLI, config: str, message: str
+) -> None:
+    result = await cli("jobs", "post", "ok", "--config", config)
+    assert result.exit_code == 2, result
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

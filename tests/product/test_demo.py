@@ -37,7 +37,7 @@ async def test_demo_runs_to_completion(tmp_path: Path) -> None:
         listed = await cli("jobs", "list", "-s", "email-service", "--json")
         assert listed.exit_code == 0, listed
         jobs = listed.json()
-        assert jobs["pending"] == []
+        assert jobs["pending"] == {"day": None, "jobs": []}
         assert len(jobs["success"]["jobs"]) == 1
         assert len(jobs["failure"]["jobs"]) == 3
         job = (await cli("jobs", "show", shown.group(1), "--json")).json()
