@@ -194,3 +194,38 @@ async def test_a_timeout_that_is_not_a_number_of_seconds_is_a_clear_error(
         service.on("ok", timeout, ok)
     with pytest.raises(ValueError, match=r"expected lease as a (finite )?number of seconds"):
         service.configure(lease=timeout)
+
+
+async def test_a_replica_starting_beside_a_running_group_keeps_the_group_whole(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    gate = anyio.Event()
+    running: list[str] = []
+
+    async def member(job: Job[Any], ctx: WorkerContext) -> Any:
+        running.append(job.key or "")
+        assert len(running) == 1, running  # the group runs one at a time
+        try:
+            if job.config.get("first"):
+                await gate.wait()
+        finally:
+            running.remove(job.key or "")
+        return None
+
+    first, second = make_service(sweep_interval=0.1), make_service(sweep_interval=0.1)
+    for replica in (first, second):
+        replica.on("member", 30, member)
+    async with first:
+        a = await post_job(oada, name, "member", {"first": True}, options={"group": "g"})
+        b = await post_job(oada, name, "member", {}, options={"group": "g"})
+        with anyio.fail_after(10):
+            while not running:
+                await anyio.sleep(0.02)
+        async with second:
+            await anyio.sleep(0.3)  # the replica reads both, and sweeps
+            gate.set()
+            for job_id in (a, b):
+                assert (await wait_for_status(oada, job_id))["status"] == "success"
+            for replica in (first, second):
+                assert replica.state is ServiceState.RUNNING
+                replica.queues["_default"].scheduler.check_invariants()
