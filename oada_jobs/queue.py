@@ -318,15 +318,18 @@ class Queue:
                 intake.cancel_scope.cancel()
 
     async def _note_layout(self) -> None:
-        """Note the layout on the service resource, for requesters to find."""
+        """Note the layout on the service resource, for requesters to find.
+
+        Only a hint: a failure to read or write it is logged, never fatal.
+        """
         root = service_root(self.service.name)
         try:
-            noted = (await self.oada.get(f"{root}/{LAYOUT_MARKER}")).data
-        except NotFound:
-            noted = None
-        except (Forbidden, BadRequest):
-            return  # a token for the job list only: requesters guess instead
-        if noted != self.layout.name:
+            try:
+                noted = (await self.oada.get(f"{root}/{LAYOUT_MARKER}")).data
+            except NotFound:
+                noted = None
+            if noted == self.layout.name:
+                return
             if noted in ("classic", "pending"):
                 self.log.warning(
                     "queue %r: the service was noted as using the %s layout; this one uses %s",
@@ -334,10 +337,10 @@ class Queue:
                     noted,
                     self.layout.name,
                 )
-            with suppress(Forbidden, BadRequest):
-                await self.oada.put(
-                    root, {LAYOUT_MARKER: self.layout.name}, content_type=SERVICE_TYPE
-                )
+            await self.oada.put(root, {LAYOUT_MARKER: self.layout.name}, content_type=SERVICE_TYPE)
+        except OADAError as error:
+            # A token for the job list only, say: requesters guess instead.
+            self.log.debug("queue %r: could not note the layout: %s", self.key, error)
 
     def _set_watching(self, value: bool) -> None:
         if self.watching != value:
