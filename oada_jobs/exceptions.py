@@ -289,7 +289,7 @@ class InvalidKey(OADAJobsError, ValueError):
     OADA servers split a path as a JSON pointer and never percent-decode it,
     so ``/`` and ``~`` can be escaped (``~1``, ``~0``) but an empty key,
     ``.``, ``..`` or one with characters a URI path cannot carry as they are
-    (spaces, ``?``, ``#``, ``%``, control or non-ASCII characters) cannot be
+    (spaces, ``?``, ``#``, control or non-ASCII characters) cannot be
     named by any request. ``key`` is the offending key.
     """
 

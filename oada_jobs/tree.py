@@ -67,11 +67,12 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]*$")
 
 
 # What a key may hold once "~" and "/" are escaped: RFC 3986 path characters
-# that every hop passes on as they are (unreserved, sub-delims, ":" and "@").
-# OADA servers never percent-decode a path, so "%" cannot escape anything
-# else: a key with a space, "?", "#", "%", a control or a non-ASCII character
-# names a different key (or none) in any request.
-_NAMEABLE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+# that every hop passes on as they are (unreserved, sub-delims, ":", "@"),
+# and "%", which the client sends as it is and OADA servers never decode.
+# For that reason percent-encoding cannot escape anything either: a key with
+# a space, "?", "#", a control or a non-ASCII character names a different
+# key (or none) in any request.
+_NAMEABLE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 
 
 def path_segment(key: str) -> str:
@@ -89,7 +90,7 @@ def path_segment(key: str) -> str:
     if key in ("", ".", "..") or not _NAMEABLE.fullmatch(escaped):
         raise InvalidKey(
             f"no OADA request can name the key {key!r}: expected a non-empty key other than "
-            "'.' and '..' of letters, digits and -._~!$&'()*+,;=:@/",
+            "'.' and '..' of letters, digits and -._~!$&'()*+,;=:@%/",
             key=key,
         )
     return escaped
