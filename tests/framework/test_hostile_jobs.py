@@ -229,3 +229,29 @@ async def test_a_replica_starting_beside_a_running_group_keeps_the_group_whole(
             for replica in (first, second):
                 assert replica.state is ServiceState.RUNNING
                 replica.queues["_default"].scheduler.check_invariants()
+
+
+async def test_a_shielded_function_that_is_cancelled_is_filed_as_cancelled_in_time(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    released = anyio.Event()
+    started = anyio.Event()
+
+    async def stubborn(job: Job[Any], ctx: WorkerContext) -> Any:
+        started.set()
+        with anyio.CancelScope(shield=True):
+            await released.wait()
+        return {"late": True}
+
+    service = make_service(cancel_grace=0.2)
+    service.on("stubborn", 60, stubborn)
+    async with service:
+        try:
+            job_id = await post_job(oada, name, "stubborn")
+            with anyio.fail_after(5):
+                await started.wait()
+            assert await request_cancel(oada, job_id)
+            body = await wait_for_status(oada, job_id, timeout=5)
+            assert body["result"]["failType"] == "cancelled"
+        finally:
+            released.set()
