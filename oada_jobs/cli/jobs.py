@@ -153,8 +153,16 @@ async def _latest_day(oada: OADAClient, list_path: str) -> str | None:
     index = await _get_or_none(oada, f"{list_path}/day-index")
     if not isinstance(index, Mapping):
         return None
-    days = [key for key in index if not key.startswith("_")]
+    # Only real days: a key of the list is data, and it goes into a path next.
+    days = [key for key in index if _is_day(key)]
     return max(days) if days else None
+
+
+def _is_day(key: str) -> bool:
+    try:
+        return date.fromisoformat(key).isoformat() == key
+    except ValueError:
+        return False
 
 
 async def _finished(

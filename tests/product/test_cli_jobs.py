@@ -383,3 +383,19 @@ async def test_config_that_no_request_can_carry_is_a_clear_error(
     assert result.exit_code == 2, result
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_list_reads_only_real_days_of_a_day_index(
+    cli: CLI, oada: OADAClient, service: Service
+) -> None:
+    done = (await cli("jobs", "post", "ok", "--wait", "--json")).json()
+    # A hostile key in the day index sorts after every real day.
+    await oada.put(
+        "/bookmarks/services/svc/jobs-success/day-index",
+        {"9999~1..": {"_id": done["id"]}},
+        content_type="application/vnd.oada.service.jobs.1+json",
+    )
+    listed = await cli("jobs", "list", "--json")
+    assert listed.exit_code == 0, listed
+    assert listed.json()["success"]["day"] != "9999~1.."
+    assert [row["id"] for row in listed.json()["success"]["jobs"]] == [done["id"]]
