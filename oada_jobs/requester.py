@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 from pydantic import BaseModel
@@ -100,7 +100,7 @@ async def post_job(
     type: str,
     config: Mapping[str, Any] | BaseModel | None = None,
     *,
-    layout: LayoutName = "classic",
+    layout: LayoutName | Literal["auto"] = "classic",
     key: str | None = None,
     extra: Mapping[str, Any] | None = None,
     options: JobOptions | Mapping[str, Any] | None = None,
@@ -109,7 +109,9 @@ async def post_job(
 
     Returns the job's resource id (``resources/<k>``); its key in the list is
     ``<k>``. *config* may be a JSON object or a pydantic model. *layout* must
-    be the layout the service runs with (see ``docs/layouts.md``).
+    be the layout the service runs with (see ``docs/layouts.md``);
+    ``"auto"`` asks the server first (:func:`detect_layout`, one or two reads)
+    and raises :class:`ValueError` saying why when it cannot tell.
 
     *key* picks the job's key (and resource id ``resources/<key>``) instead
     of a server-made one. A key means "this job, once": it is created only
@@ -132,6 +134,11 @@ async def post_job(
     job["config"] = _config_json(config)
     if options is not None:
         job["options"] = _options_json(options)
+    if layout == "auto":
+        detected, why = await detect_layout(oada, service)
+        if detected is None:
+            raise ValueError(f"cannot tell which layout service {service!r} reads: {why}")
+        layout = detected
     chosen = get_layout(layout)
     if key is None:
         job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
@@ -277,7 +284,7 @@ async def run_job(
     config: Mapping[str, Any] | BaseModel | None = None,
     *,
     timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
-    layout: LayoutName = "classic",
+    layout: LayoutName | Literal["auto"] = "classic",
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
@@ -293,7 +300,7 @@ async def run_job(
     config: Mapping[str, Any] | BaseModel | None = None,
     *,
     timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
-    layout: LayoutName = "classic",
+    layout: LayoutName | Literal["auto"] = "classic",
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
@@ -308,7 +315,7 @@ async def run_job(
     config: Mapping[str, Any] | BaseModel | None = None,
     *,
     timeout: float | None = None,  # noqa: ASYNC109 -- the requester's own bound, like doJob's
-    layout: LayoutName = "classic",
+    layout: LayoutName | Literal["auto"] = "classic",
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,

@@ -270,3 +270,16 @@ async def test_a_retried_parent_posts_its_named_child_once_in_its_own_layout(
     assert child.raw["options"] == {"priority": 3}
     linked = (await oada.get(f"/{parent_id}/children")).data
     assert [key for key in linked if not key.startswith("_")] == [posted[0].split("/")[1]]
+
+
+async def test_post_job_can_ask_which_layout_the_service_reads(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    with pytest.raises(ValueError, match="has ever run"):
+        await post_job(oada, name, "echo", layout="auto")
+    service = make_service(server, name, layout="pending")
+    service.on("echo", 10, echo)
+    async with service:
+        assert await run_job(oada, name, "echo", {"n": 3}, layout="auto", timeout=15) == {
+            "echo": {"n": 3}
+        }
