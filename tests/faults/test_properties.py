@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oada_jobs.client import parse_domain
-from oada_jobs.exceptions import InvalidJob, InvalidQueueEntry
+from oada_jobs.exceptions import InvalidJob, InvalidKey, InvalidQueueEntry
 from oada_jobs.job import Job, JobOptions, Lease
+from oada_jobs.server.core import _split_path
 from oada_jobs.service import parse_queue_entry
+from oada_jobs.tree import path_segment, resource_path
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -178,3 +180,27 @@ def test_queue_entry_parsing(key: str, value: Any) -> None:
     assert entry.token == value["token"]
     assert entry.domain == parse_domain(value["domain"]).http
     assert value["token"] not in repr(entry)
+
+
+@SETTINGS
+@given(key=st.text(max_size=30) | st.sampled_from(["", ".", "..", "~", "/", "~1", "a/b~0"]))
+def test_a_key_is_one_path_segment_that_names_it_or_an_invalid_key(key: str) -> None:
+    """Whatever the key, the escaped segment names exactly that key on the
+    server (split and unescaped as a JSON pointer), or InvalidKey says why."""
+    refused: InvalidKey | None = None
+    try:
+        segment = path_segment(key)
+    except InvalidKey as error:
+        refused = error
+    if refused is not None:
+        assert refused.key == key
+        with pytest.raises(InvalidKey):
+            resource_path(f"resources/{key}")
+        return
+    assert "/" not in segment
+    assert segment not in ("", ".", "..")
+    assert segment.isascii()
+    assert not any(char.isspace() or char in "?#" for char in segment)
+    assert _split_path(f"/bookmarks/{segment}") == ["bookmarks", key]
+    if "/" not in key:
+        assert resource_path(f"resources/{key}") == f"/resources/{segment}"
