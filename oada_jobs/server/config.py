@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["DEFAULT_TOKENS", "ServerConfig", "TokenInfo"]
 
@@ -20,8 +20,8 @@ class TokenInfo(BaseModel):
 
     ``user`` is the user id (``users/<sub>``), written as ``_meta._owner`` of
     every resource the token creates. ``bookmarks`` and ``shares`` are the ids
-    of the user's root resources, created on first use with the right
-    ``_type``. ``scopes`` are OADA scope strings such as ``"all:all"`` or
+    of the user's root resources, reserved for that user and created with the
+    right ``_type`` when the server starts. ``scopes`` are OADA scope strings such as ``"all:all"`` or
     ``"oada.yield:read"`` (see :mod:`oada_jobs.server.auth`).
 
     >>> TokenInfo(user="users/alice", bookmarks="resources/alice_bm", scopes=["all:all"])
@@ -176,3 +176,19 @@ class ServerConfig(BaseModel):
                 )
                 raise ValueError(f"token #{n}: {reasons}") from None
         return tokens
+
+    @model_validator(mode="after")
+    def _roots_are_own(self) -> ServerConfig:
+        # A root id shared by two users would let each read the other's data.
+        owners: dict[str, str] = {}
+        for info in self.tokens.values():
+            if info.bookmarks == info.shares_id:
+                raise ValueError(f"{info.user} has {info.bookmarks} as both bookmarks and shares")
+            for resource_id in (info.bookmarks, info.shares_id):
+                owner = owners.setdefault(resource_id, info.user)
+                if owner != info.user:
+                    raise ValueError(
+                        f"{resource_id} is configured as a root of both {owner} and"
+                        f" {info.user}; each user needs bookmarks and shares of their own"
+                    )
+        return self

@@ -47,12 +47,12 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from oada_jobs._ksuid import ksuid
-from oada_jobs.server.auth import may_access, scope_allows, token_from_header
+from oada_jobs.server.auth import Access, Roots, authorize, token_from_header
 from oada_jobs.server.config import ServerConfig, TokenInfo
-from oada_jobs.server.documents import MISSING, dumpb, is_json_type, lookup
+from oada_jobs.server.documents import MISSING, dumpb, is_json_type, lookup, nest
 from oada_jobs.server.edge import Reject, admit, decode_json, parse_rev
 from oada_jobs.server.graph import ChangeListener, Resolved, ResourceGraph
-from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store, pointer
+from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store
 
 __all__ = [
     "ChangeListener",
@@ -71,22 +71,12 @@ CHECKPOINT_INTERVAL = 0.25
 _METHODS = frozenset({"get", "head", "put", "post", "delete"})
 _PREFIXES = frozenset({"resources", "bookmarks", "shares", "users", "authorizations"})
 _META_TYPE = "application/vnd.oada.meta+json"
-_BOOKMARKS_TYPE = "application/vnd.oada.bookmarks.1+json"
-_SHARES_TYPE = "application/vnd.oada.shares.1+json"
+_ROOT_TYPES = {
+    "bookmarks": "application/vnd.oada.bookmarks.1+json",
+    "shares": "application/vnd.oada.shares.1+json",
+}
 _JSON_HEADERS = {"content-type": "application/json"}
-# Keys whose removal would break the resource's bookkeeping.
-_UNDELETABLE: frozenset[Path] = frozenset(
-    {
-        ("_id",),
-        ("_rev",),
-        ("_type",),
-        ("_meta",),
-        ("_meta", "_id"),
-        ("_meta", "_rev"),
-        ("_meta", "_type"),
-        ("_meta", "_changes"),
-    }
-)
+_NOT_RESERVED: tuple[str | None, str | None] = (None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +236,7 @@ class OADACore:
         self._unpropagated: list[list[ChangeRecord]] = []
         # Set (and replaced) after each background checkpoint; tests wait on it.
         self._checkpointed = anyio.Event()
-        self._roots = frozenset(
-            rid for info in config.tokens.values() for rid in (info.bookmarks, info.shares_id)
-        )
+        self._roots = Roots(config.tokens.values())
 
     @property
     def state(self) -> CoreState:
@@ -264,6 +252,12 @@ class OADACore:
         if self._state is not CoreState.UNOPENED:
             raise RuntimeError(f"OADACore cannot be opened when {self._state.value}")
         self._store.open()
+        try:
+            self._create_roots()
+        except BaseException:
+            self._state = CoreState.CLOSED
+            self._store.close()
+            raise
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -371,6 +365,24 @@ class OADACore:
         """
         return self._graph.changes_page(resource_id, after, limit)
 
+    def watch_view(
+        self, authorization: str | None, resource_id: str, change: list[dict[str, Any]]
+    ) -> list[dict[str, Any]] | None:
+        """What of *change* to *resource_id* the bearer of *authorization* may see now.
+
+        ``None`` when they may not read *resource_id* (any more): the watch
+        must end. Otherwise *change* without the nested changes of resources
+        they may not read. Watches pass every change they deliver or replay
+        through this, so a watch is authorized as every request is.
+        """
+        token = token_from_header(authorization, self.config.tokens)
+        if token is None:
+            return None
+        try:
+            return self._visible(token, resource_id, change)
+        except Reject:
+            return None
+
     def current_rev(self, resource_id: str) -> int:
         """The resource's ``_rev``, 0 when it does not exist."""
         res = self._store.get(resource_id)
@@ -405,7 +417,6 @@ class OADACore:
         token = token_from_header(headers.get("authorization"), self.config.tokens)
         if token is None:
             raise Reject(401, "Unauthorized: a valid bearer token is required")
-        self._ensure_roots(token)
 
         ensure_link = headers.get("x-oada-ensure-link")
         if ensure_link is not None:
@@ -436,15 +447,11 @@ class OADACore:
 
         if method in ("get", "head"):
             return self._read(req, token, prefix, resource_id, rest, head=method == "head")
-        if prefix == "shares":
-            raise Reject(403, "writes under /shares are not allowed")
         if method == "delete":
-            if prefix == "bookmarks" and not rest:
-                raise Reject(403, "the bookmarks resource cannot be deleted")
-            return self._delete(req, token, resource_id, rest)
+            return self._delete(req, token, prefix, resource_id, rest)
         if method == "post":
             rest.append(ksuid())
-        return self._put(req, token, resource_id, rest, ensure_link)
+        return self._put(req, token, prefix, resource_id, rest, ensure_link)
 
     @staticmethod
     def _no_route(method: str, raw: str) -> Reject:
@@ -510,12 +517,12 @@ class OADACore:
     ) -> CoreResponse:
         r = self._graph.resolve(resource_id, rest)
         res = r.resource
+        self._authorize(token, self._access(r.resource_id, res, via=prefix))
         headers = r.location()
         if res is None:
             if self.config.quirks == "reference" and prefix == "resources":
                 raise Reject(403, "User does not have read permission for this resource", headers)
             raise Reject(404, "Not Found", headers)
-        self._authorize(token, res, write=False)
         rev = res.rev
         etag = _etag(res.id, rev)
         headers["x-oada-rev"] = str(rev)
@@ -538,7 +545,7 @@ class OADACore:
                 body = self._root_json(res)
         elif leftover[0] == "_meta":
             media_type = _META_TYPE
-            body = self._meta_body(res, leftover, headers)
+            body = self._meta_body(token, res, leftover, headers)
         else:
             if res.data is not None and not is_json_type(media_type) and leftover != ["_rev"]:
                 raise Reject(
@@ -565,13 +572,15 @@ class OADACore:
             cached = res.root_json = dumpb(body)
         return cached
 
-    def _meta_body(self, res: Resource, leftover: list[str], headers: dict[str, str]) -> bytes:
+    def _meta_body(
+        self, token: TokenInfo, res: Resource, leftover: list[str], headers: dict[str, str]
+    ) -> bytes:
         if len(leftover) >= 2 and leftover[1] == "_changes":
             if len(leftover) == 2:
                 return dumpb(
                     {
                         str(r): {"_rev": r, "_id": f"{res.id}/_meta/_changes/{r}"}
-                        for r in self._store.change_revs(res.id)
+                        for r in self._graph.history(res)
                     }
                 )
             rev_text = leftover[2]
@@ -579,7 +588,10 @@ class OADACore:
             # be a rev the store can look up.
             if len(leftover) == 3 and any(c.isdigit() for c in rev_text):
                 rev = parse_rev(rev_text, "the rev after _meta/_changes/")
-                return dumpb(self.change_array(res.id, rev))
+                if rev and rev < self._graph.first_rev(res):
+                    # An earlier resource with this id: not this one's history.
+                    raise Reject(404, "Not Found", headers)
+                return dumpb(self._visible(token, res.id, self.change_array(res.id, rev)))
             raise Reject(404, "Not Found", headers)
         value = lookup(res.doc, leftover)
         if value is MISSING or value is None:
@@ -588,14 +600,67 @@ class OADACore:
 
     # -- writes -----------------------------------------------------------------
 
-    def _authorize(self, token: TokenInfo, res: Resource | None, *, write: bool) -> None:
-        if res is None:
-            return
-        if not may_access(res.meta, token.user, write=write):
-            kind = "write" if write else "read"
-            raise Reject(403, f"User does not have {kind} permission for this resource")
-        if not scope_allows(token.scopes, res.type, write=write):
-            raise Reject(403, "Token does not have required scope")
+    def _access(
+        self,
+        resource_id: str,
+        res: Resource | None,
+        *,
+        via: str = "resources",
+        write: bool = False,
+        new_type: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        deleted: Path | None = None,
+    ) -> Access:
+        """What a request does to *resource_id* (now *res*), for :meth:`_authorize`."""
+        return Access(
+            resource_id,
+            res.meta if res is not None else None,
+            res.type if res is not None else None,
+            write=write,
+            new_type=new_type,
+            body=body,
+            deleted=deleted,
+            rev=res.rev if res is not None else 0,
+            via=via,
+            reserved_for=self._roots.reserved.get(resource_id, _NOT_RESERVED),
+        )
+
+    def _visible(
+        self, token: TokenInfo, resource_id: str, change: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """*change* without what *token* may not read; 403 if it may not read *resource_id*."""
+        store = self._store
+        self._authorize(token, self._access(resource_id, store.get(resource_id)))
+        if len(change) <= 1:
+            return change
+        out: list[dict[str, Any]] = []
+        hidden: list[str] = []
+        for entry in change:
+            child_id = entry.get("resource_id")
+            path = entry.get("path")
+            if child_id == resource_id or not isinstance(path, str):
+                out.append(entry)
+                continue
+            if any(path == p or path.startswith(p + "/") for p in hidden):
+                continue
+            child = store.get(child_id) if isinstance(child_id, str) else None
+            # A nested change whose resource is gone is hidden too: who may
+            # have read it can no longer be told.
+            if child is None or authorize(token, self._access(child.id, child)) is not None:
+                hidden.append(path)
+                continue
+            out.append(entry)
+        return out
+
+    @staticmethod
+    def _authorize(token: TokenInfo, access: Access) -> None:
+        """Raise 403 unless :func:`~oada_jobs.server.auth.authorize` allows *access*.
+
+        Every read, write, create, delete and watch goes through here.
+        """
+        refusal = authorize(token, access)
+        if refusal is not None:
+            raise Reject(403, refusal)
 
     def _check_preconditions(
         self, req: CoreRequest, resource_id: str, rev: int, headers: dict[str, str]
@@ -611,6 +676,7 @@ class OADACore:
         self,
         req: CoreRequest,
         token: TokenInfo,
+        prefix: str,
         resource_id: str,
         rest: list[str],
         ensure_link: str | None,
@@ -634,9 +700,53 @@ class OADACore:
         ignore_links = req.headers.get("x-oada-ignore-links", "").strip().lower() == "true"
 
         target = self._graph.resolve(resource_id, rest)
+        res = target.resource
+        new_id: str | None = None
+        if ensure_link is None:
+            merged = nest(target.leftover, value) if data is None else {}
+            if data is not None:
+                new_type: str | None = media_type
+            else:
+                new_type = _type_of(merged, media_type if res is None else None)
+            self._authorize(
+                token,
+                self._access(
+                    target.resource_id,
+                    res,
+                    via=prefix,
+                    write=True,
+                    new_type=new_type,
+                    body=merged if isinstance(merged, dict) else None,
+                ),
+            )
+        else:
+            # Two writes: a fresh resource from the body, and a link to it.
+            new_id = f"resources/{ksuid()}"
+            link = nest(target.leftover, {"_id": new_id})
+            self._authorize(
+                token,
+                self._access(
+                    target.resource_id,
+                    res,
+                    via=prefix,
+                    write=True,
+                    new_type="application/json" if res is None else None,
+                    body=link if isinstance(link, dict) else None,
+                ),
+            )
+            fresh_type = media_type if data is not None else _type_of(value, media_type)
+            self._authorize(
+                token,
+                self._access(
+                    new_id,
+                    None,
+                    write=True,
+                    new_type=fresh_type,
+                    body=value if isinstance(value, dict) else None,
+                ),
+            )
         headers = target.location()
-        self._authorize(token, target.resource, write=True)
-        rev = target.resource.rev if target.resource is not None else 0
+        rev = res.rev if res is not None else 0
         self._check_preconditions(req, target.resource_id, rev, headers)
         with self._batch() as batch:
             rec = self._put_batch(
@@ -651,6 +761,7 @@ class OADACore:
                 data,
                 ignore_links,
                 ensure_link,
+                new_id,
             )
             self._commit(batch)
         headers["x-oada-rev"] = str(rec.rev)
@@ -670,8 +781,9 @@ class OADACore:
         data: bytes | None,
         ignore_links: bool,
         ensure_link: str | None,
+        new_id: str | None,
     ) -> ChangeRecord:
-        if ensure_link is None:
+        if ensure_link is None or new_id is None:
             rec = self._graph.write(
                 batch, token.user, target, media_type, value, data, ignore_links=ignore_links
             )
@@ -684,7 +796,6 @@ class OADACore:
                     "X-OADA-Ensure-Link needs a path inside a resource to put the link at",
                     headers,
                 )
-            new_id = f"resources/{ksuid()}"
             link: dict[str, Any] = {"_id": new_id}
             if ensure_link == "versioned":
                 link["_rev"] = 0
@@ -700,7 +811,7 @@ class OADACore:
         return rec
 
     def _delete(
-        self, req: CoreRequest, token: TokenInfo, resource_id: str, rest: list[str]
+        self, req: CoreRequest, token: TokenInfo, prefix: str, resource_id: str, rest: list[str]
     ) -> CoreResponse:
         r = self._graph.resolve(resource_id, rest)
         if r.ends_on_link and r.link is not None:
@@ -708,6 +819,10 @@ class OADACore:
             parent_id, link_path = r.link
             r = Resolved(parent_id, self._store.get(parent_id), list(link_path))
         res = r.resource
+        self._authorize(
+            token,
+            self._access(r.resource_id, res, via=prefix, write=True, deleted=tuple(r.leftover)),
+        )
         headers = r.location()
         if res is None:
             # Preconditions hold against rev 0, as for a PUT creating it.
@@ -715,12 +830,8 @@ class OADACore:
             headers["x-oada-rev"] = "0"
             headers["etag"] = _etag(r.resource_id, 0)
             return CoreResponse(204, headers)
-        self._authorize(token, res, write=True)
         self._check_preconditions(req, res.id, res.rev, headers)
         if not r.leftover:
-            if res.id in self._roots:
-                # A user's bookmarks or shares would come back empty on next use.
-                raise Reject(403, "a user's bookmarks and shares cannot be deleted", headers)
             with self._batch() as batch:
                 self._graph.delete_resource(batch, res)
                 self._commit(batch)
@@ -728,10 +839,6 @@ class OADACore:
             headers["etag"] = _etag(res.id, 0)
             return CoreResponse(204, headers)
         path = tuple(r.leftover)
-        if path in _UNDELETABLE:
-            raise Reject(
-                400, f"{pointer(path)} is kept by the server and cannot be deleted", headers
-            )
         parent = lookup(res.doc, path[:-1])
         if isinstance(parent, list):
             self._graph.refuse_inside_array(res, path, "deleted", headers)
@@ -906,14 +1013,32 @@ class OADACore:
 
     # -- users' root resources ----------------------------------------------------
 
-    def _ensure_roots(self, token: TokenInfo) -> None:
-        """Create the token user's bookmarks and shares on first use."""
-        store = self._store
-        for resource_id, kind in (
-            (token.bookmarks, _BOOKMARKS_TYPE),
-            (token.shares_id, _SHARES_TYPE),
-        ):
-            if store.get(resource_id) is None:
-                with self._batch() as batch:
-                    self._graph.create(batch, token.user, resource_id, kind)
-                    self._commit(batch)
+    def _create_roots(self) -> None:
+        """Create every configured user's bookmarks and shares that do not exist yet.
+
+        Done before any request is served, so nobody can create one first. A
+        resource already there that its user does not own is left unused
+        (every request to it is refused) and reported.
+        """
+        batch = Batch()
+        for resource_id, (user, kind) in self._roots.reserved.items():
+            res = self._store.get(resource_id)
+            if res is None:
+                self._graph.create(batch, user, resource_id, _ROOT_TYPES[kind])
+            elif res.meta.get("_owner") != user:
+                logger.error(
+                    "%s is %s's %s but is owned by %r: it is not used;"
+                    " delete it from the database or configure another id",
+                    resource_id,
+                    user,
+                    kind,
+                    res.meta.get("_owner"),
+                )
+        if batch.changes:
+            self._graph.save([batch])
+
+
+def _type_of(body: Any, default: str | None) -> str | None:
+    """The ``_type`` a write of *body* gives its resource (*default* if it names none)."""
+    kind = body.get("_type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else default

@@ -96,18 +96,47 @@ class ResourceGraph:
         self._listeners.clear()
 
     def changes_since(self, resource_id: str, rev: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Every ``(rev, change_array)`` of *resource_id* after *rev*, oldest first."""
+        """Every ``(rev, change_array)`` of the live *resource_id* after *rev*, oldest first.
+
+        Only its own history: nothing from before it was (re-)created. Of a
+        deleted resource, the history of the last one, up to its delete.
+        """
         return [
-            (r, self.change_array(resource_id, r)) for r in self.store.change_revs(resource_id, rev)
+            (r, self.change_array(resource_id, r))
+            for r in self.store.change_revs(resource_id, self._fence(resource_id, rev))
         ]
+
+    def _fence(self, resource_id: str, after: int) -> int:
+        """*after*, raised to just before the (last) resource of that id was created."""
+        store = self.store
+        res = store.get(resource_id)
+        if res is not None:
+            return max(after, self.first_rev(res) - 1)
+        # Deleted (its delete may still be on its way to the database): the
+        # last resource's history runs from its creation to that delete.
+        last = store.max_change_rev(resource_id)
+        return max(after, store.created_rev(resource_id, before=last) - 1)
+
+    def first_rev(self, res: Resource) -> int:
+        """The rev *res* was created at; its id's earlier revs belong to a deleted resource."""
+        if not res.first_rev:
+            res.first_rev = self.store.created_rev(res.id)
+        return res.first_rev
+
+    def history(self, res: Resource, after: int = 0) -> list[int]:
+        """The revs of *res*'s own change records after *after* (committed ones)."""
+        return self.store.change_revs(res.id, max(after, self.first_rev(res) - 1))
 
     def changes_page(
         self, resource_id: str, after: int, limit: int
     ) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Up to *limit* ``(rev, change_array)`` of *resource_id* after *after*, oldest first."""
+        """Up to *limit* ``(rev, change_array)`` of *resource_id* after *after*, oldest first.
+
+        The live resource's own history only, as :meth:`changes_since`.
+        """
         return [
             (rec.rev, self.assemble(rec))
-            for rec in self.store.changes_after(resource_id, after, limit)
+            for rec in self.store.changes_after(resource_id, self._fence(resource_id, after), limit)
         ]
 
     def change_array(self, resource_id: str, rev: int) -> list[dict[str, Any]]:
@@ -528,7 +557,7 @@ class ResourceGraph:
                 }
             )
             change["_type"] = kind
-            res = Resource(resource_id, {"_id": resource_id})
+            res = Resource(resource_id, {"_id": resource_id}, first_rev=rev)
             store.put_cached(res)
             # Saved from now on, so that a failure below drops it again.
             batch.saved[resource_id] = res

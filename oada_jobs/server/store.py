@@ -11,7 +11,9 @@ The SQLite file is the source of truth. Three tables:
     ``delete``), the change body as applied, and pointers to the child
     changes that caused it through versioned links (``[[path, child_id,
     child_rev], …]``), from which nested change arrays are assembled. Rows
-    outlive their resource, so a deleted and re-created id continues its revs.
+    outlive their resource, so a deleted and re-created id continues its revs;
+    the revs before the last whole-resource delete are not the new
+    resource's history and are never served as such.
 ``edges``
     The link graph: ``(parent, JSON-pointer path, child, versioned)``.
 
@@ -206,6 +208,9 @@ class Resource:
     #: written after it, which decide when the snapshot is rewritten.
     snap_bytes: int = 0
     pending_bytes: int = 0
+    #: The rev this resource was created at (0: not known yet). Earlier revs
+    #: of its id belong to a deleted resource, whose history is not its own.
+    first_rev: int = 0
 
     @property
     def rev(self) -> int:
@@ -511,6 +516,19 @@ class Store:
                 ChangeRecord(resource_id, rev, kind, json.loads(body) if body else None, links)
             )
         return out
+
+    def created_rev(self, resource_id: str, before: int | None = None) -> int:
+        """The rev *resource_id* was created at (committed history).
+
+        The first rev after its id was last deleted as a whole (before rev
+        *before*, when given), or 1.
+        """
+        row = self.db.execute(
+            "SELECT MAX(rev) FROM changes"
+            " WHERE resource_id = ? AND type = 'delete' AND body IS NULL AND rev < ?",
+            (resource_id, before if before is not None else 1 << 62),
+        ).fetchone()
+        return int(row[0]) + 1 if row and row[0] is not None else 1
 
     def change_revs(self, resource_id: str, after: int = 0) -> list[int]:
         """Revs with a change record for *resource_id* greater than *after*."""

@@ -12,7 +12,10 @@ request ``{requestId, method, path, headers, data?}``:
   whole resource named by the first two segments of ``content-location``.
   With ``x-oada-rev: r`` the revisions ``r+1 … current`` are replayed right
   after the (single) response. Later changes arrive as
-  ``{requestId: [...], resourceId, path_leftover, change}``;
+  ``{requestId: [...], resourceId, path_leftover, change}``. Each change,
+  replayed or live, is authorized for the watch's own token
+  (:meth:`OADACore.watch_view`): nested changes of resources it may not
+  read are left out, and a watch whose resource it may no longer read ends;
 * ``unwatch`` → 200 (also for unknown ids), ``ping`` → 204;
 * anything that is not such a request gets status 400.
 
@@ -56,7 +59,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
+from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore, error_response
 from oada_jobs.server.documents import dumpb, dumps, is_json_type
 from oada_jobs.server.edge import Reject, check_text, decode_json, parse_rev
 
@@ -105,6 +108,7 @@ _BINARY_OVER_WS = "Cannot GET binary over WebSockets"
 _TOO_SLOW = "client too slow to receive changes"
 _SERVER_FULL = "server send buffers full; this client is furthest behind"
 _ERROR_HREF = "https://github.com/OADA/oada-docs/blob/master/rest-specs/README.md"
+_FORBIDDEN = error_response(403, "User does not have read permission for this resource")
 
 
 # Outgoing messages: compact, non-ASCII as is (orjson, stdlib for what it refuses).
@@ -314,6 +318,8 @@ class _Notifier:
     #: Watches whose replay is still being sent → the live changes held for
     #: them meanwhile, as ``(rev, change)``.
     replaying: dict[str, list[tuple[int, list[dict[str, Any]]]]] = field(default_factory=dict)
+    #: Each watch's ``Authorization`` header: every change is authorized for it.
+    authorizations: dict[str, str | None] = field(default_factory=dict)
     unsubscribe: Callable[[], None] = lambda: None
 
 
@@ -633,6 +639,11 @@ class WebSocketSession:
         # From here until the replay starts nothing awaits: response and
         # subscription are queued atomically with respect to every change.
         rid = req.request_id
+        authorization = req.headers.get("authorization")
+        if self._core.watch_view(authorization, resource_id, []) is None:
+            # Access was lost while the request waited for its commit.
+            self._enqueue(self._frame(req, method, _FORBIDDEN)[1])
+            return
         if resume and self._reference:
             # The reference server answers a resume twice: first a bare 200,
             # then (after the replay) the real response.
@@ -646,21 +657,28 @@ class WebSocketSession:
             self._notifiers[resource_id] = notifier
             notifier.unsubscribe = self._core.subscribe(resource_id, self._listener(notifier))
         self._watches[rid] = notifier
+        notifier.authorizations[rid] = authorization
         if since is None:
             notifier.request_ids.append(rid)
             return
         held = notifier.replaying[rid] = []
         try:
-            last = await self._replay(rid, resource_id, since)
+            last = await self._replay(rid, resource_id, since, authorization)
         finally:
             notifier.replaying.pop(rid, None)
         if self._watches.get(rid) is not notifier or self._overflowed:
+            if not notifier.request_ids and not notifier.replaying:
+                self._drop(notifier)
             return
         # Live changes committed during the replay, after what it sent.
         for rev, change in held:
             if rev <= last:
                 continue
-            self._enqueue(self._change_message([rid], resource_id, change))
+            view = self._core.watch_view(authorization, resource_id, change)
+            if view is None:
+                self._unwatch(rid)
+                break
+            self._enqueue(self._change_message([rid], resource_id, view))
             if _is_whole_delete(change):
                 self._unwatch(rid)
                 break
@@ -669,7 +687,9 @@ class WebSocketSession:
         if resume and self._reference:
             self._enqueue(frame)
 
-    async def _replay(self, request_id: str, resource_id: str, since: int) -> int:
+    async def _replay(
+        self, request_id: str, resource_id: str, since: int, authorization: str | None
+    ) -> int:
         """Send the changes of *resource_id* after *since*; return the last rev sent.
 
         Read from SQLite in pages of :data:`REPLAY_PAGE` revs and sent in
@@ -677,14 +697,19 @@ class WebSocketSession:
         between slices: a replay of a long history does not stall other
         clients. This socket's next requests wait for it (they are read by
         this task), and its live changes are held meanwhile, so its
-        messages stay in order.
+        messages stay in order. Each change is authorized for the watch's
+        token; once it may no longer read the resource, the watch ends.
         """
         last = since
         deadline = time.perf_counter() + self._replay_slice
         while True:
             page = self._core.changes_page(resource_id, last, REPLAY_PAGE)
             for rev, change in page:
-                self._enqueue(self._change_message([request_id], resource_id, change))
+                view = self._core.watch_view(authorization, resource_id, change)
+                if view is None:
+                    self._unwatch(request_id)
+                    return last
+                self._enqueue(self._change_message([request_id], resource_id, view))
                 last = rev
             if len(page) < REPLAY_PAGE or self._overflowed:
                 return last
@@ -716,7 +741,18 @@ class WebSocketSession:
                 held.append((rev, change))
             if not notifier.request_ids:
                 return
-            self._enqueue(self._change_message(list(notifier.request_ids), resource_id, change))
+            # Watches made with different tokens may see different parts.
+            by_token: dict[str | None, list[str]] = {}
+            for request_id in notifier.request_ids:
+                by_token.setdefault(notifier.authorizations.get(request_id), []).append(request_id)
+            for authorization, request_ids in by_token.items():
+                view = self._core.watch_view(authorization, resource_id, change)
+                if view is None:
+                    # No longer readable with that token: those watches end.
+                    for request_id in request_ids:
+                        self._unwatch(request_id)
+                    continue
+                self._enqueue(self._change_message(request_ids, resource_id, view))
             if _is_whole_delete(change):
                 # A deleted resource ends all its watches (after the delete
                 # change itself was delivered); a watch still replaying ends
@@ -747,6 +783,7 @@ class WebSocketSession:
             return
         if request_id in notifier.request_ids:
             notifier.request_ids.remove(request_id)
+        notifier.authorizations.pop(request_id, None)
         if not notifier.request_ids and not notifier.replaying:
             self._drop(notifier)
 
@@ -755,6 +792,7 @@ class WebSocketSession:
         for request_id in notifier.request_ids:
             self._watches.pop(request_id, None)
         notifier.request_ids.clear()
+        notifier.authorizations.clear()
         if self._notifiers.get(notifier.resource_id) is notifier:
             del self._notifiers[notifier.resource_id]
 
