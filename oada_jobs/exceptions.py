@@ -27,7 +27,9 @@
     │   ├── JobCancelled             the job was cancelled by a requester
     │   └── JobFailed                a job a requester waited for failed (requester side)
     ├── Retry                        raised by a work function to ask for another try later
-    └── Reschedule                   raised by a work function to run again later with new state
+    ├── Reschedule                   raised by a work function to run again later with new state
+    ├── ListenError                  a server (embedded OADA, /metrics) cannot listen on its address
+    └── DatabaseLocked               another process serves the embedded server's SQLite file
 
 Tokens are secrets: no exception message or repr in this module ever contains
 one. Use :func:`redact` on any text that might.
@@ -43,6 +45,7 @@ __all__ = [
     "BadRequest",
     "ClientClosed",
     "Conflict",
+    "DatabaseLocked",
     "Forbidden",
     "InvalidJob",
     "InvalidKey",
@@ -51,6 +54,7 @@ __all__ = [
     "JobError",
     "JobExists",
     "JobFailed",
+    "ListenError",
     "NotFound",
     "OADAError",
     "OADAJobsError",
@@ -422,3 +426,31 @@ class Reschedule(OADAJobsError):
         self.at = at
         self.state = state
         self.reason = reason
+
+
+class ListenError(OADAJobsError, OSError):
+    """A server cannot listen on ``host:port`` (in use, or not allowed).
+
+    Raised by the embedded OADA server and the ``/metrics`` endpoint before
+    they start; also an :class:`OSError`, as the failed bind was.
+    """
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+
+
+class DatabaseLocked(OADAJobsError):
+    """The embedded server's SQLite file is in use by another server.
+
+    Two servers on one file would each cache its documents and silently
+    overwrite each other's writes, so the second refuses to start. ``pid``
+    is the other process, when it could be read.
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"the database {path} is in use by {holder}; stop it or use another --db")
+        self.path = path
+        self.pid = pid

@@ -31,6 +31,7 @@ Both probes answer a small JSON object saying why.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import socket
 import threading
@@ -47,6 +48,7 @@ import anyio
 import anyio.to_thread
 from prometheus_client import make_wsgi_app
 
+from .exceptions import ListenError
 from .metrics import ServiceMetrics
 
 __all__ = ["HEARTBEAT_INTERVAL", "READY_WAIT", "ProbeServer", "Readiness", "serve_probes"]
@@ -130,7 +132,8 @@ class ProbeServer:
     def start(self, port: int, addr: str) -> int:
         """Listen on *addr*:*port* (0 picks a free port) in a thread; return the port.
 
-        Called from the event loop whose health it reports.
+        Called from the event loop whose health it reports. Raises
+        :class:`~oada_jobs.exceptions.ListenError` when it cannot listen there.
         """
         self._loop = asyncio.get_running_loop()
         server_class: type[_Server] = _Server
@@ -140,9 +143,13 @@ class ProbeServer:
                 address_family = socket.AF_INET6
 
             server_class = _Server6
-        server = make_server(
-            addr, port, self._app, server_class=server_class, handler_class=_QuietHandler
-        )
+        try:
+            server = make_server(
+                addr, port, self._app, server_class=server_class, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ListenError(addr, port, reason or str(exc)) from None
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="oada-jobs-probes", daemon=True

@@ -31,6 +31,7 @@ the range @oada/jobs' ``job_times`` covers, plus the fast end.
 
 from __future__ import annotations
 
+import errno
 import threading
 import weakref
 from collections.abc import Mapping
@@ -39,6 +40,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
+
+from .exceptions import ListenError
 
 __all__ = ["DURATION_BUCKETS", "ServiceMetrics"]
 
@@ -181,8 +184,15 @@ class ServiceMetrics:
         self._queues_up = set(queues)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Serve ``/metrics`` on *port* (0 picks a free one); returns the port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        """Serve ``/metrics`` on *port* (0 picks a free one); returns the port.
+
+        Raises :class:`~oada_jobs.exceptions.ListenError` when it cannot listen there.
+        """
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ListenError(addr, port, reason or str(exc)) from None
         self._server = server
         return int(server.server_port)
 

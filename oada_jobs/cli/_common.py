@@ -56,6 +56,7 @@ __all__ = [
     "command",
     "connect",
     "err_console",
+    "first_leaf",
     "job_id_of",
     "out_console",
     "print_json",
@@ -277,6 +278,13 @@ def command(group: typer.Typer, name: str | None = None) -> Callable[[F], F]:
         return function
 
     return register
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first non-group exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 def fail(message: str, code: ExitCode = ExitCode.FAILED) -> NoReturn:

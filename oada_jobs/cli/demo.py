@@ -31,12 +31,13 @@ from rich.table import Table
 from rich.text import Text
 
 from ..client import OADAClient
+from ..exceptions import DatabaseLocked, ListenError
 from ..job import Job
 from ..service import Service
 from ..testing import post_job
 from ..tree import LayoutName, get_layout, resource_path, service_root
 from . import app
-from ._common import CLIError, ExitCode, command, err_console, out_console
+from ._common import CLIError, ExitCode, command, err_console, first_leaf, out_console
 from .jobs import filed_paths
 
 #: The service the example defines.
@@ -380,6 +381,12 @@ def demo(
             keep_running,
             chosen,
         )
+    except BaseException as error:
+        # --port taken, or --dir used by a demo still running: one line.
+        leaf = first_leaf(error)
+        if isinstance(leaf, ListenError | DatabaseLocked):
+            raise CLIError(f"the demo cannot start its server: {leaf}", ExitCode.FAILED) from None
+        raise
     finally:
         example.use_backend(None)
         for log, level, propagate in saved:

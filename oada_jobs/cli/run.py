@@ -13,7 +13,7 @@ import anyio
 import typer
 
 from .._loop import run as run_process
-from ..exceptions import OADAError
+from ..exceptions import ListenError, OADAError
 from ..service import Service
 from ..settings import Settings
 from . import app
@@ -26,6 +26,7 @@ from ._common import (
     connect,
     describe_oada_error,
     err_console,
+    first_leaf,
     settings_from,
 )
 
@@ -212,21 +213,17 @@ def run(
     try:
         run_process(main)
     except BaseException as error:
-        leaf = _first_leaf(error)
+        leaf = first_leaf(error)
         if isinstance(leaf, CLIError):
             raise leaf from None
+        if isinstance(leaf, ListenError):
+            # --metrics-port taken: say so in one line.
+            raise CLIError(f"{service.name} cannot start: {leaf}", ExitCode.FAILED) from None
         if isinstance(leaf, OADAError):
             raise describe_oada_error(leaf, service_domain) from None
         if isinstance(leaf, ValueError):
             raise CLIError(f"{service.name} cannot start: {leaf}", ExitCode.USAGE) from None
         raise
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    """The first non-group exception inside (nested) exception groups."""
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
-    return error
 
 
 __all__ = ["apply_settings", "import_service"]

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 
 from oada_jobs._loop import run as run_process
 from oada_jobs.cli import app
+from oada_jobs.cli._common import first_leaf
+from oada_jobs.exceptions import DatabaseLocked
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
 
 __all__ = ["serve_command"]
@@ -298,9 +300,13 @@ def serve_command(
 
     try:
         run_process(run)
-    except OSError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        # Second Ctrl-C during the graceful stop, or the re-raised first one.
+        # A second Ctrl-C during the graceful stop.
         pass
+    except BaseException as error:
+        # The port, the database or a TLS file: one line, not a traceback.
+        leaf = first_leaf(error)
+        if isinstance(leaf, OSError | DatabaseLocked):
+            typer.echo(f"error: {leaf}", err=True)
+            raise typer.Exit(1) from None
+        raise

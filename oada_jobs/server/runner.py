@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import signal
 import socket
+import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
@@ -31,6 +35,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from oada_jobs.exceptions import ListenError
 from oada_jobs.server.app import create_app
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
@@ -269,11 +274,22 @@ class _Uvicorn(uvicorn.Server):
                 await asyncio.wait_for(self._exit_requested.wait(), 1.0)
             counter += 10
 
-    def capture_signals(self) -> Any:
-        if self._handle_signals:
-            return super().capture_signals()
-        # Embedded in a test or another program: the host owns the signals.
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Embedded in a test or another program, the host owns the signals.
+        # Otherwise SIGINT and SIGTERM stop the server gracefully, and that
+        # is the end of it: uvicorn would raise the signal again afterwards,
+        # so that a clean stop exited 130 or 143 instead of 0.
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -416,51 +432,67 @@ async def serve(
         Receives the :class:`ServerHandle` once the port is bound and the
         core is open (use with ``task_group.start``).
 
-    Raises ``OSError`` if the port cannot be bound and ``RuntimeError`` if the
+    Raises :class:`~oada_jobs.exceptions.DatabaseLocked` if another server
+    has ``config.db`` open, :class:`~oada_jobs.exceptions.ListenError` (an
+    ``OSError``) if the port cannot be bound, and ``RuntimeError`` if the
     server fails to start otherwise.
     """
     config = config if config is not None else ServerConfig()
-    app = create_app(config)
-    uv_config = uvicorn_config(
-        app,
-        config,
-        host=host,
-        port=port,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        graceful_timeout=graceful_timeout,
-    )
-    server = _Uvicorn(uv_config, handle_signals=handle_signals)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError("TLS needs both a certificate file and a key file")
+    # Bound and opened before the core's task group starts, so that a port
+    # in use or a database in use is raised as it is, not in a group.
+    with _listen(host, port) as sock:
+        async with OADACore(config) as core:
+            app = create_app(config, core=core)
+            uv_config = uvicorn_config(
+                app,
+                config,
+                host=host,
+                port=port,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                graceful_timeout=graceful_timeout,
+            )
+            server = _Uvicorn(uv_config, handle_signals=handle_signals)
 
-    def started() -> None:
-        sock = server.servers[0].sockets[0]
-        bound_port = int(sock.getsockname()[1])
-        task_status.started(
-            ServerHandle(host, bound_port, ssl_certfile is not None, config, server, app)
-        )
+            def started() -> None:
+                bound_port = int(sock.getsockname()[1])
+                task_status.started(
+                    ServerHandle(host, bound_port, ssl_certfile is not None, config, server, app)
+                )
 
-    server.on_started.append(started)
-    try:
-        await server.serve()
-    except SystemExit:
-        # uvicorn exits the process when it cannot bind or the app fails to
-        # start; embedded, that must be an ordinary error.
-        if not server.started:
-            if _port_taken(host, port):
-                raise OSError(f"cannot listen on {host}:{port}: address in use") from None
-            raise RuntimeError(f"the OADA server on {host}:{port} failed to start") from None
-        raise
-    if not server.started:
-        raise RuntimeError(f"the OADA server on {host}:{port} failed to start")
+            server.on_started.append(started)
+            try:
+                await server.serve(sockets=[sock])
+            except SystemExit:
+                # uvicorn exits the process when the app fails to start;
+                # embedded, that must be an ordinary error.
+                if not server.started:
+                    raise RuntimeError(
+                        f"the OADA server on {host}:{port} failed to start"
+                    ) from None
+                raise
+            finally:
+                app.state.core_slot.core = None
+            if not server.started:
+                raise RuntimeError(f"the OADA server on {host}:{port} failed to start")
 
 
-def _port_taken(host: str, port: int) -> bool:
-    if port == 0:
-        return False
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to *host*:*port*, as uvicorn would bind it (it listens)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on
+    # accepted sockets whose listener names the protocol.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ListenError(host, port, reason or str(exc)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oada_jobs.server.cache import SizedLRU
+from oada_jobs.server.dblock import DatabaseLock
 from oada_jobs.server.documents import array_index, dumpb, merge
 
 __all__ = [
@@ -304,6 +305,8 @@ class Store:
         # to documents with many links need not scan them all.
         self._under: dict[str, dict[Path, int]] = {}
         self._changes = SizedLRU[tuple[str, int], ChangeRecord](change_cache_bytes)
+        # Held while the file is open: one server per database file.
+        self._lock = DatabaseLock(path) if path != ":memory:" else None
         #: Commits since the last :meth:`checkpoint` was started (0: nothing to do).
         self.commits_since_checkpoint = 0
         # The checkpoint's own connection, used only by the checkpointing thread.
@@ -312,8 +315,25 @@ class Store:
     # -- life cycle -------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating if needed) the database and load the link graph."""
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        """Open (creating if needed) the database and load the link graph.
+
+        Raises :class:`~oada_jobs.exceptions.DatabaseLocked` while another
+        store (in any process) has the same file open.
+        """
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._open()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _open(self) -> None:
+        db = self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         if self.path != ":memory:":
             db.execute("PRAGMA journal_mode=WAL")
             # Checkpoints (copying the WAL into the database file and syncing
@@ -325,7 +345,6 @@ class Store:
         # crash; only an OS crash or power loss may drop the last commits.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        self._db = db
         for parent, path, child, versioned in db.execute(
             "SELECT parent, path, child, versioned FROM edges"
         ):
@@ -356,15 +375,19 @@ class Store:
 
         Call it only when no :meth:`checkpoint` is running.
         """
-        if self._checkpoint_db is not None:
-            self._checkpoint_db.close()
-            self._checkpoint_db = None
-        if self._db is not None:
-            try:
-                self._flush_snapshots()
-            finally:
-                self._db.close()
-                self._db = None
+        try:
+            if self._checkpoint_db is not None:
+                self._checkpoint_db.close()
+                self._checkpoint_db = None
+            if self._db is not None:
+                try:
+                    self._flush_snapshots()
+                finally:
+                    self._db.close()
+                    self._db = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
         self._docs.clear()
         self._used.clear()
         self._missing.clear()

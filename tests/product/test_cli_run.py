@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
@@ -185,3 +186,24 @@ def test_settings_replace_only_what_was_set(monkeypatch: pytest.MonkeyPatch) -> 
     assert other.config.metrics_port == 0
     assert other.layout.name == "pending"
     assert os.environ["OADA_JOBS_LOGGING"] == "debug"
+
+
+async def test_a_metrics_port_in_use_is_one_line(server: EmbeddedServer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "OADA_DOMAIN": server.url,
+        "OADA_TOKEN": server.token,
+        "EMAIL_OUTBOX": str(tmp_path / "outbox"),
+    }
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        command = [sys.executable, "-m", "oada_jobs", "run", TARGET, "--app-dir", str(REPO)]
+        command += ["--metrics-port", str(port)]
+        with anyio.fail_after(60):
+            result = await anyio.run_process(command, env=env, check=False)
+    assert result.returncode != 0
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert f":{port}" in lines[0]
+    assert "address already in use" in lines[0]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
+import anyio
+import anyio.abc
 from product_helpers import CLI
 
 from oada_jobs.cli.demo import BAD_CONFIG, OK, REFUSED, SLOW, job_kinds
@@ -71,3 +74,19 @@ async def test_demo_rejects_a_bad_layout(tmp_path: Path) -> None:
     result = await CLI({})("demo", "--layout", "flat", "--dir", str(tmp_path))
     assert result.exit_code == 2
     assert "--layout must be classic or pending" in result.stderr
+
+
+async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        command = [sys.executable, "-m", "oada_jobs", "demo", "--port", str(port)]
+        with anyio.fail_after(60):
+            result = await anyio.run_process(
+                [*command, "--dir", str(tmp_path), "--jobs", "1"], check=False
+            )
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "address already in use" in lines[0]

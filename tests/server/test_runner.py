@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import partial
+from pathlib import Path
 
 import anyio
 import httpx
@@ -10,7 +13,9 @@ import pytest
 import websockets
 
 import oada_jobs.server as server_pkg
+from oada_jobs.exceptions import DatabaseLocked, ListenError
 from oada_jobs.server import OADACore, ServerConfig, ServerHandle, serve
+from oada_jobs.server.runner import _listen
 
 
 async def test_serve_reports_ready_and_stops_on_shutdown() -> None:
@@ -33,8 +38,21 @@ async def test_busy_port_is_an_os_error() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     async with listener:
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        with pytest.raises(OSError, match="address in use"):
+        with pytest.raises(ListenError, match=f"127.0.0.1:{port}: address already in use"):
             await serve(ServerConfig(), port=port)
+
+
+async def test_a_database_in_use_is_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "one.sqlite")
+    async with OADACore(ServerConfig(db=db)):
+        with pytest.raises(DatabaseLocked, match=f"process {os.getpid()}"):
+            await serve(ServerConfig(db=db), port=0)
+        with pytest.raises(DatabaseLocked):
+            async with OADACore(ServerConfig(db=db)):
+                pass
+    # Released on close.
+    async with OADACore(ServerConfig(db=db)):
+        pass
 
 
 async def test_certificate_without_key_is_refused() -> None:
@@ -73,3 +91,10 @@ async def test_connections_past_max_connections_are_answered_503() -> None:
                 await anyio.sleep(0.05)
             assert r.status_code == 200
         handle.shutdown()
+
+
+def test_the_listening_socket_names_tcp_so_connections_get_nodelay() -> None:
+    # asyncio sets TCP_NODELAY on accepted sockets only when the listener's
+    # proto is IPPROTO_TCP; without it small answers wait for Nagle.
+    with _listen("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
