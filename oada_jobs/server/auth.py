@@ -191,7 +191,9 @@ class Roots:
             self.reserved[info.shares_id] = (info.user, "shares")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs twice as much, and one is
+# made for every request and for every change a watch delivers.
+@dataclass(slots=True)
 class Access:
     """What a request wants to do to one resource, for :func:`authorize` to judge.
 

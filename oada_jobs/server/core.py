@@ -347,6 +347,9 @@ class OADACore:
     def subscribe(self, resource_id: str, listener: ChangeListener) -> Callable[[], None]:
         """Call *listener* after every committed change of *resource_id*.
 
+        The change arrays are not filtered for anyone: a transport passes
+        each through :meth:`watch_view` with its watcher's token.
+
         Returns a function that removes the listener (idempotent).
         """
         return self._graph.subscribe(resource_id, listener)

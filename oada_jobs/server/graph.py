@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oada_jobs.server.auth import may_access
 from oada_jobs.server.documents import (
     array_index,
     copy_json,
@@ -403,8 +402,9 @@ class ResourceGraph:
                     link["_rev"] = child_rev
                     merge(fragment, nest(path, {"_rev": child_rev}))
                     changed = True
-                    if self._may_see(parent, child):
-                        children.append((pointer(path), child.resource_id, child.rev))
+                    # Nested for every reader; who may see it is decided
+                    # when it is read (OADACore.watch_view).
+                    children.append((pointer(path), child.resource_id, child.rev))
                 if not changed:
                     continue
                 rec = self.bump(batch, parent, SYSTEM_USER, fragment, "merge")
@@ -415,21 +415,6 @@ class ResourceGraph:
     def _rev_now(self, resource_id: str) -> int:
         res = self.store.get(resource_id)
         return res.rev if res is not None else 0
-
-    def _may_see(self, parent: Resource, child: ChangeRecord) -> bool:
-        """Whether the parent's owner may read the child whose change would nest in it.
-
-        Nested change arrays carry the child's change body; a link to someone
-        else's resource must not reveal it to watchers of the parent (the link
-        ``_rev`` still follows).
-        """
-        if child.body is None:
-            return True
-        owner = parent.meta.get("_owner")
-        target = self.store.get(child.resource_id)
-        if target is None or not isinstance(owner, str):
-            return False
-        return may_access(target.meta, owner, write=False)
 
     def save(self, batches: Sequence[Batch]) -> None:
         """Commit *batches* in one transaction; :meth:`notify` their changes afterwards.

@@ -213,16 +213,23 @@ async def test_change_arrays_do_not_leak_other_users_changes_through_links() -> 
         seen = collect(c.core, "resources/F")
         await c.ok("put", "/resources/S", {"secret": 2})
         rev, changes = seen[0]
-        # Frank's resource follows the link rev, but Sam's change stays hidden.
-        assert [ch["resource_id"] for ch in changes] == ["resources/F"]
-        assert changes[0]["body"]["s"] == {"_rev": 2}
-        assert (await frank.get(f"/resources/F/_meta/_changes/{rev}")).data == changes
+        # Frank's resource follows the link rev, but Sam's change stays hidden
+        # from Frank, watching or reading the change.
+        view = c.core.watch_view("Bearer abc", "resources/F", changes)
+        assert view is not None
+        assert [ch["resource_id"] for ch in view] == ["resources/F"]
+        assert view[0]["body"]["s"] == {"_rev": 2}
+        assert (await frank.get(f"/resources/F/_meta/_changes/{rev}")).data == view
         assert b"secret" not in (await frank.get(f"/resources/F/_meta/_changes/{rev}")).raw.body
         # With a read grant the child change nests as usual.
         frank_id = "users/default:users_frank_123"
         await c.ok("put", "/resources/S/_meta/_permissions", {frank_id: {"read": True}})
         await c.ok("put", "/resources/S", {"secret": 3})
-        assert [ch["resource_id"] for ch in seen[-1][1]] == ["resources/F", "resources/S"]
+        view = c.core.watch_view("Bearer abc", "resources/F", seen[-1][1])
+        assert view is not None
+        assert [ch["resource_id"] for ch in view] == ["resources/F", "resources/S"]
+        # Sam may not read Frank's resource at all: no view.
+        assert c.core.watch_view("Bearer god", "resources/F", seen[-1][1]) is None
 
 
 def test_may_access_table() -> None:
