@@ -247,7 +247,12 @@ def authorize(token: TokenInfo, access: Access) -> str | None:
         return _bookkeeping(access, owner=True)
     if reserved_for is not None and meta.get("_owner") != reserved_for:
         # Planted before its user came: never adopted, by anyone.
-        return f"{access.resource_id} is reserved for another user and is not used"
+        if reserved_for == user:
+            return (
+                f"your {root} resource {access.resource_id} was created by another user;"
+                " it is not used until an operator removes it"
+            )
+        return f"{access.resource_id} is reserved for another user"
     if not may_access(meta, user, write=access.write):
         kind = "write" if access.write else "read"
         return f"User does not have {kind} permission for this resource"

@@ -91,7 +91,9 @@ async def test_roots_exist_before_any_request_and_cannot_be_taken() -> None:
         assert (await frank.get("/resources/sam_bm/secret")).status == 403
 
 
-async def test_a_root_planted_before_its_user_came_is_never_adopted(tmp_path: Path) -> None:
+async def test_a_root_planted_before_its_user_came_is_never_adopted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = str(tmp_path / "planted.sqlite")
     frank_only = {"abc": TokenInfo(user="users/frank", bookmarks="resources/frank_bm")}
     async with open_core(db=db, tokens=frank_only) as c:
@@ -100,10 +102,14 @@ async def test_a_root_planted_before_its_user_came_is_never_adopted(tmp_path: Pa
         await frank.ok("put", "/resources/sam_bm", planted)
     # Sam is configured later, with the id Frank planted.
     async with open_core(db=db, tokens=_tokens()) as c:
+        assert any(
+            "resources/sam_bm" in rec.getMessage() and rec.levelname == "ERROR"
+            for rec in caplog.records
+        )
         frank = c.as_token("abc")
         r = await c.put("/bookmarks/secret", {"s": 1})
         assert r.status == 403
-        assert "reserved" in r.data["message"]
+        assert "created by another user" in r.data["message"]
         assert (await c.get("/bookmarks")).status == 403
         assert (await frank.get("/resources/sam_bm")).status == 403
         assert (await frank.put("/resources/sam_bm", {"x": 1})).status == 403
