@@ -711,6 +711,11 @@ class WebSocketSession:
                     return last
                 self._enqueue(self._change_message([request_id], resource_id, view))
                 last = rev
+                if _is_whole_delete(change):
+                    # The replay reached the resource's delete: the watch ends
+                    # there, whether or not the delete was also held live.
+                    self._unwatch(request_id)
+                    return last
             if len(page) < REPLAY_PAGE or self._overflowed:
                 return last
             if time.perf_counter() >= deadline:
