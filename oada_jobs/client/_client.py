@@ -377,7 +377,7 @@ class OADAClient(ClosesOnExit):
         """GET *path*. With *tree*, also GET every linked resource the tree names below it
         and splice it into ``data`` (children that fail are logged and left as links)."""
         if tree is not None:
-            return await tree_get(self, check_path(path), tree, headers=headers)
+            return await tree_get(self._send, check_path(path), tree, headers=headers)
         return await self._send("get", path, headers=headers, if_match=if_match)
 
     async def head(
@@ -412,7 +412,7 @@ class OADAClient(ClosesOnExit):
         path = check_path(path)
         if tree is not None:
             return await tree_put(
-                self,
+                self._send,
                 path,
                 data,
                 tree,
@@ -473,7 +473,7 @@ class OADAClient(ClosesOnExit):
         Returns the HEAD response when it exists, else the PUT response.
         """
         path = check_path(path)
-        exists, head = await path_exists(self, path)
+        exists, head = await path_exists(self._send, path)
         if exists and head is not None:
             return head
         return await self.put(path, data, content_type=content_type, tree=tree, headers=headers)
@@ -545,8 +545,10 @@ class OADAClient(ClosesOnExit):
         if deadline is not None and not deadline > 0:
             raise ValueError(f"expected a deadline > 0 seconds, got {deadline!r}")
         return Watch(
-            self,
             path,
+            token=self._token,
+            open=self._open_watch,
+            close=self._close_watch,
             rev=rev,
             kind=type,
             initial_method=initial_method,

@@ -10,16 +10,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from .._ksuid import ksuid
 from ..exceptions import Forbidden, NotFound, OADAError, PreconditionFailed, UnprocessableEntity
 from ._response import Response
-
-if TYPE_CHECKING:
-    from ._client import OADAClient
 
 __all__ = [
     "choose_content_type",
@@ -37,6 +34,21 @@ logger = logging.getLogger("oada_jobs.client")
 TREE_PUT_TRIES = 5
 #: Back-off unit in seconds between those tries: ``unit * ((n + 1)**2 + random())``.
 TREE_PUT_BACKOFF = 0.1
+
+
+class Send(Protocol):
+    """One request on the client's request path (retries, auth, concurrency limit)."""
+
+    async def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: Any = None,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+    ) -> Response: ...
 
 
 def split_path(path: str) -> list[str]:
@@ -84,14 +96,14 @@ def choose_content_type(
     return "application/json"
 
 
-async def path_exists(client: OADAClient, path: str) -> tuple[bool, Response | None]:
+async def path_exists(send: Send, path: str) -> tuple[bool, Response | None]:
     """HEAD *path*: ``(True, response)`` when it exists, ``(False, None)`` when missing.
 
     404 means missing; so does 403 on a ``/resources/...`` path, which older
     servers answer for resources that do not exist. Other errors propagate.
     """
     try:
-        return True, await client.head(path)
+        return True, await send("head", path)
     except NotFound:
         return False, None
     except Forbidden:
@@ -106,7 +118,7 @@ def _nest(keys: list[str], value: Any) -> Any:
     return value
 
 
-async def ensure_tree(client: OADAClient, path: str, tree: Mapping[str, Any]) -> None:
+async def ensure_tree(send: Send, path: str, tree: Mapping[str, Any]) -> None:
     """Create and link every missing resource the tree puts on *path*.
 
     Walks the prefixes of *path* from longest to shortest. Each missing
@@ -127,12 +139,13 @@ async def ensure_tree(client: OADAClient, path: str, tree: Mapping[str, Any]) ->
         if prefix == ["resources"]:
             exists, head = True, None
         else:
-            exists, head = await path_exists(client, prefix_path)
+            exists, head = await path_exists(send, prefix_path)
         if exists:
             if link is not None:
-                await client.put(
+                await send(
+                    "put",
                     "/" + "/".join(link_segments),
-                    link,
+                    data=link,
                     content_type=node["_type"],
                     if_match=head.etag if head is not None else None,
                 )
@@ -146,13 +159,13 @@ async def ensure_tree(client: OADAClient, path: str, tree: Mapping[str, Any]) ->
             )
         body = {} if link is None else _nest(link_segments[end:], link)
         resource_id = f"resources/{ksuid()}"
-        await client.put(f"/{resource_id}", body, content_type=node["_type"])
+        await send("put", f"/{resource_id}", data=body, content_type=node["_type"])
         link = {"_id": resource_id, "_rev": 0} if "_rev" in node else {"_id": resource_id}
         link_segments = prefix
 
 
 async def tree_put(
-    client: OADAClient,
+    send: Send,
     path: str,
     data: Any,
     tree: Mapping[str, Any],
@@ -166,27 +179,27 @@ async def tree_put(
     chosen = choose_content_type(path, data, content_type, tree)
     for attempt in range(TREE_PUT_TRIES):
         try:
-            await ensure_tree(client, path, tree)
+            await ensure_tree(send, path, tree)
             break
         except (PreconditionFailed, UnprocessableEntity):
             if attempt == TREE_PUT_TRIES - 1:
                 raise
             # Someone else linked the same place first; back off and re-walk.
             await anyio.sleep(TREE_PUT_BACKOFF * ((attempt + 1) ** 2 + random.random()))
-    return await client._send(
+    return await send(
         "put", path, data=data, content_type=chosen, headers=headers, if_match=if_match
     )
 
 
 async def tree_get(
-    client: OADAClient, path: str, tree: Mapping[str, Any], *, headers: Mapping[str, str] | None
+    send: Send, path: str, tree: Mapping[str, Any], *, headers: Mapping[str, str] | None
 ) -> Response:
     """GET *path*, then splice in every linked resource the tree names below it."""
     node = tree_node(tree, split_path(path))
     if node is None:
         raise ValueError(f"expected the tree to describe {path}, but it does not reach it")
-    response = await client._send("get", path, headers=headers)
-    await _fill(client, path, node, response.data, headers)
+    response = await send("get", path, headers=headers)
+    await _fill(send, path, node, response.data, headers)
     return response
 
 
@@ -205,7 +218,7 @@ def _children(node: Mapping[str, Any], data: dict[str, Any]) -> list[tuple[str, 
 
 
 async def _fill(
-    client: OADAClient,
+    send: Send,
     path: str,
     node: Mapping[str, Any],
     data: Any,
@@ -220,13 +233,13 @@ async def _fill(
         for key, child in children:
             child_path = f"{path.rstrip('/')}/{key}"
             if isinstance(child.get("_type"), str):
-                group.start_soon(_fetch_child, client, child_path, child, data, key, headers)
+                group.start_soon(_fetch_child, send, child_path, child, data, key, headers)
             else:
-                group.start_soon(_fill, client, child_path, child, data[key], headers)
+                group.start_soon(_fill, send, child_path, child, data[key], headers)
 
 
 async def _fetch_child(
-    client: OADAClient,
+    send: Send,
     path: str,
     node: Mapping[str, Any],
     parent: dict[str, Any],
@@ -234,10 +247,10 @@ async def _fetch_child(
     headers: Mapping[str, str] | None,
 ) -> None:
     try:
-        response = await client._send("get", path, headers=headers)
+        response = await send("get", path, headers=headers)
     except OADAError as error:
         # One unreadable child must not cost the rest of the tree.
         logger.warning("tree GET skipped %s: %s", path, error)
         return
     parent[key] = response.data
-    await _fill(client, path, node, response.data, headers)
+    await _fill(send, path, node, response.data, headers)

@@ -6,8 +6,9 @@ import contextlib
 import itertools
 import math
 from collections import deque
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -15,9 +16,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..exceptions import ClientClosed, OADAError
 from ._common import ClosesOnExit
 from ._response import Change, Response
-
-if TYPE_CHECKING:
-    from ._client import OADAClient
 
 __all__ = ["Watch", "WatchState", "WatchType"]
 
@@ -63,19 +61,23 @@ class Watch(ClosesOnExit, Generic[T]):
 
     def __init__(
         self,
-        client: OADAClient,
         path: str,
         *,
+        token: str,
+        open: Callable[[Watch[Any]], Awaitable[None]],
+        close: Callable[[Watch[Any]], Awaitable[None]],
         rev: int | None,
         kind: WatchType,
         initial_method: Literal["head", "get"],
         deadline: float,
     ) -> None:
-        self._client: OADAClient = client
+        # The client's side of the watch: put it on a connection, take it off.
+        self._open = open
+        self._close = close
         self.path: str = path
         self.type: WatchType = kind
         self.method: str = "watch" if initial_method == "head" else "get-watch"
-        self.token = client._token
+        self.token = token
         self.deadline = deadline
         self.serial = next(_serials)
         self.request_id: str | None = None
@@ -147,7 +149,7 @@ class Watch(ClosesOnExit, Generic[T]):
             raise RuntimeError(f"a watch can be entered once; this one is {self.state.value}")
         self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
         try:
-            await self._client._open_watch(self)
+            await self._open(self)
         except BaseException:
             self.state = WatchState.CLOSED
             self.connected = False
@@ -166,7 +168,7 @@ class Watch(ClosesOnExit, Generic[T]):
         if self._send is not None and self._receive is not None:
             self._send.close()
             self._receive.close()
-        await self._client._close_watch(self)
+        await self._close(self)
 
     # -- iteration ----------------------------------------------------------
 
