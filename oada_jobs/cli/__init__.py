@@ -1,30 +1,19 @@
 """The ``oada-jobs`` command line.
 
-Each sub-command lives in its own module and registers itself on :data:`app`.
+Each sub-command lives in its own module and registers itself on :data:`app`
+(defined in ``_app.py``, which the sub-commands import). This package sits
+on top of everything: nothing in ``oada_jobs`` imports it.
 """
 
 from __future__ import annotations
 
-import typer
+# Sub-commands register themselves on `app` when imported.
+from . import cron, dashboard, demo, jobs, queues, report, run, serve  # noqa: F401
+from ._app import app
 
-app = typer.Typer(
-    name="oada-jobs",
-    help="Run OADA job services, an embedded OADA server, and manage jobs and queues.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Run OADA job services, an embedded OADA server, and manage jobs and queues."""
+__all__ = ["app", "main"]
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
-
-
-# Sub-commands register themselves on `app` when imported.
-from . import cron, dashboard, demo, jobs, queues, report, run, serve  # noqa: E402, F401

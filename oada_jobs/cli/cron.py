@@ -17,7 +17,7 @@ from ..job import iso, parse_time, utc_now
 from ..requester import wait_for_outcome
 from ..service import Service
 from ..settings import Settings
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     DomainOption,

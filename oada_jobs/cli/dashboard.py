@@ -14,7 +14,7 @@ from pydantic import SecretStr, ValidationError
 
 from .._loop import run as run_process
 from ..settings import describe_error
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     DomainOption,

@@ -36,7 +36,7 @@ from ..job import Job
 from ..service import Service
 from ..testing import post_job
 from ..tree import LayoutName, get_layout, resource_path, service_root
-from . import app
+from ._app import app
 from ._common import CLIError, ExitCode, command, err_console, first_leaf, out_console
 from .jobs import filed_paths
 

@@ -17,7 +17,7 @@ from ..job import FINISHED, Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
 from ..tree import Layout, resource_path, service_root
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     DomainOption,

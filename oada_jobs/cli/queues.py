@@ -18,7 +18,7 @@ from ..client import OADAClient, parse_domain
 from ..exceptions import InvalidKey, InvalidQueueEntry, NotFound
 from ..service import parse_queue_entry
 from ..tree import QUEUE_TYPE, get_layout, path_segment, resource_path
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     ExitCode,

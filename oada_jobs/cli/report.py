@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..reports import collect_jobs, days_between, summarize, write_csv
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     DomainOption,

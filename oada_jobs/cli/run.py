@@ -16,7 +16,7 @@ from .._loop import run as run_process
 from ..exceptions import ListenError, OADAError
 from ..service import Service
 from ..settings import Settings
-from . import app
+from ._app import app
 from ._common import (
     CLIError,
     DomainOption,

@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from oada_jobs._loop import run as run_process
-from oada_jobs.cli import app
+from oada_jobs.cli._app import app
 from oada_jobs.cli._common import first_leaf
 from oada_jobs.exceptions import DatabaseLocked
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
