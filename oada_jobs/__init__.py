@@ -1,10 +1,16 @@
 """oada-jobs: write OADA job microservices in Python.
 
 The public API is what ``__all__`` lists; everything else may move.
+The top of the package: it imports the framework, including the modules
+that provide ``service.cron`` and ``service.add_report`` (see
+docs/architecture.md); nothing in the package imports it by name.
 """
 
+# cron and reports provide service.cron() and service.add_report() when imported.
+from . import cron, reports  # noqa: F401
 from ._version import __version__
 from .client import Change, OADAClient, Response
+from .context import JobLogger, WorkerContext, WorkFunction
 from .exceptions import (
     BadRequest,
     ClientClosed,
@@ -38,10 +44,9 @@ from .metrics import ServiceMetrics
 from .queue import Queue
 from .reporters import FinishReport, Reporter, SlackReporter
 from .requester import post_job, run_job
-from .runner import JobLogger, WorkerContext
 from .service import Service, ServiceConfig, ServiceState
 from .tree import Layout
-from .types import Json, JsonObject, Tree, WorkFunction
+from .types import Json, JsonObject, Tree
 
 __all__ = [
     "BadRequest",

@@ -21,6 +21,11 @@ An entry can also be run now, outside its schedule (:func:`post_now`, what
 ``oada-jobs cron run`` does): the job gets a key of its own
 (``cron-<service>-<entry>-manual-<ksuid>``) and says it was started by hand,
 so it never takes the place of a tick's job nor stops a tick from posting.
+
+Owns :class:`CronEntry`, :class:`CronScheduler` (posting ticks), the cron
+state resource and :class:`CronTable`, the service component that holds a
+service's entries and runs them; provides ``service.cron(...)``. Sits above
+the service and uses only its public API; the service never imports it.
 """
 
 from __future__ import annotations
@@ -28,12 +33,11 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -41,19 +45,19 @@ from croniter import CroniterBadCronError, croniter
 from pydantic import BaseModel
 
 from ._ksuid import ksuid
+from .client import OADAClient
 from .exceptions import NotFound, OADAError, PreconditionFailed
 from .job import iso, new_update, utc_now
 from .requester import post_job
+from .service import Service, ServiceState
 from .tree import JOBS_TYPE, LayoutName, get_layout, service_root
 from .types import JsonObject, Tree
 
-if TYPE_CHECKING:
-    from .client import OADAClient
-    from .service import Service
-
 __all__ = [
+    "CRON",
     "CronEntry",
     "CronScheduler",
+    "CronTable",
     "add_entry",
     "cron_job_key",
     "entries_of",
@@ -317,8 +321,31 @@ class CronScheduler:
             self._state = CronState.STOPPED
 
 
-# Entries registered with service.cron(), kept here so Service needs no new state.
-_ENTRIES: weakref.WeakKeyDictionary[Service, list[CronEntry]] = weakref.WeakKeyDictionary()
+#: The key of a service's :class:`CronTable` among its components.
+CRON = "cron"
+
+
+class CronTable:
+    """A service's cron entries: the component that posts their ticks while it runs."""
+
+    def __init__(self, entries: list[CronEntry] | None = None) -> None:
+        self.entries: list[CronEntry] = list(entries or [])
+
+    def copy(self) -> CronTable:
+        return CronTable(self.entries)
+
+    async def run(self, service: Service, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        await run_cron(service, task_status=task_status)
+
+
+def _table(service: Service, *, create: bool = False) -> CronTable | None:
+    table = service.component(CRON)
+    if table is None and create:
+        table = CronTable()
+        service.add_component(CRON, table)
+    if table is not None and not isinstance(table, CronTable):
+        raise TypeError(f"expected the service's {CRON!r} component to be a CronTable")
+    return table
 
 
 def add_entry(
@@ -330,8 +357,6 @@ def add_entry(
     config: Mapping[str, Any] | BaseModel | None = None,
 ) -> CronEntry:
     """Register a periodic job on *service* (what ``service.cron(...)`` does)."""
-    from .service import ServiceState
-
     if service.state is not ServiceState.CREATED:
         raise RuntimeError("add cron entries before the service starts")
     if isinstance(config, BaseModel):
@@ -339,16 +364,18 @@ def add_entry(
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"expected the job config as an object, got {config.__class__.__name__}")
     entry = CronEntry(name, schedule, type if type is not None else name, dict(config or {}))
-    entries = _ENTRIES.setdefault(service, [])
-    if any(existing.name == entry.name for existing in entries):
+    table = _table(service, create=True)
+    assert table is not None
+    if any(existing.name == entry.name for existing in table.entries):
         raise ValueError(f"a cron entry named {name!r} already exists")
-    entries.append(entry)
+    table.entries.append(entry)
     return entry
 
 
 def entries_of(service: Service) -> list[CronEntry]:
     """The cron entries registered on *service*."""
-    return list(_ENTRIES.get(service, []))
+    table = _table(service)
+    return list(table.entries) if table is not None else []
 
 
 def entry_named(service: Service, name: str) -> CronEntry:
@@ -480,3 +507,6 @@ async def run_cron(
         async with anyio.create_task_group() as group:
             await group.start(started)
             task_status.started(scope)
+
+
+Service.provide("cron", add_entry)

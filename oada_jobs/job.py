@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Generic
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from pydantic.alias_generators import to_camel
 from typing_extensions import TypeVar
 
 from ._ksuid import ksuid
+from .client import OADAClient
 from .exceptions import (
     Forbidden,
     InvalidJob,
@@ -35,9 +36,6 @@ from .exceptions import (
 )
 from .tree import JOBS_TYPE, get_layout, resource_path
 from .types import Json, JsonObject
-
-if TYPE_CHECKING:
-    from .client import OADAClient
 
 __all__ = [
     "ConfigT",

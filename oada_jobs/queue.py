@@ -11,23 +11,32 @@ a change to it was missed.
 
 Stopping a queue stops its intake (watch, readers, timers, sweep, dispatch);
 jobs already running finish.
+
+Owns :class:`Queue` (intake and dispatch) and :class:`QueueHost`, the
+narrow interface a queue gets from whoever runs it: a worker lookup, the
+options, the shared job slots and in-flight set, and callables to report its
+state and finished jobs. Hands each job to a :class:`~oada_jobs.runner.Runner`
+with a :class:`~oada_jobs.filing.Filer` for its list. Must not import the
+service, cron or reports.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager, suppress
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .client import Watch
+from ._retry import exponential, retry
+from .client import OADAClient, Watch
+from .config import ServiceConfig
 from .exceptions import (
     BadRequest,
     Forbidden,
@@ -40,8 +49,12 @@ from .exceptions import (
     PreconditionFailed,
     Unauthorized,
 )
+from .filing import Filed, Filer
 from .job import Job, JobStatus, iso, new_update, utc_now
-from .runner import JobOutcome, Runner, read_job
+from .metrics import ServiceMetrics
+from .outcome import JobOutcome
+from .reporters import FinishReport
+from .runner import Decision, Runner, RunnerSettings, read_job
 from .scheduler import Entry, EntryState, Scheduler
 from .tree import (
     JOBS_TYPE,
@@ -53,12 +66,10 @@ from .tree import (
     service_root,
 )
 from .types import JsonObject
+from .watchdog import LoopWatchdog
+from .worker import Worker
 
-if TYPE_CHECKING:
-    from .client import OADAClient
-    from .service import Service
-
-__all__ = ["DEFAULT_QUEUE", "Queue"]
+__all__ = ["DEFAULT_QUEUE", "InFlight", "Once", "Queue", "QueueHost"]
 
 logger = logging.getLogger("oada_jobs")
 
@@ -70,8 +81,6 @@ MAX_READERS = 16
 READ_RETRY = 5.0
 #: Readers of jobs read again (their timer fired, or their link was touched).
 REREADERS = 2
-#: Day lists a queue remembers as existing.
-KNOWN_DAYS = 16
 #: Longest wait, in seconds, for the jobs of a list just read to be read
 #: before the first of them starts: a high-priority job further down the list
 #: must not start after lower ones read before it.
@@ -79,13 +88,15 @@ FIRST_READS_HOLD = 2.0
 #: Seconds before the same bad list entry is warned about again (it is
 #: warned about when first seen, then at this slow cadence, never per sweep).
 BAD_ENTRY_REWARN = 3600.0
+#: Reads of a job merged jobs wait on, before they are decided again.
+HOLDER_READS = 5
 
 
 def _describe(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class _Once:
+class Once:
     """Call ``task_status.started()`` exactly once, whichever path gets there first."""
 
     def __init__(self, task_status: TaskStatus[None]) -> None:
@@ -98,28 +109,80 @@ class _Once:
             self._task_status.started()
 
 
+class InFlight:
+    """The jobs running in a service right now, over all its queues.
+
+    Two queues of one service may list the same job (two entries for one
+    store); only the first to claim it here runs it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: set[tuple[str, str]] = set()
+
+    def claim(self, domain: str, job_id: str) -> bool:
+        """Mark a job as in flight; ``False`` if it already is."""
+        if (domain, job_id) in self._jobs:
+            return False
+        self._jobs.add((domain, job_id))
+        return True
+
+    def release(self, domain: str, job_id: str) -> None:
+        self._jobs.discard((domain, job_id))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHost:
+    """What a queue needs from the service that runs it, and nothing more."""
+
+    #: The service name (where its lists are).
+    name: str
+    #: Names this service instance in job leases.
+    worker_id: str
+    #: The service's options (limits, waits).
+    config: ServiceConfig
+    #: The job-list layout.
+    layout: Layout
+    #: Job slots shared by all the service's queues.
+    limiter: anyio.CapacityLimiter
+    #: Jobs in flight over all the service's queues.
+    in_flight: InFlight
+    #: Running and finished jobs, by type.
+    metrics: ServiceMetrics
+    #: The registered worker of a job type, if any.
+    workers: Callable[[str], Worker | None]
+    #: Told when a queue starts or stops watching its list.
+    changed: Callable[[], None]
+    #: Told about every job a queue files.
+    report: Callable[[FinishReport], Awaitable[None]]
+    #: Names the jobs running when the event loop lags.
+    watchdog: LoopWatchdog
+
+
 class Queue:
     """Watches one job list and runs its jobs through the service's workers.
 
     Created and run by :class:`~oada_jobs.Service`; ``key`` is the queue's key
     in the service's ``queues`` list (:data:`DEFAULT_QUEUE` for the service's
-    own store).
+    own store). *connect* opens the queue's client for *domain* (each time
+    the queue starts); *own_token* says whether it uses the service's token.
     """
 
     def __init__(
         self,
-        service: Service,
+        host: QueueHost,
         key: str,
         *,
         domain: str,
-        token: str | None,
+        connect: Callable[[], AbstractAsyncContextManager[OADAClient]],
+        own_token: bool = False,
     ) -> None:
-        self.service = service
+        self.host = host
         self.key = key
         self.domain = domain
-        self._token = token
-        self.layout: Layout = service.layout
-        self.pending_path = self.layout.pending_path(service.name)
+        self._connect = connect
+        self._own_token = own_token
+        self.layout: Layout = host.layout
+        self.pending_path = self.layout.pending_path(host.name)
         self._oada: OADAClient | None = None
         self._stopping = False
         self._stop_event = anyio.Event()
@@ -128,22 +191,25 @@ class Queue:
         self._run_scope: anyio.CancelScope | None = None
         #: The queue's pending jobs and what runs next.
         self.scheduler = Scheduler(
-            service.worker_for, worker_id=service.worker_id, keep_bodies=service.config.keep_jobs
+            host.workers, worker_id=host.worker_id, keep_bodies=host.config.keep_jobs
         )
         self._runners: TaskGroup | None = None
+        # Files the jobs, on the client of the current run.
+        self._filer: Filer | None = None
         # Where jobs to read go, while the intake runs.
         self._reads = _Reads(None, None)
-        # Day lists known to exist: linking into them needs no tree PUT.
-        self._known_days: set[str] = set()
-        # Open (not yet written) link batch and write lock per day list.
-        self._link_batches: dict[str, _LinkBatch] = {}
-        self._day_locks: dict[str, anyio.Lock] = {}
+        self._settings = RunnerSettings(
+            worker_id=host.worker_id,
+            lease=host.config.lease,
+            invalid_job_wait=host.config.invalid_job_wait,
+            cancel_grace=host.config.cancel_grace,
+        )
         # Bad list entries warned about: key -> (problem, anyio time warned).
         self._warned: dict[str, tuple[str, float]] = {}
         #: Whether the queue's list watch is open right now.
         self.watching = False
         self._list_watch: Watch[Any] | None = None
-        self.log = logging.LoggerAdapter(logger, {"service": service.name, "queue": key})
+        self.log = logging.LoggerAdapter(logger, {"service": host.name, "queue": key})
 
     def __repr__(self) -> str:
         # Never the token.
@@ -175,34 +241,13 @@ class Queue:
             # runs yet, so there is nothing to let finish.
             self._run_scope.cancel()
 
-    @asynccontextmanager
-    async def _client(self) -> AsyncIterator[OADAClient]:
-        service = self.service
-        if self._token is None:
-            yield service.oada
-        elif service.same_domain(self.domain):
-            # Same store: share the service's connections; the queue's token
-            # is used by this clone only.
-            clone = service.oada.clone(self._token)
-            try:
-                yield clone
-            finally:
-                clone.revoke()
-        else:
-            from .client import OADAClient
-
-            async with OADAClient(
-                self.domain, self._token, concurrency=service.request_concurrency
-            ) as client:
-                yield client
-
     async def _backoff(self, delay: float) -> None:
         with anyio.move_on_after(delay):
             await self._stop_event.wait()
 
     def _explain(self, error: BaseException) -> str:
         if isinstance(error, Unauthorized | Forbidden):
-            where = "the service's token" if self._token is None else "its entry in the queues list"
+            where = "the service's token" if self._own_token else "its entry in the queues list"
             return f"the queue's token was refused ({error.status}) by {self.domain}; check {where}"
         if isinstance(error, OADAStatusError):
             return f"{self.domain} answered {error.status}: {error}"
@@ -210,15 +255,22 @@ class Queue:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped: retry on errors with backoff; running jobs finish."""
-        ready = _Once(task_status)
-        config = self.service.config
+        ready = Once(task_status)
+        config = self.host.config
         delay = config.retry_initial
         try:
             while not self._stopping:
                 try:
                     with anyio.CancelScope() as self._run_scope:
-                        async with self._client() as oada, anyio.create_task_group() as runners:
+                        async with self._connect() as oada, anyio.create_task_group() as runners:
                             self._oada, self._runners = oada, runners
+                            self._filer = Filer(
+                                oada,
+                                layout=self.layout,
+                                service=self.host.name,
+                                finish_timeout=config.finish_timeout,
+                                on_filed=self._filed,
+                            )
                             await self._intake(runners, ready)
                     return
                 except OADAError as error:
@@ -233,13 +285,13 @@ class Queue:
                 delay = min(delay * 2, config.retry_max)
         finally:
             ready()
-            self._oada = self._runners = None
+            self._oada = self._runners = self._filer = None
             self._run_scope = None
 
-    async def _intake(self, runners: TaskGroup, ready: _Once) -> None:
+    async def _intake(self, runners: TaskGroup, ready: Once) -> None:
         """Watch, sweep and dispatch until stopped; errors are retried here so
         that running jobs (in *runners*) are never cancelled by them."""
-        config = self.service.config
+        config = self.host.config
         delay = config.retry_initial
         with anyio.CancelScope() as scope:
             self._intake_scope = scope
@@ -269,12 +321,11 @@ class Queue:
                     delay = min(delay * 2, config.retry_max)
         self._intake_scope = None
 
-    async def _watch(self, runners: TaskGroup, ready: _Once) -> None:
+    async def _watch(self, runners: TaskGroup, ready: Once) -> None:
         oada = self.oada
         await oada.ensure(self.pending_path, {}, tree=self.layout.tree)
         await self._note_layout()
         response = await oada.get(self.pending_path)
-        service = self.service
         scheduler = self.scheduler
         # First reads wait for room (keep_jobs); reads again never do, since
         # they are what lets waiting jobs move on and room free up.
@@ -293,7 +344,7 @@ class Queue:
             self._set_watching(True)
             ready()
             async with anyio.create_task_group() as intake:
-                for _ in range(max(1, min(service.config.concurrency, MAX_READERS))):
+                for _ in range(max(1, min(self.host.config.concurrency, MAX_READERS))):
                     intake.start_soon(self._reader, first_out.clone(), True)
                 for _ in range(REREADERS):
                     intake.start_soon(self._reader, again_out.clone(), False)
@@ -322,7 +373,7 @@ class Queue:
 
         Only a hint: a failure to read or write it is logged, never fatal.
         """
-        root = service_root(self.service.name)
+        root = service_root(self.host.name)
         try:
             try:
                 noted = (await self.oada.get(f"{root}/{LAYOUT_MARKER}")).data
@@ -345,7 +396,7 @@ class Queue:
     def _set_watching(self, value: bool) -> None:
         if self.watching != value:
             self.watching = value
-            self.service._queues_changed()
+            self.host.changed()
 
     def _offer(self, listing: object, *, known_before: int | None = None) -> None:
         """Take in every job link in *listing* (the list, or a change to it).
@@ -433,7 +484,7 @@ class Queue:
         if warned is not None and warned[0] == problem and now - warned[1] < BAD_ENTRY_REWARN:
             return
         self._warned[key] = (problem, now)
-        self.service.metrics.bad_entry()
+        self.host.metrics.bad_entry()
         self.log.warning("queue %r: skipping list entry %r: %s", self.key, key, problem)
 
     def _forget(self, body: Mapping[str, Any]) -> None:
@@ -495,9 +546,9 @@ class Queue:
                 self.oada,
                 entry.job_id,
                 key=entry.key,
-                wait=self.service.config.invalid_job_wait,
+                wait=self.host.config.invalid_job_wait,
             )
-            worker = self.service.worker_for(job.type)
+            worker = self.host.workers(job.type)
             if (
                 worker is None
                 or not worker.start_delay
@@ -535,7 +586,7 @@ class Queue:
     async def _sweep(self) -> None:
         """Re-read the list now and then, in case a change to it was missed."""
         while True:
-            await anyio.sleep(self.service.config.sweep_interval)
+            await anyio.sleep(self.host.config.sweep_interval)
             known_before = self.scheduler.last_seq
             try:
                 response = await self.oada.get(self.pending_path)
@@ -546,8 +597,7 @@ class Queue:
 
     async def _dispatch(self, runners: TaskGroup) -> None:
         """Start the best ready job whenever one is ready and a slot is free."""
-        service = self.service
-        limiter = service.limiter
+        limiter = self.host.limiter
         scheduler = self.scheduler
         # The list was just read: let its jobs be read (as many as fit in
         # memory) before choosing by priority among them.
@@ -570,7 +620,7 @@ class Queue:
         """File jobs that need no work function (bad, cancelled, refused) at
         once, without a job slot; at most ``concurrency`` at a time."""
         scheduler = self.scheduler
-        filing = anyio.CapacityLimiter(self.service.config.concurrency)
+        filing = anyio.CapacityLimiter(self.host.config.concurrency)
         while True:
             added = scheduler.urgent_added
             entry = scheduler.pop_urgent()
@@ -584,7 +634,7 @@ class Queue:
     def _begin(
         self, runners: TaskGroup, entry: Entry, limiter: anyio.CapacityLimiter, borrower: object
     ) -> None:
-        if self.service.claim_in_flight(self.domain, entry.job_id):
+        if self.host.in_flight.claim(self.domain, entry.job_id):
             runners.start_soon(self._run_job, entry, limiter, borrower)
             return
         # Another queue of this service runs it right now.
@@ -605,7 +655,20 @@ class Queue:
                 assert limiter is not None
                 limiter.release_on_behalf_of(borrower)
 
-        runner = Runner(self, entry, release_slot=release_slot)
+        assert self._filer is not None
+        runner = Runner(
+            Decision(entry.key, entry.job_id, entry.problem, entry.duplicate_of, entry.merged_into),
+            oada=self.oada,
+            workers=self.host.workers,
+            filer=self._filer,
+            settings=self._settings,
+            metrics=self.host.metrics,
+            watchdog=self.host.watchdog,
+            spawn=self.start_beside,
+            release_slot=release_slot,
+            service=self.host.name,
+            queue=self.key,
+        )
         job = self.scheduler.take(entry)
         later: datetime | None = None
         try:
@@ -625,7 +688,7 @@ class Queue:
             )
             later = utc_now() + timedelta(seconds=READ_RETRY)
         finally:
-            self.service.release_in_flight(self.domain, entry.job_id)
+            self.host.in_flight.release(self.domain, entry.job_id)
             release_slot()
             if later is not None and not entry.gone:
                 self.scheduler.wait(entry, later)
@@ -659,72 +722,46 @@ class Queue:
 
     async def _read_holder(self, holder_id: str) -> Job[JsonObject] | None:
         """The job merged jobs wait on, as it ended; ``None`` if it cannot be read."""
-        delay = self.service.config.retry_initial
-        for _attempt in range(5):
-            try:
-                data = (await self.oada.get(resource_path(holder_id))).data
-                return Job.from_resource(data, oada_id=holder_id)
-            except (NotFound, Forbidden, BadRequest, InvalidJob) as error:
-                self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
-                return None
-            except OADAError as error:
-                self.log.warning(
-                    "queue %r: could not read %s: %s; retrying", self.key, holder_id, error
-                )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.service.config.retry_max)
-        return None
+        config = self.host.config
 
-    # ------------------------------------------------------------- filing
+        def warn(error: BaseException, delay: float) -> None:
+            self.log.warning(
+                "queue %r: could not read %s: %s; retrying", self.key, holder_id, error
+            )
 
-    async def link_into(self, day_path: str, key: str, job_id: str) -> None:
-        """Add a versioned link to *job_id* under *key* in the day list *day_path*.
-
-        Links are group-committed: while one write to a day list is in flight,
-        links of other jobs finishing meanwhile gather and go out together in
-        the next single PUT (each link write bumps every versioned parent up to
-        the bookmarks, so this saves the server most of its work per job under
-        load, and costs nothing when idle). Returns once this job's link is
-        written; raises if that write failed.
-
-        The first write into a day list is a tree PUT (it creates the list and
-        links it in); later ones are a plain PUT.
-        """
-        batch = self._link_batches.get(day_path)
-        if batch is not None:
-            batch.links[key] = {"_id": job_id, "_rev": 0}
-            await batch.done.wait()
-            if batch.error is not None:
-                raise OADATransportError(f"linking into {day_path} failed: {batch.error}")
-            return
-        batch = _LinkBatch({key: {"_id": job_id, "_rev": 0}})
-        self._link_batches[day_path] = batch
-        lock = self._day_locks.setdefault(day_path, anyio.Lock())
         try:
-            async with lock:
-                # Sealed from here: later links start the next batch.
-                if self._link_batches.get(day_path) is batch:
-                    del self._link_batches[day_path]
-                if day_path in self._known_days:
-                    await self.oada.put(day_path, batch.links, content_type=JOBS_TYPE)
-                else:
-                    await self.oada.put(day_path, batch.links, tree=self.layout.tree)
-                    if len(self._known_days) >= KNOWN_DAYS:
-                        # Days go by: forget old lists (at worst one more tree PUT).
-                        self._known_days.clear()
-                        self._day_locks = {
-                            path: other
-                            for path, other in self._day_locks.items()
-                            if other is lock or other.locked()
-                        }
-                    self._known_days.add(day_path)
-        except BaseException as error:
-            batch.error = error
-            raise
-        finally:
-            if self._link_batches.get(day_path) is batch:
-                del self._link_batches[day_path]
-            batch.done.set()
+            response = await retry(
+                lambda: self.oada.get(resource_path(holder_id)),
+                retryable=lambda error: (
+                    isinstance(error, OADAError)
+                    and not isinstance(error, NotFound | Forbidden | BadRequest)
+                ),
+                delay=exponential(config.retry_initial, config.retry_max),
+                retries=HOLDER_READS - 1,
+                on_retry=warn,
+            )
+            return Job.from_resource(response.data, oada_id=holder_id)
+        except (OADAError, InvalidJob) as error:
+            self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
+            return None
+
+    async def _filed(self, filed: Filed) -> None:
+        """A job of this queue was filed: count it and tell the reporters."""
+        job, outcome = filed.job, filed.outcome
+        job_type = job.type if job is not None else "(invalid)"
+        self.host.metrics.job_finished(job_type, outcome.status, filed.duration)
+        if job is not None:
+            report = FinishReport(
+                service=self.host.name,
+                domain=self.domain,
+                queue=self.key,
+                job=job,
+                status=outcome.status,
+                result=outcome.result,
+                path=filed.path,
+                duration=filed.duration,
+            )
+            await self.host.report(report)
 
 
 async def _acquire(limiter: anyio.CapacityLimiter, borrower: object) -> None:
@@ -756,12 +793,3 @@ class _Reads:
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             if stream is not None:
                 stream.send_nowait(entry)
-
-
-@dataclass(slots=True)
-class _LinkBatch:
-    """Links waiting for one PUT into a day list."""
-
-    links: dict[str, Any]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None

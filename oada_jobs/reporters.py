@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import redact
+from .job import Job
 from .types import Json
 
 if TYPE_CHECKING:
+    # Only for a type: httpx is imported when a reporter first posts.
     import httpx
-
-    from .job import Job
 
 __all__ = ["FinishReport", "Reporter", "SlackReporter"]
 

@@ -13,6 +13,11 @@ A service can also make a report on a cron schedule, store it in OADA and
 have it mailed (see :func:`add_report`):
 
 >>> service.add_report("daily", "0 6 * * *", email={"from": "jobs@example.org", "to": "ops@example.org"})  # doctest: +SKIP
+
+Owns reading day lists into records, summaries, CSV, and scheduled reports
+(a work function plus a cron entry; provides ``service.add_report(...)``).
+Sits above the service and cron and uses only their public API; nothing in
+the framework imports it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import anyio
 from pydantic import (
@@ -40,9 +45,13 @@ from pydantic import (
     model_validator,
 )
 
+from .client import OADAClient
+from .context import WorkerContext
+from .cron import CronEntry, add_entry, entries_of
 from .exceptions import InvalidKey, NotFound, OADAStatusError, OADATransportError, ServerError
 from .job import Job, iso, parse_time, utc_now
 from .requester import post_job
+from .service import Service, ServiceState
 from .tree import (
     LayoutName,
     get_layout,
@@ -52,12 +61,6 @@ from .tree import (
     validate_service_name,
 )
 from .types import Json, JsonObject, Tree
-
-if TYPE_CHECKING:
-    from .client import OADAClient
-    from .cron import CronEntry
-    from .runner import WorkerContext
-    from .service import Service
 
 __all__ = [
     "CSV_COLUMNS",
@@ -567,9 +570,6 @@ def add_report(
 
     >>> add_report(service, "weekly", "0 6 * * 1", days=7, columns={"job": "id", "to": "/config/to"})  # doctest: +SKIP
     """
-    from .cron import CronEntry, add_entry, entries_of
-    from .service import ServiceState
-
     if service.state is not ServiceState.CREATED:
         raise RuntimeError("add reports before the service starts")
     if isinstance(types, str):
@@ -753,3 +753,6 @@ async def run_report(job: Job[ReportConfig], ctx: WorkerContext) -> Json:
         "stored": path,
         "email": email_job,
     }
+
+
+Service.provide("add_report", add_report)

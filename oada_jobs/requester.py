@@ -12,6 +12,11 @@ job, never polling — until it has succeeded (returns the result) or failed
 A work function starts a follow-up job with ``await ctx.post_job(...)``;
 parent and child are linked to each other (``parent`` on the child,
 ``children/<key>`` on the parent).
+
+Owns posting jobs, waiting for their outcome, child jobs and progress
+updates. May use the client and the job model only; a running job is seen
+through the small :class:`RunningJob` protocol (what a work function's
+context offers), never through the runner, queue or service.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import anyio
 from pydantic import BaseModel
 
+from .client import OADAClient
 from .exceptions import JobExists, JobFailed, NotFound, PreconditionFailed
 from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
 from .tree import (
@@ -39,15 +45,30 @@ from .tree import (
 )
 from .types import Json, JsonObject
 
-if TYPE_CHECKING:
-    from .client import OADAClient
-    from .runner import WorkerContext
+
+class _Updates(Protocol):
+    async def info(self, status: str, meta: Json = None) -> None: ...
+
+
+class RunningJob(Protocol):
+    """A running job as child jobs and progress need it (a ``WorkerContext`` is one)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def oada(self) -> OADAClient: ...
+    @property
+    def log(self) -> _Updates: ...
+    @property
+    def layout(self) -> LayoutName: ...
+
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
 __all__ = [
     "PROGRESS_STATUS",
     "Progress",
+    "RunningJob",
     "child_key",
     "detect_layout",
     "latest_progress",
@@ -361,7 +382,7 @@ def child_key(parent_id: str, name: str) -> str:
 
 
 async def post_child_job(
-    ctx: WorkerContext,
+    ctx: RunningJob,
     service: str,
     type: str,
     config: Mapping[str, Any] | BaseModel | None = None,
@@ -433,7 +454,7 @@ def _check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
-async def write_progress(ctx: WorkerContext, fraction: float, message: str | None = None) -> None:
+async def write_progress(ctx: RunningJob, fraction: float, message: str | None = None) -> None:
     """Record progress on the running job (what ``ctx.progress`` does).
 
     Writes an update ``{"status": "progress", "meta": {"fraction", "message"}}``

@@ -19,6 +19,10 @@ job and decides:
 
 Everything here is synchronous and holds no I/O; what the jobs say lives in
 OADA, so a restarted service rebuilds the same state by reading its list.
+
+Owns :class:`Scheduler` and :class:`Entry`. Sees a job type's defaults only
+through :class:`Policy` and an outcome only as data; must not touch the
+client, the queue, the runner or the service.
 """
 
 from __future__ import annotations
@@ -32,19 +36,29 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
 import anyio
 
 from .job import Job, JobStatus, utc_now
+from .outcome import JobOutcome
+from .types import UniquePolicy
 
-if TYPE_CHECKING:
-    from .runner import JobOutcome, Worker
+__all__ = ["Entry", "EntryState", "Policy", "Scheduler", "UniquePolicy"]
 
-__all__ = ["Entry", "EntryState", "Scheduler", "UniquePolicy"]
 
-#: What happens to a job whose unique key is already held in the queue.
-UniquePolicy = Literal["refuse", "merge", "allow"]
+class Policy(Protocol):
+    """A job type's scheduling defaults (a registered ``Worker`` is one)."""
+
+    @property
+    def priority(self) -> int: ...
+    @property
+    def group_limit(self) -> int: ...
+    @property
+    def unique(self) -> UniquePolicy: ...
+    @property
+    def min_version(self) -> int | None: ...
+
 
 #: Priority of jobs that only need to be filed (bad, finished, cancelled,
 #: refused): they go before all others, since they take no time.
@@ -148,7 +162,7 @@ def clock_at(moment: datetime) -> float:
 class Scheduler:
     """The pending jobs of one queue and the order they run in.
 
-    *policy_for* gives the registered :class:`~oada_jobs.runner.Worker` of a
+    *policy_for* gives the scheduling :class:`Policy` (the registered worker) of a
     job type (its defaults: priority, group limit, unique policy), or
     ``None``. *keep_bodies* bounds how many read jobs are held in memory: the
     queue reads new jobs only while fewer are held.
@@ -156,7 +170,7 @@ class Scheduler:
 
     def __init__(
         self,
-        policy_for: Callable[[str], Worker | None],
+        policy_for: Callable[[str], Policy | None],
         *,
         worker_id: str,
         keep_bodies: int = 1000,
@@ -325,7 +339,7 @@ class Scheduler:
             return
         self._place(entry, job, policy)
 
-    def _place(self, entry: Entry, job: Job[Any], policy: Worker | None) -> None:
+    def _place(self, entry: Entry, job: Job[Any], policy: Policy | None) -> None:
         options = job.options
         entry.duplicate_of = None
         # Unique key: the first job queued holds it while in the list.

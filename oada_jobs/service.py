@@ -18,6 +18,12 @@ A running service watches ``/bookmarks/services/<name>/queues`` on its own
 store and runs one :class:`~oada_jobs.queue.Queue` for its own domain and
 token plus one per valid ``{"domain", "token"}`` entry there; entries added,
 changed or removed take effect at once.
+
+Owns :class:`Service` (work functions by type, options, life cycle, the
+queues list), :class:`ServiceState` and the :class:`Component` seam. Gives
+each queue a :class:`~oada_jobs.queue.QueueHost`, never itself. Periodic
+jobs and scheduled reports sit above it as components using its public API
+(:mod:`oada_jobs.cron`, :mod:`oada_jobs.reports`); it must not import them.
 """
 
 from __future__ import annotations
@@ -28,41 +34,48 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, get_type_hints, overload
+from typing import (
+    Any,
+    ClassVar,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+    overload,
+)
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel
 
 from ._ksuid import ksuid
 from ._signals import stop_on_signals
-from .client import parse_domain
+from .client import OADAClient, parse_domain
 from .client._client import check_token
+from .config import ServiceConfig
+from .context import WorkFunction
 from .exceptions import InvalidKey, InvalidQueueEntry, OADAError, redact
 from .health import Readiness, serve_probes
 from .job import Job
 from .metrics import ServiceMetrics
-from .queue import DEFAULT_QUEUE, Queue, _Once
+from .queue import DEFAULT_QUEUE, InFlight, Once, Queue, QueueHost
 from .reporters import FinishReport, Reporter
-from .runner import Worker
-from .scheduler import UniquePolicy
 from .settings import Settings, load_settings
 from .tree import Layout, LayoutName, get_layout, resource_path, validate_service_name
-from .types import Json, WorkFunction
+from .types import UniquePolicy
 from .watchdog import LoopWatchdog
+from .worker import Worker
 
-if TYPE_CHECKING:
-    from .client import OADAClient
-
-__all__ = ["Service", "ServiceConfig", "ServiceState", "Timeout"]
+__all__ = ["Component", "Service", "ServiceConfig", "ServiceState", "Timeout"]
 
 logger = logging.getLogger("oada_jobs")
 
@@ -98,48 +111,6 @@ def _seconds(value: Timeout | None, what: str) -> float | None:
     return seconds
 
 
-class ServiceConfig(BaseModel):
-    """The validated options of a :class:`Service` (all keyword arguments)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: Jobs running at once, over all queues (clients the service opens allow
-    #: four times as many requests in flight).
-    concurrency: PositiveInt = 10
-    #: Job-list layout: ``"classic"`` or ``"pending"`` (see docs/layouts.md).
-    layout: LayoutName = "classic"
-    #: How long a claim on a job holds without renewal.
-    lease: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
-    #: Seconds between re-reads of the pending list (expired leases, released jobs).
-    sweep_interval: PositiveFloat = 30.0
-    #: Seconds ``stop()`` lets running jobs finish before cancelling them.
-    shutdown_grace: float = Field(default=30.0, ge=0)
-    #: First and longest wait between retries of a failing queue.
-    retry_initial: PositiveFloat = 1.0
-    retry_max: PositiveFloat = 60.0
-    #: Seconds to wait for a resource that is not a job yet to become one.
-    invalid_job_wait: float = Field(default=2.0, ge=0)
-    #: Seconds allowed for recording a job's outcome.
-    finish_timeout: PositiveFloat = 30.0
-    #: Read jobs a queue holds in memory, waiting for a slot; in a larger
-    #: backlog it reads more as these start (bounds memory).
-    keep_jobs: PositiveInt = 1000
-    #: Serve Prometheus ``/metrics`` on this port (0 = any free port).
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    #: Address the metrics server binds to.
-    metrics_addr: str = "0.0.0.0"
-    #: Seconds the event loop may go without a heartbeat before ``/healthz``
-    #: (served with ``/metrics``) fails (see :mod:`oada_jobs.health`).
-    loop_stall_limit: PositiveFloat = 5.0
-    #: Seconds a cancelled work function (timeout, cancel request) has to
-    #: end; past that its job is filed anyway and its slot freed, while the
-    #: function, which ignores cancellation, goes on with a revoked client.
-    cancel_grace: float = Field(default=2.0, ge=0)
-    #: An event-loop lag of this many seconds or more is logged, naming the
-    #: jobs running, and counted (see docs/work-functions.md); 0 turns it off.
-    loop_lag_warning: float = Field(default=1.0, ge=0)
-
-
 class ServiceState(Enum):
     """Lifecycle of a :class:`Service`; a stopped service cannot be restarted."""
 
@@ -153,6 +124,24 @@ class ServiceState(Enum):
     STOPPING = "stopping"
     #: Done; connections closed.
     STOPPED = "stopped"
+
+
+class Component(Protocol):
+    """A part of a service that runs beside its queues while the service runs.
+
+    Periodic jobs (:mod:`oada_jobs.cron`) and scheduled reports are
+    components: they sit above the service, use only its public API, and
+    are added with :meth:`Service.add_component` before it starts.
+    """
+
+    def copy(self) -> Component:
+        """The same component for a copy of its service (:meth:`Service.copy`)."""
+        ...
+
+    async def run(self, service: Service, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        """Run while *service* runs: ``task_status.started(scope)`` once ready;
+        the service cancels *scope* when it stops."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +327,8 @@ class Service:
         self._queues: dict[str, Queue] = {}
         self._entries: dict[str, QueueEntry] = {}
         self._invalid_seen: dict[str, str] = {}
-        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight = InFlight()
+        self._components: dict[str, Component] = {}
         self._stop_requested = anyio.Event()
         self._done = anyio.Event()
         self._stack: AsyncExitStack | None = None
@@ -479,10 +469,7 @@ class Service:
         twin.limiter = anyio.CapacityLimiter(self.config.concurrency)
         twin._grace = self.config.shutdown_grace
         twin._workers = dict(self._workers)
-        from .cron import add_entry, entries_of
-
-        for entry in entries_of(self):
-            add_entry(twin, entry.name, entry.schedule, type=entry.type, config=entry.config)
+        twin._components = {key: part.copy() for key, part in self._components.items()}
         return twin
 
     @property
@@ -673,20 +660,52 @@ class Service:
         """Remove the work function for *type*; later jobs of that type fail."""
         self._workers.pop(type, None)
 
+    # ------------------------------------------------------------ components
+
+    #: ``service.<name>(...)`` methods provided by modules above the service
+    #: (``cron`` by :mod:`oada_jobs.cron`, ``add_report`` by
+    #: :mod:`oada_jobs.reports`), registered with :meth:`provide` when
+    #: ``oada_jobs`` is imported. The import arrows point at this module.
+    _provided: ClassVar[dict[str, Callable[..., object]]] = {}
+
+    @classmethod
+    def provide(cls, name: str, method: Callable[..., object]) -> None:
+        """Make ``service.<name>(...)`` call ``method(service, ...)``."""
+        cls._provided[name] = method
+
+    def _call_provided(self, name: str, *args: Any, **kwargs: Any) -> None:
+        method = self._provided.get(name)
+        if method is None:
+            raise RuntimeError(f"service.{name}() is provided by a module that was not imported")
+        method(self, *args, **kwargs)
+
     def cron(
         self, name: str, schedule: str, *, type: str | None = None, config: Any = None
     ) -> None:
-        """Post a job of *type* (default *name*) on a cron *schedule*; see docs/periodic-jobs.md."""
-        from .cron import add_entry
+        """Post a job of *type* (default *name*) on a cron *schedule*; see docs/periodic-jobs.md.
 
-        add_entry(self, name, schedule, type=type, config=config)
+        Provided by :func:`oada_jobs.cron.add_entry`.
+        """
+        self._call_provided("cron", name, schedule, type=type, config=config)
 
     def add_report(self, name: str, schedule: str, **options: Any) -> None:
         """Make a report of finished jobs on a cron *schedule*, stored in OADA and
         optionally mailed; *options* as for :func:`oada_jobs.reports.add_report`."""
-        from .reports import add_report
+        self._call_provided("add_report", name, schedule, **options)
 
-        add_report(self, name, schedule, **options)
+    def add_component(self, key: str, component: Component) -> None:
+        """Run *component* beside the queues while the service runs; before start only."""
+        if self._state is not ServiceState.CREATED:
+            raise RuntimeError(
+                f"components are added before the service starts; it is {self._state.value}"
+            )
+        if key in self._components:
+            raise ValueError(f"the service has a component {key!r} already")
+        self._components[key] = component
+
+    def component(self, key: str) -> Component | None:
+        """The component added under *key*, if any."""
+        return self._components.get(key)
 
     def worker_for(self, type: str) -> Worker | None:
         """The registered :class:`~oada_jobs.runner.Worker` for *type*, if any."""
@@ -741,44 +760,13 @@ class Service:
     def same_domain(self, domain: str) -> bool:
         return parse_domain(domain).http == self.domain
 
-    def claim_in_flight(self, domain: str, job_id: str) -> bool:
-        """Mark a job as in flight here; ``False`` if it already is."""
-        if (domain, job_id) in self._in_flight:
-            return False
-        self._in_flight.add((domain, job_id))
-        return True
-
-    def release_in_flight(self, domain: str, job_id: str) -> None:
-        self._in_flight.discard((domain, job_id))
-
-    async def report(
-        self,
-        *,
-        job: Job[Any],
-        queue: Queue,
-        status: str,
-        result: Json,
-        path: str,
-        duration: float | None,
-    ) -> None:
+    async def report(self, report: FinishReport) -> None:
         """Tell every reporter about a finished job; reporter errors are logged only."""
-        if not self.reporters:
-            return
-        report = FinishReport(
-            service=self.name,
-            domain=queue.domain,
-            queue=queue.key,
-            job=job,
-            status=status,
-            result=result,
-            path=path,
-            duration=duration,
-        )
         for reporter in self.reporters:
             try:
                 await reporter.report(report)
             except Exception as error:
-                logger.error("reporter %r failed for job %s: %s", reporter, job.key, error)
+                logger.error("reporter %r failed for job %s: %s", reporter, report.job.key, error)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -878,13 +866,9 @@ class Service:
         await stop_on_signals(stop, task_status=task_status)
 
     async def _main(self, *, task_status: TaskStatus[None]) -> None:
-        from .cron import run_cron
-
         try:
             async with AsyncExitStack() as stack:
                 if self._given_client is None:
-                    from .client import OADAClient
-
                     assert self._token is not None
                     self._oada = await stack.enter_async_context(
                         OADAClient(self.domain, self._token, concurrency=self.request_concurrency)
@@ -909,7 +893,9 @@ class Service:
                         watch_scope = anyio.CancelScope()
                         work.start_soon(self._watch_loop, watch_scope)
                         await work.start(self._follow_config)
-                        cron_scope = await work.start(run_cron, self)
+                        scopes = [
+                            await work.start(part.run, self) for part in self._components.values()
+                        ]
                         self._state = ServiceState.RUNNING
                         logger.info("service %s: running (worker %s)", self.name, self.worker_id)
                         task_status.started()
@@ -918,7 +904,8 @@ class Service:
                         logger.info("service %s: stopping", self.name)
                         if self._config_scope is not None:
                             self._config_scope.cancel()
-                        cron_scope.cancel()
+                        for scope in scopes:
+                            scope.cancel()
                         watch_scope.cancel()
                         for queue in self._queues.values():
                             queue.stop()
@@ -960,11 +947,46 @@ class Service:
             for event in started:
                 await event.wait()
 
+    def _queue(self, key: str, domain: str, token: str | None) -> Queue:
+        """A queue for *domain*, with *token* (``None``: the service's own)."""
+        host = QueueHost(
+            name=self.name,
+            worker_id=self.worker_id,
+            config=self.config,
+            layout=self.layout,
+            limiter=self.limiter,
+            in_flight=self._in_flight,
+            metrics=self.metrics,
+            workers=self.worker_for,
+            changed=self._queues_changed,
+            report=self.report,
+            watchdog=self.watchdog,
+        )
+        connect = partial(self._connect, domain, token)
+        return Queue(host, key, domain=domain, connect=connect, own_token=token is None)
+
+    @asynccontextmanager
+    async def _connect(self, domain: str, token: str | None) -> AsyncIterator[OADAClient]:
+        """A client for a queue on *domain* with *token* (``None``: the service's own)."""
+        if token is None:
+            yield self.oada
+        elif self.same_domain(domain):
+            # Same store: share the service's connections; the queue's token
+            # is used by this clone only.
+            clone = self.oada.clone(token)
+            try:
+                yield clone
+            finally:
+                clone.revoke()
+        else:
+            async with OADAClient(domain, token, concurrency=self.request_concurrency) as client:
+                yield client
+
     async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
-        ready = _Once(task_status)
+        ready = Once(task_status)
         with anyio.CancelScope() as scope:
             self._config_scope = scope
-            await self._start_queues([Queue(self, DEFAULT_QUEUE, domain=self.domain, token=None)])
+            await self._start_queues([self._queue(DEFAULT_QUEUE, self.domain, None)])
             delay = self.config.retry_initial
             while True:
                 try:
@@ -983,7 +1005,7 @@ class Service:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, self.config.retry_max)
 
-    async def _watch_queues(self, ready: _Once) -> None:
+    async def _watch_queues(self, ready: Once) -> None:
         oada = self.oada
         path = self.layout.queues_path(self.name)
         await oada.ensure(path, {}, tree=self.layout.tree)
@@ -1049,5 +1071,5 @@ class Service:
             if key not in self._entries:
                 logger.info("service %s: starting queue %r on %s", self.name, key, entry.domain)
                 self._entries[key] = entry
-                new.append(Queue(self, key, domain=entry.domain, token=entry.token))
+                new.append(self._queue(key, entry.domain, entry.token))
         await self._start_queues(new, wait=wait)

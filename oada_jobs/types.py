@@ -1,15 +1,16 @@
-"""Type aliases and callable protocols shared across oada-jobs."""
+"""Type aliases shared across oada-jobs.
+
+The bottom of the framework: imports nothing from the package, so every
+module may import it. The work-function protocol lives with the context it
+is called with (:mod:`oada_jobs.context`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any, Literal, TypeAlias
 
-if TYPE_CHECKING:
-    from .job import Job
-    from .runner import WorkerContext
-
-__all__ = ["Json", "JsonObject", "Tree", "WorkFunction"]
+__all__ = ["Json", "JsonObject", "Tree", "UniquePolicy"]
 
 #: Any JSON value as decoded by :mod:`json`.
 Json: TypeAlias = dict[str, Any] | list[Any] | str | int | float | bool | None
@@ -22,16 +23,6 @@ JsonObject: TypeAlias = dict[str, Any]
 Tree: TypeAlias = Mapping[str, Any]
 
 
-class WorkFunction(Protocol):
-    """What ``service.on(type, timeout, fn)`` accepts.
-
-    It gets the job and its context and returns the job's JSON ``result``.
-    The job's ``config`` is a plain JSON object, or an instance of the pydantic
-    model the function declares (``job: Job[EmailConfig]``)::
-
-        async def send(job: Job, ctx: WorkerContext) -> Json:
-            await ctx.log.info("started", "Job started")
-            return {"sent": True}
-    """
-
-    async def __call__(self, job: Job[Any], ctx: WorkerContext, /) -> Json: ...
+#: What happens to a job whose unique key is already held in its queue:
+#: refused (fails as ``duplicate``), merged into the holder, or allowed.
+UniquePolicy = Literal["refuse", "merge", "allow"]

@@ -135,7 +135,7 @@ async def test_a_job_may_ask_for_fewer_or_more_tries_than_its_type(
 
 
 def test_retry_delays_back_off_exponentially_up_to_the_cap_with_optional_jitter() -> None:
-    from oada_jobs.runner import Worker
+    from oada_jobs.worker import Worker
 
     async def work(job: Job[Json], ctx: WorkerContext) -> Json:
         return None

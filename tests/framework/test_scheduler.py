@@ -10,8 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oada_jobs import Job, Json, WorkerContext
-from oada_jobs.runner import Worker
 from oada_jobs.scheduler import HELD_FAILED_READS, Entry, EntryState, Scheduler
+from oada_jobs.worker import Worker
 
 
 async def work(job: Job[Json], ctx: WorkerContext) -> Json:

@@ -11,9 +11,9 @@ import pytest
 import respx
 
 from oada_jobs import InvalidQueueEntry, Job, Service, SlackReporter
+from oada_jobs.context import JobLogger
 from oada_jobs.exceptions import BadRequest, OADATransportError
 from oada_jobs.reporters import FinishReport
-from oada_jobs.runner import JobLogger
 from oada_jobs.service import parse_queue_entry
 
 
@@ -187,7 +187,7 @@ def test_copy_keeps_cron_entries() -> None:
 
 
 async def test_run_helpers_are_gone_before_stop_returns_and_their_errors_stop_the_work() -> None:
-    from oada_jobs.runner import _Helpers
+    from oada_jobs.call import _Helpers
 
     async with anyio.create_task_group() as tg:
         stopped: list[str] = []

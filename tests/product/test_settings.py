@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from oada_jobs import Job, Json, Service, WorkerContext
 from oada_jobs.cli.run import apply_settings
 from oada_jobs.client import OADAClient
-from oada_jobs.runner import enabled_levels
+from oada_jobs.context import enabled_levels
 from oada_jobs.settings import (
     ENV_NAMES,
     Settings,
