@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import _pointer
 from .client import OADAClient
 from .context import WorkerContext
 from .cron import CronEntry, add_entry, entries_of
@@ -157,20 +158,7 @@ def days_between(start: date, end: date) -> list[date]:
 
 def resolve_pointer(data: object, pointer: str) -> tuple[bool, Any]:
     """Follow the JSON pointer (RFC 6901) *pointer* into *data*: ``(found, value)``."""
-    if pointer == "":
-        return True, data
-    if not pointer.startswith("/"):
-        raise ValueError(f"expected a JSON pointer starting with '/', got {pointer!r}")
-    node = data
-    for raw in pointer[1:].split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False, None
-    return True, node
+    return _pointer.resolve(data, pointer)
 
 
 def _record(

@@ -47,6 +47,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from oada_jobs._ksuid import ksuid
+from oada_jobs._pointer import unescape
 from oada_jobs.server.auth import Access, Roots, authorize, token_from_header
 from oada_jobs.server.config import ServerConfig, TokenInfo
 from oada_jobs.server.documents import MISSING, dumpb, is_json_type, lookup, nest
@@ -197,7 +198,7 @@ def _split_path(raw: str) -> list[str]:
     for seg in segments:
         if seg in ("", ".", ".."):
             raise Reject(400, f"invalid path {raw!r}: empty, '.' and '..' segments are not allowed")
-        out.append(seg.replace("~1", "/").replace("~0", "~") if "~" in seg else seg)
+        out.append(unescape(seg))
     return out
 
 

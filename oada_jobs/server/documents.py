@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from oada_jobs._pointer import array_index
+
 __all__ = [
     "MISSING",
     "array_index",
@@ -124,18 +126,3 @@ def lookup(doc: Any, path: Sequence[str]) -> Any:
         else:
             return MISSING
     return node
-
-
-def array_index(key: str, length: int) -> int | None:
-    """The array index *key* names in an array of *length* elements, or ``None``.
-
-    As in JSON pointers: ``0`` or digits without a leading zero (ASCII only),
-    below *length*. A key of thousands of digits is not an index (and never
-    reaches :func:`int`).
-    """
-    if not key.isascii() or not key.isdigit() or len(key) > len(str(length)):
-        return None
-    if len(key) > 1 and key[0] == "0":
-        return None
-    index = int(key)
-    return index if index < length else None

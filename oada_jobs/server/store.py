@@ -58,6 +58,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from oada_jobs import _pointer
 from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.dblock import DatabaseLock
 from oada_jobs.server.documents import array_index, dumpb, merge
@@ -135,25 +136,14 @@ def _execute_rows(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]])
         db.executemany(sql, rows)
 
 
-def escape_key(key: str) -> str:
-    """Escape one key for a JSON pointer (``~`` → ``~0``, ``/`` → ``~1``)."""
-    if "~" in key or "/" in key:
-        return key.replace("~", "~0").replace("/", "~1")
-    return key
-
-
-def pointer(path: Iterable[str]) -> str:
-    """The JSON pointer of *path*: ``("a", "b/c")`` → ``"/a/b~1c"``; ``()`` → ``""``."""
-    return "".join("/" + escape_key(k) for k in path)
+# JSON pointers are built and split in one place, shared with the client and framework.
+escape_key = _pointer.escape
+pointer = _pointer.join
 
 
 def unpointer(text: str) -> Path:
     """Inverse of :func:`pointer`."""
-    if not text:
-        return ()
-    return tuple(
-        k.replace("~1", "/").replace("~0", "~") if "~" in k else k for k in text[1:].split("/")
-    )
+    return _pointer.split(text)
 
 
 def replay(doc: dict[str, Any], body: dict[str, Any], kind: str) -> None:
