@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -37,6 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._retry import exponential, retry
 from .client import OADAClient, Watch
 from .config import ServiceConfig
+from .dispatch import READ_RETRY, Dispatcher, InFlight
 from .exceptions import (
     BadRequest,
     Forbidden,
@@ -45,19 +45,15 @@ from .exceptions import (
     NotFound,
     OADAError,
     OADAStatusError,
-    OADATransportError,
-    PreconditionFailed,
     Unauthorized,
 )
 from .filing import Filed, Filer
-from .job import Job, JobStatus, iso, new_update, utc_now
 from .metrics import ServiceMetrics
-from .outcome import JobOutcome
+from .reading import read_for_queue
 from .reporters import FinishReport
-from .runner import Decision, Runner, RunnerSettings, read_job
+from .runner import Decision, Runner, RunnerSettings
 from .scheduler import Entry, EntryState, Scheduler
 from .tree import (
-    JOBS_TYPE,
     LAYOUT_MARKER,
     SERVICE_TYPE,
     Layout,
@@ -65,7 +61,6 @@ from .tree import (
     resource_path,
     service_root,
 )
-from .types import JsonObject
 from .watchdog import LoopWatchdog
 from .worker import Worker
 
@@ -77,19 +72,11 @@ logger = logging.getLogger("oada_jobs")
 DEFAULT_QUEUE = "_default"
 #: Most jobs a queue reads at once.
 MAX_READERS = 16
-#: Seconds before a job that could not be read or run is tried again.
-READ_RETRY = 5.0
 #: Readers of jobs read again (their timer fired, or their link was touched).
 REREADERS = 2
-#: Longest wait, in seconds, for the jobs of a list just read to be read
-#: before the first of them starts: a high-priority job further down the list
-#: must not start after lower ones read before it.
-FIRST_READS_HOLD = 2.0
 #: Seconds before the same bad list entry is warned about again (it is
 #: warned about when first seen, then at this slow cadence, never per sweep).
 BAD_ENTRY_REWARN = 3600.0
-#: Reads of a job merged jobs wait on, before they are decided again.
-HOLDER_READS = 5
 
 
 def _describe(value: object) -> str:
@@ -107,27 +94,6 @@ class Once:
         if not self.done:
             self.done = True
             self._task_status.started()
-
-
-class InFlight:
-    """The jobs running in a service right now, over all its queues.
-
-    Two queues of one service may list the same job (two entries for one
-    store); only the first to claim it here runs it.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: set[tuple[str, str]] = set()
-
-    def claim(self, domain: str, job_id: str) -> bool:
-        """Mark a job as in flight; ``False`` if it already is."""
-        if (domain, job_id) in self._jobs:
-            return False
-        self._jobs.add((domain, job_id))
-        return True
-
-    def release(self, domain: str, job_id: str) -> None:
-        self._jobs.discard((domain, job_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +160,10 @@ class Queue:
             host.workers, worker_id=host.worker_id, keep_bodies=host.config.keep_jobs
         )
         self._runners: TaskGroup | None = None
-        # Files the jobs, on the client of the current run.
-        self._filer: Filer | None = None
+        # Starts the jobs, on the client of the current run.
+        self._dispatcher: Dispatcher | None = None
         # Where jobs to read go, while the intake runs.
         self._reads = _Reads(None, None)
-        self._settings = RunnerSettings(
-            worker_id=host.worker_id,
-            lease=host.config.lease,
-            invalid_job_wait=host.config.invalid_job_wait,
-            cancel_grace=host.config.cancel_grace,
-        )
         # Bad list entries warned about: key -> (problem, anyio time warned).
         self._warned: dict[str, tuple[str, float]] = {}
         #: Whether the queue's list watch is open right now.
@@ -257,72 +217,131 @@ class Queue:
         """Run until stopped: retry on errors with backoff; running jobs finish."""
         ready = Once(task_status)
         config = self.host.config
-        delay = config.retry_initial
+
+        async def attempt() -> None:
+            if self._stopping:
+                return
+            with anyio.CancelScope() as self._run_scope:
+                async with self._connect() as oada, anyio.create_task_group() as runners:
+                    self._oada, self._runners = oada, runners
+                    self._dispatcher = self._dispatcher_for(oada, runners)
+                    await self._intake(ready)
+
+        def failed(error: BaseException, delay: float) -> None:
+            self.log.error(
+                "queue %r could not start: %s; retrying in %.1f s",
+                self.key,
+                self._explain(error),
+                delay,
+            )
+            ready()
+
         try:
-            while not self._stopping:
-                try:
-                    with anyio.CancelScope() as self._run_scope:
-                        async with self._connect() as oada, anyio.create_task_group() as runners:
-                            self._oada, self._runners = oada, runners
-                            self._filer = Filer(
-                                oada,
-                                layout=self.layout,
-                                service=self.host.name,
-                                finish_timeout=config.finish_timeout,
-                                on_filed=self._filed,
-                            )
-                            await self._intake(runners, ready)
-                    return
-                except OADAError as error:
-                    self.log.error(
-                        "queue %r could not start: %s; retrying in %.1f s",
-                        self.key,
-                        self._explain(error),
-                        delay,
-                    )
-                ready()
-                await self._backoff(delay)
-                delay = min(delay * 2, config.retry_max)
+            await retry(
+                attempt,
+                retryable=lambda error: isinstance(error, OADAError),
+                delay=exponential(config.retry_initial, config.retry_max),
+                on_retry=failed,
+                sleep=self._backoff,
+            )
         finally:
             ready()
-            self._oada = self._runners = self._filer = None
+            self._oada = self._runners = self._dispatcher = None
             self._run_scope = None
 
-    async def _intake(self, runners: TaskGroup, ready: Once) -> None:
+    def _dispatcher_for(self, oada: OADAClient, runners: TaskGroup) -> Dispatcher:
+        """The dispatcher of one run of the queue: its client, its runners' group."""
+        host, config = self.host, self.host.config
+        filer = Filer(
+            oada,
+            layout=self.layout,
+            service=host.name,
+            finish_timeout=config.finish_timeout,
+            on_filed=self._filed,
+        )
+        settings = RunnerSettings(
+            worker_id=host.worker_id,
+            lease=config.lease,
+            invalid_job_wait=config.invalid_job_wait,
+            cancel_grace=config.cancel_grace,
+        )
+        dispatcher: Dispatcher
+
+        def make_runner(decision: Decision, release_slot: Callable[[], None]) -> Runner:
+            return Runner(
+                decision,
+                oada=oada,
+                workers=host.workers,
+                filer=filer,
+                settings=settings,
+                metrics=host.metrics,
+                watchdog=host.watchdog,
+                spawn=dispatcher.start_beside,
+                release_slot=release_slot,
+                service=host.name,
+                queue=self.key,
+            )
+
+        dispatcher = Dispatcher(
+            self.scheduler,
+            runners,
+            make_runner=make_runner,
+            oada=oada,
+            limiter=host.limiter,
+            in_flight=host.in_flight,
+            key=self.key,
+            domain=self.domain,
+            concurrency=config.concurrency,
+            backoff=exponential(config.retry_initial, config.retry_max),
+            reread=lambda entry: self._reads.send(entry),
+            log=self.log,
+        )
+        return dispatcher
+
+    async def _intake(self, ready: Once) -> None:
         """Watch, sweep and dispatch until stopped; errors are retried here so
-        that running jobs (in *runners*) are never cancelled by them."""
+        that running jobs (in the runners' group) are never cancelled by them."""
         config = self.host.config
-        delay = config.retry_initial
+
+        async def watch() -> None:
+            try:
+                await self._watch(ready)
+            finally:
+                self._set_watching(False)
+
+        def failed(error: BaseException, delay: float) -> None:
+            if isinstance(error, OADAError):
+                self.log.error(
+                    "queue %r: %s; retrying in %.1f s", self.key, self._explain(error), delay
+                )
+            else:
+                self.log.error(
+                    "queue %r failed; retrying in %.1f s", self.key, delay, exc_info=error
+                )
+            # The service's start() waits for every initial queue; a failing
+            # one must not hold it up while it retries.
+            ready()
+
         with anyio.CancelScope() as scope:
             self._intake_scope = scope
             if self._stopping:
                 scope.cancel()
             while True:
-                try:
-                    try:
-                        await self._watch(runners, ready)
-                    finally:
-                        self._set_watching(False)
-                    delay = config.retry_initial
-                    self.log.warning("queue %r: the list watch ended; re-opening it", self.key)
-                except OADAError as error:
-                    self.log.error(
-                        "queue %r: %s; retrying in %.1f s", self.key, self._explain(error), delay
-                    )
-                    # The service's start() waits for every initial queue;
-                    # a failing one must not hold it up while it retries.
-                    ready()
-                    await self._backoff(delay)
-                    delay = min(delay * 2, config.retry_max)
-                except Exception:
-                    self.log.exception("queue %r failed; retrying in %.1f s", self.key, delay)
-                    ready()
-                    await self._backoff(delay)
-                    delay = min(delay * 2, config.retry_max)
+                # Each watch that ends normally starts the backoff afresh.
+                await retry(
+                    watch,
+                    retryable=lambda error: True,
+                    delay=exponential(config.retry_initial, config.retry_max),
+                    on_retry=failed,
+                    sleep=self._backoff,
+                )
+                self.log.warning("queue %r: the list watch ended; re-opening it", self.key)
         self._intake_scope = None
 
-    async def _watch(self, runners: TaskGroup, ready: Once) -> None:
+    async def _watch(self, ready: Once) -> None:
         oada = self.oada
+        assert self._dispatcher is not None
+        dispatcher = self._dispatcher
         await oada.ensure(self.pending_path, {}, tree=self.layout.tree)
         await self._note_layout()
         response = await oada.get(self.pending_path)
@@ -349,8 +368,8 @@ class Queue:
                 for _ in range(REREADERS):
                     intake.start_soon(self._reader, again_out.clone(), False)
                 intake.start_soon(self._timers)
-                intake.start_soon(self._dispatch, runners)
-                intake.start_soon(self._dispatch_urgent, runners)
+                intake.start_soon(dispatcher.dispatch)
+                intake.start_soon(dispatcher.dispatch_urgent)
                 intake.start_soon(self._sweep)
                 # On a re-opened watch the scheduler keeps what it knew:
                 # reads cut short are redone (first, as they are the
@@ -500,15 +519,8 @@ class Queue:
                     self._left(entry)
 
     def _left(self, entry: Entry) -> None:
-        merged = self.scheduler.remove(entry)
-        if merged:
-            # Filed elsewhere (another replica, or by hand): read how it ended.
-            self.start_beside(self._settle_merged, entry.job_id, merged, None)
-
-    def start_beside(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        """Run *func* beside the jobs (it finishes even when intake stops)."""
-        assert self._runners is not None
-        self._runners.start_soon(func, *args)
+        assert self._dispatcher is not None
+        self._dispatcher.left(entry)
 
     async def _reader(self, receive: MemoryObjectReceiveStream[Entry], first: bool) -> None:
         """Read jobs handed in by the list, the sweep and the timers."""
@@ -525,7 +537,13 @@ class Queue:
         if self.scheduler.get(entry.job_id) is not entry:
             return  # left the list meanwhile
         try:
-            job = await self._read(entry)
+            job = await read_for_queue(
+                self.oada,
+                entry.job_id,
+                key=entry.key,
+                wait=self.host.config.invalid_job_wait,
+                start_delay=self._start_delay,
+            )
         except (InvalidJob, InvalidKey, NotFound, Forbidden, BadRequest) as problem:
             self.scheduler.read(entry, None, problem)
         except OADAError as error:
@@ -539,37 +557,9 @@ class Queue:
         else:
             self.scheduler.read(entry, job, None)
 
-    async def _read(self, entry: Entry) -> Job[JsonObject]:
-        """Read a job for the scheduler; write a type's start delay the first time."""
-        for _attempt in range(3):
-            job = await read_job(
-                self.oada,
-                entry.job_id,
-                key=entry.key,
-                wait=self.host.config.invalid_job_wait,
-            )
-            worker = self.host.workers(job.type)
-            if (
-                worker is None
-                or not worker.start_delay
-                or job.tries
-                or job.run_at is not None
-                or job.options.not_before is not None
-                or job.status not in (None, JobStatus.PENDING.value)
-            ):
-                return job
-            # Written on the job, so a restart keeps the delay.
-            run_at = utc_now() + timedelta(seconds=worker.start_delay)
-            key, update = new_update("delayed", f"start delay of {worker.start_delay:g} s")
-            body = {"runAt": iso(run_at), "updates": {key: update}}
-            try:
-                response = await self.oada.put(
-                    resource_path(entry.job_id), body, content_type=JOBS_TYPE, if_match=job.etag
-                )
-            except PreconditionFailed:
-                continue  # changed meanwhile (another replica did it): look again
-            return replace(job, run_at=run_at, etag=response.etag)
-        raise OADATransportError(f"job {entry.job_id} kept changing while being read")
+    def _start_delay(self, job_type: str) -> float:
+        worker = self.host.workers(job_type)
+        return worker.start_delay if worker is not None else 0.0
 
     async def _timers(self) -> None:
         """Hand jobs whose time came back to the readers."""
@@ -595,156 +585,6 @@ class Queue:
                 continue
             self._offer(response.data, known_before=known_before)
 
-    async def _dispatch(self, runners: TaskGroup) -> None:
-        """Start the best ready job whenever one is ready and a slot is free."""
-        limiter = self.host.limiter
-        scheduler = self.scheduler
-        # The list was just read: let its jobs be read (as many as fit in
-        # memory) before choosing by priority among them.
-        with anyio.move_on_after(FIRST_READS_HOLD):
-            while scheduler.reading_first() and not scheduler.full:
-                await scheduler.changed.wait()
-        while True:
-            # Wait for a job first: an idle queue holds no slot.
-            while not scheduler.has_ready():
-                await scheduler.changed.wait()
-            borrower = object()
-            await _acquire(limiter, borrower)
-            entry = scheduler.pop()
-            if entry is None:
-                limiter.release_on_behalf_of(borrower)
-                continue
-            self._begin(runners, entry, limiter, borrower)
-
-    async def _dispatch_urgent(self, runners: TaskGroup) -> None:
-        """File jobs that need no work function (bad, cancelled, refused) at
-        once, without a job slot; at most ``concurrency`` at a time."""
-        scheduler = self.scheduler
-        filing = anyio.CapacityLimiter(self.host.config.concurrency)
-        while True:
-            added = scheduler.urgent_added
-            entry = scheduler.pop_urgent()
-            if entry is None:
-                await added.wait()
-                continue
-            borrower = object()
-            await _acquire(filing, borrower)
-            self._begin(runners, entry, filing, borrower)
-
-    def _begin(
-        self, runners: TaskGroup, entry: Entry, limiter: anyio.CapacityLimiter, borrower: object
-    ) -> None:
-        if self.host.in_flight.claim(self.domain, entry.job_id):
-            runners.start_soon(self._run_job, entry, limiter, borrower)
-            return
-        # Another queue of this service runs it right now.
-        limiter.release_on_behalf_of(borrower)
-        self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
-
-    async def _run_job(
-        self, entry: Entry, limiter: anyio.CapacityLimiter | None, borrower: object
-    ) -> None:
-        released = limiter is None
-
-        def release_slot() -> None:
-            # Called once the job's outcome is written: filing it (two more
-            # requests) need not hold up the next job.
-            nonlocal released
-            if not released:
-                released = True
-                assert limiter is not None
-                limiter.release_on_behalf_of(borrower)
-
-        assert self._filer is not None
-        runner = Runner(
-            Decision(entry.key, entry.job_id, entry.problem, entry.duplicate_of, entry.merged_into),
-            oada=self.oada,
-            workers=self.host.workers,
-            filer=self._filer,
-            settings=self._settings,
-            metrics=self.host.metrics,
-            watchdog=self.host.watchdog,
-            spawn=self.start_beside,
-            release_slot=release_slot,
-            service=self.host.name,
-            queue=self.key,
-        )
-        job = self.scheduler.take(entry)
-        later: datetime | None = None
-        try:
-            later = await runner.run(job)
-        except OADAError as error:
-            self.log.error(
-                "queue %r: job %s (%s) could not be processed: %s; trying again later",
-                self.key,
-                entry.key,
-                entry.job_id,
-                error,
-            )
-            later = utc_now() + timedelta(seconds=READ_RETRY)
-        except Exception:
-            self.log.exception(
-                "queue %r: job %s (%s) failed unexpectedly", self.key, entry.key, entry.job_id
-            )
-            later = utc_now() + timedelta(seconds=READ_RETRY)
-        finally:
-            self.host.in_flight.release(self.domain, entry.job_id)
-            release_slot()
-            if later is not None and not entry.gone:
-                self.scheduler.wait(entry, later)
-            else:
-                merged = self.scheduler.remove(entry)
-                if merged:
-                    self.start_beside(self._settle_merged, entry.job_id, merged, runner.outcome)
-
-    async def _settle_merged(
-        self, holder_id: str, merged: list[Entry], outcome: JobOutcome | None
-    ) -> None:
-        """File the jobs merged into *holder_id* with its outcome."""
-        if outcome is None:
-            holder = await self._read_holder(holder_id)
-            if holder is None or not holder.finished:
-                # It left the list without an outcome: decide them again.
-                self.scheduler.unpark(merged)
-                for entry in merged:
-                    self._reads.send(entry)
-                return
-            assert holder.status is not None
-            fail_type = holder.result.get("failType") if isinstance(holder.result, dict) else None
-            outcome = JobOutcome(
-                holder.status, holder.result, fail_type if isinstance(fail_type, str) else None
-            )
-        for entry in merged:
-            if self.scheduler.get(entry.job_id) is entry:
-                entry.merged_into = (holder_id, outcome)
-                entry.state = EntryState.RUNNING
-                self.start_beside(self._run_job, entry, None, None)
-
-    async def _read_holder(self, holder_id: str) -> Job[JsonObject] | None:
-        """The job merged jobs wait on, as it ended; ``None`` if it cannot be read."""
-        config = self.host.config
-
-        def warn(error: BaseException, delay: float) -> None:
-            self.log.warning(
-                "queue %r: could not read %s: %s; retrying", self.key, holder_id, error
-            )
-
-        try:
-            response = await retry(
-                lambda: self.oada.get(resource_path(holder_id)),
-                retryable=lambda error: (
-                    isinstance(error, OADAError)
-                    and not isinstance(error, NotFound | Forbidden | BadRequest)
-                ),
-                delay=exponential(config.retry_initial, config.retry_max),
-                retries=HOLDER_READS - 1,
-                on_retry=warn,
-            )
-            return Job.from_resource(response.data, oada_id=holder_id)
-        except (OADAError, InvalidJob) as error:
-            self.log.warning("queue %r: could not read %s: %s", self.key, holder_id, error)
-            return None
-
     async def _filed(self, filed: Filed) -> None:
         """A job of this queue was filed: count it and tell the reporters."""
         job, outcome = filed.job, filed.outcome
@@ -762,18 +602,6 @@ class Queue:
                 duration=filed.duration,
             )
             await self.host.report(report)
-
-
-async def _acquire(limiter: anyio.CapacityLimiter, borrower: object) -> None:
-    """Take a slot of *limiter* for *borrower*, waiting only if none is free.
-
-    ``acquire_on_behalf_of`` passes through the event loop even when a slot
-    is free, which cost a loop pass (about 15 us) on every job started.
-    """
-    try:
-        limiter.acquire_on_behalf_of_nowait(borrower)
-    except anyio.WouldBlock:
-        await limiter.acquire_on_behalf_of(borrower)
 
 
 #: States in which a touched link makes the queue read the job again.

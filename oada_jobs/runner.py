@@ -19,7 +19,7 @@ job. A running worker renews its lease; a job whose lease expired (its worker
 died) is claimed again by a later sweep of the pending list.
 
 Owns :class:`Runner`, :class:`Decision`, :class:`RunnerSettings` and
-:func:`read_job`; the work call itself (timeout, cancel watch, lease
+the decisions before a run; reading is :mod:`oada_jobs.reading`, the work call itself (timeout, cancel watch, lease
 renewal) is :mod:`oada_jobs.call`. A runner gets the job's key and what the scheduler decided,
 a client, a worker lookup, a filer and a way to run tasks beside the jobs;
 it must not import the queue, the scheduler or the service.
@@ -62,12 +62,13 @@ from .outcome import (
     JobOutcome,
     failed,
 )
+from .reading import read_job
 from .tree import JOBS_TYPE, resource_path
 from .types import JsonObject
 from .watchdog import LoopWatchdog
 from .worker import Worker
 
-__all__ = ["Decision", "Runner", "RunnerSettings", "read_job"]
+__all__ = ["Decision", "Runner", "RunnerSettings"]
 
 logger = logging.getLogger("oada_jobs")
 
@@ -101,36 +102,6 @@ class Decision:
     duplicate_of: str | None = None
     #: Merged: the job it was merged into, and that job's outcome.
     merged_into: tuple[str, JobOutcome] | None = None
-
-
-async def read_job(oada: OADAClient, job_id: str, *, key: str, wait: float) -> Job[JsonObject]:
-    """Read a job of a list; a resource that is not a job yet is read once more.
-
-    A job posted with a tree PUT is first an empty resource linked into the
-    list and only then filled in, so the first read may see ``{}``. The
-    second read waits (up to *wait* seconds) for the resource to change.
-    Raises :class:`~oada_jobs.InvalidJob` if it is still not a job then.
-    """
-
-    async def get() -> tuple[Job[JsonObject] | InvalidJob, int | None]:
-        response = await oada.get(resource_path(job_id))
-        try:
-            job = Job.from_resource(response.data, oada_id=job_id, key=key, etag=response.etag)
-        except InvalidJob as error:
-            return error, response.rev
-        return job, response.rev
-
-    first, rev = await get()
-    if isinstance(first, Job):
-        return first
-    with anyio.move_on_after(wait):
-        async with oada.watch(resource_path(job_id), rev=rev) as changes:
-            async for _change in changes:
-                break
-    second, _ = await get()
-    if isinstance(second, Job):
-        return second
-    raise second
 
 
 class Runner:

@@ -58,6 +58,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from ._ksuid import ksuid
+from ._retry import exponential, retry
 from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
 from .client._client import check_token
@@ -987,23 +988,28 @@ class Service:
         with anyio.CancelScope() as scope:
             self._config_scope = scope
             await self._start_queues([self._queue(DEFAULT_QUEUE, self.domain, None)])
-            delay = self.config.retry_initial
+            config = self.config
+
+            def retryable(error: BaseException) -> bool:
+                # Until start() has returned, it fails clearly when the
+                # service's own config cannot be read (e.g. the token is refused).
+                return isinstance(error, OADAError) and ready.done
+
+            def failed(error: BaseException, delay: float) -> None:
+                logger.error(
+                    "service %s: watching the queues list failed: %s; retrying in %.1f s",
+                    self.name,
+                    error,
+                    delay,
+                )
+
             while True:
-                try:
-                    await self._watch_queues(ready)
-                except OADAError as error:
-                    if not ready.done:
-                        # start() fails clearly when the service's own config
-                        # cannot be read (e.g. the token is refused).
-                        raise
-                    logger.error(
-                        "service %s: watching the queues list failed: %s; retrying in %.1f s",
-                        self.name,
-                        error,
-                        delay,
-                    )
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, self.config.retry_max)
+                await retry(
+                    lambda: self._watch_queues(ready),
+                    retryable=retryable,
+                    delay=exponential(config.retry_initial, config.retry_max),
+                    on_retry=failed,
+                )
 
     async def _watch_queues(self, ready: Once) -> None:
         oada = self.oada

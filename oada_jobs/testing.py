@@ -45,6 +45,7 @@ import anyio
 import httpx
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
+from oada_jobs._retry import exponential, retry
 from oada_jobs.job import FINISHED, Job
 from oada_jobs.requester import post_job
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
@@ -214,16 +215,18 @@ class _Child:
 
     async def _wait_answering(self) -> None:
         """Poll ``HEAD /bookmarks`` until the server answers at all."""
-        delay = 0.01
-        while True:
-            try:
-                await self._probe.head(f"{self.url}/bookmarks")
-                return
-            except httpx.TransportError:
-                if self._process is not None and self._process.returncode is not None:
-                    raise RuntimeError("the server process exited during start-up") from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.2)
+
+        def exited() -> bool:
+            return self._process is not None and self._process.returncode is not None
+
+        try:
+            await retry(
+                lambda: self._probe.head(f"{self.url}/bookmarks"),
+                retryable=lambda error: isinstance(error, httpx.TransportError) and not exited(),
+                delay=exponential(0.01, 0.2),
+            )
+        except httpx.TransportError:
+            raise RuntimeError("the server process exited during start-up") from None
 
     async def kill(self) -> None:
         process = self._process

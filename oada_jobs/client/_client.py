@@ -14,11 +14,10 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from weakref import WeakSet
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .._ksuid import ksuid
+from .._retry import retry
 from .._version import __version__
 from ..exceptions import (
     ClientClosed,
@@ -720,27 +719,16 @@ class OADAClient(ClosesOnExit):
         return min(options.max_backoff, 0.1 * 2.0 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]], method: str) -> T:
-        try:
-            return await attempt()
-        except OADAError as error:
-            if not self._shared.options.retries or not _retryable(error, method):
-                raise
-            first = error
-        logger.debug("retrying %s after %s", method.upper(), type(first).__name__)
-        await anyio.sleep(self._delay(first, 1))
+        def retryable(error: BaseException) -> bool:
+            return isinstance(error, OADAError) and _retryable(error, method)
 
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            return self._delay(error, state.attempt_number + 1)
+        def retrying(error: BaseException, seconds: float) -> None:
+            logger.debug("retrying %s after %s", method.upper(), type(error).__name__)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._shared.options.retries),
-            wait=wait,
-            retry=retry_if_exception(lambda error: _retryable(error, method)),
-            sleep=anyio.sleep,
-            reraise=True,
+        return await retry(
+            attempt,
+            retryable=retryable,
+            delay=self._delay,
+            retries=self._shared.options.retries,
+            on_retry=retrying,
         )
-        async for try_ in retrying:
-            with try_:
-                return await attempt()
-        raise AssertionError("unreachable: tenacity re-raises the last error")

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import anyio
 
 from .._ksuid import ksuid
+from .._retry import retry
 from ..exceptions import Forbidden, NotFound, OADAError, PreconditionFailed, UnprocessableEntity
 from ._response import Response
 
@@ -49,6 +50,10 @@ class Send(Protocol):
         headers: Mapping[str, str] | None = None,
         if_match: str | None = None,
     ) -> Response: ...
+
+
+def _lost_race_delay(error: BaseException, retry: int) -> float:
+    return TREE_PUT_BACKOFF * (retry**2 + random.random())
 
 
 def split_path(path: str) -> list[str]:
@@ -177,15 +182,13 @@ async def tree_put(
     """:func:`ensure_tree` (retried after lost races), then the PUT itself."""
     # Fail on a path the tree does not describe before writing anything.
     chosen = choose_content_type(path, data, content_type, tree)
-    for attempt in range(TREE_PUT_TRIES):
-        try:
-            await ensure_tree(send, path, tree)
-            break
-        except (PreconditionFailed, UnprocessableEntity):
-            if attempt == TREE_PUT_TRIES - 1:
-                raise
-            # Someone else linked the same place first; back off and re-walk.
-            await anyio.sleep(TREE_PUT_BACKOFF * ((attempt + 1) ** 2 + random.random()))
+    await retry(
+        lambda: ensure_tree(send, path, tree),
+        # Someone else linked the same place first; back off and re-walk.
+        retryable=lambda error: isinstance(error, PreconditionFailed | UnprocessableEntity),
+        delay=_lost_race_delay,
+        retries=TREE_PUT_TRIES - 1,
+    )
     return await send(
         "put", path, data=data, content_type=chosen, headers=headers, if_match=if_match
     )
