@@ -24,19 +24,22 @@ queues list), :class:`ServiceState` and the :class:`Component` seam. Gives
 each queue a :class:`~oada_jobs.queue.QueueHost`, never itself. Periodic
 jobs and scheduled reports sit above it as components using its public API
 (:mod:`oada_jobs.cron`, :mod:`oada_jobs.reports`); it must not import them.
+The queues list is followed by :mod:`oada_jobs.queue_list`, and the options
+of ``service.on`` are checked by :func:`oada_jobs.worker.worker_factory`.
+
+:class:`Service` is longer than the ~300 lines a class here keeps to, for
+one reason: it is the public façade, and most of it is its keyword options
+spelled out (``__init__``, ``configure``, the overloads of ``on``) with
+their docstrings. What it does is done by the modules it hands off to.
 """
 
 from __future__ import annotations
 
-import builtins
-import inspect
 import logging
-import math
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 from functools import partial
@@ -46,9 +49,6 @@ from typing import (
     ClassVar,
     Protocol,
     TypeVar,
-    get_args,
-    get_origin,
-    get_type_hints,
     overload,
 )
 
@@ -58,25 +58,30 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from ._ksuid import ksuid
-from ._retry import exponential, retry
+from ._retry import exponential
 from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
-from .client._client import check_token
 from .config import ServiceConfig
 from .context import WorkFunction
-from .exceptions import InvalidKey, InvalidQueueEntry, OADAError, redact
 from .health import Readiness, serve_probes
-from .job import Job
 from .metrics import ServiceMetrics
 from .queue import DEFAULT_QUEUE, InFlight, Once, Queue, QueueHost
+from .queue_list import QueueEntry, QueuesList, parse_queue_entry
 from .reporters import FinishReport, Reporter
 from .settings import Settings, load_settings
-from .tree import Layout, LayoutName, get_layout, resource_path, validate_service_name
+from .tree import Layout, LayoutName, get_layout, validate_service_name
 from .types import UniquePolicy
 from .watchdog import LoopWatchdog
-from .worker import Worker
+from .worker import Timeout, Worker, as_seconds, worker_factory
 
-__all__ = ["Component", "Service", "ServiceConfig", "ServiceState", "Timeout"]
+__all__ = [
+    "Component",
+    "Service",
+    "ServiceConfig",
+    "ServiceState",
+    "Timeout",
+    "parse_queue_entry",
+]
 
 logger = logging.getLogger("oada_jobs")
 
@@ -84,32 +89,7 @@ logger = logging.getLogger("oada_jobs")
 #: to watch its list; a queue whose server is slower goes on starting meanwhile.
 QUEUE_START_WAIT = 5.0
 
-#: A timeout in seconds, or a :class:`~datetime.timedelta`.
-Timeout = float | int | timedelta
-
 W = TypeVar("W", bound=WorkFunction)
-
-
-def _as_seconds(value: Timeout, what: str) -> float:
-    """*value* (a number of seconds or a timedelta) as a finite float, or a clear ValueError."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        # float("30") would pass, but "30s" or "1m" would fail obscurely.
-        raise ValueError(f"expected {what} as a number of seconds or a timedelta, got {value!r}")
-    seconds = float(value)
-    if not math.isfinite(seconds):
-        raise ValueError(f"expected {what} as a finite number of seconds, got {value!r}")
-    return seconds
-
-
-def _seconds(value: Timeout | None, what: str) -> float | None:
-    if value is None:
-        return None
-    seconds = _as_seconds(value, what)
-    if not seconds > 0:
-        raise ValueError(f"expected {what} > 0 seconds, got {seconds}")
-    return seconds
 
 
 class ServiceState(Enum):
@@ -145,21 +125,6 @@ class Component(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    """A valid entry of the service's ``queues`` list."""
-
-    domain: str
-    token: str = field(repr=False)
-
-
-_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
-
-
-def _describe(value: object) -> str:
-    return "null" if value is None else _NAMES.get(type(value), f"a {type(value).__name__}")
-
-
 class _Started:
     """The task status of a queue started without waiting for it: an event."""
 
@@ -168,79 +133,6 @@ class _Started:
 
     def started(self, value: None = None) -> None:
         self.event.set()
-
-
-def parse_queue_entry(key: str, value: object) -> QueueEntry:
-    """Validate a ``queues`` entry, or raise :class:`InvalidQueueEntry` (never naming the token)."""
-    if not isinstance(value, Mapping):
-        raise InvalidQueueEntry(
-            f"queue entry {key!r} is ignored: expected an object with 'domain' and 'token', "
-            f"got {_describe(value)}",
-            key=key,
-        )
-    token = value.get("token")
-    problems = []
-    domain = value.get("domain")
-    normalised = None
-    if domain is None:
-        problems.append("'domain' is missing")
-    elif not isinstance(domain, str):
-        problems.append(f"'domain' must be a string, got {_describe(domain)}")
-    else:
-        try:
-            if any(char.isspace() for char in domain.strip()):
-                raise ValueError(f"expected a host name without spaces, got {domain!r}")
-            normalised = parse_domain(domain).http
-        except ValueError as error:
-            problems.append(f"'domain' is malformed: {error}")
-    if token is None:
-        problems.append("'token' is missing")
-    elif not isinstance(token, str) or not token.strip():
-        problems.append(f"'token' must be a non-empty string, got {_describe(token)}")
-    else:
-        try:
-            check_token(token)
-        except ValueError as error:
-            problems.append(f"'token' is malformed: {error}")
-    if problems or normalised is None or not isinstance(token, str):
-        message = f"queue entry {key!r} is ignored: {'; '.join(problems)}"
-        secret = token.strip() if isinstance(token, str) else ""
-        raise InvalidQueueEntry(redact(message, secret), key=key)
-    return QueueEntry(normalised, token)
-
-
-def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
-    """The pydantic model a work function declares via ``job: Job[Model]``, if any."""
-    try:
-        parameters = list(inspect.signature(work).parameters.values())
-        hints = get_type_hints(work)
-    except (TypeError, ValueError, NameError):
-        return None
-    if not parameters:
-        return None
-    hint = hints.get(parameters[0].name)
-    if get_origin(hint) is Job:
-        (model, *_) = get_args(hint) or (None,)
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            return model
-    return None
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling *fn* gives an awaitable: an ``async def`` function, a
-    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if inspect.isroutine(fn):
-        return False
-    return inspect.iscoroutinefunction(type(fn).__call__)
-
-
-def _delay(value: Timeout, what: str) -> float:
-    seconds = _as_seconds(value, what)
-    if not seconds >= 0:
-        raise ValueError(f"expected {what} >= 0 seconds, got {value!r}")
-    return seconds
 
 
 def _single_leaf(error: BaseException) -> BaseException:
@@ -327,7 +219,6 @@ class Service:
         self._workers: dict[str, Worker] = {}
         self._queues: dict[str, Queue] = {}
         self._entries: dict[str, QueueEntry] = {}
-        self._invalid_seen: dict[str, str] = {}
         self._in_flight = InFlight()
         self._components: dict[str, Component] = {}
         self._stop_requested = anyio.Event()
@@ -377,7 +268,7 @@ class Service:
             raise ValueError("pass either oada= or domain= and token=, not both")
 
         def secs(value: Timeout | None, what: str = "a duration") -> float | None:
-            return None if value is None else _as_seconds(value, what)
+            return None if value is None else as_seconds(value, what)
 
         changes: dict[str, Any] = {
             "concurrency": concurrency,
@@ -596,63 +487,26 @@ class Service:
         >>> @service.on("email", timeout=10)  # doctest: +SKIP
         ... async def send(job: Job, ctx: WorkerContext) -> Json: ...
         """
-        if not isinstance(type, str) or not type:
-            raise ValueError(f"expected a non-empty job type string, got {type!r}")
-        seconds = _seconds(timeout, "timeout")
-        if not isinstance(tries, int) or tries < 1:
-            raise ValueError(f"expected tries >= 1, got {tries!r}")
-        if not backoff >= 1:
-            raise ValueError(f"expected backoff >= 1, got {backoff!r}")
-        if not isinstance(group_limit, int) or group_limit < 1:
-            raise ValueError(f"expected group_limit >= 1, got {group_limit!r}")
-        if unique not in ("refuse", "merge", "allow"):
-            raise ValueError(f"expected unique to be 'refuse', 'merge' or 'allow', got {unique!r}")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise ValueError(f"expected an integer priority, got {priority!r}")
-        if min_version is not None and (not isinstance(min_version, int) or min_version < 0):
-            raise ValueError(f"expected min_version >= 0, got {min_version!r}")
-        retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-        if not all(
-            isinstance(cls, builtins.type) and issubclass(cls, BaseException)
-            for cls in retry_classes
-        ):
-            raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
-        for name, model in (("config", config), ("result", result)):
-            if model is not None and not (
-                isinstance(model, builtins.type) and issubclass(model, BaseModel)
-            ):
-                raise ValueError(f"expected {name} to be a pydantic model class, got {model!r}")
-        make_worker = partial(
-            Worker,
+        make = worker_factory(
+            type,
+            timeout,
+            config=config,
+            result=result,
             tries=tries,
-            retry_delay=_delay(retry_delay, "retry_delay"),
-            backoff=float(backoff),
-            max_retry_delay=_delay(max_retry_delay, "max_retry_delay"),
-            jitter=bool(jitter),
-            retry_on=retry_classes,
-            start_delay=_delay(start_delay, "start_delay"),
+            retry_delay=retry_delay,
+            backoff=backoff,
+            max_retry_delay=max_retry_delay,
+            jitter=jitter,
+            retry_on=retry_on,
+            start_delay=start_delay,
             priority=priority,
             unique=unique,
             group_limit=group_limit,
             min_version=min_version,
-            result_model=result,
         )
 
         def register(fn: W) -> W:
-            if not callable(fn):
-                raise ValueError(f"expected an async work function, got {fn!r}")
-            if not _is_async(fn):
-                # Refused rather than run in a thread: a thread cannot be
-                # cancelled, so its timeout would not hold, and ctx.log,
-                # ctx.oada and ctx.post_job are async anyway.
-                raise TypeError(
-                    f"expected an async work function for job type {type!r} (async def "
-                    f"{getattr(fn, '__name__', 'work')}(job, ctx)), got a plain callable "
-                    f"{fn!r}; for blocking code, call it from an async function with "
-                    "await anyio.to_thread.run_sync(...) (see docs/work-functions.md)"
-                )
-            model = config or _config_model_of(fn)
-            self._workers[type] = make_worker(type, fn, seconds, model)
+            self._workers[type] = make(fn)
             return fn
 
         return register if work is None else register(work)
@@ -984,88 +838,20 @@ class Service:
                 yield client
 
     async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
-        ready = Once(task_status)
         with anyio.CancelScope() as scope:
             self._config_scope = scope
             await self._start_queues([self._queue(DEFAULT_QUEUE, self.domain, None)])
             config = self.config
-
-            def retryable(error: BaseException) -> bool:
-                # Until start() has returned, it fails clearly when the
-                # service's own config cannot be read (e.g. the token is refused).
-                return isinstance(error, OADAError) and ready.done
-
-            def failed(error: BaseException, delay: float) -> None:
-                logger.error(
-                    "service %s: watching the queues list failed: %s; retrying in %.1f s",
-                    self.name,
-                    error,
-                    delay,
-                )
-
-            while True:
-                await retry(
-                    lambda: self._watch_queues(ready),
-                    retryable=retryable,
-                    delay=exponential(config.retry_initial, config.retry_max),
-                    on_retry=failed,
-                )
-
-    async def _watch_queues(self, ready: Once) -> None:
-        oada = self.oada
-        path = self.layout.queues_path(self.name)
-        await oada.ensure(path, {}, tree=self.layout.tree)
-        response = await oada.get(path)
-        last_rev = response.rev or 0
-        async with oada.watch(path, rev=response.rev) as changes:
-            # start() returns once the queues listed now watch their lists.
-            await self._reconcile(response.data, wait=not ready.done)
-            ready()
-            async for change in changes:
-                if change.rev and change.rev <= last_rev:
-                    continue
-                # Entries may change partly (one key) or be links: re-read
-                # the whole list and compare with what runs.
-                response = await oada.get(path)
-                last_rev = max(response.rev or 0, change.rev or 0)
-                await self._reconcile(response.data, wait=False)
-
-    async def _entry(self, key: str, value: object) -> QueueEntry | None:
-        if isinstance(value, Mapping) and "_id" in value and "domain" not in value:
-            # A linked entry: its content lives in its own resource.
-            try:
-                value = (await self.oada.get(resource_path(value["_id"]))).data
-            except (OADAError, InvalidKey) as error:
-                logger.error(
-                    "service %s: queue entry %r could not be read: %s", self.name, key, error
-                )
-                return None
-        try:
-            entry = parse_queue_entry(key, value)
-        except InvalidQueueEntry as error:
-            message = str(error)
-            if self._invalid_seen.get(key) != message:
-                self._invalid_seen[key] = message
-                logger.error("service %s: %s", self.name, message)
-            return None
-        self._invalid_seen.pop(key, None)
-        return entry
-
-    async def _reconcile(self, listing: object, *, wait: bool) -> None:
-        if not isinstance(listing, Mapping):
-            logger.error(
-                "service %s: expected the queues list to be an object, got %s",
+            queues_list = QueuesList(
                 self.name,
-                _describe(listing),
+                layout=self.layout,
+                backoff=exponential(config.retry_initial, config.retry_max),
+                apply=self._apply,
             )
-            return
-        wanted: dict[str, QueueEntry] = {}
-        for key, value in listing.items():
-            if key.startswith("_"):
-                continue
-            entry = await self._entry(key, value)
-            if entry is not None:
-                wanted[key] = entry
+            await queues_list.follow(self.oada, Once(task_status))
+
+    async def _apply(self, wanted: dict[str, QueueEntry], wait: bool) -> None:
+        """Run a queue for each entry of *wanted* (by key), and no other."""
         for key in list(self._entries):
             if wanted.get(key) != self._entries[key]:
                 logger.info("service %s: stopping queue %r", self.name, key)

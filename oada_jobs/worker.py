@@ -9,15 +9,26 @@ jobs.
 
 from __future__ import annotations
 
+import builtins
+import inspect
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel
 
 from .context import WorkFunction
+from .job import Job
 from .types import UniquePolicy
 
-__all__ = ["Worker"]
+__all__ = ["Timeout", "Worker", "as_seconds", "worker_factory"]
+
+#: A timeout in seconds, or a :class:`~datetime.timedelta`.
+Timeout = float | int | timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +76,142 @@ class Worker:
     def retries(self, error: BaseException) -> bool:
         """Whether *error* from the work function counts as a failed try."""
         return isinstance(error, self.retry_on)
+
+
+def as_seconds(value: Timeout, what: str) -> float:
+    """*value* (a number of seconds or a timedelta) as a finite float, or a clear ValueError."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        # float("30") would pass, but "30s" or "1m" would fail obscurely.
+        raise ValueError(f"expected {what} as a number of seconds or a timedelta, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected {what} as a finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling *fn* gives an awaitable: an ``async def`` function, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _seconds(value: Timeout | None, what: str) -> float | None:
+    if value is None:
+        return None
+    seconds = as_seconds(value, what)
+    if not seconds > 0:
+        raise ValueError(f"expected {what} > 0 seconds, got {seconds}")
+    return seconds
+
+
+def _delay(value: Timeout, what: str) -> float:
+    seconds = as_seconds(value, what)
+    if not seconds >= 0:
+        raise ValueError(f"expected {what} >= 0 seconds, got {value!r}")
+    return seconds
+
+
+def _config_model_of(work: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model a work function declares via ``job: Job[Model]``, if any."""
+    try:
+        parameters = list(inspect.signature(work).parameters.values())
+        hints = get_type_hints(work)
+    except (TypeError, ValueError, NameError):
+        return None
+    if not parameters:
+        return None
+    hint = hints.get(parameters[0].name)
+    if get_origin(hint) is Job:
+        (model, *_) = get_args(hint) or (None,)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            return model
+    return None
+
+
+def worker_factory(
+    type: str,
+    timeout: Timeout | None,
+    *,
+    config: builtins.type[BaseModel] | None,
+    result: builtins.type[BaseModel] | None,
+    tries: int,
+    retry_delay: Timeout,
+    backoff: float,
+    max_retry_delay: Timeout,
+    jitter: bool,
+    retry_on: builtins.type[BaseException] | tuple[builtins.type[BaseException], ...],
+    start_delay: Timeout,
+    priority: int,
+    unique: UniquePolicy,
+    group_limit: int,
+    min_version: int | None,
+) -> Callable[[WorkFunction], Worker]:
+    """Validate the options of ``service.on`` (see its docstring): a function
+    making the :class:`Worker` of a work function for jobs of *type*.
+
+    Raises :class:`ValueError` saying which option is wrong and what it got.
+    """
+    if not isinstance(type, str) or not type:
+        raise ValueError(f"expected a non-empty job type string, got {type!r}")
+    seconds = _seconds(timeout, "timeout")
+    if not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"expected tries >= 1, got {tries!r}")
+    if not backoff >= 1:
+        raise ValueError(f"expected backoff >= 1, got {backoff!r}")
+    if not isinstance(group_limit, int) or group_limit < 1:
+        raise ValueError(f"expected group_limit >= 1, got {group_limit!r}")
+    if unique not in ("refuse", "merge", "allow"):
+        raise ValueError(f"expected unique to be 'refuse', 'merge' or 'allow', got {unique!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ValueError(f"expected an integer priority, got {priority!r}")
+    if min_version is not None and (not isinstance(min_version, int) or min_version < 0):
+        raise ValueError(f"expected min_version >= 0, got {min_version!r}")
+    retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(
+        isinstance(cls, builtins.type) and issubclass(cls, BaseException) for cls in retry_classes
+    ):
+        raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
+    for name, model in (("config", config), ("result", result)):
+        if model is not None and not (
+            isinstance(model, builtins.type) and issubclass(model, BaseModel)
+        ):
+            raise ValueError(f"expected {name} to be a pydantic model class, got {model!r}")
+    make_worker = partial(
+        Worker,
+        tries=tries,
+        retry_delay=_delay(retry_delay, "retry_delay"),
+        backoff=float(backoff),
+        max_retry_delay=_delay(max_retry_delay, "max_retry_delay"),
+        jitter=bool(jitter),
+        retry_on=retry_classes,
+        start_delay=_delay(start_delay, "start_delay"),
+        priority=priority,
+        unique=unique,
+        group_limit=group_limit,
+        min_version=min_version,
+        result_model=result,
+    )
+
+    def make(fn: WorkFunction) -> Worker:
+        if not callable(fn):
+            raise ValueError(f"expected an async work function, got {fn!r}")
+        if not _is_async(fn):
+            # Refused rather than run in a thread: a thread cannot be
+            # cancelled, so its timeout would not hold, and ctx.log,
+            # ctx.oada and ctx.post_job are async anyway.
+            raise TypeError(
+                f"expected an async work function for job type {type!r} (async def "
+                f"{getattr(fn, '__name__', 'work')}(job, ctx)), got a plain callable "
+                f"{fn!r}; for blocking code, call it from an async function with "
+                "await anyio.to_thread.run_sync(...) (see docs/work-functions.md)"
+            )
+        model = config or _config_model_of(fn)
+        return make_worker(type, fn, seconds, model)
+
+    return make

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ..client import OADAClient, parse_domain
 from ..exceptions import InvalidKey, InvalidQueueEntry, NotFound
-from ..service import parse_queue_entry
+from ..queue_list import parse_queue_entry
 from ..tree import QUEUE_TYPE, get_layout, path_segment, resource_path
 from ._app import app
 from ._common import (

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from oada_jobs.client import parse_domain
 from oada_jobs.exceptions import InvalidJob, InvalidKey, InvalidQueueEntry
 from oada_jobs.job import Job, JobOptions, Lease
+from oada_jobs.queue_list import parse_queue_entry
 from oada_jobs.server.core import _split_path
-from oada_jobs.service import parse_queue_entry
 from oada_jobs.tree import path_segment, resource_path
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

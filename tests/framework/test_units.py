@@ -13,8 +13,8 @@ import respx
 from oada_jobs import InvalidQueueEntry, Job, Service, SlackReporter
 from oada_jobs.context import JobLogger
 from oada_jobs.exceptions import BadRequest, OADATransportError
+from oada_jobs.queue_list import parse_queue_entry
 from oada_jobs.reporters import FinishReport
-from oada_jobs.service import parse_queue_entry
 
 
 async def test_service_options_and_registration_are_validated() -> None:
