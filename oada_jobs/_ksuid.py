@@ -5,6 +5,9 @@ Layout as in the KSUID spec: a 4-byte big-endian timestamp (seconds since
 generator increments the previous payload instead of drawing a new random
 one, so keys made by one process always sort in creation order; OADA job
 ``updates`` rely on that.
+
+Owns KSUID generation only; imports nothing from the package, so the client,
+the server and the framework may all use it.
 """
 
 from __future__ import annotations

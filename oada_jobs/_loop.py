@@ -16,6 +16,9 @@ freezes what start-up loaded (modules, classes, settings: never garbage) out
 of the collector's sight and collects young objects every
 :data:`GC_THRESHOLDS` allocations. Reference counting still frees almost
 everything at once; only cycles wait a little longer.
+
+Owns how a process's event loop is run; imports nothing from the package and
+must not start any service itself.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Owns :class:`ServiceConfig`, which ``Service(...)`` and ``service.configure``
 build; the queue, runner and filer read the fields they need from it.
 Plain data; imports only the layout names of :mod:`oada_jobs.tree`.
+
+It must not touch I/O, the queues or the service.
 """
 
 from __future__ import annotations

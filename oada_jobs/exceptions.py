@@ -33,6 +33,9 @@
 
 Tokens are secrets: no exception message or repr in this module ever contains
 one. Use :func:`redact` on any text that might.
+
+Imports nothing from the package, so every layer raises from it; must not
+grow a second root.
 """
 
 from __future__ import annotations

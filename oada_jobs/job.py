@@ -9,6 +9,9 @@ A job is an OADA resource like::
 ``service`` and ``type`` are required strings; ``config`` (an object) is what
 the work function gets. The framework adds ``status``, ``result``, ``updates``
 and, while a worker runs it, a ``lease`` (see ``docs/concepts.md``).
+
+Owns the job model, its statuses and updates, and ``request_cancel``. May
+use the client; must not touch queues, runners or the service.
 """
 
 from __future__ import annotations

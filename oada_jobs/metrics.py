@@ -27,6 +27,9 @@ queue is retrying (see :mod:`oada_jobs.health`, which refreshes it).
 Jobs run for milliseconds or for days, so the duration histogram's buckets
 (:data:`DURATION_BUCKETS`) double from 1/8 s to 2^19 s (about six days),
 the range @oada/jobs' ``job_times`` covers, plus the fast end.
+
+Owns the Prometheus collectors; imports nothing from the package and must
+not reach the service (the queue and runner call it).
 """
 
 from __future__ import annotations

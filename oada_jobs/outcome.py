@@ -6,6 +6,8 @@ what happened in a run (a value, an exception, a ``Retry`` or
 into an outcome. Pure: no I/O, no clock besides ``utc_now``, no runner,
 queue or service; the runner decides *when* each rule applies and filing
 writes the result.
+
+It must not do I/O or import the runner, the queue, filing or the service.
 """
 
 from __future__ import annotations

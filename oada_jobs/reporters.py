@@ -8,6 +8,9 @@ affects the job.
 :class:`SlackReporter` posts a Slack-compatible webhook message::
 
     Service("email-service", ..., reporters=[SlackReporter(url, on={"failure"})])
+
+Owns :class:`FinishReport` and the reporters. May use the job model; must
+not touch the runner, the queue or the service, which calls them.
 """
 
 from __future__ import annotations

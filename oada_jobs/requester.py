@@ -17,6 +17,8 @@ Owns posting jobs, waiting for their outcome, child jobs and progress
 updates. May use the client and the job model only; a running job is seen
 through the small :class:`RunningJob` protocol (what a work function's
 context offers), never through the runner, queue or service.
+
+It must not import the context, the runner, the queue or the service.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ validation errors.
 >>> settings = load_settings(domain="http://127.0.0.1:8080", token="god")
 >>> settings.token
 SecretStr('**********')
+
+Owns reading the environment. May use the client's domain parsing and the
+layout names; must not touch the service or its queues.
 """
 
 from __future__ import annotations

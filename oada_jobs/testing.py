@@ -20,6 +20,9 @@ Both wait until the server really answers before yielding, and stop it
 For testing job services, :func:`post_job` posts a job into a service's
 pending list and :func:`wait_for_job` waits (watching, never polling) until
 it has finished.
+
+Owns helpers for tests of services. May use the server, the client and the
+requester side; nothing in the framework may import it.
 """
 
 from __future__ import annotations

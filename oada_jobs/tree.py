@@ -13,6 +13,9 @@ job-list layouts exist (see ``docs/layouts.md``):
     the layout of current ``@oada/jobs``: ``jobs/pending``, ``jobs/success``,
     ``jobs/failure`` and ``jobs/typed-failure/<type>``, each finished list with
     a ``day-index``.
+
+Owns trees, layouts and paths; imports only :mod:`oada_jobs.types` and must
+not do I/O.
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import oada_jobs
-
-PACKAGE = Path(oada_jobs.__file__).resolve().parent
+# Found, not imported: a cycle that breaks importing must still be reported.
+PACKAGE = Path(__file__).resolve().parents[1] / "oada_jobs"
 
 
 def _modules(root: Path) -> dict[str, tuple[Path, bool]]:
@@ -127,3 +126,32 @@ def test_a_two_module_cycle_is_found(tmp_path: Path, text: str) -> None:
     cycle = find_cycle(import_graph(root))
     assert cycle is not None
     assert set(cycle) == {"pkg.a", "pkg.b"}
+
+
+#: What the client and the server may import from the rest of the package:
+#: they know nothing of the framework (nor of each other).
+_BOTTOM = {"oada_jobs._ksuid", "oada_jobs._pointer", "oada_jobs._retry", "oada_jobs._version"}
+_MAY_IMPORT = {
+    "oada_jobs.client": _BOTTOM | {"oada_jobs.exceptions"},
+    "oada_jobs.server": _BOTTOM | {"oada_jobs.exceptions"},
+}
+
+
+@pytest.mark.parametrize("layer", sorted(_MAY_IMPORT))
+def test_the_client_and_server_know_nothing_of_the_framework(layer: str) -> None:
+    graph = import_graph()
+    allowed = _MAY_IMPORT[layer]
+    strays = {
+        (module, target)
+        for module, targets in graph.items()
+        if module == layer or module.startswith(layer + ".")
+        for target in targets
+        if not (target == layer or target.startswith(layer + ".")) and target not in allowed
+    }
+    assert not strays, f"{layer} imports above its layer: {sorted(strays)}"
+
+
+def test_the_bottom_modules_import_nothing_from_the_package() -> None:
+    graph = import_graph()
+    for module in sorted(_BOTTOM | {"oada_jobs.exceptions", "oada_jobs.types"}):
+        assert graph[module] == set(), f"{module} imports {sorted(graph[module])}"

@@ -3,6 +3,8 @@
 Owns only :data:`app` and its root callback. Sub-command modules import it
 from here; the package ``__init__`` imports them, so nothing below it imports
 the package itself.
+
+It must not import any sub-command.
 """
 
 from __future__ import annotations

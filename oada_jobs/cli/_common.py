@@ -9,6 +9,9 @@ Exit codes (see docs/cli.md):
 3     the OADA server could not be reached
 4     the OADA server refused the token (401) or the access (403)
 ====  ===========================================================
+
+Owns what the commands share. May use the framework, the client and the
+server; nothing outside ``cli/`` may import it.
 """
 
 from __future__ import annotations

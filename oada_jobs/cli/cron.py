@@ -1,4 +1,8 @@
-"""``oada-jobs cron``: list a service's cron entries and run one now, outside its schedule."""
+"""``oada-jobs cron``: list a service's cron entries and run one now, outside its schedule.
+
+Owns this command only. May use the framework and ``cli/_common``; nothing
+but the ``cli`` package may import it.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ data in a SQLite file kept afterwards), the example service from
 ``examples/email_service.py`` and a live table of the jobs as they move from
 pending to running to success or failure. It ends by itself in a few seconds
 and says where every job was filed and how to look at it again.
+
+Owns this command only. May use the framework, the server and
+``cli/_common``; nothing but the ``cli`` package may import it.
 """
 
 from __future__ import annotations

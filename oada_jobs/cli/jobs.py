@@ -1,4 +1,8 @@
-"""``oada-jobs jobs``: list, show, post, retry and cancel jobs of a service."""
+"""``oada-jobs jobs``: list, show, post, retry and cancel jobs of a service.
+
+Owns this command only. May use the framework and ``cli/_common``; nothing
+but the ``cli`` package may import it.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,9 @@ A service watches ``/bookmarks/services/<name>/queues`` on its own store; each
 entry ``{"domain": ..., "token": ...}`` there makes it also work the job list
 of that store, at once and without a restart (see docs/queues.md). Tokens are
 never printed.
+
+Owns this command only. May use the framework and ``cli/_common``; nothing
+but the ``cli`` package may import it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``oada-jobs report``: counts and durations of a service's finished jobs per type and status."""
+"""``oada-jobs report``: counts and durations of a service's finished jobs per type and status.
+
+Owns this command only. May use the framework and ``cli/_common``; nothing
+but the ``cli`` package may import it.
+"""
 
 from __future__ import annotations
 

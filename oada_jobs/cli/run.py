@@ -1,4 +1,8 @@
-"""``oada-jobs run MODULE:SERVICE``: run a service defined in your code (the container entrypoint)."""
+"""``oada-jobs run MODULE:SERVICE``: run a service defined in your code (the container entrypoint).
+
+Owns this command only. May use the framework and ``cli/_common``; nothing
+but the ``cli`` package may import it.
+"""
 
 from __future__ import annotations
 

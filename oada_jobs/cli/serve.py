@@ -1,4 +1,8 @@
-"""``oada-jobs serve``: run the embedded OADA server."""
+"""``oada-jobs serve``: run the embedded OADA server.
+
+Owns this command only. May use the server and ``cli/_common``; nothing but
+the ``cli`` package may import it.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,10 @@
 ...     await oada.put("/bookmarks/x", {"a": 1})
 
 See docs/client.md for connections, trees, watches, clones and retries.
+
+The client knows nothing of the framework or the server: from the rest of
+the package it may import only ``exceptions``, ``_retry``, ``_ksuid`` and
+``_version``.
 """
 
 from ._client import ClientState, Connection, OADAClient

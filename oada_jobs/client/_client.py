@@ -1,4 +1,12 @@
-"""The async OADA client: requests, trees, watches, clones."""
+"""The async OADA client: requests, trees, watches, clones.
+
+Owns :class:`OADAClient`, its shared connections and the request path
+(retries, limits, auth); it is the only module of the client that knows the
+client, and it must not import the framework or the server. The class and
+the file are longer than the ~300 and ~600 lines kept to elsewhere, for one
+reason: the client's public API is here, one method per OADA verb with its
+docstring.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Small pieces shared by the client modules: base URLs, TLS, JSON, ids."""
+"""Small pieces shared by the client modules: base URLs, TLS, JSON, ids.
+
+Owns these small shared pieces; imports no other module of the client and
+must not import the framework or the server.
+"""
 
 from __future__ import annotations
 

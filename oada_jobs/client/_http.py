@@ -4,6 +4,9 @@ httpx is imported, and the pool made, on the first HTTP request: a client
 on the WebSocket may never send one, and importing httpx (with its command
 line's libraries, when they are installed) was about 45 ms, a quarter of
 the imports of a service.
+
+Owns the HTTP transport; may use ``_common`` and ``_response``, must not
+import ``_client``, the framework or the server.
 """
 
 from __future__ import annotations

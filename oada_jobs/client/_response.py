@@ -1,4 +1,8 @@
-"""What requests and watches hand back: :class:`Response` and :class:`Change`."""
+"""What requests and watches hand back: :class:`Response` and :class:`Change`.
+
+Owns these two records and the error of a status; must not import another
+client module but ``_common``, nor the framework or the server.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 A tree is nested keys with ``"*"`` for any key. A node with ``_type`` is a
 resource boundary; one that also has ``_rev`` is linked from its parent with a
 versioned link; ``_require: true`` forbids creating it.
+
+Owns tree walks; requests go through the :class:`Send` callable it is given,
+so it must not import ``_client`` (nor the framework or the server).
 """
 
 from __future__ import annotations

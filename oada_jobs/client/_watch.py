@@ -1,4 +1,9 @@
-"""Watches: an async context manager around an ordered, exactly-once change stream."""
+"""Watches: an async context manager around an ordered, exactly-once change stream.
+
+Owns :class:`Watch`; it is put on and taken off a connection by the
+callables its client gives it, so it must not import ``_client`` (nor the
+framework or the server).
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,12 @@ socket drops, requests that were on it fail (the caller decides whether a
 retry is safe) and every watch is re-issued on a new socket with
 ``x-oada-rev`` set to the last rev it queued, so the server replays exactly
 what was missed.
+
+Owns the socket, its requests in flight and its watches' delivery; must not
+import ``_client``, the framework or the server. :class:`WSConnection` (and
+so the file) is longer than the ~300 lines kept to elsewhere because one
+socket's state (requests in flight, watches, reconnection) changes together;
+split, it would be passed around.
 """
 
 from __future__ import annotations

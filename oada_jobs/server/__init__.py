@@ -8,6 +8,10 @@
 For tests, :func:`oada_jobs.testing.embedded_server` wraps this. The core,
 the ASGI app and the runner are imported on first use, so importing this
 package (for :class:`ServerConfig`, say) stays cheap.
+
+The server knows nothing of the framework or the client: from the rest of
+the package it may import only ``_pointer``, ``_ksuid``, ``_version`` and
+``exceptions``.
 """
 
 from __future__ import annotations

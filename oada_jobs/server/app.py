@@ -14,6 +14,9 @@ the core's business. This module only
 * allows every origin (CORS, protocol §8).
 
 The WebSocket endpoint is ``/`` (see :mod:`oada_jobs.server.ws`).
+
+Owns the ASGI app and its HTTP adapter; must not import the framework or the
+client.
 """
 
 from __future__ import annotations

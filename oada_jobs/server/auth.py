@@ -47,6 +47,9 @@ It refuses (403) when any of these fails, in this order:
    changed by the owner only.
 
 This module decides; it does not route, resolve paths or read the store.
+
+Owns token lookup and the access decision; must not import the framework or
+the client.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Everything is keyword-only and validated by pydantic, so a typo in a test or
 in ``oada-jobs serve`` options fails loudly at start-up instead of silently
 serving with a default.
+
+Owns :class:`ServerConfig` and its limits; must not import the framework or
+the client.
 """
 
 from __future__ import annotations

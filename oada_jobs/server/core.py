@@ -28,6 +28,10 @@ the last change they get, and transports should then drop those watches.
 The data semantics (resolution, merges, links, rev graph, change arrays) live
 in :mod:`oada_jobs.server.graph`; this module adds routing, tokens,
 permissions, preconditions and response headers.
+
+Owns request handling without a transport; must not import the framework,
+the client or a transport. The file is longer than ~600 lines because every
+method's preconditions, headers and answers are decided here, in one place.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ is reused. The holder writes its pid into the file, so that a refusal can
 name the other process.
 
 This module only locks; it never opens the database.
+
+Owns the lock only; imports only the exception tree and must not import the
+framework or the client.
 """
 
 from __future__ import annotations

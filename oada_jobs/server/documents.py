@@ -2,6 +2,9 @@
 
 Pure functions on decoded JSON, shared by the read and write paths. Decoding
 request bodies is the validation edge's (:mod:`oada_jobs.server.edge`).
+
+Owns these JSON helpers (paths through documents follow
+:mod:`oada_jobs._pointer`); must not import the framework or the client.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ A write is prepared on a :class:`~oada_jobs.server.store.Batch`: the cached
 documents are changed in place, each change gets a :class:`ChangeRecord`, and
 :meth:`ResourceGraph.save` commits the batch in one SQLite transaction and
 then calls the listeners of every changed resource.
+
+Owns the resource graph; must not import the framework, the client or a
+transport.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
         handle.shutdown()   # graceful: open sockets get close code 1012
 
 It reports readiness only after the port is bound and the core is open.
+
+Owns running uvicorn; must not import the framework or the client.
 """
 
 from __future__ import annotations

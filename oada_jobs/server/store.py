@@ -48,6 +48,11 @@ snapshot, the change bodies logged after it, its binary data and its cached
 GET body; it is measured again in :meth:`Store.trim` for every document used
 since the last one, so what a request made of a document is accounted before
 anything is evicted.
+
+Owns the SQLite store and its cache (pointers are built by
+:mod:`oada_jobs._pointer`); must not import the framework, the client or a
+transport. The file is longer than ~600 lines because the store's cache and
+its replay must change together.
 """
 
 from __future__ import annotations

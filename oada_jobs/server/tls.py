@@ -9,6 +9,8 @@ certificate that doubles as its own issuer.
 
 Never use these certificates outside development: the key is written to
 disk unencrypted.
+
+Owns development certificates; must not import the framework or the client.
 """
 
 from __future__ import annotations

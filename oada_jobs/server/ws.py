@@ -38,6 +38,8 @@ with ``x-oada-rev``. All the sockets of one server share a
 sockets furthest behind are closed the same way. A session keeps no
 reference to anything once it ends: its watches are unsubscribed, its queue
 closed and its share of the budget given back.
+
+Owns the WebSocket protocol; must not import the framework or the client.
 """
 
 from __future__ import annotations
