@@ -18,6 +18,10 @@ options, the shared job slots and in-flight set, and callables to report its
 state and finished jobs. Hands each job to a :class:`~oada_jobs.runner.Runner`
 with a :class:`~oada_jobs.filing.Filer` for its list. Must not import the
 service, cron or reports.
+
+:class:`Queue` is longer than the ~300 lines a class here keeps to: its
+list watch, readers, timers and sweep share the scheduler, the read streams
+and the stop state of one run, and split apart they would pass them around.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ Owns reading day lists into records, summaries, CSV, and scheduled reports
 (a work function plus a cron entry; provides ``service.add_report(...)``).
 Sits above the service and cron and uses only their public API; nothing in
 the framework imports it.
+
+The file is longer than the ~600 lines kept to elsewhere: the scheduled
+report's options (:class:`ReportConfig`, with the check of each) and its
+work function read and write exactly the records and CSV defined above it,
+and both halves are imported from here by users.
 """
 
 from __future__ import annotations
