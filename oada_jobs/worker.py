@@ -160,23 +160,8 @@ def worker_factory(
     if not isinstance(type, str) or not type:
         raise ValueError(f"expected a non-empty job type string, got {type!r}")
     seconds = _seconds(timeout, "timeout")
-    if not isinstance(tries, int) or tries < 1:
-        raise ValueError(f"expected tries >= 1, got {tries!r}")
-    if not backoff >= 1:
-        raise ValueError(f"expected backoff >= 1, got {backoff!r}")
-    if not isinstance(group_limit, int) or group_limit < 1:
-        raise ValueError(f"expected group_limit >= 1, got {group_limit!r}")
-    if unique not in ("refuse", "merge", "allow"):
-        raise ValueError(f"expected unique to be 'refuse', 'merge' or 'allow', got {unique!r}")
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise ValueError(f"expected an integer priority, got {priority!r}")
-    if min_version is not None and (not isinstance(min_version, int) or min_version < 0):
-        raise ValueError(f"expected min_version >= 0, got {min_version!r}")
     retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    if not all(
-        isinstance(cls, builtins.type) and issubclass(cls, BaseException) for cls in retry_classes
-    ):
-        raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
+    _check(tries, backoff, group_limit, unique, priority, min_version, retry_on)
     for name, model in (("config", config), ("result", result)):
         if model is not None and not (
             isinstance(model, builtins.type) and issubclass(model, BaseModel)
@@ -215,3 +200,32 @@ def worker_factory(
         return make_worker(type, fn, seconds, model)
 
     return make
+
+
+def _check(
+    tries: int,
+    backoff: float,
+    group_limit: int,
+    unique: UniquePolicy,
+    priority: int,
+    min_version: int | None,
+    retry_on: builtins.type[BaseException] | tuple[builtins.type[BaseException], ...],
+) -> None:
+    """Raise :class:`ValueError` for the first option of ``service.on`` that is wrong."""
+    if not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"expected tries >= 1, got {tries!r}")
+    if not backoff >= 1:
+        raise ValueError(f"expected backoff >= 1, got {backoff!r}")
+    if not isinstance(group_limit, int) or group_limit < 1:
+        raise ValueError(f"expected group_limit >= 1, got {group_limit!r}")
+    if unique not in ("refuse", "merge", "allow"):
+        raise ValueError(f"expected unique to be 'refuse', 'merge' or 'allow', got {unique!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ValueError(f"expected an integer priority, got {priority!r}")
+    if min_version is not None and (not isinstance(min_version, int) or min_version < 0):
+        raise ValueError(f"expected min_version >= 0, got {min_version!r}")
+    retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(
+        isinstance(cls, builtins.type) and issubclass(cls, BaseException) for cls in retry_classes
+    ):
+        raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
