@@ -563,7 +563,7 @@ class Service:
         return self._components.get(key)
 
     def worker_for(self, type: str) -> Worker | None:
-        """The registered :class:`~oada_jobs.runner.Worker` for *type*, if any."""
+        """The registered :class:`~oada_jobs.worker.Worker` for *type*, if any."""
         return self._workers.get(type)
 
     # ------------------------------------------------------------ state shared with queues
