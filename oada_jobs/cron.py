@@ -45,6 +45,7 @@ from croniter import CroniterBadCronError, croniter
 from pydantic import BaseModel
 
 from ._ksuid import ksuid
+from ._retry import retry
 from .client import OADAClient
 from .exceptions import NotFound, OADAError, PreconditionFailed
 from .job import iso, new_update, utc_now
@@ -71,6 +72,9 @@ __all__ = [
 logger = logging.getLogger("oada_jobs.cron")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
+
+#: Reads of the cron state before a replica gives a tick up (it kept changing).
+STATE_READS = 10
 
 #: Clock: the current time, timezone-aware UTC.
 Clock = Callable[[], datetime]
@@ -222,9 +226,18 @@ class CronScheduler:
         was already taken.
         """
         tick = _minute(tick)
-        stamp = iso(tick)
         key = cron_job_key(self.service, entry.name, tick)
-        for _attempt in range(10):
+        if not await self._take(entry, iso(tick), key):
+            return None
+        extra = {"cron": {"entry": entry.name, "tick": iso(tick)}}
+        return await _post_with_fixed_key(
+            self.oada, self.service, entry, layout=self.layout, key=key, extra=extra
+        )
+
+    async def _take(self, entry: CronEntry, stamp: str, key: str) -> bool:
+        """Record the tick *stamp* as this replica's in the cron state; ``False``
+        if it was taken already (or the state kept changing)."""
+        for _attempt in range(STATE_READS):
             try:
                 response = await self.oada.get(self.state_path)
             except NotFound:
@@ -235,7 +248,7 @@ class CronScheduler:
             seen = data.get(entry.name)
             last = seen.get("last") if isinstance(seen, Mapping) else None
             if isinstance(last, str) and last >= stamp:
-                return None
+                return False
             try:
                 await self.oada.put(
                     self.state_path,
@@ -245,41 +258,11 @@ class CronScheduler:
                 )
             except PreconditionFailed:
                 continue  # another replica (or entry) wrote first: look again
-            break
-        else:
-            logger.warning(
-                "cron %s/%s: state kept changing; skipping %s", self.service, entry.name, stamp
-            )
-            return None
-        extra = {"cron": {"entry": entry.name, "tick": stamp}}
-        try:
-            return await post_job(
-                self.oada,
-                self.service,
-                entry.type,
-                entry.config,
-                layout=self.layout,
-                key=key,
-                extra=extra,
-            )
-        except OADAError as error:
-            # The key is fixed, so one more try cannot make a second job.
-            logger.warning(
-                "cron %s/%s: posting %s failed (%s); trying once more",
-                self.service,
-                entry.name,
-                key,
-                error,
-            )
-            return await post_job(
-                self.oada,
-                self.service,
-                entry.type,
-                entry.config,
-                layout=self.layout,
-                key=key,
-                extra=extra,
-            )
+            return True
+        logger.warning(
+            "cron %s/%s: state kept changing; skipping %s", self.service, entry.name, stamp
+        )
+        return False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Post ticks until cancelled; ``task_group.start`` returns once the state exists.
@@ -411,6 +394,34 @@ async def read_state(oada: OADAClient, service: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if not key.startswith("_")}
 
 
+async def _post_with_fixed_key(
+    oada: OADAClient,
+    service: str,
+    entry: CronEntry,
+    *,
+    layout: LayoutName,
+    key: str,
+    extra: JsonObject,
+) -> str:
+    """Post *entry*'s job under *key*, once more if that fails: the key is
+    fixed, so a second try can never make a second job."""
+
+    def failed(error: BaseException, delay: float) -> None:
+        logger.warning(
+            "cron %s/%s: posting %s failed (%s); trying once more", service, entry.name, key, error
+        )
+
+    return await retry(
+        lambda: post_job(
+            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
+        ),
+        retryable=lambda error: isinstance(error, OADAError),
+        delay=lambda error, retry: 0.0,
+        retries=1,
+        on_retry=failed,
+    )
+
+
 #: The ``status`` of the first update of a job posted by :func:`post_now`.
 MANUAL_STATUS = "manual"
 
@@ -446,18 +457,7 @@ async def post_now(
         "cron": {"entry": entry.name, "manual": True, "requested": iso(now)},
         "updates": {update_key: update},
     }
-    try:
-        job_id = await post_job(
-            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
-        )
-    except OADAError as error:
-        # The key is fixed for this run, so one more try cannot make a second job.
-        logger.warning(
-            "cron %s/%s: posting %s failed (%s); trying once more", service, entry.name, key, error
-        )
-        job_id = await post_job(
-            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
-        )
+    job_id = await _post_with_fixed_key(oada, service, entry, layout=layout, key=key, extra=extra)
     try:
         # A merge of a key the ticks do not read: a tick racing with this
         # write gets a 412 at worst, reads again and posts as usual.
