@@ -148,10 +148,11 @@ class Claim:
             return True
 
     def lease_interval(self) -> float:
+        """Seconds between renewals: a third of the lease (at least 50 ms)."""
         return max(self.lease.total_seconds() / 3, 0.05)
 
     async def renew(self, on_lost: Callable[[], None]) -> None:
-        """Renew the lease now and every :meth:`_lease_interval` after."""
+        """Renew the lease now and every :meth:`lease_interval` after."""
         while True:
             lease = Lease.new(self.worker_id, self.lease)
             try:

@@ -111,6 +111,7 @@ def json_result(value: object) -> Json:
 
 
 def cancelled(log: Log, message: str) -> JobOutcome:
+    """A failure for a job cancelled (before or while it ran), saying so."""
     log.warning("%s", message)
     return failed(JobCancelled(message), message)
 
@@ -167,6 +168,8 @@ def retry(
 
 
 def reschedule(log: Log, request: Reschedule) -> JobOutcome:
+    """The work function asked to run again later with a new state; a failure
+    if that state is not JSON."""
     try:
         state = json_result(request.state)
     except TypeError as error:
@@ -184,6 +187,7 @@ def reschedule(log: Log, request: Reschedule) -> JobOutcome:
 
 
 def failure(log: Log, error: BaseException) -> JobOutcome:
+    """The work function raised *error*: a failure carrying it (and its fail type)."""
     fail_type = error.fail_type if isinstance(error, JobError) else None
     if isinstance(error, ClientClosed):
         log.error("work function used its client after it was revoked: %s", error)
