@@ -79,9 +79,11 @@ def parse_queue_entry(key: str, value: object) -> QueueEntry:
         except ValueError as error:
             problems.append(f"'token' is malformed: {error}")
     if problems or normalised is None or not isinstance(token, str):
-        message = f"queue entry {key!r} is ignored: {'; '.join(problems)}"
         secret = token.strip() if isinstance(token, str) else ""
-        raise InvalidQueueEntry(redact(message, secret), key=key)
+        # Only what is said of the entry is masked: the key is the list's own
+        # name for it, and masking it too would mangle which entry is meant.
+        said = redact("; ".join(problems), secret)
+        raise InvalidQueueEntry(f"queue entry {key!r} is ignored: {said}", key=key)
     return QueueEntry(normalised, token)
 
 

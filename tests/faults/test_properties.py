@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from oada_jobs.client import parse_domain
@@ -163,6 +163,8 @@ def valid_entry(value: object) -> bool:
 
 @SETTINGS
 @given(st.text(max_size=10), queue_entries() | json_values)
+# A token that is also the key's text: the key is named as it is.
+@example("0", {"token": "0"})
 def test_queue_entry_parsing(key: str, value: Any) -> None:
     if not valid_entry(value):
         with pytest.raises(InvalidQueueEntry) as info:
