@@ -12,6 +12,8 @@ one: one big document or change must not push out the thousands of small
 ones a job service keeps using. Among large ones, and then among small ones,
 the least recently used goes first. An entry larger than the whole budget is
 dropped at the next :meth:`SizedLRU.evict`.
+
+Imports nothing from the package; must not import the framework or the client.
 """
 
 from __future__ import annotations
