@@ -63,9 +63,10 @@ from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
 from .config import ServiceConfig
 from .context import WorkFunction
+from .dispatch import InFlight
 from .health import Readiness, serve_probes
 from .metrics import ServiceMetrics
-from .queue import DEFAULT_QUEUE, InFlight, Once, Queue, QueueHost
+from .queue import DEFAULT_QUEUE, Once, Queue, QueueHost
 from .queue_list import QueueEntry, QueuesList, parse_queue_entry
 from .reporters import FinishReport, Reporter
 from .settings import Settings, load_settings
