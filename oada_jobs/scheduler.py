@@ -24,9 +24,10 @@ Owns :class:`Scheduler` and :class:`Entry`. Sees a job type's defaults only
 through :class:`Policy` and an outcome only as data; must not touch the
 client, the queue, the runner or the service.
 
-:class:`Scheduler` is longer than the ~300 lines a class here keeps to: it
-is one state machine whose books (ready heap, timers, unique-key holders,
-group counts, room for reads) must change together on every transition.
+:class:`Scheduler` (and so this file) is longer than the ~300 lines a class
+here keeps to: it is one state machine whose books (ready heap, timers,
+unique-key holders, group counts, room for reads) must change together on
+every transition.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ jobs and scheduled reports sit above it as components using its public API
 The queues list is followed by :mod:`oada_jobs.queue_list`, and the options
 of ``service.on`` are checked by :func:`oada_jobs.worker.worker_factory`.
 
-:class:`Service` is longer than the ~300 lines a class here keeps to, for
-one reason: it is the public façade, and most of it is its keyword options
-spelled out (``__init__``, ``configure``, the overloads of ``on``) with
-their docstrings. What it does is done by the modules it hands off to.
+:class:`Service` (and so this file) is longer than the ~300 lines a class
+here keeps to, and ``__init__``, ``configure`` and ``on`` longer than ~60,
+for one reason: it is the public façade, and most of it is its keyword
+options spelled out with their docstrings. What it does is done by the
+modules it hands off to.
 """
 
 from __future__ import annotations
