@@ -87,7 +87,9 @@ async def retry(
     retrying = AsyncRetrying(
         stop=stop_never if retries is None else stop_after_attempt(retries),
         wait=wait,
-        retry=retry_if_exception(retryable),
+        # tenacity hands every BaseException to the predicate; a cancellation
+        # or an exit is never a failed try to run again.
+        retry=retry_if_exception(lambda error: isinstance(error, Exception) and retryable(error)),
         before_sleep=before_sleep,
         sleep=sleep,
         reraise=True,

@@ -12,7 +12,7 @@ from oada_jobs._retry import exponential, retry
 class Flaky:
     """Fails with *errors* in turn, then answers ``"ok"``."""
 
-    def __init__(self, *errors: Exception) -> None:
+    def __init__(self, *errors: BaseException) -> None:
         self.errors = list(errors)
         self.calls = 0
 
@@ -80,6 +80,26 @@ async def test_the_last_error_is_raised_after_the_retries_allowed(retries: int) 
         )
     assert step.calls == retries + 1
     assert len(slept) == retries
+
+
+class Stop(BaseException):
+    """Stands for a cancellation: not an Exception."""
+
+
+async def test_a_cancellation_is_never_retried_even_when_everything_else_is() -> None:
+    slept, sleep = recorder()
+    told: list[str] = []
+    step = Flaky(OSError("net"), OSError("net"))
+    step.errors.insert(1, Stop())
+    with pytest.raises(Stop):
+        await retry(
+            step,
+            retryable=lambda e: True,
+            delay=exponential(1, 1),
+            on_retry=lambda error, seconds: told.append(type(error).__name__),
+            sleep=sleep,
+        )
+    assert (step.calls, slept, told) == (2, [1], ["OSError"])
 
 
 def test_jitter_waits_half_to_all_of_the_delay() -> None:
