@@ -11,6 +11,9 @@ thread they hand the stop request to the event loop, so Ctrl-C (or a
 restores the previous handlers, so a second Ctrl-C interrupts at once. In a
 thread other than the main one no handler can be installed at all; the
 service then runs until it is stopped by its :meth:`stop` method.
+
+Owns turning stop signals into a callback; imports nothing from the package
+and must not touch the service (it is given what to call).
 """
 
 from __future__ import annotations

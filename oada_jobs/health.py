@@ -26,6 +26,9 @@ a heartbeat ago.
     ``oada_jobs_queue_up{service,queue}``, refreshed with each heartbeat.
 
 Both probes answer a small JSON object saying why.
+
+May use the metrics; must not import the service, which hands it a readiness
+callable.
 """
 
 from __future__ import annotations

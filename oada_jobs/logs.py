@@ -17,6 +17,9 @@ object per line to stderr::
 Any other ``extra=`` a record was given is a field too; values that are not
 JSON become their ``repr``. An exception adds ``exception`` (the formatted
 traceback). ``OADA_JOBS_LOG_LEVEL`` (or ``--log-level``) sets the level.
+
+Imports nothing from the package and must not touch a service; a process
+calls it once.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ that trace id under a remote parent standing for the requester. Any other
 Spans go to whatever tracer provider the program configured (for example
 with ``opentelemetry-instrument`` or the SDK); until one is configured no
 span is made at all (the check costs a fraction of a microsecond).
+
+May use the client's tracing and the job model; must not import the runner,
+the queue or the service, which open its spans.
 """
 
 from __future__ import annotations

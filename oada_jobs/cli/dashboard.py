@@ -2,6 +2,9 @@
 
 Listens on 127.0.0.1 unless told otherwise; another address needs
 ``--allow-remote`` and a login secret (see docs/dashboard.md).
+
+Owns this command only. May use the dashboard and ``cli/_common``; nothing
+but the ``cli`` package may import it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ if so, a span per request. Without ``opentelemetry-api`` installed nothing
 is imported and :data:`ENABLED` is false; installed but with no tracer
 provider configured, :func:`active` is false. Either way the client does not
 even enter a context manager per request. Tokens never become span attributes.
+
+Owns the request spans; imports no other module of the client and must not
+import the framework or the server.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ through ``reads.py`` and writes only through the framework's public
 functions (:func:`~oada_jobs.job.request_cancel`, :func:`~oada_jobs.requester.post_job`).
 The OADA token stays in the server: no page, cookie or URL holds it, and
 :meth:`Dashboard.render` blanks it out of anything job data might echo.
+
+May use the framework's public reads (reports, requester, job, service) and
+the client; nothing in the framework may import the dashboard.
 """
 
 from __future__ import annotations

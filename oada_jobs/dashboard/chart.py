@@ -2,6 +2,8 @@
 
 Owns the geometry only (numbers and CSS class names); the template writes
 the SVG elements, so every text in it goes through the template's escaping.
+
+May use :mod:`oada_jobs.reports` records only; must not do I/O.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 This module owns :class:`DashboardConfig` and nothing else; the code that
 enforces a limit names the field it uses.
+
+Imports nothing from the package; must not do I/O.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Correctness across failures:
 
 This module owns the event streams, the watch hub and their tasks; it reads
 nothing a page shows and never writes to OADA.
+
+May use the client; must not import the rest of the dashboard but its
+config, nor the service.
 """
 
 from __future__ import annotations

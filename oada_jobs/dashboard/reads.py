@@ -3,6 +3,9 @@
 Owns every OADA read a page makes and the small cache of finished jobs. It
 reads through the public client and the layout helpers only; it never
 writes (actions live in ``app.py``) and knows nothing of HTML.
+
+May use the client and the framework's read helpers; must not write to OADA
+(actions live in the app).
 """
 
 from __future__ import annotations

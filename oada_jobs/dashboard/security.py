@@ -10,6 +10,8 @@
 * :class:`LoginThrottle` — failed logins per minute.
 
 The OADA token never passes through here: it stays in the server's client.
+
+Must not import the rest of the dashboard, the framework or the client.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Owns the listening socket and the uvicorn server; knows nothing of pages.
 Binding is checked by :func:`~oada_jobs.dashboard.security.check_bind`
 before anything listens.
+
+Must not import the framework or the client.
 """
 
 from __future__ import annotations
