@@ -10,7 +10,8 @@ the service's metrics.
 
 It owns only the registry of running work functions (runners tell it when
 one starts and ends) and its own timing task; it touches no job and no OADA
-resource.
+resource. It imports only the metrics and must not import the runner or the
+service, which hand it what it names.
 """
 
 from __future__ import annotations
