@@ -285,6 +285,8 @@ async def embedded_server(
     ws_send_buffer_bytes: int | None = None,
     ws_send_buffer_total_bytes: int | None = None,
     max_connections: int | None = None,
+    max_watches_per_socket: int | None = None,
+    max_watches: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -310,6 +312,8 @@ async def embedded_server(
         Fixed port; a free one when ``None``.
     max_body_bytes, ws_ping_interval, ws_send_buffer_bytes, ws_send_buffer_total_bytes, max_connections:
         Override the :class:`ServerConfig` defaults.
+    max_watches_per_socket, max_watches:
+        Override the :class:`ServerConfig` defaults of the watch counts.
     document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults of the caches.
 
@@ -337,6 +341,10 @@ async def embedded_server(
         extra["ws_send_buffer_total_bytes"] = ws_send_buffer_total_bytes
     if max_connections is not None:
         extra["max_connections"] = max_connections
+    if max_watches_per_socket is not None:
+        extra["max_watches_per_socket"] = max_watches_per_socket
+    if max_watches is not None:
+        extra["max_watches"] = max_watches
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -410,6 +418,8 @@ async def _subprocess_server(
     args += ["--ws-send-buffer-bytes", str(config.ws_send_buffer_bytes)]
     args += ["--ws-send-buffer-total-bytes", str(config.ws_send_buffer_total_bytes)]
     args += ["--max-connections", str(config.max_connections)]
+    args += ["--max-watches-per-socket", str(config.max_watches_per_socket)]
+    args += ["--max-watches", str(config.max_watches)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

@@ -232,6 +232,16 @@ def serve_command(
             help="Connections served at once; more are answered 503.",
         ),
     ] = ServerConfig.model_fields["max_connections"].default,
+    max_watches_per_socket: Annotated[
+        int,
+        typer.Option(min=1, help="Watches one WebSocket may hold at once; more are refused (429)."),
+    ] = ServerConfig.model_fields["max_watches_per_socket"].default,
+    max_watches: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Watches all WebSockets may hold together; more are refused (503)."
+        ),
+    ] = ServerConfig.model_fields["max_watches"].default,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
@@ -265,6 +275,8 @@ def serve_command(
         ws_send_buffer_bytes=ws_send_buffer_bytes,
         ws_send_buffer_total_bytes=ws_send_buffer_total_bytes,
         max_connections=max_connections,
+        max_watches_per_socket=max_watches_per_socket,
+        max_watches=max_watches,
     )
     ca_note = ""
     if tls_self_signed:

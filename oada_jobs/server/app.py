@@ -41,7 +41,7 @@ from starlette.websockets import WebSocket
 
 from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore
-from oada_jobs.server.ws import SendBudget, WebSocketSession
+from oada_jobs.server.ws import SendBudget, WatchLimits, WebSocketSession
 
 __all__ = ["EXPOSED_HEADERS", "create_app"]
 
@@ -277,13 +277,15 @@ def create_app(config: ServerConfig | None = None, *, core: OADACore | None = No
 
     # What waits to be sent on all the app's sockets together.
     budget = SendBudget(config.ws_send_buffer_total_bytes)
+    # The watches held on all of them.
+    watch_limits = WatchLimits(per_socket=config.max_watches_per_socket, total=config.max_watches)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         opened = slot.core
         if opened is None:
             await websocket.close(code=1013, reason="the server is starting or stopping")
             return
-        await WebSocketSession(opened, websocket, budget=budget).run()
+        await WebSocketSession(opened, websocket, budget=budget, watch_limits=watch_limits).run()
 
     cors: dict[str, Any] = {
         "allow_origins": ["*"],

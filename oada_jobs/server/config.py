@@ -133,6 +133,14 @@ class ServerConfig(BaseModel):
         Bytes all WebSockets together may have waiting to be sent (256 MiB).
         Past it the sockets furthest behind are closed with code 1013, the
         largest first, until the sum is within it again.
+    max_watches_per_socket:
+        Watches one WebSocket may hold at once (1,000); a watch request
+        beyond it is answered 429 under its requestId and makes no watch
+        (nor runs the request it carries). Each watch holds memory for as
+        long as it lasts, whether or not anything is sent on it.
+    max_watches:
+        Watches all WebSockets of the server may hold together (100,000);
+        beyond it a watch request is answered 503 the same way.
 
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP
     """
@@ -154,6 +162,8 @@ class ServerConfig(BaseModel):
     ws_send_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=1000, gt=0)
     ws_send_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_watches_per_socket: int = Field(default=1000, gt=0)
+    max_watches: int = Field(default=100_000, gt=0)
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -71,6 +71,7 @@ __all__ = [
     "MAX_FRAME",
     "DirectSocket",
     "SendBudget",
+    "WatchLimits",
     "WebSocketSession",
 ]
 
@@ -216,6 +217,57 @@ class SendBudget:
             sender.shed(waiting, _SERVER_FULL)
 
 
+class _Watcher(Protocol):
+    """What :class:`WatchLimits` needs of a session."""
+
+    def watch_count(self) -> int:
+        """How many watches the session's socket holds now."""
+        ...
+
+
+class WatchLimits:
+    """The watches of one server's sockets, held to a count per socket and in all.
+
+    A watch costs memory for as long as it lasts (its subscription, its
+    notifier, its request id), whether or not anything is sent on it, so
+    their number is bounded, not only the bytes waiting to be sent.
+
+    >>> limits = WatchLimits(per_socket=1_000, total=100_000)  # one per server  # doctest: +SKIP
+    """
+
+    def __init__(self, *, per_socket: int, total: int) -> None:
+        self.per_socket = per_socket
+        self.total = total
+        self._watchers: set[_Watcher] = set()
+
+    def join(self, watcher: _Watcher) -> None:
+        """Count *watcher*'s watches from now on."""
+        self._watchers.add(watcher)
+
+    def leave(self, watcher: _Watcher) -> None:
+        """Stop counting *watcher*'s watches (its socket closed); idempotent."""
+        self._watchers.discard(watcher)
+
+    def held(self) -> int:
+        """The watches held on all sockets now."""
+        return sum(watcher.watch_count() for watcher in self._watchers)
+
+    def refusal(self, watcher: _Watcher) -> tuple[int, str] | None:
+        """Why *watcher* may not add a watch now (status, message), or None if it may."""
+        if watcher.watch_count() >= self.per_socket:
+            return (
+                429,
+                f"this socket already holds {self.per_socket} watches "
+                "(max_watches_per_socket); unwatch one first",
+            )
+        if self.held() >= self.total:
+            return (
+                503,
+                f"the server already holds {self.total} watches (max_watches); try again later",
+            )
+        return None
+
+
 class InvalidMessage(ValueError):
     """A frame that is not a valid OADA WebSocket request."""
 
@@ -332,12 +384,23 @@ class WebSocketSession:
     """
 
     def __init__(
-        self, core: OADACore, websocket: WebSocket, *, budget: SendBudget | None = None
+        self,
+        core: OADACore,
+        websocket: WebSocket,
+        *,
+        budget: SendBudget | None = None,
+        watch_limits: WatchLimits | None = None,
     ) -> None:
         self._core = core
+        config = core.config
         # Shared with the server's other sockets (one of its own when alone).
         self._budget = (
-            budget if budget is not None else SendBudget(core.config.ws_send_buffer_total_bytes)
+            budget if budget is not None else SendBudget(config.ws_send_buffer_total_bytes)
+        )
+        self._watch_limits = (
+            watch_limits
+            if watch_limits is not None
+            else WatchLimits(per_socket=config.max_watches_per_socket, total=config.max_watches)
         )
         self._ws = websocket
         self._reference = core.config.quirks == "reference"
@@ -364,6 +427,7 @@ class WebSocketSession:
     async def run(self) -> None:
         """Accept the socket and serve it until either side closes it."""
         self._budget.join(self)
+        self._watch_limits.join(self)
         try:
             if self._direct is not None:
                 try:
@@ -386,6 +450,7 @@ class WebSocketSession:
                     self._drop_all()
         finally:
             self._budget.leave(self)
+            self._watch_limits.leave(self)
 
     # -- I/O --------------------------------------------------------------------
 
@@ -614,7 +679,30 @@ class WebSocketSession:
 
     # -- watches ----------------------------------------------------------------
 
+    def watch_count(self) -> int:
+        """How many watches this socket holds now."""
+        return len(self._watches)
+
     async def _watch(self, req: WSRequest, method: str) -> None:
+        # Refused before the underlying request runs: a refused put-watch
+        # writes nothing. A watch replacing one under the same id is no more.
+        refusal = None if req.request_id in self._watches else self._watch_limits.refusal(self)
+        if refusal is not None:
+            status, message = refusal
+            self._enqueue(
+                {
+                    "requestId": req.request_id,
+                    "status": status,
+                    "statusText": HTTPStatus(status).phrase,
+                    "headers": {"x-request-id": req.request_id},
+                    "data": {
+                        "statusCode": status,
+                        "error": HTTPStatus(status).phrase,
+                        "message": message,
+                    },
+                }
+            )
+            return
         response = await self._core.handle(self._core_request(req, method))
         status, frame = self._frame(req, method, response)
         resource_id = _resource_of(response.headers.get("content-location", ""))
