@@ -287,6 +287,8 @@ async def embedded_server(
     max_connections: int | None = None,
     max_watches_per_socket: int | None = None,
     max_watches: int | None = None,
+    max_header_bytes: int | None = None,
+    request_read_timeout: float | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -314,6 +316,8 @@ async def embedded_server(
         Override the :class:`ServerConfig` defaults.
     max_watches_per_socket, max_watches:
         Override the :class:`ServerConfig` defaults of the watch counts.
+    max_header_bytes, request_read_timeout:
+        Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
     document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults of the caches.
 
@@ -345,6 +349,10 @@ async def embedded_server(
         extra["max_watches_per_socket"] = max_watches_per_socket
     if max_watches is not None:
         extra["max_watches"] = max_watches
+    if max_header_bytes is not None:
+        extra["max_header_bytes"] = max_header_bytes
+    if request_read_timeout is not None:
+        extra["request_read_timeout"] = request_read_timeout
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -420,6 +428,8 @@ async def _subprocess_server(
     args += ["--max-connections", str(config.max_connections)]
     args += ["--max-watches-per-socket", str(config.max_watches_per_socket)]
     args += ["--max-watches", str(config.max_watches)]
+    args += ["--max-header-bytes", str(config.max_header_bytes)]
+    args += ["--request-read-timeout", str(config.request_read_timeout)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

@@ -232,6 +232,17 @@ def serve_command(
             help="Connections served at once; more are answered 503.",
         ),
     ] = ServerConfig.model_fields["max_connections"].default,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(min=1024, help="Bytes of an HTTP request's line and headers; more: 431."),
+    ] = ServerConfig.model_fields["max_header_bytes"].default,
+    request_read_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Seconds to receive an HTTP request whole (headers and body); then 408.",
+        ),
+    ] = ServerConfig.model_fields["request_read_timeout"].default,
     max_watches_per_socket: Annotated[
         int,
         typer.Option(min=1, help="Watches one WebSocket may hold at once; more are refused (429)."),
@@ -275,6 +286,8 @@ def serve_command(
         ws_send_buffer_bytes=ws_send_buffer_bytes,
         ws_send_buffer_total_bytes=ws_send_buffer_total_bytes,
         max_connections=max_connections,
+        max_header_bytes=max_header_bytes,
+        request_read_timeout=request_read_timeout,
         max_watches_per_socket=max_watches_per_socket,
         max_watches=max_watches,
     )

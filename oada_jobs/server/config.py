@@ -133,6 +133,16 @@ class ServerConfig(BaseModel):
         Bytes all WebSockets together may have waiting to be sent (256 MiB).
         Past it the sockets furthest behind are closed with code 1013, the
         largest first, until the sum is within it again.
+    max_header_bytes:
+        Bytes an HTTP request's line and headers may take (64 KiB); past it
+        the request is answered 431 and its connection closed (the HTTP
+        parser alone would take headers of any size).
+    request_read_timeout:
+        Seconds the server waits to receive an HTTP request whole (line,
+        headers and body) from its first byte or from when the connection
+        was made (60); past it the request is answered 408 and its
+        connection closed, so a client trickling a request cannot hold a
+        connection (one of ``max_connections``) for ever.
     max_watches_per_socket:
         Watches one WebSocket may hold at once (1,000); a watch request
         beyond it is answered 429 under its requestId and makes no watch
@@ -162,6 +172,8 @@ class ServerConfig(BaseModel):
     ws_send_buffer_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=1000, gt=0)
     ws_send_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    request_read_timeout: float = Field(default=60.0, gt=0)
     max_watches_per_socket: int = Field(default=1000, gt=0)
     max_watches: int = Field(default=100_000, gt=0)
 

@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import FrameType
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 from starlette.applications import Starlette
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -43,7 +45,14 @@ from oada_jobs.server.config import ServerConfig
 from oada_jobs.server.core import OADACore
 from oada_jobs.server.ws import DIRECT_SEND, FRAME_ENVELOPE, MAX_FRAME
 
-__all__ = ["READ_AHEAD", "BatchedWebSocketProtocol", "ServerHandle", "serve", "uvicorn_config"]
+__all__ = [
+    "READ_AHEAD",
+    "BatchedWebSocketProtocol",
+    "BoundedHttpProtocol",
+    "ServerHandle",
+    "serve",
+    "uvicorn_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +247,131 @@ class BatchedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(output))
 
 
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with the size of a request head and its reading time bounded.
+
+    uvicorn bounds neither: a request line and headers may grow without end
+    (llhttp buffers a header however long it is), and a client may take
+    forever to send a request, holding one of the ``max_connections`` slots
+    with it; a thousand peers trickling a byte now and then would deny
+    service to everyone. Here
+
+    * a request whose line and headers pass :attr:`max_head_bytes` before
+      they end is answered **431** and its connection closed;
+    * a request not received whole (line, headers and body) within
+      :attr:`read_timeout` seconds of its first byte, or of the connection
+      being made, is answered **408** (unless its answer has begun) and its
+      connection closed; the application then sees the client gone, so a
+      half-received write is never applied.
+
+    The clock stops while a pipelined request waits for the one before it
+    to be answered (it is not being read then) and once a connection turns
+    into a WebSocket. :func:`uvicorn_config` makes a subclass holding the
+    server's limits.
+    """
+
+    #: Bytes of request line and headers accepted (``max_header_bytes``).
+    max_head_bytes: int = 64 * 1024
+    #: Seconds to receive one request whole (``request_read_timeout``).
+    read_timeout: float = 60.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_bytes = 0
+        self._in_head = True
+        self._deadline: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        in_head = self._in_head
+        super().data_received(data)
+        if in_head and self._in_head:
+            # Still no end of the headers: all of this was head (the tail of
+            # a previous request in the same read aside, a few bytes at most).
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+                self._refuse(431, f"request headers over {self.max_head_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+        if self.pipeline and self.pipeline[0][0] is self.cycle:
+            # Queued behind the request before it: not read until that is answered.
+            self._disarm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+        self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # A pipelined request whose body is read from now on.
+            self._arm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.read_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self._refuse(408, f"the request was not received within {self.read_timeout:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer *status* (unless an answer has begun) and close the connection."""
+        self._disarm()
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            body = message.encode("ascii")
+            self.transport.write(
+                b"".join(
+                    [
+                        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode("ascii"),
+                        b"content-type: text/plain; charset=utf-8\r\n",
+                        b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                        b"connection: close\r\n\r\n",
+                        body,
+                    ]
+                )
+            )
+        self.transport.close()
+
+
+def _http_protocol(config: ServerConfig) -> type[BoundedHttpProtocol]:
+    """:class:`BoundedHttpProtocol` holding *config*'s limits."""
+    return type(
+        "BoundedHttpProtocol",
+        (BoundedHttpProtocol,),
+        {
+            "max_head_bytes": config.max_header_bytes,
+            "read_timeout": config.request_read_timeout,
+        },
+    )
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn's server, with a start-up hook and optional signal handling.
 
@@ -377,6 +511,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
+        http=_http_protocol(config),
         ws=BatchedWebSocketProtocol,
         ws_ping_interval=config.ws_ping_interval,
         # A peer that has not answered one ping by the next is gone; but give
