@@ -289,6 +289,7 @@ async def embedded_server(
     max_watches: int | None = None,
     max_header_bytes: int | None = None,
     request_read_timeout: float | None = None,
+    max_changes_listed: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -318,6 +319,8 @@ async def embedded_server(
         Override the :class:`ServerConfig` defaults of the watch counts.
     max_header_bytes, request_read_timeout:
         Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
+    max_changes_listed:
+        Override how many revs a ``/_meta/_changes`` listing names.
     document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults of the caches.
 
@@ -353,6 +356,8 @@ async def embedded_server(
         extra["max_header_bytes"] = max_header_bytes
     if request_read_timeout is not None:
         extra["request_read_timeout"] = request_read_timeout
+    if max_changes_listed is not None:
+        extra["max_changes_listed"] = max_changes_listed
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -430,6 +435,7 @@ async def _subprocess_server(
     args += ["--max-watches", str(config.max_watches)]
     args += ["--max-header-bytes", str(config.max_header_bytes)]
     args += ["--request-read-timeout", str(config.request_read_timeout)]
+    args += ["--max-changes-listed", str(config.max_changes_listed)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

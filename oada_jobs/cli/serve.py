@@ -243,6 +243,10 @@ def serve_command(
             help="Seconds to receive an HTTP request whole (headers and body); then 408.",
         ),
     ] = ServerConfig.model_fields["request_read_timeout"].default,
+    max_changes_listed: Annotated[
+        int,
+        typer.Option(min=1, help="Revs (the latest) a /_meta/_changes listing names."),
+    ] = ServerConfig.model_fields["max_changes_listed"].default,
     max_watches_per_socket: Annotated[
         int,
         typer.Option(min=1, help="Watches one WebSocket may hold at once; more are refused (429)."),
@@ -288,6 +292,7 @@ def serve_command(
         max_connections=max_connections,
         max_header_bytes=max_header_bytes,
         request_read_timeout=request_read_timeout,
+        max_changes_listed=max_changes_listed,
         max_watches_per_socket=max_watches_per_socket,
         max_watches=max_watches,
     )

@@ -143,6 +143,12 @@ class ServerConfig(BaseModel):
         was made (60); past it the request is answered 408 and its
         connection closed, so a client trickling a request cannot hold a
         connection (one of ``max_connections``) for ever.
+    max_changes_listed:
+        Revs named by a ``/_meta/_changes`` listing (10,000): the most
+        recent ones. A resource's history grows with every write and the
+        listing is built in one pass of the event loop, so this bounds how
+        long other clients wait for it; every rev stays readable at
+        ``/_meta/_changes/<rev>`` and through a watch's replay.
     max_watches_per_socket:
         Watches one WebSocket may hold at once (1,000); a watch request
         beyond it is answered 429 under its requestId and makes no watch
@@ -174,6 +180,7 @@ class ServerConfig(BaseModel):
     ws_send_buffer_total_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     request_read_timeout: float = Field(default=60.0, gt=0)
+    max_changes_listed: int = Field(default=10_000, gt=0)
     max_watches_per_socket: int = Field(default=1000, gt=0)
     max_watches: int = Field(default=100_000, gt=0)
 

@@ -129,6 +129,10 @@ class ResourceGraph:
         """The revs of *res*'s own change records after *after* (committed ones)."""
         return self.store.change_revs(res.id, max(after, self.first_rev(res) - 1))
 
+    def latest_history(self, res: Resource, limit: int) -> list[int]:
+        """The last *limit* revs of :meth:`history`, oldest first."""
+        return self.store.latest_change_revs(res.id, limit, self.first_rev(res) - 1)
+
     def changes_page(
         self, resource_id: str, after: int, limit: int
     ) -> list[tuple[int, list[dict[str, Any]]]]:

@@ -548,6 +548,19 @@ class Store:
         ).fetchone()
         return int(row[0]) + 1 if row and row[0] is not None else 1
 
+    def latest_change_revs(self, resource_id: str, limit: int, after: int = 0) -> list[int]:
+        """The last *limit* revs with a change record for *resource_id* after *after*, oldest first."""
+        revs = [
+            r
+            for (r,) in self.db.execute(
+                "SELECT rev FROM changes WHERE resource_id = ? AND rev > ?"
+                " ORDER BY rev DESC LIMIT ?",
+                (resource_id, after, limit),
+            )
+        ]
+        revs.reverse()
+        return revs
+
     def change_revs(self, resource_id: str, after: int = 0) -> list[int]:
         """Revs with a change record for *resource_id* greater than *after*."""
         return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from core_helpers import Caller, collect, open_core
@@ -133,6 +134,23 @@ async def test_changes_since_replays_every_rev_after() -> None:
         assert [changes[0]["body"]["n"] for _, changes in replay] == [2, 3, 4]
         assert c.core.changes_since("resources/A", 5) == []
         assert c.core.changes_since("resources/nope", 0) == []
+
+
+async def test_changes_listing_names_only_the_latest_max_changes_listed_revs() -> None:
+    # A history grows with every write; listing all of it in one pass of the
+    # event loop would stall every other client for as long.
+    async with open_core(max_changes_listed=3) as c:
+        key = 'q"\\é\u2028'
+        for n in range(6):
+            await c.ok("put", f"/resources/{key}", {"n": n})
+        raw = (await c.get(f"/resources/{key}/_meta/_changes")).raw.body
+        rid = f"resources/{key}"
+        expected = {str(r): {"_rev": r, "_id": f"{rid}/_meta/_changes/{r}"} for r in (4, 5, 6)}
+        assert json.loads(raw) == expected
+        assert raw == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+        # Older revs are still there, one by one.
+        first = (await c.get(f"/resources/{key}/_meta/_changes/1")).data
+        assert first[0]["body"]["n"] == 0
 
 
 async def test_changes_listing_and_special_revs() -> None:
