@@ -290,6 +290,7 @@ async def embedded_server(
     max_header_bytes: int | None = None,
     request_read_timeout: float | None = None,
     max_changes_listed: int | None = None,
+    max_body_items: int | None = None,
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
@@ -321,6 +322,8 @@ async def embedded_server(
         Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
     max_changes_listed:
         Override how many revs a ``/_meta/_changes`` listing names.
+    max_body_items:
+        Override how many JSON items a request body may hold.
     document_cache_size, document_cache_bytes, change_cache_bytes:
         Override the :class:`ServerConfig` defaults of the caches.
 
@@ -358,6 +361,8 @@ async def embedded_server(
         extra["request_read_timeout"] = request_read_timeout
     if max_changes_listed is not None:
         extra["max_changes_listed"] = max_changes_listed
+    if max_body_items is not None:
+        extra["max_body_items"] = max_body_items
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
         db_path = os.fspath(db)
@@ -436,6 +441,7 @@ async def _subprocess_server(
     args += ["--max-header-bytes", str(config.max_header_bytes)]
     args += ["--request-read-timeout", str(config.request_read_timeout)]
     args += ["--max-changes-listed", str(config.max_changes_listed)]
+    args += ["--max-body-items", str(config.max_body_items)]
     if cert_dir is not None:
         args += ["--tls-cert", str(cert_dir / "cert.pem"), "--tls-key", str(cert_dir / "key.pem")]
     env = dict(os.environ)

@@ -173,6 +173,13 @@ def serve_command(
             min=2, max=512, help="Deepest accepted JSON nesting (counting the path); deeper: 400."
         ),
     ] = ServerConfig.model_fields["max_depth"].default,
+    max_body_items: Annotated[
+        int,
+        typer.Option(
+            min=100,
+            help="Most JSON items (strings and commas between values) in a body; more: 413.",
+        ),
+    ] = ServerConfig.model_fields["max_body_items"].default,
     max_path_bytes: Annotated[
         int, typer.Option(min=256, help="Longest accepted request path in bytes; longer: 414.")
     ] = ServerConfig.model_fields["max_path_bytes"].default,
@@ -281,6 +288,7 @@ def serve_command(
         quirks=quirks.value,
         max_body_bytes=max_body_bytes,
         max_depth=max_depth,
+        max_body_items=max_body_items,
         max_path_bytes=max_path_bytes,
         replay_slice=replay_slice,
         ws_ping_interval=ws_ping_interval,

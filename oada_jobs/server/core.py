@@ -711,7 +711,9 @@ class OADACore:
         value: Any = None
         data: bytes | None = None
         if is_json_type(media_type):
-            value = decode_json(body, max_depth=self.config.max_depth)
+            value = decode_json(
+                body, max_depth=self.config.max_depth, max_items=self.config.max_body_items
+            )
         else:
             data = body
         ignore_links = req.headers.get("x-oada-ignore-links", "").strip().lower() == "true"

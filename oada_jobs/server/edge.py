@@ -12,7 +12,11 @@ it; what passes is normalised, so nothing further in ever sees
 * a number the store cannot hold: revs are SQLite integers, at most
   :data:`MAX_REV`, written as ASCII digits with nothing around them;
 * JSON nested deeper than ``max_depth`` or refused by orjson, whichever
-  decoder is used afterwards.
+  decoder is used afterwards;
+* JSON of more than ``max_body_items`` items (strings, keys included, and
+  the commas between members and elements): decoding, merging and storing
+  it takes time in proportion, on the event loop every client shares, so
+  it is counted before it is decoded, in time bounded by the limit.
 
 :func:`admit` checks a request's method, path and headers; :func:`decode_json`
 is the one JSON decoder for request bodies and WebSocket frames;
@@ -181,6 +185,27 @@ def _long_digit_run(data: bytes) -> bool:
     return _DIGIT_RUN in data.translate(_DIGIT_MAP)
 
 
+def _more_items_than(data: bytes, limit: int) -> bool:
+    """Whether JSON *data* holds more than *limit* strings and commas outside strings.
+
+    Every object member has a key, every value after the first of an object
+    or array a comma before it: the count follows the work of decoding and
+    merging. It is made at C speed, never item by item: an upper bound
+    first (a string has two quotes); past it, with escaped backslashes and
+    quotes taken out, the quotes left delimit the strings (in valid JSON;
+    anything else fails to decode next), and the commas between them are
+    counted only once there are at most *limit* strings.
+    """
+    if data.count(b'"') // 2 + data.count(b",") <= limit:
+        return False
+    bare = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
+    strings = bare.count(b'"') // 2
+    if strings > limit:
+        return True
+    outside = bare.split(b'"')[::2]
+    return strings + sum(part.count(b",") for part in outside) > limit
+
+
 def _deeper_than(value: Any, limit: int) -> bool:
     """Whether *value* nests more than *limit* objects and arrays (no recursion)."""
     if not isinstance(value, dict | list):
@@ -195,7 +220,9 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def decode_json(text: bytes | str, *, max_depth: int, what: str = "JSON body") -> Any:
+def decode_json(
+    text: bytes | str, *, max_depth: int, max_items: int, what: str = "JSON body"
+) -> Any:
     """Decode JSON *text*, raising :class:`Reject` (400) for anything the server cannot keep.
 
     orjson decodes it first and refuses malformed text, ``NaN``, a byte
@@ -203,11 +230,18 @@ def decode_json(text: bytes | str, *, max_depth: int, what: str = "JSON body") -
     than *max_depth* objects and arrays is refused next. Only then are texts
     with integers beyond 64 bits decoded again by the stdlib decoder, which
     keeps them exact, and which so never sees a text it could recurse on
-    too deeply or strings orjson refused.
+    too deeply or strings orjson refused. Before any of that, a text of more
+    than *max_items* items (see :func:`_more_items_than`) is refused with 413.
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if not data.strip():
         raise Reject(400, f"expected a {what}, got an empty body")
+    if _more_items_than(data, max_items):
+        raise Reject(
+            413,
+            f"the {what} holds more than {max_items} JSON items "
+            "(strings, keys included, and commas between values)",
+        )
     too_deep = f"the {what} is nested more than {max_depth} levels deep"
     try:
         value = orjson.loads(data)

@@ -87,6 +87,10 @@ REPLAY_PAGE = 64
 #: Room for the JSON envelope (requestId, method, headers) around a body.
 FRAME_ENVELOPE = 1024 * 1024
 
+#: Room for the JSON items of the envelope (requestId, method, path,
+#: headers) around a body's ``max_body_items``.
+ENVELOPE_ITEMS = 4096
+
 #: Largest frame the socket accepts at all (as the reference server, 100 MiB);
 #: frames between the body limit and this get 413 under their requestId.
 MAX_FRAME = 100 * 1024 * 1024
@@ -271,10 +275,11 @@ class WatchLimits:
 class InvalidMessage(ValueError):
     """A frame that is not a valid OADA WebSocket request."""
 
-    def __init__(self, detail: str, request_id: str | None = None) -> None:
+    def __init__(self, detail: str, request_id: str | None = None, status: int = 400) -> None:
         super().__init__(detail)
         self.detail = detail
         self.request_id = request_id
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,19 +310,26 @@ def _textual_request_id(text: str | bytes) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def parse_request(text: str | bytes, *, max_depth: int) -> WSRequest:
+def parse_request(text: str | bytes, *, max_depth: int, max_items: int) -> WSRequest:
     """Parse and validate one frame (formats:``oada/websockets/request``).
 
     The frame goes through the validation edge's JSON decoder, so ``data``
-    may nest *max_depth* levels (the frame itself adds one) and no string in
-    it may be one that UTF-8 cannot encode. Raises :class:`InvalidMessage`
-    saying what was expected; it carries the ``requestId`` when the frame
-    had a usable one.
+    may nest *max_depth* levels (the frame itself adds one), hold about
+    *max_items* items (the envelope may add :data:`ENVELOPE_ITEMS`; the
+    core counts the body's own exactly) and no string in it may be one that
+    UTF-8 cannot encode. Raises :class:`InvalidMessage` saying what was
+    expected (with status 413 for too many items); it carries the
+    ``requestId`` when the frame had a usable one.
     """
     try:
-        msg = decode_json(text, max_depth=max_depth + 1, what="WebSocket message")
+        msg = decode_json(
+            text,
+            max_depth=max_depth + 1,
+            max_items=max_items + ENVELOPE_ITEMS,
+            what="WebSocket message",
+        )
     except Reject as exc:
-        raise InvalidMessage(exc.message, _textual_request_id(text)) from None
+        raise InvalidMessage(exc.message, _textual_request_id(text), exc.status) from None
     if not isinstance(msg, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(msg).__name__}")
     request_id = msg.get("requestId")
@@ -407,6 +419,7 @@ class WebSocketSession:
         # Frames this large cannot hold an acceptable body: refuse unparsed.
         self._frame_limit = core.config.max_body_bytes + FRAME_ENVELOPE
         self._max_depth = core.config.max_depth
+        self._max_items = core.config.max_body_items
         self._replay_slice = core.config.replay_slice
         # Added to every request's headers (websocket.url builds a URL object).
         self._proto = "https" if websocket.url.scheme == "wss" else "http"
@@ -478,7 +491,7 @@ class WebSocketSession:
                 self._send_too_large(frame)
                 continue
             try:
-                request = parse_request(frame, max_depth=self._max_depth)
+                request = parse_request(frame, max_depth=self._max_depth, max_items=self._max_items)
             except InvalidMessage as exc:
                 self._send_invalid(exc)
                 continue
@@ -600,16 +613,17 @@ class WebSocketSession:
         # reference server always answers under ["error"].
         if exc.request_id is not None and not self._reference:
             request_id = exc.request_id
+        status = exc.status
         self._enqueue(
             {
                 "requestId": request_id,
-                "status": 400,
-                "statusText": HTTPStatus(400).phrase,
+                "status": status,
+                "statusText": HTTPStatus(status).phrase,
                 "headers": {},
                 "data": {
-                    "code": "400",
-                    "status": 400,
-                    "title": "Bad Request",
+                    "code": str(status),
+                    "status": status,
+                    "title": HTTPStatus(status).phrase,
                     "href": _ERROR_HREF,
                     "userMessage": "Invalid WebSocket request",
                     "detail": exc.detail,
