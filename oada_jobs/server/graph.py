@@ -24,6 +24,7 @@ from typing import Any
 from oada_jobs.server.documents import (
     array_index,
     copy_json,
+    is_json_type,
     is_link_position,
     lookup,
     merge,
@@ -257,6 +258,7 @@ class ResourceGraph:
         found: list[tuple[Path, dict[str, Any]]] = []
         if data is None:
             if target.resource is not None:
+                self.refuse_into_bytes(target.resource, path, headers)
                 self.refuse_inside_array(target.resource, path, "written", headers)
             self._validate_body(resource_id, path, value, found, headers)
             if not ignore_links:
@@ -280,9 +282,29 @@ class ResourceGraph:
         path = tuple(target.leftover)
         headers = target.location()
         if target.resource is not None:
+            self.refuse_into_bytes(target.resource, path, headers)
             self.refuse_inside_array(target.resource, path, "written", headers)
         self._validate_body(target.resource_id, path, value, found, headers)
         return found
+
+    @staticmethod
+    def refuse_into_bytes(res: Resource, path: Path, headers: dict[str, str]) -> None:
+        """Raise :class:`Reject` (409) for a JSON merge into a resource holding bytes.
+
+        Its content is its bytes: a merge would be acknowledged with a new
+        rev and never be readable (GET answers the bytes, sub-paths 404).
+        Its ``_meta`` takes JSON as any resource's does.
+        """
+        if res.data is None or is_json_type(res.type or "application/json"):
+            return
+        if path and path[0] == "_meta":
+            return
+        raise Reject(
+            409,
+            f"{res.id} holds {res.type} bytes, which JSON cannot be merged into;"
+            f" PUT a {res.type} body at its root to replace them, or DELETE it first",
+            headers,
+        )
 
     @staticmethod
     def refuse_inside_array(

@@ -158,6 +158,33 @@ async def test_binary_resources_store_bytes_and_return_them_with_their_type() ->
         assert (await c.get("/resources/txt/x")).status == 404
 
 
+async def test_json_is_not_merged_into_a_resource_holding_bytes() -> None:
+    # It would be acknowledged with a rev and never be readable: GET answers
+    # the bytes, and a binary resource has no sub-paths.
+    async with open_core() as c:
+        await c.ok("put", "/resources/bin", {"before": 1})
+        await c.ok("put", "/resources/bin", raw=b"bytes", content_type="application/pdf")
+        rev = (await c.get("/resources/bin")).rev
+        for path, body in (("/resources/bin", {"a": 1}), ("/resources/bin/x", {"b": 1})):
+            refused = await c.put(path, body)
+            assert refused.status == 409, refused.data
+            assert "application/pdf" in refused.data["message"]
+        ensure = await c.put(
+            "/resources/bin/l", {"c": 1}, headers={"x-oada-ensure-link": "versioned"}
+        )
+        assert ensure.status == 409
+        got = await c.get("/resources/bin")
+        assert (got.raw.body, got.rev) == (b"bytes", rev)
+        # Its _meta takes JSON; new bytes replace the old; once deleted, JSON is fine.
+        await c.ok("put", "/resources/bin/_meta/note", {"n": 1})
+        assert (await c.get("/resources/bin/_meta/note")).data == {"n": 1}
+        await c.ok("put", "/resources/bin", raw=b"other", content_type="application/pdf")
+        assert (await c.get("/resources/bin")).raw.body == b"other"
+        await c.ok("delete", "/resources/bin")
+        await c.ok("put", "/resources/bin", {"a": 1})
+        assert (await c.get("/resources/bin/a")).data == 1
+
+
 async def test_delete_key_bumps_rev_and_removes_it() -> None:
     async with open_core() as c:
         await c.ok("put", "/resources/A", {"q": {"r": 1, "s": 2}})
