@@ -336,6 +336,7 @@ class OADACore:
                 request.path,
                 request.headers,
                 max_path_bytes=self.config.max_path_bytes,
+                max_header_bytes=self.config.max_header_bytes,
             )
             request = CoreRequest(request.method, request.path, headers, request.body)
             response = self._dispatch(request)

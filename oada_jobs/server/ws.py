@@ -69,6 +69,7 @@ __all__ = [
     "DIRECT_SEND",
     "FRAME_ENVELOPE",
     "MAX_FRAME",
+    "MAX_REQUEST_ID",
     "DirectSocket",
     "SendBudget",
     "WatchLimits",
@@ -86,6 +87,9 @@ REPLAY_PAGE = 64
 
 #: Room for the JSON envelope (requestId, method, headers) around a body.
 FRAME_ENVELOPE = 1024 * 1024
+
+#: Longest ``requestId`` accepted, in characters.
+MAX_REQUEST_ID = 1024
 
 #: Room for the JSON items of the envelope (requestId, method, path,
 #: headers) around a body's ``max_body_items``.
@@ -335,6 +339,11 @@ def parse_request(text: str | bytes, *, max_depth: int, max_items: int) -> WSReq
     request_id = msg.get("requestId")
     if not isinstance(request_id, str) or not request_id:
         raise InvalidMessage(f"expected 'requestId' to be a non-empty string, got {request_id!r}")
+    if len(request_id) > MAX_REQUEST_ID:
+        # A watch's id is kept, and sent with each of its changes.
+        raise InvalidMessage(
+            f"expected 'requestId' of at most {MAX_REQUEST_ID} characters, got {len(request_id)}"
+        )
     method = msg.get("method")
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise InvalidMessage(

@@ -293,3 +293,42 @@ async def test_the_depth_limit_is_the_same_over_http_and_ws(max_depth: int) -> N
             got = await ws.request("get", "/resources/deep-ws")
             assert got["status"] == 200
         handle.shutdown()
+
+
+# -- header and request id sizes ----------------------------------------------------
+
+
+async def test_ws_headers_over_max_header_bytes_get_431_and_the_socket_stays() -> None:
+    # HTTP bounds them on the wire; a WebSocket request only by its frame,
+    # and an If-Match list of a million ETags took seconds to read.
+    async with embedded_server(max_header_bytes=4096) as server:
+        async with http(server) as c:
+            await c.put("/bookmarks/h", json={"a": 1})
+        async with ws_connect(server) as ws:
+            fits = {"if-none-match": ",".join(['"x/1"'] * 100)}
+            assert (await ws.request("get", "/bookmarks/h", headers=fits))["status"] == 200
+            for name, value in (
+                ("if-match", ",".join(['"h/1"'] * 100_000)),
+                ("x-anything", "é" * 2100),  # 4,200 bytes in 2,100 characters
+            ):
+                reply = await ws.request(
+                    "put", "/bookmarks/h", data={"b": 2}, headers={name: value}
+                )
+                assert reply["status"] == 431, reply
+            assert (await ws.request("ping", ""))["status"] == 204
+        async with http(server) as c:
+            assert "b" not in (await c.get("/bookmarks/h")).json()
+
+
+async def test_ws_request_ids_are_bounded(server: EmbeddedServer) -> None:
+    async with ws_connect(server) as ws:
+        reply = await raw_request(
+            ws,
+            json.dumps(
+                {"requestId": "r" * 1025, "method": "watch", "path": "/bookmarks", "headers": AUTH}
+            ),
+        )
+        assert reply["status"] == 400, reply
+        assert reply["requestId"] == ["error"]
+        ok = await ws.request("watch", "/bookmarks", request_id="r" * 1024)
+        assert ok["status"] == 200
