@@ -278,6 +278,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_bytes = 0
         self._in_head = True
+        # Heads and requests read whole so far.
+        self._heads = 0
         self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
@@ -287,11 +289,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._in_head
+        heads = self._heads
         super().data_received(data)
-        if in_head and self._in_head:
-            # Still no end of the headers: all of this was head (the tail of
-            # a previous request in the same read aside, a few bytes at most).
+        if self._in_head and self._heads == heads:
+            # No head nor request ended in this read, and a head is being
+            # read: all of this read was head. (A read that ended something
+            # is not counted: the next head's count starts with the next read.)
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
                 self._refuse(431, f"request headers over {self.max_head_bytes} bytes")
@@ -304,6 +307,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads += 1
         super().on_headers_complete()
         if self.pipeline and self.pipeline[0][0] is self.cycle:
             # Queued behind the request before it: not read until that is answered.
@@ -311,6 +315,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._heads += 1
         self._in_head = True
         self._head_bytes = 0
         self._disarm()

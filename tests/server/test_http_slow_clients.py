@@ -112,3 +112,25 @@ async def test_pipelined_requests_are_answered_and_a_trickling_one_still_times_o
         assert answer.endswith(b"was not received within 0.5 s"), answer
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as c:
             assert (await c.get("/bookmarks/piped")).json() == {"a": 1}
+
+
+async def test_bodies_are_not_taken_for_headers() -> None:
+    # A body read with its head (or with the next request's head) is not head.
+    async with embedded_server(max_header_bytes=16 * 1024) as server:
+        blob = "x" * 128 * 1024
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as c:
+            for n in range(3):
+                assert (await c.put("/bookmarks/b", json={"n": n, "blob": blob})).status_code == 201
+        stream = await anyio.connect_tcp("127.0.0.1", port_of(server))
+        body = b'{"blob":"' + blob.encode() + b'"}'
+        put = (
+            b"PUT /bookmarks/b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer god\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        async with stream:
+            await stream.send(put + body + b"GET /bookmarks/b/n HTTP/1.1\r\nHost: x\r\n")
+            await anyio.sleep(0.2)
+            await stream.send(b"Authorization: Bearer god\r\nConnection: close\r\n\r\n")
+            answer = await read_until_closed(stream, 5)
+        assert answer.count(b"HTTP/1.1 201 ") == 1, answer[:300]
+        assert answer.count(b"HTTP/1.1 200 ") == 1, answer[:300]
