@@ -19,6 +19,7 @@ from oada_jobs._pointer import array_index
 
 __all__ = [
     "MISSING",
+    "ChangeArray",
     "array_index",
     "copy_json",
     "dumpb",
@@ -38,6 +39,25 @@ class _Missing:
 
 #: Returned by :func:`lookup` when nothing is at the path.
 MISSING: Any = _Missing()
+
+
+class ChangeArray(list[dict[str, Any]]):
+    """A committed change array, encoded at most once however many times it is sent.
+
+    Every socket watching a resource is sent its change: encoded once per
+    socket, a large change held the event loop that many times over.
+    Never changed once made (its text would then be stale).
+    """
+
+    __slots__ = ("_text",)
+
+    def text(self) -> str:
+        """The array as compact JSON text (:func:`dumps`), encoded on first use."""
+        try:
+            return self._text
+        except AttributeError:
+            self._text: str = dumps(self)
+            return self._text
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oada_jobs.server.documents import (
+    ChangeArray,
     array_index,
     copy_json,
     is_json_type,
@@ -462,7 +463,8 @@ class ResourceGraph:
             subscribed = listeners.get(rec.resource_id)
             if not subscribed:
                 continue
-            array = self.assemble(rec)
+            # Shared by every listener, and encoded once for all of them.
+            array = ChangeArray(self.assemble(rec))
             for listener in list(subscribed):
                 try:
                     listener(rec.resource_id, rec.rev, array)

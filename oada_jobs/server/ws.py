@@ -62,7 +62,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from oada_jobs.server.core import CoreRequest, CoreResponse, OADACore, error_response
-from oada_jobs.server.documents import dumpb, dumps, is_json_type
+from oada_jobs.server.documents import ChangeArray, dumpb, dumps, is_json_type
 from oada_jobs.server.edge import Reject, check_text, decode_json, parse_rev
 
 __all__ = [
@@ -887,13 +887,17 @@ class WebSocketSession:
     @staticmethod
     def _change_message(
         request_ids: list[str], resource_id: str, change: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        return {
-            "requestId": request_ids,
-            "resourceId": resource_id,
-            "path_leftover": [""] * len(request_ids),
-            "change": change,
-        }
+    ) -> str:
+        """The change message, JSON-encoded; a :class:`ChangeArray` is encoded once for all."""
+        head = _dumps(
+            {
+                "requestId": request_ids,
+                "resourceId": resource_id,
+                "path_leftover": [""] * len(request_ids),
+            }
+        )
+        body = change.text() if isinstance(change, ChangeArray) else _dumps(change)
+        return f'{head[:-1]},"change":{body}}}'
 
     def _unwatch(self, request_id: str) -> None:
         notifier = self._watches.pop(request_id, None)

@@ -6,8 +6,11 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 from ws_helpers import WS, ws_connect
 
+import oada_jobs.server.documents as documents
+import oada_jobs.server.ws as ws_module
 from oada_jobs.testing import EmbeddedServer, embedded_server
 
 SAM_BM = "resources/default:resources_bookmarks_321"
@@ -261,3 +264,29 @@ async def test_closing_the_socket_ends_its_watches(server: EmbeddedServer) -> No
             assert (await c.put("/bookmarks/z", json={"i": i})).status_code == 201
         async with ws_connect(server) as ws2:
             await assert_quiet(ws2)
+
+
+async def test_a_change_is_encoded_once_for_all_the_sockets_watching(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Encoded once per socket, a large change held the event loop that many times.
+    encoded: list[int] = []
+    dumps = documents.dumps
+
+    def counting(value: Any) -> str:
+        change = value.get("change") if isinstance(value, dict) else value
+        if isinstance(change, list) and change and change[0].get("resource_id") == SAM_BM:
+            encoded.append(id(change))
+        return dumps(value)
+
+    monkeypatch.setattr(documents, "dumps", counting)
+    monkeypatch.setattr(ws_module, "_dumps", counting)
+    async with http(server) as c, ws_connect(server) as a, ws_connect(server) as b:
+        for ws in (a, b):
+            assert (await ws.request("watch", "/bookmarks"))["status"] == 200
+        encoded.clear()
+        await c.put("/bookmarks/once", json={"big": "x" * 100_000})
+        got = [await ws.recv() for ws in (a, b)]
+        assert got[0]["change"] == got[1]["change"]
+        assert got[0]["change"][0]["body"]["once"] == {"big": "x" * 100_000}
+        assert len(encoded) == 1
