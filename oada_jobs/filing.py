@@ -28,6 +28,7 @@ from ._retry import exponential, retry
 from .client import OADAClient
 from .exceptions import (
     BadRequest,
+    Conflict,
     OADAError,
     OADATransportError,
     PayloadTooLarge,
@@ -195,6 +196,12 @@ class Filer:
                     outcome = unrecordable(log, outcome, error)
                     body = outcome_body(outcome, finished_at)
                     await put(body)
+                except Conflict as error:
+                    # The job resource takes no JSON at all (it holds bytes):
+                    # nothing can be recorded in it; it is filed all the same.
+                    log.error(
+                        "the job resource refuses the outcome (%s); filing it without one", error
+                    )
                 if abandoned:
                     return None
                 done = True
