@@ -58,3 +58,12 @@ class ServiceConfig(BaseModel):
     #: An event-loop lag of this many seconds or more is logged, naming the
     #: jobs running, and counted (see docs/work-functions.md); 0 turns it off.
     loop_lag_warning: float = Field(default=1.0, ge=0)
+    #: Replicas divide each queue's jobs between them (see docs/replicas.md);
+    #: off, every replica reads every job and the claims decide.
+    divide_work: bool = True
+    #: How long a replica's announcement holds without renewal: a replica
+    #: killed without stopping loses its share this long after its last renewal.
+    member_lease: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    #: Seconds a job waits in another replica's share before a replica with
+    #: free slots and nothing of its own to do takes it.
+    steal_after: PositiveFloat = 2.0

@@ -128,6 +128,8 @@ class Dispatcher:
     def left(self, entry: Entry) -> None:
         """*entry* left the list without running here: settle the jobs merged into it."""
         merged = self.scheduler.remove(entry)
+        # Jobs of other shares merged into it are their owners' to file.
+        merged = self.scheduler.keep_mine(merged)
         if merged:
             # Filed elsewhere (another replica, or by hand): read how it ended.
             self.start_beside(self.settle_merged, entry.job_id, merged, None)
@@ -218,7 +220,7 @@ class Dispatcher:
             if later is not None and not entry.gone:
                 self.scheduler.wait(entry, later)
             else:
-                merged = self.scheduler.remove(entry)
+                merged = self.scheduler.keep_mine(self.scheduler.remove(entry))
                 if merged:
                     self.start_beside(self.settle_merged, entry.job_id, merged, runner.outcome)
 

@@ -15,6 +15,9 @@ name                                kind       labels
 ``oada_jobs_bad_entries_total``     counter    service
 ``oada_jobs_loop_lag_seconds``      gauge      service
 ``oada_jobs_loop_blocked_total``    counter    service
+``oada_jobs_share_reads_total``     counter    service, kind
+``oada_jobs_claims_lost_total``     counter    service
+``oada_jobs_replicas``              gauge      service
 ==================================  =========  ===============================
 
 ``oada_jobs_queues`` counts the queues the service runs (watching or
@@ -22,7 +25,13 @@ retrying); ``oada_jobs_queue_up`` is 1 for a queue whose list watch is
 established with its connection up, 0 while it is being restored or the
 queue is retrying (see :mod:`oada_jobs.health`, which refreshes it).
 
-``state`` is ``started``, ``success`` or ``failure``.
+``state`` is ``started``, ``success`` or ``failure``. ``kind`` says why this
+replica read a job: ``owned`` (its share), ``stolen`` (it waited too long in
+another replica's share) or ``context`` (another share's job read for the
+place of a grouped or unique-key job of this one). A lost claim is a job
+someone else wrote between this replica's read and its claim (another
+replica's claim, a cancel). ``oada_jobs_replicas`` is the live replicas this
+one sees (1 when work is not divided).
 
 Jobs run for milliseconds or for days, so the duration histogram's buckets
 (:data:`DURATION_BUCKETS`) double from 1/8 s to 2^19 s (about six days),
@@ -63,6 +72,9 @@ class _Collectors:
     bad_entries: Counter
     loop_lag: Gauge
     loop_blocked: Counter
+    share_reads: Counter
+    claims_lost: Counter
+    replicas: Gauge
 
 
 _lock = threading.Lock()
@@ -122,6 +134,24 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                 loop_blocked=Counter(
                     "oada_jobs_loop_blocked",
                     "Times the event loop lagged by loop_lag_warning seconds or more.",
+                    ["service"],
+                    registry=registry,
+                ),
+                share_reads=Counter(
+                    "oada_jobs_share_reads",
+                    "Jobs this replica read: its share (owned), stolen, or as context.",
+                    ["service", "kind"],
+                    registry=registry,
+                ),
+                claims_lost=Counter(
+                    "oada_jobs_claims_lost",
+                    "Claims refused because the job changed since it was read (412).",
+                    ["service"],
+                    registry=registry,
+                ),
+                replicas=Gauge(
+                    "oada_jobs_replicas",
+                    "Live replicas of the service that this one sees.",
                     ["service"],
                     registry=registry,
                 ),
@@ -185,6 +215,16 @@ class ServiceMetrics:
         for key, up in queues.items():
             self._c.queue_up.labels(self.service, key).set(1 if up else 0)
         self._queues_up = set(queues)
+
+    def share_read(self, kind: str) -> None:
+        """A job read by this replica: ``owned``, ``stolen`` or ``context``."""
+        self._child(self._c.share_reads, kind).inc()
+
+    def claim_lost(self) -> None:
+        self._child(self._c.claims_lost).inc()
+
+    def set_replicas(self, count: int) -> None:
+        self._child(self._c.replicas).set(count)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Serve ``/metrics`` on *port* (0 picks a free one); returns the port.

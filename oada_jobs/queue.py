@@ -9,6 +9,12 @@ has a free slot. At most ``keep_jobs`` read jobs wait in memory, so a large
 backlog is read as room frees up. A periodic sweep re-reads the list in case
 a change to it was missed.
 
+With several replicas of the service, a queue reads only the jobs of its
+replica's share (see :mod:`oada_jobs.replicas`); it takes the jobs of a share
+that moved to it when the replicas change, and, when it has free slots and
+nothing of its own to do, steals jobs that waited longer than
+``steal_after`` in another replica's share.
+
 Stopping a queue stops its intake (watch, readers, timers, sweep, dispatch);
 jobs already running finish.
 
@@ -54,6 +60,7 @@ from .exceptions import (
 from .filing import Filed, Filer
 from .metrics import ServiceMetrics
 from .reading import read_for_queue
+from .replicas import Shares
 from .reporters import FinishReport
 from .runner import Decision, Runner, RunnerSettings
 from .scheduler import Entry, EntryState, Scheduler
@@ -126,6 +133,8 @@ class QueueHost:
     report: Callable[[FinishReport], Awaitable[None]]
     #: Names the jobs running when the event loop lags.
     watchdog: LoopWatchdog
+    #: Which jobs are this replica's share (all of them, unless work is divided).
+    shares: Shares
 
 
 class Queue:
@@ -161,7 +170,11 @@ class Queue:
         self._run_scope: anyio.CancelScope | None = None
         #: The queue's pending jobs and what runs next.
         self.scheduler = Scheduler(
-            host.workers, worker_id=host.worker_id, keep_bodies=host.config.keep_jobs
+            host.workers,
+            worker_id=host.worker_id,
+            keep_bodies=host.config.keep_jobs,
+            owns=host.shares.owns,
+            want_read=self._read_as_context,
         )
         self._runners: TaskGroup | None = None
         # Starts the jobs, on the client of the current run.
@@ -375,6 +388,8 @@ class Queue:
                 intake.start_soon(dispatcher.dispatch)
                 intake.start_soon(dispatcher.dispatch_urgent)
                 intake.start_soon(self._sweep)
+                intake.start_soon(self._follow_shares)
+                intake.start_soon(self._steal)
                 # On a re-opened watch the scheduler keeps what it knew:
                 # reads cut short are redone (first, as they are the
                 # oldest), jobs gone meanwhile are forgotten.
@@ -482,10 +497,11 @@ class Queue:
             if entry is None:
                 entry = scheduler.add(key, job_id)
                 assert entry is not None
-                if unreadable is None:
-                    self._reads.send(entry)
-                else:
+                if unreadable is not None:
+                    self._count_owned(entry)
                     scheduler.read(entry, None, unreadable)
+                elif entry.state is EntryState.READING:
+                    self._reads.send(entry)
             elif known_before is None and entry.state in _TOUCHABLE:
                 scheduler.reread(entry)
                 self._reads.send(entry)
@@ -549,6 +565,7 @@ class Queue:
                 start_delay=self._start_delay,
             )
         except (InvalidJob, InvalidKey, NotFound, Forbidden, BadRequest) as problem:
+            self._count_owned(entry)
             self.scheduler.read(entry, None, problem)
         except OADAError as error:
             self.log.warning(
@@ -559,7 +576,43 @@ class Queue:
             )
             self.scheduler.read_failed(entry, anyio.current_time() + READ_RETRY)
         else:
+            self._count_owned(entry)
             self.scheduler.read(entry, job, None)
+
+    def _count_owned(self, entry: Entry) -> None:
+        if not entry.settled_once and not entry.stolen and self.scheduler.mine(entry):
+            self.host.metrics.share_read("owned")
+
+    def _read_as_context(self, entry: Entry) -> None:
+        """Read a job of another share, whose place a job of this one depends on."""
+        self.host.metrics.share_read("context")
+        self._reads.send(entry, again=True)
+
+    async def _follow_shares(self) -> None:
+        """Take in the jobs of shares that move to this replica."""
+        shares, scheduler = self.host.shares, self.scheduler
+        while True:
+            changed = shares.changed
+            for entry in scheduler.reown():
+                self._reads.send(entry)
+            await changed.wait()
+
+    async def _steal(self) -> None:
+        """With free slots and nothing of its own to do, take jobs that waited
+        longer than ``steal_after`` in another replica's share."""
+        config, scheduler, limiter = self.host.config, self.scheduler, self.host.limiter
+        bound = config.steal_after
+        while True:
+            await anyio.sleep(max(bound / 4, 0.05))
+            free = int(limiter.available_tokens)
+            if free < 1 or scheduler.busy():
+                continue
+            taken = scheduler.steal(min(free, MAX_READERS), anyio.current_time() - bound)
+            for entry in taken:
+                self.host.metrics.share_read("stolen")
+                self._reads.send(entry)
+            if taken:
+                self.log.debug("queue %r: took %d jobs from other shares", self.key, len(taken))
 
     def _start_delay(self, job_type: str) -> float:
         worker = self.host.workers(job_type)
@@ -619,8 +672,9 @@ class _Reads:
     first: MemoryObjectSendStream[Entry] | None
     again: MemoryObjectSendStream[Entry] | None
 
-    def send(self, entry: Entry) -> None:
-        stream = self.again if entry.settled_once else self.first
+    def send(self, entry: Entry, *, again: bool = False) -> None:
+        # Reads again never wait for room (see Queue._watch).
+        stream = self.again if entry.settled_once or again else self.first
         # Closed when the intake stopped: a re-opened watch reads it then.
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             if stream is not None:

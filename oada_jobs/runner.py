@@ -257,6 +257,7 @@ class Runner:
             with telemetry.step_span("claim"):
                 claimed = await self.claim.take(job)
             if claimed is None:
+                self.metrics.claim_lost()
                 # Someone wrote the job since it was read, most likely another
                 # replica's claim. Looking again a moment later costs nothing
                 # if that one files the job by then (the list watch tells).

@@ -17,6 +17,13 @@ job and decides:
   ``group_limit`` (by queue order) may run; the next one moves up when one
   leaves the list.
 
+Across replicas of a service (see :mod:`oada_jobs.replicas`), each job of
+the list has an entry here, but only the jobs this replica *owns* (its share,
+or jobs it stole) are read and run. The others are :attr:`EntryState.ELSEWHERE`
+and unread, except when a job of this replica's share has a group or a
+unique key: its place depends on the jobs queued before it, so those are
+read first (once each) and kept as context, never run here.
+
 Everything here is synchronous and holds no I/O; what the jobs say lives in
 OADA, so a restarted service rebuilds the same state by reading its list.
 
@@ -109,6 +116,11 @@ class EntryState(Enum):
     RUNNING = "running"
     #: Merged into the job holding its unique key; filed when that one ends.
     PARKED = "parked"
+    #: In another replica's share: not read here (or read as context only).
+    ELSEWHERE = "elsewhere"
+    #: Read, with a group or unique key: waiting for the jobs queued before
+    #: it in other replicas' shares to be read here.
+    CATCHING_UP = "catching-up"
 
 
 @dataclass(eq=False, slots=True)
@@ -152,6 +164,14 @@ class Entry:
     #: Counted among its group's running jobs (it was started by :meth:`Scheduler.pop`;
     #: jobs only filed never are). Exactly these are uncounted when they stop.
     counted: bool = False
+    #: anyio clock time the queue first saw it (how long it waited, for stealing).
+    seen_at: float = 0.0
+    #: Taken from another replica's share, which left it waiting too long.
+    stolen: bool = False
+    #: The earlier jobs it waits for (while ``CATCHING_UP``), by job id.
+    missing: set[str] = field(default_factory=set)
+    #: Whether the jobs queued before it were all read (done once).
+    caught_up: bool = False
 
     @property
     def urgent(self) -> bool:
@@ -162,6 +182,14 @@ class Entry:
 def clock_at(moment: datetime) -> float:
     """The anyio clock time of a wall-clock *moment*."""
     return anyio.current_time() + (moment - utc_now()).total_seconds()
+
+
+def _everything(key: str) -> bool:
+    return True
+
+
+def _nowhere(entry: Entry) -> None:
+    pass
 
 
 class Scheduler:
@@ -179,8 +207,16 @@ class Scheduler:
         *,
         worker_id: str,
         keep_bodies: int = 1000,
+        owns: Callable[[str], bool] | None = None,
+        want_read: Callable[[Entry], None] | None = None,
     ) -> None:
         self._policy_for = policy_for
+        # Whether a list key is this replica's share; everything, by default.
+        self._owns = owns if owns is not None else _everything
+        # Hands an entry to the queue's readers (context reads of other shares).
+        self._want_read = want_read if want_read is not None else _nowhere
+        # Jobs of this share waiting for the jobs queued before them to be read.
+        self._catching_up: list[Entry] = []
         self._worker_id = worker_id
         self._keep_bodies = keep_bodies
         self._seq = 0
@@ -188,7 +224,7 @@ class Scheduler:
         self._by_key: dict[str, Entry] = {}
         # First reads, settled strictly in queue order (a group's or unique
         # key's order must not depend on which read came back first).
-        self._unsettled: list[tuple[int, Entry]] = []
+        self._unsettled: list[tuple[int, int, Entry]] = []
         # Reads that came back (a job or a problem), to tell one job that
         # cannot be read from a server that is away.
         self._reads_back = 0
@@ -255,15 +291,25 @@ class Scheduler:
     def by_key(self, key: str) -> Entry | None:
         return self._by_key.get(key)
 
+    def mine(self, entry: Entry) -> bool:
+        """Whether *entry* is this replica's to read and run (its share, or stolen)."""
+        return entry.stolen or self._owns(entry.key)
+
     def add(self, key: str, job_id: str) -> Entry | None:
-        """A job seen in the list for the first time; ``None`` if already known."""
+        """A job seen in the list for the first time; ``None`` if already known.
+
+        It is ``READING`` if it is this replica's to read, else ``ELSEWHERE``.
+        """
         if job_id in self._by_id:
             return None
         self._seq += 1
-        entry = Entry(key, job_id, self._seq)
+        entry = Entry(key, job_id, self._seq, seen_at=anyio.current_time())
         self._by_id[job_id] = entry
         self._by_key[key] = entry
-        heapq.heappush(self._unsettled, (entry.seq, entry))
+        if self.mine(entry):
+            heapq.heappush(self._unsettled, (entry.seq, next(self._pushes), entry))
+        else:
+            entry.state = EntryState.ELSEWHERE
         return entry
 
     def reread(self, entry: Entry) -> None:
@@ -284,12 +330,18 @@ class Scheduler:
         entry.failed_reads = 0
         self._reads_back += 1
         self._set_body(entry, job)
-        if entry.settled_once:
+        if entry.settled_once or not self.mine(entry):
+            # Another share's job, read as context: only its place matters.
+            entry.settled_once = True
             self._settle(entry)
+            self._known(entry)
             return
         entry.state = EntryState.SETTLING
         self._settling += 1
+        # Again, if it came from another share (heap copies of a settled one are skipped).
+        heapq.heappush(self._unsettled, (entry.seq, next(self._pushes), entry))
         self._drain_unsettled()
+        self._known(entry)
         if self._settling:
             # Reads wait for an earlier one: that one may go past a full scheduler.
             self._room.fire()
@@ -297,8 +349,12 @@ class Scheduler:
     def _drain_unsettled(self) -> None:
         """Settle first reads in queue order, as far as they have come back."""
         while self._unsettled:
-            _, first = self._unsettled[0]
-            if self._by_id.get(first.job_id) is not first or first.settled_once:
+            *_, first = self._unsettled[0]
+            if (
+                self._by_id.get(first.job_id) is not first
+                or first.settled_once
+                or first.state is EntryState.ELSEWHERE
+            ):
                 heapq.heappop(self._unsettled)
                 continue
             if first.state is not EntryState.SETTLING:
@@ -308,23 +364,30 @@ class Scheduler:
             self._settling -= 1
             self._settle(first)
 
-    def reading_first(self) -> bool:
-        """Whether a job seen in the list still waits for its first read to settle."""
+    def _head_unsettled(self) -> Entry | None:
+        """The first job of this share whose first read has not settled, if any
+        (dropping from the heap jobs that left, settled or moved to another share)."""
         while self._unsettled:
-            _, first = self._unsettled[0]
-            if self._by_id.get(first.job_id) is first and not first.settled_once:
-                return True
+            *_, first = self._unsettled[0]
+            if (
+                self._by_id.get(first.job_id) is first
+                and not first.settled_once
+                and first.state is not EntryState.ELSEWHERE
+            ):
+                return first
             heapq.heappop(self._unsettled)
-        return False
+        return None
+
+    def reading_first(self) -> bool:
+        """Whether a job of this share seen in the list still waits for its first
+        read to settle, or for the jobs queued before it to be read as context."""
+        return self._head_unsettled() is not None or any(
+            waiter.state is EntryState.CATCHING_UP for waiter in self._catching_up
+        )
 
     def first_unsettled(self, entry: Entry) -> bool:
         """Whether *entry* is the job whose first read the others wait for."""
-        while self._unsettled:
-            _, first = self._unsettled[0]
-            if self._by_id.get(first.job_id) is first and not first.settled_once:
-                return first is entry
-            heapq.heappop(self._unsettled)
-        return False
+        return self._head_unsettled() is entry
 
     # ------------------------------------------------------------ deciding
 
@@ -342,7 +405,117 @@ class Scheduler:
         if minimum is not None and job.options.effective_version < minimum:
             self._make_ready(entry, URGENT)
             return
+        options = job.options
+        ordered = options.group is not None or options.unique_key is not None
+        if not self.mine(entry) and not ordered:
+            # Another share's job that no group or unique key ties to ours.
+            self._drop_body(entry)
+            entry.state = EntryState.ELSEWHERE
+            return
+        if ordered and self.mine(entry) and not entry.caught_up and self._catch_up(entry):
+            return
         self._place(entry, job, policy)
+
+    # ------------------------------------------------------------ other shares
+
+    def _catch_up(self, entry: Entry) -> bool:
+        """Have the jobs queued before *entry* that were never read here read
+        now; ``True`` if *entry* must wait for them (it is ``CATCHING_UP``)."""
+        entry.caught_up = True
+        missing = {
+            other.job_id
+            for other in self._by_id.values()
+            if other.seq < entry.seq and not other.settled_once
+        }
+        if not missing:
+            return False
+        entry.state = EntryState.CATCHING_UP
+        entry.missing = missing
+        self._catching_up.append(entry)
+        for job_id in missing:
+            other = self._by_id[job_id]
+            if other.state is EntryState.ELSEWHERE:
+                other.state = EntryState.READING
+                self._want_read(other)
+        return True
+
+    def _known(self, entry: Entry) -> None:
+        """*entry* was read (or left): jobs catching up on it may go on."""
+        if not self._catching_up:
+            return
+        waiting, self._catching_up = self._catching_up, []
+        for waiter in waiting:
+            waiter.missing.discard(entry.job_id)
+            if self._by_id.get(waiter.job_id) is not waiter:
+                continue
+            if waiter.missing or waiter.state is not EntryState.CATCHING_UP:
+                self._catching_up.append(waiter)
+                continue
+            job = waiter.job
+            if job is None:
+                self.reread(waiter)
+                self._want_read(waiter)
+                continue
+            self._place(waiter, job, self._policy_for(job.type))
+
+    def reown(self) -> list[Entry]:
+        """The replicas changed: jobs now in this share are to be read (returned),
+        and read jobs now in it may run; jobs that left it are no longer started."""
+        to_read = []
+        for entry in list(self._by_id.values()):
+            if not self.mine(entry):
+                continue
+            if entry.state is EntryState.ELSEWHERE:
+                entry.state = EntryState.READING
+                if not entry.settled_once:
+                    heapq.heappush(self._unsettled, (entry.seq, next(self._pushes), entry))
+                to_read.append(entry)
+            elif entry.state is EntryState.READY:
+                # Held while it was another share's: may start here now.
+                self._make_ready(entry, entry.priority)
+        self._notify()
+        return to_read
+
+    def steal(self, count: int, seen_before: float) -> list[Entry]:
+        """Take up to *count* jobs of other shares first seen before *seen_before*
+        (anyio clock) into this one, newest first (the least likely to be
+        claimed by their owner already); returns them, to be read."""
+        candidates = [
+            entry
+            for entry in self._by_id.values()
+            if entry.state in (EntryState.ELSEWHERE, EntryState.READY)
+            and entry.seen_at <= seen_before
+            and not self.mine(entry)
+        ]
+        candidates.sort(key=lambda entry: entry.seq, reverse=True)
+        taken = candidates[:count]
+        for entry in taken:
+            entry.stolen = True
+            self.reread(entry)
+            if not entry.settled_once:
+                heapq.heappush(self._unsettled, (entry.seq, next(self._pushes), entry))
+        return taken
+
+    def keep_mine(self, merged: list[Entry]) -> list[Entry]:
+        """Of jobs merged into one that left, those of this share; the others
+        are their owners' to file (read here again only if their share moves here)."""
+        mine = []
+        for entry in merged:
+            if self.mine(entry):
+                mine.append(entry)
+            elif self._by_id.get(entry.job_id) is entry:
+                entry.state = EntryState.ELSEWHERE
+        return mine
+
+    def busy(self) -> bool:
+        """Whether jobs of this replica's share wait to be read or to start."""
+        if self.has_ready():
+            return True
+        return any(
+            entry.state in (EntryState.READING, EntryState.SETTLING, EntryState.CATCHING_UP)
+            and self.mine(entry)
+            for entry in self._by_id.values()
+        )
 
     def _place(self, entry: Entry, job: Job[Any], policy: Policy | None) -> None:
         options = job.options
@@ -387,7 +560,10 @@ class Scheduler:
     def _make_ready(self, entry: Entry, priority: float) -> None:
         entry.state = EntryState.READY
         entry.priority = priority
-        if entry.urgent:
+        if not self.mine(entry):
+            # Another share's: kept for its place in a group or unique key only.
+            self._drop_body(entry)
+        elif entry.urgent:
             self._urgent.append(entry)
             self._notify()
             self._urgent_added.fire()
@@ -465,6 +641,7 @@ class Scheduler:
         self.wait(entry, until)
         if entry.failed_reads >= HELD_FAILED_READS and not entry.settled_once:
             entry.settled_once = True
+            self._known(entry)
             self._drain_unsettled()
             if self._settling:
                 self._room.fire()
@@ -487,6 +664,7 @@ class Scheduler:
                 entry.state is EntryState.READY
                 and self._by_id.get(entry.job_id) is entry
                 and self._may_start(entry)
+                and self.mine(entry)
             ):
                 return True
             # Re-pushed when its group lets it go.
@@ -505,7 +683,11 @@ class Scheduler:
         """A job that only needs filing, marked running; ``None`` if there is none."""
         while self._urgent:
             entry = self._urgent.popleft()
-            if entry.state is EntryState.READY and self._by_id.get(entry.job_id) is entry:
+            if (
+                entry.state is EntryState.READY
+                and self._by_id.get(entry.job_id) is entry
+                and self.mine(entry)
+            ):
                 entry.state = EntryState.RUNNING
                 return entry
         return None
@@ -545,6 +727,9 @@ class Scheduler:
             entry.parked_on.merged.remove(entry)
         if entry.unique is not None and self._holders.get(entry.unique) is entry:
             del self._holders[entry.unique]
+        if entry in self._catching_up:
+            self._catching_up.remove(entry)
+        self._known(entry)
         if entry.group is not None:
             members = self._groups.get(entry.group, [])
             if entry in members:

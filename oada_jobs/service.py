@@ -69,6 +69,7 @@ from .health import Readiness, serve_probes
 from .metrics import ServiceMetrics
 from .queue import DEFAULT_QUEUE, Once, Queue, QueueHost
 from .queue_list import QueueEntry, QueuesList, parse_queue_entry
+from .replicas import Membership, WholeQueue
 from .reporters import FinishReport, Reporter
 from .settings import Settings, load_settings
 from .tree import Layout, LayoutName, get_layout, validate_service_name
@@ -182,6 +183,9 @@ class Service:
         reporters: Iterable[Reporter] = (),
         cancel_grace: Timeout = 2.0,
         loop_lag_warning: Timeout = 1.0,
+        divide_work: bool = True,
+        member_lease: Timeout = 10.0,
+        steal_after: Timeout = 2.0,
     ) -> None:
         self.name = validate_service_name(name)
         self._state = ServiceState.CREATED
@@ -213,6 +217,9 @@ class Service:
             reporters=reporters,
             cancel_grace=cancel_grace,
             loop_lag_warning=loop_lag_warning,
+            divide_work=divide_work,
+            member_lease=member_lease,
+            steal_after=steal_after,
         )
         #: Identifies this service instance in job leases.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ksuid()[-10:]}"
@@ -232,6 +239,9 @@ class Service:
         self._queues_event = anyio.Event()
         #: Measures event-loop lag and names the work functions running.
         self.watchdog = LoopWatchdog(self.name, self.metrics, self.config.loop_lag_warning)
+        #: How this replica's queues divide their jobs with the service's other replicas.
+        self.shares: Membership | WholeQueue = WholeQueue()
+        self._membership_scope: anyio.CancelScope | None = None
 
     def configure(
         self,
@@ -256,6 +266,9 @@ class Service:
         reporters: Iterable[Reporter] | None = None,
         cancel_grace: Timeout | None = None,
         loop_lag_warning: Timeout | None = None,
+        divide_work: bool | None = None,
+        member_lease: Timeout | None = None,
+        steal_after: Timeout | None = None,
     ) -> None:
         """Replace the given options (``None`` keeps the current value); only before start.
 
@@ -288,6 +301,13 @@ class Service:
             "loop_stall_limit": secs(loop_stall_limit, "loop_stall_limit"),
             "cancel_grace": secs(cancel_grace, "cancel_grace"),
             "loop_lag_warning": secs(loop_lag_warning, "loop_lag_warning"),
+            "divide_work": divide_work,
+            "member_lease": (
+                timedelta(seconds=s)
+                if (s := secs(member_lease, "member_lease")) is not None
+                else None
+            ),
+            "steal_after": secs(steal_after, "steal_after"),
         }
         merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
         self.config = ServiceConfig.model_validate(merged)
@@ -749,6 +769,8 @@ class Service:
                         )
                         watch_scope = anyio.CancelScope()
                         work.start_soon(self._watch_loop, watch_scope)
+                        if self.config.divide_work:
+                            await work.start(self._join_replicas)
                         await work.start(self._follow_config)
                         scopes = [
                             await work.start(part.run, self) for part in self._components.values()
@@ -761,6 +783,9 @@ class Service:
                         logger.info("service %s: stopping", self.name)
                         if self._config_scope is not None:
                             self._config_scope.cancel()
+                        if self._membership_scope is not None:
+                            # Hands this replica's share to the others at once.
+                            self._membership_scope.cancel()
                         for scope in scopes:
                             scope.cancel()
                         watch_scope.cancel()
@@ -780,6 +805,23 @@ class Service:
             await self.watchdog.run()
 
     # ------------------------------------------------------------ queues
+
+    async def _join_replicas(self, *, task_status: TaskStatus[None]) -> None:
+        """Announce this replica and follow the others (see :mod:`oada_jobs.replicas`)."""
+        config = self.config
+        membership = Membership(
+            self.oada,
+            self.name,
+            worker_id=self.worker_id,
+            lease=config.member_lease,
+            layout=self.layout,
+            backoff=(config.retry_initial, config.retry_max),
+            on_change=self.metrics.set_replicas,
+        )
+        self.shares = membership
+        self.metrics.set_replicas(1)
+        with anyio.CancelScope() as self._membership_scope:
+            await membership.run(task_status=task_status)
 
     async def _start_queues(self, queues: list[Queue], *, wait: bool = True) -> None:
         """Start *queues*; with *wait*, until each watches its list, at most
@@ -818,6 +860,7 @@ class Service:
             changed=self._queues_changed,
             report=self.report,
             watchdog=self.watchdog,
+            shares=self.shares,
         )
         connect = partial(self._connect, domain, token)
         return Queue(host, key, domain=domain, connect=connect, own_token=token is None)
