@@ -88,6 +88,8 @@ REREADERS = 2
 #: Seconds before the same bad list entry is warned about again (it is
 #: warned about when first seen, then at this slow cadence, never per sweep).
 BAD_ENTRY_REWARN = 3600.0
+#: Seconds between looks for jobs to steal while there are some to take.
+STEAL_AGAIN = 0.05
 
 
 def _describe(value: object) -> str:
@@ -602,10 +604,14 @@ class Queue:
         longer than ``steal_after`` in another replica's share."""
         config, scheduler, limiter = self.host.config, self.scheduler, self.host.limiter
         bound = config.steal_after
+        taken: list[Entry] = []
         while True:
-            await anyio.sleep(max(bound / 4, 0.05))
+            # While there is something to take, look again as soon as the
+            # jobs taken are under way; else at a quarter of the bound.
+            await anyio.sleep(STEAL_AGAIN if taken else max(bound / 4, STEAL_AGAIN))
             free = int(limiter.available_tokens)
             if free < 1 or scheduler.busy():
+                taken = []
                 continue
             taken = scheduler.steal(min(free, MAX_READERS), anyio.current_time() - bound)
             for entry in taken:

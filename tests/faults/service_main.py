@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lease", type=float, default=60.0)
     parser.add_argument("--sweep-interval", type=float, default=1.0)
     parser.add_argument("--connection", default="auto")
+    parser.add_argument("--divide-work", type=int, default=1)
+    parser.add_argument("--member-lease", type=float, default=10.0)
+    parser.add_argument("--steal-after", type=float, default=2.0)
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("give the token in FAULTS_SERVICE_TOKEN or --token")
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
             "retry_initial": 0.05,
             "retry_max": 0.5,
             "shutdown_grace": 2,
+            "divide_work": bool(args.divide_work),
+            "member_lease": args.member_lease,
+            "steal_after": args.steal_after,
         }
         async with AsyncExitStack() as stack:
             if args.connection == "auto":
