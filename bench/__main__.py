@@ -33,7 +33,7 @@ import anyio
 
 from oada_jobs.client import OADAClient
 
-from . import report
+from . import report, scale
 from .common import ROOT, BenchError, bench_server, machine, node_available, summarize
 from .jobs import (
     FIRST_FILING_RACE,
@@ -64,9 +64,14 @@ class Sizes:
     latency_interval: float
     #: (concurrency, jobs) of the 100 ms work-bound runs.
     work: tuple[tuple[int, int], ...]
-    #: Replica counts and jobs of the scale-out runs.
+    #: Replica counts, jobs and repeats of the scale-out runs.
     replicas: tuple[int, ...]
     scale_jobs: int
+    scale_repeats: int
+    #: Uneven work: (long jobs, their milliseconds, short jobs).
+    uneven: tuple[int, int, int]
+    #: Takeover: jobs and each one's milliseconds.
+    takeover: tuple[int, int]
 
 
 FULL = Sizes(
@@ -80,8 +85,11 @@ FULL = Sizes(
     latency=200,
     latency_interval=0.025,
     work=((10, 300), (100, 1000)),
-    replicas=(1, 2, 4),
-    scale_jobs=500,
+    replicas=(1, 2, 4, 8),
+    scale_jobs=1000,
+    scale_repeats=3,
+    uneven=(10, 5000, 200),
+    takeover=(600, 50),
 )
 QUICK = Sizes(
     repeats=1,
@@ -91,8 +99,11 @@ QUICK = Sizes(
     latency=10,
     latency_interval=0.02,
     work=((10, 20), (100, 100)),
-    replicas=(1, 2, 4),
+    replicas=(1, 2),
     scale_jobs=40,
+    scale_repeats=1,
+    uneven=(2, 1000, 20),
+    takeover=(90, 200),
 )
 
 WORK_SLEEP_MS = 100
@@ -231,23 +242,58 @@ async def section_work(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> 
 
 
 async def section_scale_out(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
+    """Replicas dividing the jobs and racing for them, back to back (alternating)."""
     rows = []
     for replicas in sizes.replicas:
-        results = [
-            await burst_run(h, "python", sizes.scale_jobs, replicas=replicas)
-            for _ in range(sizes.repeats)
-        ]
-        rows.append(
-            {
-                "replicas": replicas,
-                "jobs": sizes.scale_jobs,
-                "jobs_per_second": summarize([r.jobs_per_second for r in results]),
-                "requests_per_job": summarize([r.requests / r.jobs for r in results]),
-                "duplicates": [r.runs - r.distinct for r in results],
-                "runs": [r.as_dict() for r in results],
-            }
-        )
+        runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        for repeat in range(sizes.scale_repeats):
+            for divide in (True, False) if repeat % 2 == 0 else (False, True):
+                runs[divide].append(
+                    await scale.scale_run(h, replicas, sizes.scale_jobs, divide=divide)
+                )
+        for divide, results in runs.items():
+            rows.append(
+                {
+                    "replicas": replicas,
+                    "mode": "divided" if divide else "racing",
+                    "jobs": sizes.scale_jobs,
+                    **{
+                        field: summarize([r[field] for r in results])
+                        for field in (
+                            "jobs_per_second",
+                            "requests_per_job",
+                            "server_cpu_ms_per_job",
+                            "service_cpu_ms_per_job",
+                        )
+                    },
+                    "duplicates": [r["duplicates"] for r in results],
+                    "load": [[r["load_before"], r["load_after"]] for r in results],
+                    "runs": results,
+                }
+            )
     return rows
+
+
+async def section_uneven(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
+    """Long jobs handed to one replica first: short jobs' time, one replica vs two."""
+    long_jobs, long_ms, short_jobs = sizes.uneven
+    rows = []
+    for repeat in range(sizes.scale_repeats):
+        for replicas in (1, 2) if repeat % 2 == 0 else (2, 1):
+            rows.append(
+                await scale.uneven_run(
+                    h, replicas, long_jobs=long_jobs, long_ms=long_ms, short_jobs=short_jobs
+                )
+            )
+    return rows
+
+
+async def section_takeover(h: Harness, sizes: Sizes, fws: tuple[Framework, ...]) -> Any:
+    """Three replicas, one SIGKILLed mid-run."""
+    jobs, sleep_ms = sizes.takeover
+    return [
+        await scale.takeover_run(h, jobs, sleep_ms=sleep_ms) for _ in range(sizes.scale_repeats)
+    ]
 
 
 JOB_SECTIONS: dict[str, Callable[[Harness, Sizes, tuple[Framework, ...]], Awaitable[Any]]] = {
@@ -257,6 +303,8 @@ JOB_SECTIONS: dict[str, Callable[[Harness, Sizes, tuple[Framework, ...]], Awaita
     "latency": section_latency,
     "work": section_work,
     "scale_out": section_scale_out,
+    "uneven": section_uneven,
+    "takeover": section_takeover,
 }
 SECTIONS = (*JOB_SECTIONS, "server", "client")
 

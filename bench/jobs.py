@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,6 +105,7 @@ class Harness:
         sleep_ms: int,
         concurrency: int,
         layout: Layout = "classic",
+        extra_env: Mapping[str, str] | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         """Command line and environment of one service process."""
         env = {
@@ -113,6 +114,7 @@ class Harness:
             "BENCH_JOB_TYPE": JOB_TYPE,
             "BENCH_SLEEP_MS": str(sleep_ms),
             "BENCH_CONCURRENCY": str(concurrency),
+            **(extra_env or {}),
         }
         if framework == "python":
             env |= {
@@ -144,6 +146,7 @@ class Harness:
         wait_ready: bool = True,
         warm_up: bool = True,
         layout: Layout = "classic",
+        extra_env: Mapping[str, str] | None = None,
     ) -> AsyncIterator[list[ChildProcess]]:
         """Run *replicas* service processes; by default wait until each is watching.
 
@@ -154,7 +157,12 @@ class Harness:
         their lists in place, as a long-running service has them.
         """
         argv, env = self.service_argv_env(
-            framework, name, sleep_ms=sleep_ms, concurrency=concurrency, layout=layout
+            framework,
+            name,
+            sleep_ms=sleep_ms,
+            concurrency=concurrency,
+            layout=layout,
+            extra_env=extra_env,
         )
         async with AsyncExitStack() as stack:
             children = [
@@ -183,6 +191,28 @@ def new_service_name(framework: Framework) -> str:
     return f"bench-{framework}-{next(_names)}-{ksuid()[-6:].lower()}"
 
 
+async def members(oada: OADAClient, name: str) -> dict[str, str]:
+    """The replicas announced in ``/bookmarks/services/<name>/workers``: key -> worker id."""
+    try:
+        listing = (await oada.get(f"/bookmarks/services/{name}/workers")).data
+    except NotFound:
+        return {}
+    return {
+        key: str(value.get("worker"))
+        for key, value in listing.items()
+        if not key.startswith("_") and isinstance(value, dict)
+    }
+
+
+async def wait_members(oada: OADAClient, name: str, count: int, timeout: float = 30) -> None:
+    """Wait until *count* replicas have announced themselves (and a moment for
+    the others' watches to tell each of them)."""
+    with anyio.fail_after(timeout):
+        while len(await members(oada, name)) < count:
+            await anyio.sleep(POLL_INTERVAL)
+    await anyio.sleep(0.2)
+
+
 def list_path(name: str, layout: Layout = "classic") -> str:
     """The list jobs are queued on for service *name*."""
     return f"/bookmarks/services/{name}/{'jobs' if layout == 'classic' else 'jobs/pending'}"
@@ -195,7 +225,12 @@ def filed_path(name: str, status: str, layout: Layout = "classic") -> str:
 
 
 async def create_jobs(
-    oada: OADAClient, name: str, count: int, *, job_type: str = JOB_TYPE
+    oada: OADAClient,
+    name: str,
+    count: int,
+    *,
+    job_type: str = JOB_TYPE,
+    config: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create *count* job resources (not queued yet); return their ids in order."""
     ids: list[str | None] = [None] * count
@@ -203,7 +238,7 @@ async def create_jobs(
 
     async def create(i: int) -> None:
         async with limiter:
-            job = {"service": name, "type": job_type, "config": {"i": i}}
+            job = {"service": name, "type": job_type, "config": {**(config or {}), "i": i}}
             ids[i] = await oada.create_resource(job, content_type=JOBS_TYPE)
 
     async with anyio.create_task_group() as group:
@@ -237,15 +272,22 @@ class ListDrain:
         """Note the list's rev before the first link (else the first :meth:`link` does)."""
         self._start_rev = await self._rev()
 
-    async def link(self, ids: Sequence[str], *, chunk: int = LINK_CHUNK) -> dict[str, str]:
-        """Queue *ids*, *chunk* keys a PUT, in order; return ``{key: id}``."""
+    async def link(
+        self,
+        ids: Sequence[str],
+        *,
+        chunk: int = LINK_CHUNK,
+        keys_from: Callable[[], str] = ksuid,
+    ) -> dict[str, str]:
+        """Queue *ids*, *chunk* keys a PUT, in order, each under a key from
+        *keys_from*; return ``{key: id}``."""
         if self._start_rev is None:
             await self.start()
         keys: dict[str, str] = {}
         for start in range(0, len(ids), chunk):
             body = {}
             for job_id in ids[start : start + chunk]:
-                key = ksuid()
+                key = keys_from()
                 keys[key] = job_id
                 body[key] = {"_id": job_id}
             await self._oada.put(self._path, body, content_type=JOBS_TYPE)
@@ -392,6 +434,7 @@ async def burst_run(
     concurrency: int = 10,
     replicas: int = 1,
     layout: Layout = "classic",
+    extra_env: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Queue *jobs* at once on running service(s); time until all have left the list."""
     name = new_service_name(framework)
@@ -403,7 +446,10 @@ async def burst_run(
         concurrency=concurrency,
         replicas=replicas,
         layout=layout,
+        extra_env=extra_env,
     ) as children:
+        if replicas > 1 and framework == "python" and (extra_env or {}).get("BENCH_DIVIDE") != "0":
+            await wait_members(h.oada, name, replicas)
         ids = await create_jobs(h.oada, name, jobs)
         samplers = [RssSampler(child.pid) for child in children]
         drain = ListDrain(h.oada, path)

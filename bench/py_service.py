@@ -17,7 +17,14 @@ Environment (the token never goes on the command line):
 ``BENCH_SLEEP_MS``
     milliseconds each job sleeps (0: a no-op worker);
 ``BENCH_CONCURRENCY``
-    jobs running at once (the service's ``concurrency``).
+    jobs running at once (the service's ``concurrency``);
+``BENCH_DIVIDE``
+    ``1`` (default): replicas divide the jobs; ``0``: every replica reads
+    every job and the claims decide (the behaviour before division);
+``BENCH_MEMBER_LEASE``, ``BENCH_LEASE``, ``BENCH_STEAL_AFTER``
+    seconds: the replica's member lease, the job lease, the stealing bound.
+
+A job's ``config.sleep_ms`` overrides ``BENCH_SLEEP_MS`` for that job.
 
 stdout, one JSON object a line: ``{"event": "ready"}`` once every queue is
 watched, and on SIGTERM/SIGINT ``{"event": "exit", "runs": n, "jobs": [...],
@@ -74,6 +81,10 @@ async def main() -> None:
     job_type = _env("BENCH_JOB_TYPE", "bench")
     sleep = _int_env("BENCH_SLEEP_MS", 0) / 1000
     concurrency = max(1, _int_env("BENCH_CONCURRENCY", 10))
+    divide = _int_env("BENCH_DIVIDE", 1) == 1
+    member_lease = _int_env("BENCH_MEMBER_LEASE", 10)
+    lease = _int_env("BENCH_LEASE", 60)
+    steal_after = _int_env("BENCH_STEAL_AFTER", 2)
 
     ran: list[str] = []
     active = 0
@@ -85,6 +96,10 @@ async def main() -> None:
         token=token,
         concurrency=concurrency,
         layout="pending" if layout == "pending" else "classic",
+        divide_work=divide,
+        member_lease=max(member_lease, 1),
+        lease=max(lease, 1),
+        steal_after=max(steal_after, 1),
     )
 
     @service.on(job_type, timeout=60)
@@ -94,8 +109,10 @@ async def main() -> None:
         max_active = max(max_active, active)
         try:
             ran.append(ctx.job_id)
-            if sleep:
-                await anyio.sleep(sleep)
+            config = job.config if isinstance(job.config, dict) else {}
+            seconds = config.get("sleep_ms", sleep * 1000) / 1000
+            if seconds:
+                await anyio.sleep(seconds)
             return {"ok": True}
         finally:
             active -= 1

@@ -112,11 +112,13 @@ def _summary(results: Mapping[str, Any]) -> str:
     )
     scale = results.get("scale_out")
     if isinstance(scale, list) and scale:
-        duplicates = sum(sum(row["duplicates"]) for row in scale)
-        replicas = "/".join(str(row["replicas"]) for row in scale)
+        divided = [row for row in scale if row.get("mode", "divided") == "divided"]
+        duplicates = sum(sum(row["duplicates"]) for row in divided)
+        replicas = "/".join(str(row["replicas"]) for row in divided)
         rows.append(
             [f"Jobs run twice, {replicas} replicas", "0", str(duplicates), _met(0, duplicates == 0)]
         )
+        rows.extend(_scale_goals(divided))
     else:
         rows.append(["Jobs run twice with replicas", "0", DASH, "not measured"])
     return table(["Goal", "Target", f"Measured: median (min{DASH}max)", "Met"], rows)
@@ -344,6 +346,32 @@ def _pct(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def _scale_goals(divided: list[Mapping[str, Any]]) -> list[list[str]]:
+    """Requests and server CPU per job at the most replicas against one replica."""
+    by_count = {row["replicas"]: row for row in divided}
+    if 1 not in by_count or len(by_count) < 2:
+        return []
+    most = max(by_count)
+    rows = []
+    for field, what, limit in (
+        ("requests_per_job", "OADA requests per job", 1.10),
+        ("server_cpu_ms_per_job", "Server CPU per job", 1.15),
+    ):
+        one, many = by_count[1].get(field), by_count[most].get(field)
+        if not one or not many:
+            continue
+        ratio = many["median"] / one["median"]
+        rows.append(
+            [
+                f"{what}, {most} replicas / 1",
+                f"{LE} {limit:.2f}",
+                f"{ratio:.2f}",
+                _met(ratio, ratio <= limit),
+            ]
+        )
+    return rows
+
+
 def _scale(results: Mapping[str, Any]) -> str:
     section: Any = results.get("scale_out")
     problem = _error(section)
@@ -352,21 +380,107 @@ def _scale(results: Mapping[str, Any]) -> str:
     rows = [
         [
             str(entry["replicas"]),
+            entry.get("mode", "racing"),
             f"{entry['jobs']:,}",
-            fmt(entry["jobs_per_second"], 0),
             fmt(entry.get("requests_per_job"), 2),
+            fmt(entry.get("server_cpu_ms_per_job"), 2),
+            fmt(entry.get("service_cpu_ms_per_job"), 2),
+            fmt(entry["jobs_per_second"], 0),
             ", ".join(str(d) for d in entry["duplicates"]),
+            "; ".join(f"{a:.1f}/{b:.1f}" for a, b in entry.get("load", [])),
         ]
         for entry in section
     ]
     intro = (
         "Separate `oada-jobs` service processes (concurrency 10 each) on one queue; the "
-        "jobs are queued at once. Every replica reports the job ids its work function ran; "
-        "a job counted more than once is a duplicate. Requests per job count every "
-        "replica's requests.\n\n"
+        "jobs are queued at once. *divided*: each replica reads and claims only the jobs "
+        "of its share (docs/replicas.md); *racing*: every replica reads every job and the "
+        "claims decide (`divide_work=False`, the behaviour before). The two alternate, "
+        "back to back. Every replica reports the job ids its work function ran; a job "
+        "counted more than once is a duplicate. Requests per job count every replica's "
+        "requests (the server counts them); CPU is the server process's and the sum of "
+        "the service processes'. Load is the 1-minute load average before/after each run "
+        "(the machine is shared).\n\n"
     )
     return intro + table(
-        ["Replicas", "Jobs", "Jobs per second", "OADA requests per job", "Jobs run twice, per run"],
+        [
+            "Replicas",
+            "Mode",
+            "Jobs",
+            "OADA requests per job",
+            "Server CPU ms per job",
+            "Services' CPU ms per job",
+            "Jobs per second",
+            "Jobs run twice, per run",
+            "Load before/after",
+        ],
+        rows,
+    )
+
+
+def _uneven(results: Mapping[str, Any]) -> str:
+    section: Any = results.get("uneven")
+    problem = _error(section)
+    if problem:
+        return problem
+    rows = [
+        [
+            str(row["replicas"]),
+            f"{row['long_jobs']} x {row['long_ms'] / 1000:g} s",
+            str(row["short_jobs"]),
+            f"{row['short_done_s']:.2f}",
+            f"{row['load']:.1f}",
+        ]
+        for row in section
+    ]
+    intro = (
+        "One replica is handed the long jobs first (their list keys hash to it) and they "
+        "fill its 10 slots; then the short jobs are queued, half of them in its share. "
+        "Seconds from queueing the short jobs until none is left in the list. With two "
+        "replicas the other one takes the short jobs that waited longer than "
+        "`steal_after` (1 s here) in the busy one's share.\n\n"
+    )
+    return intro + table(
+        ["Replicas", "Long jobs", "Short jobs", "Short jobs done after (s)", "Load"], rows
+    )
+
+
+def _takeover(results: Mapping[str, Any]) -> str:
+    section: Any = results.get("takeover")
+    problem = _error(section)
+    if problem:
+        return problem
+    rows = [
+        [
+            f"{row['jobs']} x {row['sleep_ms']} ms",
+            str(row["share"]),
+            str(row["lost"]),
+            str(row["run_again"]),
+            f"{row['member_lease_s']} s",
+            f"{row['takeover_s']:.2f}",
+            f"{row['requests_per_job']:.2f}",
+            f"{row['load']:.1f}",
+        ]
+        for row in section
+    ]
+    intro = (
+        "Three replicas (concurrency 5 each); once a third of the jobs "
+        "are done one replica is SIGKILLed. *Share*: jobs whose key hashed to it. *Run "
+        "again*: jobs started twice (the ones it had in hand, taken over after their "
+        "job lease). *Takeover*: seconds from the kill until a job of its share started "
+        "on another replica; bounded by its member lease.\n\n"
+    )
+    return intro + table(
+        [
+            "Jobs",
+            "Share",
+            "Lost",
+            "Run again",
+            "Member lease",
+            "Takeover (s)",
+            "Requests per job",
+            "Load",
+        ],
         rows,
     )
 
@@ -474,14 +588,13 @@ def plot(results: Mapping[str, Any], path: Path) -> bool:
     ax = axes[1][1]
     scale = results.get("scale_out")
     if isinstance(scale, list) and scale:
-        bars(
-            ax,
-            [
-                f"{entry['replicas']} replica{'s' if entry['replicas'] > 1 else ''}"
-                for entry in scale
-            ],
-            {"python": [entry["jobs_per_second"] for entry in scale]},
-        )
+        counts = sorted({entry["replicas"] for entry in scale})
+        by = {(entry["replicas"], entry.get("mode", "racing")): entry for entry in scale}
+        for i, mode in enumerate(("racing", "divided")):
+            xs = [g + (i - 0.5) * 0.4 for g in range(len(counts))]
+            ys = [by.get((n, mode), {}).get("jobs_per_second", {}).get("median", 0) for n in counts]
+            ax.bar(xs, ys, 0.4, label=mode, color=("#d62728", "#1f77b4")[i])
+        ax.set_xticks(range(len(counts)), [f"{n} replicas" for n in counts])
         drawn = True
     ax.set_title("oada-jobs scale-out: jobs/s")
     ax.set_ylabel("jobs/s")
@@ -589,6 +702,14 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
         "## Scale-out (oada-jobs replicas)",
         "",
         _scale(results),
+        "",
+        "### Uneven work: stealing",
+        "",
+        _uneven(results),
+        "",
+        "### A replica killed: takeover",
+        "",
+        _takeover(results),
         "",
         "## Embedded server (`bench/server.py`)",
         "",

@@ -91,6 +91,37 @@ def _results() -> dict[str, Any]:
         "scale_out": [
             {"replicas": 1, "jobs": 100, "jobs_per_second": _summary(100.0), "duplicates": [0]},
             {"replicas": 2, "jobs": 100, "jobs_per_second": _summary(180.0), "duplicates": [0]},
+            {
+                "replicas": 2,
+                "mode": "racing",
+                "jobs": 100,
+                "jobs_per_second": _summary(150.0),
+                "requests_per_job": _summary(6.0),
+                "duplicates": [0],
+            },
+        ],
+        "uneven": [
+            {
+                "replicas": 2,
+                "long_jobs": 10,
+                "long_ms": 5000,
+                "short_jobs": 200,
+                "short_done_s": 1.5,
+                "load": 2.0,
+            }
+        ],
+        "takeover": [
+            {
+                "jobs": 600,
+                "sleep_ms": 50,
+                "share": 200,
+                "lost": 0,
+                "run_again": 5,
+                "member_lease_s": 3,
+                "takeover_s": 2.5,
+                "requests_per_job": 4.5,
+                "load": 2.0,
+            }
         ],
         "server": {"error": "bench/server.py did not finish within 600 s"},
         "client": {"title": "Client", "columns": ["Phase", "Ours"], "rows": [["get", "1.0"]]},
@@ -115,6 +146,9 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert "those totals: about 1.50\u00d7" in text
     assert "about 2.00\u00d7, and 3\u00d7 needs the whole job near 2.00 ms" in text
     assert "Jobs run twice, 1/2 replicas | 0 | 0 | yes" in text
+    assert "| 2 | racing | 100 | 6.00 |" in text
+    assert "| 2 | 10 x 5 s | 200 | 1.50 | 2.0 |" in text
+    assert "| 600 x 50 ms | 200 | 0 | 5 | 3 s | 2.50 | 4.50 | 2.0 |" in text
     assert "**Not measured.** bench/server.py did not finish within 600 s" in text
     assert "| get | 1.0 |" in text
     assert "Test CPU (2 cores)" in text
@@ -240,7 +274,9 @@ def _run(module: str, *args: str, timeout: float) -> str:
 def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     problem = node_available()
     assert problem is None, problem
-    sections = "throughput,throughput_large,backlog,latency,work,scale_out,server,client"
+    sections = (
+        "throughput,throughput_large,backlog,latency,work,scale_out,uneven,takeover,server,client"
+    )
     _run("bench", "--quick", "--only", sections, "--out", str(tmp_path), timeout=540)
     results = json.loads((tmp_path / "benchmarks.json").read_text())
     for name in ("throughput", "throughput_large", "backlog"):
@@ -251,6 +287,9 @@ def test_quick_run_measures_both_frameworks(tmp_path: Path) -> None:
     assert set(results["latency"]["ms"]) == {"python", "node"}
     assert [row["concurrency"] for row in results["work"]] == [10, 100]
     assert all(sum(row["duplicates"]) == 0 for row in results["scale_out"])
+    assert {row["mode"] for row in results["scale_out"]} == {"divided", "racing"}
+    assert all(row["short_done_s"] > 0 for row in results["uneven"])
+    assert all(row["lost"] == 0 for row in results["takeover"])
     assert results["server"]["rows"], results["server"]
     assert results["client"]["rows"], results["client"]
     text = (tmp_path / "benchmarks.md").read_text()
