@@ -45,6 +45,8 @@ logger = logging.getLogger("oada_jobs")
 
 #: Seconds allowed for deleting this replica's key when it stops.
 LEAVE_TIMEOUT = 5.0
+#: Keys whose ownership a replica remembers between membership changes.
+OWNED_CACHE = 100_000
 
 
 def _weight(member: str, key: str) -> int:
@@ -168,6 +170,8 @@ class Membership:
         # Live members' keys, with when (wall clock) each one's lease runs out.
         self._leases: dict[str, Lease] = {}
         self._members: tuple[str, ...] = (self.key,)
+        # owns() by key, for the current members (asked several times a job).
+        self._owned: dict[str, bool] = {}
         self._changed = anyio.Event()
         self._expiry_moved = anyio.Event()
         self.log = logging.LoggerAdapter(logger, {"service": service, "member": self.key})
@@ -181,7 +185,14 @@ class Membership:
 
     def owns(self, key: str) -> bool:
         members = self._members
-        return len(members) == 1 or owner(key, members) == self.key
+        if len(members) == 1:
+            return True
+        owned = self._owned.get(key)
+        if owned is None:
+            if len(self._owned) >= OWNED_CACHE:
+                self._owned.clear()
+            owned = self._owned[key] = owner(key, members) == self.key
+        return owned
 
     @property
     def changed(self) -> anyio.Event:
@@ -194,6 +205,7 @@ class Membership:
         members = tuple(sorted(live))
         if members != self._members:
             self._members = members
+            self._owned.clear()
             self.log.info("replicas of the service now: %d (%s)", len(members), ", ".join(members))
             self._changed.set()
             self._changed = anyio.Event()
@@ -208,8 +220,8 @@ class Membership:
         if whole:
             self._leases.clear()
         for key, value in listing.items():
-            if not isinstance(key, str) or key.startswith("_") or key == self.key:
-                continue
+            if not isinstance(key, str) or key == self.key or member_key(key) != key:
+                continue  # not a member key (reserved, or not one this code writes)
             lease = Lease.from_json(value)
             if lease is None:
                 self._leases.pop(key, None)
@@ -263,15 +275,39 @@ class Membership:
                 self.log.warning("could not renew this replica's lease: %s", error)
 
     async def _expire(self) -> None:
-        """Drop members whose lease ran out (a killed replica deletes nothing)."""
+        """Drop members whose lease ran out (a killed replica deletes nothing),
+        and, a lease later, delete their keys (see :meth:`_sweep_dead`)."""
         while True:
             moved = self._expiry_moved
             now = utc_now()
-            soonest = min((lease.expires for lease in self._leases.values()), default=None)
+            soonest = min(
+                (
+                    lease.expires if not lease.expired(now) else lease.expires + self.lease
+                    for lease in self._leases.values()
+                ),
+                default=None,
+            )
             wait = math.inf if soonest is None else max((soonest - now).total_seconds(), 0.0)
             with anyio.move_on_after(wait + 0.01 if wait != math.inf else math.inf):
                 await moved.wait()
             self._recompute()
+            await self._sweep_dead()
+
+    async def _sweep_dead(self) -> None:
+        """Delete the keys of members dead for a lease or more, so killed
+        replicas do not pile up in the resource. Of the live members, the
+        owner of the dead key does it (one delete, not one per replica)."""
+        now = utc_now()
+        for key, lease in list(self._leases.items()):
+            if lease.expires + self.lease > now or owner(key, self._members) != self.key:
+                continue
+            self._leases.pop(key, None)
+            try:
+                await self.oada.delete(f"{self.path}/{key}")
+            except NotFound:
+                pass
+            except OADAError as error:
+                self.log.warning("could not delete the key of dead replica %s: %s", key, error)
 
     async def _follow(self, *, task_status: TaskStatus[None]) -> None:
         """Read the members, then watch them from that rev; re-open a lost watch."""

@@ -217,6 +217,9 @@ class Scheduler:
         self._want_read = want_read if want_read is not None else _nowhere
         # Jobs of this share waiting for the jobs queued before them to be read.
         self._catching_up: list[Entry] = []
+        # Jobs of other shares never read here, in queue order (settled or
+        # removed ones are dropped lazily): what a grouped job may wait for.
+        self._unread_elsewhere: deque[Entry] = deque()
         self._worker_id = worker_id
         self._keep_bodies = keep_bodies
         self._seq = 0
@@ -310,6 +313,7 @@ class Scheduler:
             heapq.heappush(self._unsettled, (entry.seq, next(self._pushes), entry))
         else:
             entry.state = EntryState.ELSEWHERE
+            self._unread_elsewhere.append(entry)
         return entry
 
     def reread(self, entry: Entry) -> None:
@@ -422,11 +426,17 @@ class Scheduler:
         """Have the jobs queued before *entry* that were never read here read
         now; ``True`` if *entry* must wait for them (it is ``CATCHING_UP``)."""
         entry.caught_up = True
-        missing = {
-            other.job_id
-            for other in self._by_id.values()
-            if other.seq < entry.seq and not other.settled_once
-        }
+        unread = self._unread_elsewhere
+        while unread and (
+            unread[0].settled_once or self._by_id.get(unread[0].job_id) is not unread[0]
+        ):
+            unread.popleft()
+        missing = set()
+        for other in unread:
+            if other.seq >= entry.seq:
+                break  # in queue order: the rest came later
+            if not other.settled_once and self._by_id.get(other.job_id) is other:
+                missing.add(other.job_id)
         if not missing:
             return False
         entry.state = EntryState.CATCHING_UP
