@@ -79,6 +79,12 @@ async def queue_keys(oada: OADAClient, name: str, keys: list[str], config: dict[
     await oada.put(pending_path(name), links, tree=LAYOUT.tree)
 
 
+def sample(service: Service, name: str, **labels: str) -> float:
+    """A metric's value in *service*'s registry (0 if never set)."""
+    value = service.metrics.registry.get_sample_value(name, {"service": service.name, **labels})
+    return value or 0.0
+
+
 async def requests_per_job(count: int, **options: Any) -> tuple[float, Counter[str]]:
     """Run *count* replicas over :data:`JOBS` jobs queued at once: (requests/job, runs)."""
     name = service_name()
@@ -103,6 +109,13 @@ async def requests_per_job(count: int, **options: Any) -> tuple[float, Counter[s
             keys = await post_jobs(oada, name, JOBS, batch=JOBS)
             await wait_pending_empty(oada, name, timeout=60)
         await check_all_filed(oada, name, keys)
+        if options.get("divide_work", True):
+            # Each replica's share on /metrics: together, every job once.
+            owned = [sample(s, "oada_jobs_share_reads_total", kind="owned") for s in services]
+            print(f"jobs read per replica: {owned}")
+            assert sum(owned) == JOBS
+            assert all(sample(s, "oada_jobs_replicas") == count for s in services)
+            assert sum(sample(s, "oada_jobs_claims_lost_total") for s in services) == 0
     return counts[SERVICES] / JOBS, ran
 
 
