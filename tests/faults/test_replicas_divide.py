@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -85,7 +85,9 @@ def sample(service: Service, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def requests_per_job(count: int, **options: Any) -> tuple[float, Counter[str]]:
+async def requests_per_job(
+    count: int, *, quirks: Literal["none", "reference"] = "none", **options: Any
+) -> tuple[float, Counter[str]]:
     """Run *count* replicas over :data:`JOBS` jobs queued at once: (requests/job, runs)."""
     name = service_name()
     ran: Counter[str] = Counter()
@@ -95,7 +97,7 @@ async def requests_per_job(count: int, **options: Any) -> tuple[float, Counter[s
         return {"n": job.config["n"]}
 
     async with (
-        embedded_server(tokens=[HARNESS, SERVICES]) as server,
+        embedded_server(tokens=[HARNESS, SERVICES], quirks=quirks) as server,
         OADAClient(server.url, HARNESS) as oada,
         AsyncExitStack() as stack,
     ):
@@ -126,6 +128,14 @@ async def test_three_replicas_cost_the_server_what_one_does() -> None:
     assert max(ran_one.values()) == max(ran_three.values()) == 1, "a job ran twice"
     assert len(ran_three) == JOBS
     assert three <= one * 1.10
+
+
+async def test_replicas_divide_the_work_on_a_server_with_the_reference_quirks() -> None:
+    # Membership uses only PUT, GET, DELETE and a watch, as the reference server has them.
+    three, ran = await requests_per_job(3, quirks="reference")
+    assert len(ran) == JOBS
+    assert max(ran.values()) == 1
+    assert three < 5
 
 
 async def test_replicas_racing_for_every_job_cost_more() -> None:
