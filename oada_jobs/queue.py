@@ -564,7 +564,8 @@ class Queue:
                 entry.job_id,
                 key=entry.key,
                 wait=self.host.config.invalid_job_wait,
-                start_delay=self._start_delay,
+                # Another share's job (read as context) is its owner's to delay.
+                start_delay=self._start_delay if self.scheduler.mine(entry) else _no_delay,
             )
         except (InvalidJob, InvalidKey, NotFound, Forbidden, BadRequest) as problem:
             self._count_owned(entry)
@@ -665,6 +666,10 @@ class Queue:
                 duration=filed.duration,
             )
             await self.host.report(report)
+
+
+def _no_delay(job_type: str) -> float:
+    return 0.0
 
 
 #: States in which a touched link makes the queue read the job again.

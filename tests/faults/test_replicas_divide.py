@@ -21,8 +21,9 @@ from oada_jobs import Job, Json, Service, WorkerContext
 from oada_jobs._ksuid import ksuid
 from oada_jobs.client import OADAClient
 from oada_jobs.replicas import member_key, owner, workers_path
+from oada_jobs.requester import post_job
 from oada_jobs.server.core import CoreRequest
-from oada_jobs.testing import EmbeddedServer, embedded_server
+from oada_jobs.testing import EmbeddedServer, embedded_server, wait_for_job
 from oada_jobs.tree import JOBS_TYPE
 
 from .helpers import (
@@ -274,3 +275,56 @@ async def test_a_stopped_replica_hands_its_share_over_at_once(tmp_path: Path) ->
     # Well within its 2 s member lease: it deleted its key as it stopped.
     assert after < 1.0
     assert max(Counter(run.job for run in runs).values()) == 1, "a job ran twice"
+
+
+async def test_groups_and_unique_keys_hold_across_shares() -> None:
+    # Replicas already dividing when the jobs come: each grouped or unique-key
+    # job's place is decided with the jobs of other shares queued before it.
+    name = service_name()
+    active: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    order: dict[str, list[int]] = {"a": [], "b": []}
+    ran: Counter[str] = Counter()
+
+    async def edit(job: Job[Json], ctx: WorkerContext) -> Json:
+        ran[ctx.job_id] += 1
+        group = job.options.group
+        if group is not None:
+            active[group] += 1
+            peak[group] = max(peak[group], active[group])
+            order[group].append(job.config["n"])
+        await anyio.sleep(job.config.get("sleep", 0.02))
+        if group is not None:
+            active[group] -= 1
+        return None
+
+    async with (
+        embedded_server(tokens=[HARNESS, SERVICES]) as server,
+        OADAClient(server.url, HARNESS) as oada,
+        AsyncExitStack() as stack,
+    ):
+        services = replicas(server, name, 3, concurrency=5, steal_after=30)
+        for service in services:
+            service.on("edit", 10, edit)
+            await stack.enter_async_context(service)
+        await all_see(services, 3)
+        grouped, plain, unique = [], [], []
+        for n in range(24):
+            if n % 3 == 2:
+                plain.append(await post_job(oada, name, "edit", {"n": n}))
+            else:
+                group = "a" if n % 3 == 0 else "b"
+                options = {"group": group}
+                grouped.append(await post_job(oada, name, "edit", {"n": n}, options=options))
+        for n in range(3):
+            options = {"uniqueKey": "nightly"}
+            config = {"n": 100 + n, "sleep": 1.0}
+            unique.append(await post_job(oada, name, "edit", config, options=options))
+        statuses = [(await wait_for_job(oada, job_id, 30)).status for job_id in unique]
+        for job_id in [*grouped, *plain]:
+            assert (await wait_for_job(oada, job_id, 30)).status == "success"
+    assert dict(peak) == {"a": 1, "b": 1}
+    assert order == {"a": list(range(0, 24, 3)), "b": list(range(1, 24, 3))}
+    # The first holds the key (for a second); the two queued meanwhile are refused.
+    assert statuses == ["success", "failure", "failure"]
+    assert max(ran.values()) == 1
