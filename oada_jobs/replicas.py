@@ -232,24 +232,23 @@ class Membership:
     # ------------------------------------------------------------ the run
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Announce, follow the members and renew until cancelled; then leave."""
+        """Announce, follow the members and renew until cancelled; then leave.
+
+        Ready once the members are known, or once a first attempt failed:
+        until the server answers, this replica owns every job (as a single
+        replica would) and the claims keep each job to one runner.
+        """
         if self.state is not MembershipState.CREATED:
             raise RuntimeError(f"a membership runs once; this one is {self.state.value}")
         self.state = MembershipState.RUNNING
-        started = False
         try:
-            await self.oada.ensure(self.path, {}, tree=self._tree)
-            await self._announce()
             async with anyio.create_task_group() as group:
+                await group.start(self._follow)
                 group.start_soon(self._renew)
                 group.start_soon(self._expire)
-                await group.start(self._follow)
-                started = True
                 task_status.started()
         finally:
             self.state = MembershipState.CLOSED
-            if not started:
-                task_status.started()
             with anyio.CancelScope(shield=True), anyio.move_on_after(LEAVE_TIMEOUT):
                 await self._leave()
 
@@ -310,18 +309,24 @@ class Membership:
                 self.log.warning("could not delete the key of dead replica %s: %s", key, error)
 
     async def _follow(self, *, task_status: TaskStatus[None]) -> None:
-        """Read the members, then watch them from that rev; re-open a lost watch."""
+        """Announce, read the members, then watch them from that rev; re-open
+        a lost watch (announcing again)."""
         started = False
         initial, longest = self._backoff
 
-        async def once() -> None:
+        def ready() -> None:
             nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        async def once() -> None:
+            await self.oada.ensure(self.path, {}, tree=self._tree)
+            await self._announce()
             response = await self.oada.get(self.path)
             self._take(response.data, whole=True)
             async with self.oada.watch(self.path, rev=response.rev) as changes:
-                if not started:
-                    started = True
-                    task_status.started()
+                ready()
                 async for change in changes:
                     if change.path in ("", "/"):
                         # A deleted key comes as null: no lease, no member.
@@ -329,6 +334,7 @@ class Membership:
 
         def failed(error: BaseException, delay: float) -> None:
             self.log.warning("following the replicas failed: %s; retrying in %.1f s", error, delay)
+            ready()  # the service starts meanwhile
 
         while True:
             await retry(
