@@ -36,7 +36,7 @@ from ._retry import exponential, retry
 from .client import OADAClient
 from .exceptions import NotFound, OADAError
 from .job import Lease, utc_now
-from .tree import JOBS_TYPE, Layout, service_root
+from .tree import JOBS_TYPE, Layout, path_segment, service_root
 from .types import Tree
 
 __all__ = ["Membership", "MembershipState", "Shares", "WholeQueue", "member_key", "owner"]
@@ -73,7 +73,8 @@ def owner(key: str, members: Iterable[str]) -> str | None:
 
 
 def member_key(worker_id: str) -> str:
-    """The key a worker id is announced under: one safe path segment."""
+    """The key a worker id is announced under: one path segment once escaped
+    (:func:`~oada_jobs.tree.path_segment`, like every key put in a path)."""
     cleaned = re.sub(r"[^A-Za-z0-9._~-]", "-", worker_id).lstrip("._")
     return cleaned or "-"
 
@@ -258,7 +259,7 @@ class Membership:
 
     async def _leave(self) -> None:
         try:
-            await self.oada.delete(f"{self.path}/{self.key}")
+            await self.oada.delete(f"{self.path}/{path_segment(self.key)}")
         except NotFound:
             pass
         except OADAError as error:
@@ -302,7 +303,7 @@ class Membership:
                 continue
             self._leases.pop(key, None)
             try:
-                await self.oada.delete(f"{self.path}/{key}")
+                await self.oada.delete(f"{self.path}/{path_segment(key)}")
             except NotFound:
                 pass
             except OADAError as error:

@@ -14,6 +14,7 @@ import pytest
 from oada_jobs import InvalidKey, Job, NotFound, Service, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.job import iso, utc_now
+from oada_jobs.replicas import workers_path, workers_tree
 from oada_jobs.requester import detect_layout, post_job
 from oada_jobs.tree import JOBS_TYPE, get_layout, path_segment, resource_path
 
@@ -189,3 +190,28 @@ async def test_the_layout_of_a_service_that_notes_none_is_read_from_its_lists(
     other = f"{name}-c"
     await oada.ensure(CLASSIC.pending_path(other), {}, tree=CLASSIC.tree)
     assert (await detect_layout(oada, other))[0] == "classic"
+
+
+async def test_replica_keys_reach_their_delete_paths_escaped(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    # Keys of replicas that died an hour ago, with the pointer characters a
+    # member key may hold; and this replica's own key holds one too.
+    dead = {"worker": "gone", "expires": iso(utc_now() - timedelta(hours=1))}
+    hostile = ["dead~1x", "dead~0y", "dead~01"]
+    await oada.ensure(workers_path(name), {}, tree=workers_tree(CLASSIC))
+    await oada.put(workers_path(name), dict.fromkeys(hostile, dead), content_type=JOBS_TYPE)
+    service = make_service(member_lease=0.3)
+    service.worker_id = "host~1a:1:x~0y"
+    async with service:
+        # Its own key is announced as it is, and the dead ones are deleted.
+        with anyio.fail_after(10):
+            while True:
+                listing = (await oada.get(workers_path(name))).data
+                if hostile[0] not in listing and "host~1a-1-x~0y" in listing:
+                    break
+                await anyio.sleep(0.05)
+        assert not set(hostile) & set(listing), listing
+    # It deleted its own key as it stopped.
+    listing = (await oada.get(workers_path(name))).data
+    assert [key for key in listing if not key.startswith("_")] == []

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from oada_jobs import Job, Json, WorkerContext
 from oada_jobs.replicas import member_key, owner
 from oada_jobs.scheduler import Entry, EntryState, Scheduler
+from oada_jobs.tree import path_segment
 from oada_jobs.worker import Worker
 
 KEYS = st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=60, unique=True)
@@ -77,6 +78,7 @@ def test_member_keys_are_one_safe_path_segment() -> None:
         assert "/" not in key
         assert not key.startswith(("_", "."))
         assert all(c.isascii() and (c.isalnum() or c in "._~-") for c in key)
+        assert path_segment(key)  # nameable in a request, once escaped
 
 
 # ------------------------------------------------------------ the scheduler's side
