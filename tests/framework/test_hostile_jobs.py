@@ -17,9 +17,11 @@ from oada_jobs import Job, Service, ServiceState, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.exceptions import OADATransportError
 from oada_jobs.job import iso, request_cancel, utc_now
+from oada_jobs.replicas import member_key, owner, workers_path, workers_tree
 from oada_jobs.requester import post_job
+from oada_jobs.tree import JOBS_TYPE, get_layout
 
-from .conftest import LogWaiter, wait_for_status
+from .conftest import LogWaiter, key_of, wait_for_status
 
 
 async def ok(job: Job[Any], ctx: WorkerContext) -> Any:
@@ -147,6 +149,43 @@ async def test_a_backlog_starts_with_its_highest_priority_job(
             await wait_for_status(oada, job_id, timeout=30)
     assert started[0] == 99
     assert started[1:] == list(range(40))
+
+
+async def test_a_replica_starts_its_share_of_a_backlog_with_its_highest_priority_job(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    started: list[str] = []
+
+    async def record(job: Job[Any], ctx: WorkerContext) -> Any:
+        started.append(ctx.job_id)
+        return None
+
+    service = make_service(concurrency=1, steal_after=60)
+    service.on("record", 10, record)
+    # Another replica holds a lease for the next hour: half the jobs are its.
+    me, other = member_key(service.worker_id), "other-replica"
+    lease = {"worker": other, "expires": iso(utc_now() + timedelta(hours=1))}
+    await oada.ensure(workers_path(name), {}, tree=workers_tree(get_layout("classic")))
+    await oada.put(workers_path(name), {other: lease}, content_type=JOBS_TYPE)
+
+    def mine(job_id: str) -> bool:
+        return owner(key_of(job_id), [me, other]) == me
+
+    plain = [await post_job(oada, name, "record", {}) for _ in range(30)]
+    # Urgent jobs listed last, until one falls in this replica's share.
+    urgent: list[str] = []
+    while not urgent or not mine(urgent[-1]):
+        urgent.append(await post_job(oada, name, "record", {}, options={"priority": 10}))
+    share = [job_id for job_id in plain if mine(job_id)]
+    assert share
+    async with service:
+        for job_id in share:
+            await wait_for_status(oada, job_id, timeout=30)
+        await anyio.sleep(0.2)
+        service.queues["_default"].scheduler.check_invariants()
+    # Its own urgent job first, though read last; then its share in order;
+    # nothing of the other replica's share.
+    assert started == [urgent[-1], *share]
 
 
 async def test_a_release_whose_answer_is_lost_writes_one_released_update(

@@ -208,3 +208,28 @@ async def test_stealing_takes_the_newest_of_the_jobs_that_waited_too_long() -> N
         scheduled.read(entry, job(entry.key), None)
     assert drain(scheduled) == ["c", "d"]
     assert entries[0].state is EntryState.ELSEWHERE
+
+
+async def test_the_first_reads_hold_waits_for_this_share_only() -> None:
+    # The dispatcher holds its first start while reading_first() is true.
+    reads: list[str] = []
+    scheduled = scheduler(Share("bc"), reads)
+    a, b, c = (add(scheduled, key) for key in "abc")
+    assert scheduled.reading_first()
+    scheduled.read(b, job("b"), None)
+    assert scheduled.reading_first()  # c is unread; a, unread too, is not this share's
+    scheduled.read(c, job("c", group="g", priority=5), None)
+    # c is read but not placed: its group's order waits for a, read as context.
+    assert c.state is EntryState.CATCHING_UP
+    assert reads == ["a"]
+    assert scheduled.reading_first()
+    scheduled.read(a, job("a"), None)
+    assert not scheduled.reading_first()
+    assert drain(scheduled) == ["c", "b"]
+    scheduled.check_invariants()
+    # Jobs of other shares alone never hold it.
+    alone = scheduler(Share("e"), [])
+    add(alone, "d")
+    e = add(alone, "e")
+    alone.read(e, job("e"), None)
+    assert not alone.reading_first()
