@@ -233,3 +233,77 @@ async def test_the_first_reads_hold_waits_for_this_share_only() -> None:
     e = add(alone, "e")
     alone.read(e, job("e"), None)
     assert not alone.reading_first()
+
+
+SHARE_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["add", "read", "pop", "urgent", "wait", "left", "reread", "cancel", "move", "steal"]
+        ),
+        st.integers(min_value=0, max_value=3),
+        st.sampled_from([None, "g", "h", "unique"]),
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=SHARE_OPS, limit=st.integers(min_value=1, max_value=2))
+def test_group_bookkeeping_holds_as_shares_move_and_jobs_are_stolen(
+    ops: list[tuple[str, int, str | None, bool]], limit: int
+) -> None:
+    async def main() -> None:
+        share = Share("")
+        scheduled = scheduler(share, [], group_limit=limit, unique="merge")
+        entries: dict[int, Entry] = {}
+        for op, index, tie, flag in ops:
+            entry = entries.get(index)
+            if op == "add":
+                if entry is None or scheduled.get(entry.job_id) is not entry:
+                    key = f"k{index}-{len(entries)}"
+                    if flag:
+                        share.keys.add(key)
+                    entries[index] = add(scheduled, key)
+                continue
+            if entry is None or scheduled.get(entry.job_id) is not entry:
+                continue
+            options: dict[str, Any] = {}
+            if tie == "unique":
+                options["uniqueKey"] = "k"
+            elif tie is not None:
+                options["group"] = tie
+            if op in ("read", "cancel") and entry.state in (EntryState.WAITING, EntryState.READY):
+                scheduled.reread(entry)  # a timer fired, or its link was touched
+            if op in ("read", "cancel") and entry.state is EntryState.READING:
+                body: dict[str, Any] = {"service": "s", "type": "t", "options": options}
+                if op == "cancel":
+                    body["status"] = "cancel-requested"
+                elif flag:
+                    body["options"]["notBefore"] = "2999-01-01T00:00:00Z"
+                scheduled.read(
+                    entry, Job.from_resource(body, oada_id=entry.job_id, key=entry.key), None
+                )
+            elif op == "pop":
+                popped = scheduled.pop()
+                assert popped is None or scheduled.mine(popped)
+            elif op == "urgent":
+                popped = scheduled.pop_urgent()
+                assert popped is None or scheduled.mine(popped)
+            elif op == "wait" and entry.state is EntryState.RUNNING:
+                scheduled.wait(entry, anyio.current_time() + 60)
+            elif op == "left" and entry.state is not EntryState.RUNNING:
+                # Filed elsewhere: as the dispatcher settles it.
+                scheduled.unpark(scheduled.keep_mine(scheduled.remove(entry)))
+            elif op == "reread" and entry.state in (EntryState.WAITING, EntryState.READY):
+                scheduled.reread(entry)
+            elif op == "move":
+                share.keys ^= {entry.key}  # the replicas changed
+                scheduled.reown()
+            elif op == "steal":
+                scheduled.steal(2, anyio.current_time() + 1)
+            scheduled.check_invariants()
+            running = Counter(known.group for known in scheduled.entries() if known.counted)
+            assert all(count <= limit for count in running.values()), running
+
+    anyio.run(main)
