@@ -215,3 +215,34 @@ async def test_replica_keys_reach_their_delete_paths_escaped(
     # It deleted its own key as it stopped.
     listing = (await oada.get(workers_path(name))).data
     assert [key for key in listing if not key.startswith("_")] == []
+
+
+async def test_replicas_divide_jobs_under_keys_with_pointer_characters(
+    oada: OADAClient, make_service: Callable[..., Service], name: str
+) -> None:
+    ran: dict[int, list[str]] = {0: [], 1: []}
+
+    def recorder(replica: int) -> Callable[[Job[Any], WorkerContext], Any]:
+        async def record(job: Job[Any], ctx: WorkerContext) -> Any:
+            ran[replica].append(ctx.job_id)
+
+        return record
+
+    replicas = [make_service(sweep_interval=0.1) for _ in range(2)]
+    for n, replica in enumerate(replicas):
+        replica.on("ok", 10, recorder(n))
+    async with replicas[0], replicas[1]:
+        with anyio.fail_after(10):
+            while not all(len(r.shares.members) == 2 for r in replicas):  # type: ignore[union-attr]
+                await anyio.sleep(0.02)
+        keys = [f"{stem}{n}" for n in range(6) for stem in ("a~1b", "c/d", "e%2Ff", "g~0h", "~")]
+        links = {key: await _job(oada, name) for key in keys}
+        await _link(oada, name, links)
+        for job_id in links.values():
+            assert (await wait_for_status(oada, job_id))["status"] == "success"
+    # Divided: each replica ran its share, and each job ran once.
+    assert ran[0], ran
+    assert ran[1], ran
+    assert sorted(ran[0] + ran[1]) == sorted(links.values())
+    success = (await oada.get(CLASSIC.day_index_path(name, "success", utc_now().date()))).data
+    assert {key: success[key]["_id"] for key in keys} == links
