@@ -19,7 +19,7 @@ Imports nothing from the package; must not import the framework or the client.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["LARGE_FRACTION", "SizedLRU"]
@@ -119,26 +119,34 @@ class SizedLRU(Generic[K, V]):
         self._large.pop(key, None)
         return entry[0]
 
-    def evict(self) -> int:
-        """Drop entries until the budget (and *max_entries*) hold; how many were dropped."""
+    def evict(self, dropped: Callable[[K, V], None] | None = None) -> int:
+        """Drop entries until the budget (and *max_entries*) hold; how many were dropped.
+
+        *dropped*, if given, is called with each key and value dropped.
+        """
         entries = self._entries
         limit = self.max_entries
         if self._bytes <= self.budget and (limit is None or len(entries) <= limit):
             return 0
-        dropped = 0
         large = self._large
+        count = 0
         while self._bytes > self.budget and large:
             key, _ = large.popitem(last=False)
-            self._bytes -= entries.pop(key)[1]
-            dropped += 1
+            value, size = entries.pop(key)
+            self._bytes -= size
+            count += 1
+            if dropped is not None:
+                dropped(key, value)
         while entries and (
             self._bytes > self.budget or (limit is not None and len(entries) > limit)
         ):
-            key, (_, size) = entries.popitem(last=False)
+            key, (value, size) = entries.popitem(last=False)
             self._bytes -= size
             large.pop(key, None)
-            dropped += 1
-        return dropped
+            count += 1
+            if dropped is not None:
+                dropped(key, value)
+        return count
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -576,7 +576,7 @@ class OADACore:
     def _root_json(res: Resource) -> bytes:
         cached = res.root_json
         if cached is None:
-            body = dict(res.doc)
+            body = res.whole()
             body["_meta"] = {"_id": f"{res.id}/_meta", "_rev": res.rev}
             cached = res.root_json = dumpb(body)
         return cached
@@ -1005,8 +1005,8 @@ class OADACore:
 
     def _propagate_later(self, roots: list[ChangeRecord]) -> None:
         """Stage the rev-graph bumps caused by *roots*, committed in the previous group."""
-        parents = self._store.versioned_parents
-        if not any(rec.resource_id in parents for rec in roots):
+        store = self._store
+        if not any(store.parents_of(rec.resource_id) for rec in roots):
             return
         try:
             with self._batch() as batch:

@@ -196,7 +196,6 @@ class ResourceGraph:
         i = 0
         n = len(rest)
         while res is not None and i < n:
-            links = store.links.get(res.id)
             node: Any = res.doc
             jumped = False
             while i < n:
@@ -208,6 +207,8 @@ class ResourceGraph:
                 else:
                     break
                 i += 1
+                # Looking a key up may have loaded its links (a keyed document's member).
+                links = store.links.get(res.id)
                 if links:
                     path = tuple(rest[start:i])
                     target = links.get(path)
@@ -397,7 +398,7 @@ class ResourceGraph:
         while level:
             groups: dict[str, tuple[list[tuple[Path, ChangeRecord]], set[str]]] = {}
             for rec, chain in level:
-                parents = store.versioned_parents.get(rec.resource_id)
+                parents = store.parents_of(rec.resource_id)
                 if not parents:
                     continue
                 for parent_id, path in sorted(parents):

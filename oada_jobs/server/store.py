@@ -63,13 +63,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from oada_jobs import _pointer
 from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.dblock import DatabaseLock
 from oada_jobs.server.documents import array_index, dumpb, merge
+from oada_jobs.server.keyed import KeyedDoc, is_member
 
 __all__ = [
     "ENTRY_BYTES",
+    "KEYED_BYTES",
+    "KEYED_MEMBERS",
     "Batch",
     "ChangeRecord",
     "Path",
@@ -106,6 +111,13 @@ CREATE TABLE IF NOT EXISTS edges (
     PRIMARY KEY (parent, path)
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS edges_child;
+CREATE INDEX IF NOT EXISTS edges_versioned_child ON edges (child) WHERE versioned = 1;
+CREATE TABLE IF NOT EXISTS members (
+    resource_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (resource_id, key)
+) WITHOUT ROWID;
 """
 
 #: Bytes of ids known not to exist that are remembered (beyond it they are
@@ -127,6 +139,14 @@ _WAL_BACKSTOP_PAGES = 20_000
 #: document with that much to replay (87 small changes) took 1.5 ms, a job
 #: with two changes 0.09 ms (0.04 ms from a snapshot alone).
 _SNAPSHOT_SLACK = 16 * 1024
+#: A document is stored keyed (a row per top-level member, see
+#: :mod:`oada_jobs.server.keyed`) once its snapshot is due to be rewritten at
+#: this many bytes or more with at least :data:`KEYED_MEMBERS` members. Below
+#: it, rewriting the whole snapshot now and then costs less than a row per
+#: member; above it, the rewrite (and, evicted, the reload) of a long list
+#: grows with the list and blocks the event loop: 60 ms at 100,000 links.
+KEYED_BYTES = 64 * 1024
+KEYED_MEMBERS = 256
 
 
 def _dumps(value: Any) -> bytes:
@@ -139,6 +159,26 @@ def _execute_rows(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]])
         db.execute(sql, rows[0])
     elif rows:
         db.executemany(sql, rows)
+
+
+# Every digit to "0", everything else to " ": a run of 19 zeros is a number
+# orjson might not keep exact.
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+
+
+def loads(data: bytes) -> tuple[Any, bool]:
+    """Decode JSON the store wrote, and whether orjson did.
+
+    Through orjson where it gives the stdlib's value; numbers of 19 digits
+    or more, and the lone surrogates the stdlib encoder wrote, go to the
+    stdlib decoder.
+    """
+    if b"0" * 19 not in data.translate(_DIGITS):
+        try:
+            return orjson.loads(data), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data), False
 
 
 # JSON pointers are built and split in one place, shared with the client and framework.
@@ -223,6 +263,11 @@ class Resource:
         meta = self.doc.get("_meta")
         return meta if isinstance(meta, dict) else {}
 
+    def whole(self) -> dict[str, Any]:
+        """The whole document as a new dict (its values shared), keyed members included."""
+        doc = self.doc
+        return doc.whole() if isinstance(doc, KeyedDoc) else dict(doc)
+
 
 @dataclass(slots=True)
 class ChangeRecord:
@@ -292,9 +337,12 @@ class Store:
         # the rev of its delete if that is staged and not yet committed (else 0).
         self._missing: dict[str, int] = {}
         self._missing_bytes = 0
-        #: parent → {path → (child, versioned)}
+        #: parent → {path → (child, versioned)}, for the documents in memory
+        #: only (of a keyed document, the links in its head and in the members
+        #: in memory): loaded with them and dropped with them.
         self.links: dict[str, dict[Path, tuple[str, bool]]] = {}
-        #: child → {(parent, path)} for versioned edges only (rev propagation).
+        #: child → {(parent, path)} for the versioned edges in :attr:`links`;
+        #: :meth:`parents_of` adds those of documents not in memory.
         self.versioned_parents: dict[str, set[tuple[str, Path]]] = {}
         # parent → {prefix → number of links at or below it}, so that writes
         # to documents with many links need not scan them all.
@@ -310,7 +358,7 @@ class Store:
     # -- life cycle -------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating if needed) the database and load the link graph.
+        """Open (creating if needed) the database; nothing is loaded until it is used.
 
         Raises :class:`~oada_jobs.exceptions.DatabaseLocked` while another
         store (in any process) has the same file open.
@@ -340,10 +388,8 @@ class Store:
         # crash; only an OS crash or power loss may drop the last commits.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        for parent, path, child, versioned in db.execute(
-            "SELECT parent, path, child, versioned FROM edges"
-        ):
-            self._add_edge(parent, unpointer(path), child, bool(versioned))
+        # Nothing is read at start-up: documents and their links are loaded
+        # when first used, so opening costs the same whatever the database holds.
 
     @property
     def checkpoints(self) -> bool:
@@ -416,17 +462,26 @@ class Store:
             self._forget_missing(resource_id, 0)
             return None
         snap_rev, snapshot, data = row
-        doc = json.loads(snapshot)
+        doc: dict[str, Any] = json.loads(snapshot)
         pending = 0
-        # Changes after the snapshot: the document's write-ahead log.
-        for kind, body in db.execute(
-            "SELECT type, body FROM changes WHERE resource_id = ? AND rev > ? ORDER BY rev",
-            (resource_id, snap_rev),
-        ):
-            if body is None:
-                continue
-            pending += len(body)
-            replay(doc, json.loads(body), kind)
+        keyed = db.execute(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE resource_id = ?)", (resource_id,)
+        ).fetchone()[0]
+        if keyed:
+            # Its head row is rewritten with every write: nothing to replay.
+            doc = self._keyed(resource_id, doc)
+            self._load_links(resource_id, _HEAD_LINKS)
+        else:
+            # Changes after the snapshot: the document's write-ahead log.
+            for kind, body in db.execute(
+                "SELECT type, body FROM changes WHERE resource_id = ? AND rev > ? ORDER BY rev",
+                (resource_id, snap_rev),
+            ):
+                if body is None:
+                    continue
+                pending += len(body)
+                replay(doc, json.loads(body), kind)
+            self._load_links(resource_id, _ALL_LINKS)
         meta = doc.get("_meta")
         if isinstance(meta, dict):
             meta["_changes"] = {"_id": f"{resource_id}/_meta/_changes", "_rev": doc.get("_rev")}
@@ -469,9 +524,13 @@ class Store:
         for rid in self._used:
             res = docs.peek(rid)
             if res is not None:
+                if isinstance(res.doc, KeyedDoc) and res.doc.members_in_memory():
+                    # Written: they are fetched again when next used.
+                    res.doc.unload()
+                    self._drop_links(rid, keep_head=True)
                 docs.resize(rid, _document_bytes(res))
         self._used.clear()
-        docs.evict()
+        docs.evict(self._evicted)
         # Not while anything is staged: a staged delete is hidden only here.
         if self._missing_bytes > _MISSING_CACHE_BYTES:
             self._missing.clear()
@@ -484,6 +543,33 @@ class Store:
         self._used.add(res.id)
         if self._missing.pop(res.id, None) is not None:
             self._missing_bytes -= len(res.id)
+
+    def parents_of(self, child: str) -> set[tuple[str, Path]]:
+        """``(parent, path)`` of every versioned link to *child*, staged ones included.
+
+        Links of documents in memory are known here; those of the others are
+        read from SQLite (an index of versioned edges by child), except where
+        the linking document (or keyed member) is in memory, which may have
+        changed them since.
+        """
+        found = set(self.versioned_parents.get(child, ()))
+        for parent, text in self.db.execute(
+            "SELECT parent, path FROM edges WHERE child = ? AND versioned = 1", (child,)
+        ):
+            path = unpointer(text)
+            if (parent, path) not in found and not self._links_loaded(parent, path):
+                found.add((parent, path))
+        return found
+
+    def _links_loaded(self, parent: str, path: Path) -> bool:
+        """Whether the links of *parent* at *path* are in :attr:`links` (so memory decides)."""
+        res = self._docs.peek(parent)
+        if res is None:
+            return False
+        doc = res.doc
+        if isinstance(doc, KeyedDoc) and path and is_member(path[0]):
+            return doc.resident(path[0])
+        return True
 
     def max_change_rev(self, resource_id: str) -> int:
         """Highest rev ever recorded for *resource_id* (0 if none), staged deletes included."""
@@ -613,7 +699,7 @@ class Store:
         batch.edges_cleared.add(parent)
 
     def delete_cached(self, resource_id: str, rev: int) -> None:
-        """Hide a resource whose delete (at *rev*) is staged."""
+        """Hide a resource whose delete (at *rev*) is staged (its links are cleared already)."""
         self._docs.pop(resource_id)
         self._forget_missing(resource_id, rev)
 
@@ -634,6 +720,8 @@ class Store:
         data: dict[str, bytes] = {}
         rows = []
         written: dict[str, int] = {}
+        # Members of keyed documents each change names (top-level keys).
+        members: dict[str, set[str]] = {}
         for batch in batches:
             cleared |= batch.edges_cleared
             edges.update(dict.fromkeys(batch.edges_removed))
@@ -647,6 +735,10 @@ class Store:
                     final[rid] = res
             data.update(batch.data)
             for c in batch.changes:
+                if isinstance(c.body, dict):
+                    members.setdefault(c.resource_id, set()).update(
+                        k for k in c.body if is_member(k)
+                    )
                 body = None if c.body is None else _dumps(c.body)
                 if body is not None:
                     written[c.resource_id] = written.get(c.resource_id, 0) + len(body)
@@ -656,15 +748,24 @@ class Store:
         try:
             self._write_edges(db, cleared, edges)
             if deleted:
-                db.executemany("DELETE FROM resources WHERE id = ?", [(rid,) for rid in deleted])
+                gone = [(rid,) for rid in deleted]
+                db.executemany("DELETE FROM resources WHERE id = ?", gone)
+                db.executemany("DELETE FROM members WHERE resource_id = ?", gone)
             _execute_rows(db, _INSERT_CHANGE, rows)
             for rid, latest in final.items():
-                if latest is not None:
+                if latest is None:
+                    continue
+                if isinstance(latest.doc, KeyedDoc):
+                    self._write_keyed(db, latest, members.get(rid, ()), data.get(rid))
+                else:
                     self._write_doc(db, latest, written.get(rid, 0), data.get(rid))
             db.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
+        for latest in final.values():
+            if latest is not None and isinstance(latest.doc, KeyedDoc):
+                latest.doc.committed()
         self.commits_since_checkpoint += 1
         changes = self._changes
         records = (c for batch in batches for c in batch.changes)
@@ -694,12 +795,14 @@ class Store:
             present,
         )
 
-    @staticmethod
-    def _write_doc(db: sqlite3.Connection, res: Resource, written: int, data: bytes | None) -> None:
+    def _write_doc(
+        self, db: sqlite3.Connection, res: Resource, written: int, data: bytes | None
+    ) -> None:
         """Snapshot *res* (or only count *written* change bytes against its snapshot).
 
-        The bookkeeping is updated at once: should the transaction fail, the
-        caller discards the resource anyway.
+        A large JSON document with many members is made keyed instead (see
+        :data:`KEYED_BYTES`). The bookkeeping is updated at once: should the
+        transaction fail, the caller discards the resource anyway.
         """
         pending = res.pending_bytes + written
         if res.snap_bytes and pending <= max(res.snap_bytes, _SNAPSHOT_SLACK):
@@ -708,6 +811,11 @@ class Store:
                 db.execute("UPDATE resources SET data = ? WHERE id = ?", (data, res.id))
             return
         doc = _dumps(res.doc)
+        if len(doc) >= KEYED_BYTES and res.data is None and data is None:
+            keys = [k for k in res.doc if is_member(k)]
+            if len(keys) >= KEYED_MEMBERS:
+                self._make_keyed(db, res, keys)
+                return
         res.snap_bytes, res.pending_bytes = len(doc), 0
         if data is not None:
             db.execute(
@@ -730,17 +838,118 @@ class Store:
             db.execute("ROLLBACK")
 
     def discard(self, ids: Iterable[str]) -> None:
-        """Forget the cached state of *ids* after a failed commit."""
+        """Forget the cached state of *ids* after a failed commit; reload them as committed."""
         for rid in ids:
             self._docs.pop(rid)
             if self._missing.pop(rid, None) is not None:
                 self._missing_bytes -= len(rid)
-            for p in list(self.links.get(rid, ())):
-                self._drop_edge(rid, p)
-            for parent, path, child, versioned in self.db.execute(
-                "SELECT parent, path, child, versioned FROM edges WHERE parent = ?", (rid,)
-            ):
-                self._add_edge(parent, unpointer(path), child, bool(versioned))
+            self._drop_links(rid, keep_head=False)
+            self.get(rid)
+
+    # -- keyed documents ---------------------------------------------------------
+
+    def _keyed(self, resource_id: str, head: dict[str, Any]) -> KeyedDoc:
+        """The in-memory side of keyed document *resource_id* with *head* loaded."""
+
+        def load(key: str) -> tuple[bool, Any]:
+            return self._load_member(resource_id, key)
+
+        def whole() -> Iterable[tuple[str, Any]]:
+            rows = self.db.execute(
+                "SELECT key, value FROM members WHERE resource_id = ?", (resource_id,)
+            )
+            return ((key, loads(value)[0]) for key, value in rows)
+
+        return KeyedDoc(head, load, whole)
+
+    def _load_member(self, resource_id: str, key: str) -> tuple[bool, Any]:
+        """Fetch one member of a keyed document, and its links, from SQLite."""
+        row = self.db.execute(
+            "SELECT value FROM members WHERE resource_id = ? AND key = ?", (resource_id, key)
+        ).fetchone()
+        if row is None:
+            return False, None
+        self._load_links(resource_id, _member_links(key))
+        return True, loads(row[0])[0]
+
+    def _make_keyed(self, db: sqlite3.Connection, res: Resource, keys: list[str]) -> None:
+        """Store *res* keyed from now on: a row per member, its head in its own row."""
+        doc = res.doc
+        db.execute("DELETE FROM members WHERE resource_id = ?", (res.id,))
+        db.executemany(
+            "INSERT INTO members (resource_id, key, value) VALUES (?, ?, ?)",
+            [(res.id, k, _dumps(doc[k])) for k in keys],
+        )
+        keyed = self._keyed(res.id, {k: v for k, v in doc.items() if not is_member(k)})
+        for k in keys:
+            # In memory (with their links) until the next trim.
+            dict.__setitem__(keyed, k, doc[k])
+        res.doc = keyed
+        self._write_head(db, res)
+
+    def _write_keyed(
+        self, db: sqlite3.Connection, res: Resource, keys: Iterable[str], data: bytes | None
+    ) -> None:
+        """Write the head of keyed *res* and the members named by *keys* as they are now."""
+        doc = res.doc
+        assert isinstance(doc, KeyedDoc)
+        upserts = []
+        deletes = []
+        for key in keys:
+            present, value = doc.state(key)
+            if present:
+                upserts.append((res.id, key, _dumps(value)))
+            elif doc.resident(key):
+                deletes.append((res.id, key))
+        _execute_rows(db, "DELETE FROM members WHERE resource_id = ? AND key = ?", deletes)
+        _execute_rows(
+            db,
+            "INSERT INTO members (resource_id, key, value) VALUES (?, ?, ?)"
+            " ON CONFLICT (resource_id, key) DO UPDATE SET value = excluded.value",
+            upserts,
+        )
+        self._write_head(db, res)
+        if data is not None:
+            db.execute("UPDATE resources SET data = ? WHERE id = ?", (data, res.id))
+
+    @staticmethod
+    def _write_head(db: sqlite3.Connection, res: Resource) -> None:
+        doc = res.doc
+        assert isinstance(doc, KeyedDoc)
+        head = _dumps(doc.head())
+        res.snap_bytes, res.pending_bytes = len(head), 0
+        db.execute(
+            "INSERT INTO resources (id, rev, doc) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET rev = excluded.rev, doc = excluded.doc",
+            (res.id, res.rev, head),
+        )
+
+    # -- links of the documents in memory ------------------------------------------
+
+    def _load_links(self, parent: str, where: tuple[str, tuple[str, ...]]) -> None:
+        """Load the links of *parent* that *where* selects (see :func:`_member_links`)."""
+        sql, args = where
+        at = args[0] if args else None
+        for text, child, versioned in self.db.execute(
+            f"SELECT path, child, versioned FROM edges WHERE parent = ?{sql}", (parent, *args)
+        ):
+            if at is not None and text != at and not text.startswith(at + "/"):
+                continue
+            path = unpointer(text)
+            if path not in self.links.get(parent, ()):
+                self._add_edge(parent, path, child, bool(versioned))
+
+    def _drop_links(self, parent: str, *, keep_head: bool) -> None:
+        """Forget the links of *parent* in memory (with *keep_head*, those of members only)."""
+        links = self.links.get(parent)
+        if not links:
+            return
+        doomed = [p for p in links if not keep_head or (p and is_member(p[0]))]
+        for path in doomed:
+            self._drop_edge(parent, path)
+
+    def _evicted(self, resource_id: str, res: Resource) -> None:
+        self._drop_links(resource_id, keep_head=False)
 
     # -- internals ----------------------------------------------------------
 
@@ -750,7 +959,11 @@ class Store:
         Those are large documents only: a small one is reloaded from its few
         changes in well under a millisecond, and there may be very many.
         """
-        stale = [res for res in self._docs.values() if res.pending_bytes > _SNAPSHOT_SLACK]
+        stale = [
+            res
+            for res in self._docs.values()
+            if res.pending_bytes > _SNAPSHOT_SLACK and not isinstance(res.doc, KeyedDoc)
+        ]
         if not stale:
             return
         db = self.db
@@ -802,6 +1015,24 @@ class Store:
         if resource_id not in self._missing:
             self._missing_bytes += len(resource_id)
         self._missing[resource_id] = rev
+
+
+#: ``_load_links`` selections: every link; those in the head of a keyed
+#: document (paths under a key starting with ``_``: ``/_`` up to ``/```).
+_ALL_LINKS: tuple[str, tuple[str, ...]] = ("", ())
+_HEAD_LINKS: tuple[str, tuple[str, ...]] = (" AND path >= '/_' AND path < '/`'", ())
+
+
+def _member_links(key: str) -> tuple[str, tuple[str, ...]]:
+    """The ``_load_links`` selection of the links in member *key*: at it or below it.
+
+    One range of the primary key (an ``OR`` of two made SQLite read every
+    link of the document): from the member's pointer up to the pointer with
+    "0", the character after "/", appended. :meth:`Store._load_links` drops
+    the siblings that range also holds (``/k-x`` for member ``k``).
+    """
+    at = "/" + escape_key(key)
+    return " AND path >= ? AND path < ?", (at, at + "0")
 
 
 def _document_bytes(res: Resource) -> int:
