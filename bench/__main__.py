@@ -3,7 +3,8 @@
 Options::
 
     --quick            tiny sizes, one repeat (the smoke test uses it)
-    --only a,b         run only these sections (see SECTIONS)
+    --only a,b         run only these sections (see SECTIONS; EXTRA_SECTIONS such
+                       as long_haul run only when named)
     --out DIR          where benchmarks.md/.png/.json go (default: docs/)
     --repeats N        repeats per measurement (default 5; --quick: 1)
 
@@ -33,7 +34,7 @@ import anyio
 
 from oada_jobs.client import OADAClient
 
-from . import report, scale
+from . import long_haul, report, scale
 from .common import ROOT, BenchError, bench_server, machine, node_available, summarize
 from .jobs import (
     FIRST_FILING_RACE,
@@ -307,6 +308,10 @@ JOB_SECTIONS: dict[str, Callable[[Harness, Sizes, tuple[Framework, ...]], Awaita
     "takeover": section_takeover,
 }
 SECTIONS = (*JOB_SECTIONS, "server", "client")
+#: Sections run only when named with --only: ``long_haul`` (bench/long_haul.py)
+#: takes a quarter of an hour or more, and writes its own long_haul.json/.png,
+#: which the report then shows.
+EXTRA_SECTIONS = ("long_haul",)
 
 
 def _error(exc: BaseException) -> dict[str, str]:
@@ -374,6 +379,16 @@ def run_external(name: str, quick: bool, log_dir: Path) -> Any:
     return result
 
 
+def run_long_haul(quick: bool, out: Path) -> None:
+    """Run :mod:`bench.long_haul` and write long_haul.json/.png into *out*."""
+    jobs, round_size = (2_000, 500) if quick else (long_haul.JOBS, long_haul.ROUND)
+    print(f"[bench] long_haul ({jobs} jobs) ...", file=sys.stderr, flush=True)
+    logs = Path(tempfile.mkdtemp(prefix="oada-bench-long-haul-"))
+    result = anyio.run(long_haul.run, jobs, round_size, long_haul.BUDGET, logs)
+    result["machine"] = machine()
+    long_haul.write(result, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
@@ -382,14 +397,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement")
     args = parser.parse_args(argv)
     wanted = [part.strip() for part in args.only.split(",") if part.strip()]
-    unknown = sorted(set(wanted) - set(SECTIONS))
+    known = (*SECTIONS, *EXTRA_SECTIONS)
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     sizes = QUICK if args.quick else FULL
     if args.repeats is not None:
         if args.repeats < 1:
             parser.error(f"expected --repeats >= 1, got {args.repeats}")
         sizes = Sizes(**{**sizes.__dict__, "repeats": args.repeats})
+
+    if "long_haul" in wanted:
+        run_long_haul(args.quick, args.out)
+        wanted.remove("long_haul")
+        if not wanted:
+            # Only the long haul: the rest of the page as last measured.
+            saved = args.out / "benchmarks.json"
+            if saved.exists():
+                report.write(json.loads(saved.read_text()), args.out)
+            return 0
 
     node_problem = node_available()
     began = time.perf_counter()

@@ -321,8 +321,13 @@ def count_delta(
 
 
 @asynccontextmanager
-async def bench_server(log_dir: Path | None = None) -> AsyncIterator[BenchServer]:
-    """Start the embedded server (TLS, SQLite file, counting) in a child process."""
+async def bench_server(
+    log_dir: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> AsyncIterator[BenchServer]:
+    """Start the embedded server (TLS, SQLite file, counting) in a child process.
+
+    *env* is added to the child's environment (``BENCH_LAG_FILE``, for one).
+    """
     with tempfile.TemporaryDirectory(prefix="oada-bench-") as tmp:
         work = Path(tmp)
         logs = log_dir or work
@@ -333,7 +338,7 @@ async def bench_server(log_dir: Path | None = None) -> AsyncIterator[BenchServer
         with os.fdopen(fd, "w") as out:
             json.dump({"tokens": tokens, "db": str(work / "oada.sqlite3"), "dir": tmp}, out)
         argv = [sys.executable, "-m", "bench.counted_server", str(config)]
-        async with child_process("server", argv, env={}, log_dir=logs) as child:
+        async with child_process("server", argv, env=dict(env or {}), log_dir=logs) as child:
             ready = await child.expect("ready", 60)
             yield BenchServer(
                 url=f"https://127.0.0.1:{ready['port']}",

@@ -29,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import anyio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,7 @@ from oada_jobs.server.runner import uvicorn_config
 from oada_jobs.server.tls import self_signed
 
 from .common import BOOKMARKS, USER
+from .lag import probe_from_env
 from .loop import run
 
 _BEARER = re.compile(rb'"authorization"\s*:\s*"Bearer ([^"]+)"', re.IGNORECASE)
@@ -114,7 +116,11 @@ async def main(config_path: str) -> None:
         per_message_deflate=False,
     )
     # uvicorn installs its own SIGTERM/SIGINT handlers for a graceful stop.
-    await _AnnouncingServer(uv_config, ca=str(cert.ca_cert)).serve()
+    # The stall probe (bench/lag.py) runs beside it when BENCH_LAG_FILE is set.
+    async with anyio.create_task_group() as group:
+        group.start_soon(probe_from_env)
+        await _AnnouncingServer(uv_config, ca=str(cert.ca_cert)).serve()
+        group.cancel_scope.cancel()
     print(json.dumps({"event": "exit"}), flush=True)
 
 

@@ -22,7 +22,9 @@ Environment (the token never goes on the command line):
     ``1`` (default): replicas divide the jobs; ``0``: every replica reads
     every job and the claims decide (the behaviour before division);
 ``BENCH_MEMBER_LEASE``, ``BENCH_LEASE``, ``BENCH_STEAL_AFTER``
-    seconds: the replica's member lease, the job lease, the stealing bound.
+    seconds: the replica's member lease, the job lease, the stealing bound;
+``BENCH_LAG_FILE``
+    where the event-loop stall probe writes (:mod:`bench.lag`; none if unset).
 
 A job's ``config.sleep_ms`` overrides ``BENCH_SLEEP_MS`` for that job.
 
@@ -44,6 +46,7 @@ import anyio
 from oada_jobs import Job, Service, WorkerContext
 from oada_jobs.types import Json
 
+from .lag import probe_from_env
 from .loop import run
 
 
@@ -118,10 +121,12 @@ async def main() -> None:
             active -= 1
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with service:
+        async with service, anyio.create_task_group() as group:
+            group.start_soon(probe_from_env)
             _emit({"event": "ready"})
             async for _ in signals:
                 break
+            group.cancel_scope.cancel()
     _emit({"event": "exit", "runs": len(ran), "jobs": ran, "max_active": max_active})
 
 

@@ -619,7 +619,127 @@ def plot(results: Mapping[str, Any], path: Path) -> bool:
 # --------------------------------------------------------------- document
 
 
-def render(results: Mapping[str, Any], image: str | None) -> str:
+def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | None) -> str:
+    """The long-haul run (bench/long_haul.py) and list write costs (bench/list_writes.py)."""
+    out: list[str] = []
+    if long_haul and long_haul.get("rounds"):
+        s = long_haul
+        out += [
+            f"One server, one Python service (concurrency 10), {s['jobs_run']:,} no-op jobs "
+            f"in rounds of {s['round']:,}, every one filed into the same `jobs-success` day "
+            "list (`python -m bench --only long_haul`). Each figure is per round; stalls "
+            "come from a probe task in each process (`bench/lag.py`): *wall* is how late a "
+            "10 ms timer fired (it includes waiting for a core on a shared machine), *busy* "
+            "the event-loop thread's own CPU time between two firings."
+            + (f" The run stopped early: {s['stopped']}." if s.get("stopped") else ""),
+            "",
+            table(
+                ["Figure", "Value"],
+                [
+                    [
+                        "jobs/s, first tenth → last tenth",
+                        f"{s['first_tenth_jobs_per_second']:.0f} → "
+                        f"{s['last_tenth_jobs_per_second']:.0f} "
+                        f"({100 * (s['last_over_first'] - 1):+.0f} %)",
+                    ],
+                    [
+                        "server CPU ms per job, first tenth → last tenth",
+                        "{:.2f} → {:.2f}".format(*s["server_cpu_ms_per_job_first_last"]),
+                    ],
+                    [
+                        "server RSS after the first tenth (MiB)",
+                        "{:.0f}{}{:.0f}".format(
+                            s["server_rss_mib_after_warm_up"][0],
+                            DASH,
+                            s["server_rss_mib_after_warm_up"][1],
+                        ),
+                    ],
+                    [
+                        "service RSS after the first tenth (MiB)",
+                        "{:.0f}{}{:.0f}".format(
+                            s["service_rss_mib_after_warm_up"][0],
+                            DASH,
+                            s["service_rss_mib_after_warm_up"][1],
+                        ),
+                    ],
+                    [
+                        "largest stall, server: wall / busy / longest GC (ms)",
+                        f"{s['server_max_stall_ms']:.0f} / {s['server_max_busy_ms']:.0f} / "
+                        f"{s['server_max_gc_ms']:.0f}",
+                    ],
+                    [
+                        "largest stall, service: wall / busy / longest GC (ms)",
+                        f"{s['service_max_stall_ms']:.0f} / {s['service_max_busy_ms']:.0f} / "
+                        f"{s['service_max_gc_ms']:.0f}",
+                    ],
+                    [
+                        "load average (1 min) during the run",
+                        "{:.1f}{}{:.1f}".format(s["load"][0], DASH, s["load"][1]),
+                    ],
+                ],
+            ),
+            "",
+            "![Long haul](long_haul.png)",
+            "",
+        ]
+    else:
+        out += ["Not measured yet: run `python -m bench --only long_haul`.", ""]
+    if lists and lists.get("sizes"):
+        rows = []
+        for row in lists["sizes"]:
+            if not row.get("measured"):
+                rows.append([f"{row['size']:,}", "not measured", "", "", ""])
+                continue
+            put, delete = row["put"], row["delete"]
+            rows.append(
+                [
+                    f"{row['size']:,}",
+                    f"{put['median_ms']:.3f} / {put['p99_ms']:.1f} / {put['max_ms']:.1f}",
+                    f"{delete['median_ms']:.3f} / {delete['p99_ms']:.1f} / {delete['max_ms']:.1f}",
+                    f"{row['rss_mib']:.0f}",
+                    f"{row['load']:.1f}",
+                ]
+            )
+        out += [
+            "### What one write into a list costs, by its length",
+            "",
+            f"`python -m bench.list_writes`: one server core (no transport) fills lists of "
+            f"each length with versioned links, then times {lists['writes']} single-link "
+            "PUTs and as many DELETEs into each, one at a time, each answered after its "
+            "commit. All lists are in one database and one process.",
+            "",
+            table(
+                [
+                    "Entries",
+                    "PUT ms (median / p99 / max)",
+                    "DELETE ms (median / p99 / max)",
+                    "RSS MiB",
+                    "Load",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        restart = lists.get("restart")
+        if restart:
+            out += [
+                f"Restart on that database ({restart['db_mib']} MiB, "
+                f"{restart['size']:,} links in the largest list): first answer "
+                f"(`GET /bookmarks`) after {restart['first_answer_ms']:.0f} ms at "
+                f"{restart['rss_first_answer_mib']:.0f} MiB RSS; the first write into the "
+                f"largest list took {restart['first_write_ms']:.0f} ms "
+                f"({restart['rss_first_write_mib']:.0f} MiB RSS). Load {restart['load']:.1f}.",
+                "",
+            ]
+    return "\n".join(out)
+
+
+def render(
+    results: Mapping[str, Any],
+    image: str | None,
+    long_haul: Mapping[str, Any] | None = None,
+    lists: Mapping[str, Any] | None = None,
+) -> str:
     """The Markdown report."""
     quick = results.get("quick")
     sizes = results.get("sizes", {})
@@ -719,6 +839,10 @@ def render(results: Mapping[str, Any], image: str | None) -> str:
         "",
         _external(results.get("client")),
         "",
+        "## Long haul",
+        "",
+        _long_haul(long_haul, lists),
+        "",
         "## Notes",
         "",
         f"- {results.get('notes', {}).get('first_filing_race', '')}",
@@ -733,7 +857,15 @@ def write(results: Mapping[str, Any], out_dir: Path) -> None:
     """Write ``benchmarks.md`` and ``benchmarks.png`` into *out_dir*."""
     image = out_dir / "benchmarks.png"
     drawn = plot(results, image)
-    (out_dir / "benchmarks.md").write_text(render(results, image.name if drawn else None))
+    saved = {}
+    # Measured on their own (python -m bench --only long_haul, python -m
+    # bench.list_writes --json docs/list_writes.json); shown when present.
+    for name in ("long_haul", "list_writes"):
+        path = out_dir / f"{name}.json"
+        saved[name] = json.loads(path.read_text()) if path.exists() else None
+    (out_dir / "benchmarks.md").write_text(
+        render(results, image.name if drawn else None, saved["long_haul"], saved["list_writes"])
+    )
 
 
 if __name__ == "__main__":
