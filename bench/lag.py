@@ -7,7 +7,8 @@ blocked (by a long callback, a garbage collection, a large write). Every
 :data:`WINDOW` seconds it appends one JSON line to the file::
 
     {"t": <time.time()>, "lag_ms": <largest lateness>, "cpu_ms": <largest busy stretch>,
-     "gc_ms": <longest collection>, "gc_full": <full collections>}
+     "gc_ms": <longest collection>, "gc_full": <full collections>,
+     "tracked": <objects the collector tracks, every tenth line>}
 
 Lateness is wall-clock time, so on a machine shared with other work it also
 counts the time the process waited for a core. ``cpu_ms`` is the event-loop
@@ -64,6 +65,7 @@ async def probe(path: str) -> None:
     gc.callbacks.append(timer)
     try:
         with open(path, "a", buffering=1) as out:
+            lines = 0
             worst = busiest = 0.0
             window_end = time.perf_counter() + WINDOW
             while True:
@@ -82,9 +84,14 @@ async def probe(path: str) -> None:
                         "gc_ms": round(longest * 1000, 2),
                         "gc_full": full,
                     }
+                    lines += 1
+                    if lines % 10 == 0:
+                        # What a full collection goes through (counting it
+                        # takes a few ms, left out of the next window).
+                        line["tracked"] = len(gc.get_objects())
                     out.write(json.dumps(line) + "\n")
                     worst = busiest = 0.0
-                    window_end = now + WINDOW
+                    window_end = time.perf_counter() + WINDOW
     finally:
         gc.callbacks.remove(timer)
 

@@ -80,6 +80,7 @@ def _worst(lines: list[dict[str, Any]], start: float, end: float) -> dict[str, f
         "cpu_ms": max((x.get("cpu_ms", 0.0) for x in inside), default=0.0),
         "gc_ms": max((x["gc_ms"] for x in inside), default=0.0),
         "gc_full": sum(x["gc_full"] for x in inside),
+        "tracked": max((x.get("tracked", 0) for x in inside), default=0),
     }
 
 
@@ -143,7 +144,8 @@ async def run(jobs: int, round_size: int, budget: float, log_dir: Path) -> dict[
                     f"[long_haul] {done:>8} jobs: {row['jobs_per_second']:6.0f} jobs/s,"
                     f" server {row['server_cpu_ms_per_job']:.2f} ms/job"
                     f" {row['server_rss_mib']:.0f} MiB stall {row['server']['lag_ms']:.0f} ms"
-                    f" (cpu {row['server']['cpu_ms']:.0f}, gc {row['server']['gc_ms']:.0f}),"
+                    f" (cpu {row['server']['cpu_ms']:.0f}, gc {row['server']['gc_ms']:.0f},"
+                    f" {row['server']['tracked']} objects),"
                     f" service {row['service_rss_mib']:.0f} MiB stall"
                     f" {row['service']['lag_ms']:.0f} ms (cpu {row['service']['cpu_ms']:.0f});"
                     f" load {row['load']:.2f}",

@@ -110,6 +110,12 @@ class SizedLRU(Generic[K, V]):
         else:
             self._large.pop(key, None)
 
+    def replace(self, key: K, value: V, size: int) -> None:
+        """Give *key* a new value weighing *size* bytes, leaving its place in the order as it is."""
+        if key in self._entries:
+            self._entries[key] = (value, self._entries[key][1])
+            self.resize(key, size)
+
     def pop(self, key: K) -> V | None:
         """Remove *key*; its value, or None if it was not there."""
         entry = self._entries.pop(key, None)
