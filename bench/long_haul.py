@@ -100,6 +100,8 @@ async def run(jobs: int, round_size: int, budget: float, log_dir: Path) -> dict[
         name = new_service_name("python")
         argv, env = h.service_argv_env("python", name, sleep_ms=0, concurrency=10)
         env["BENCH_LAG_FILE"] = str(service_lag)
+        # The service's own memory, not the benchmark's list of every job id.
+        env["BENCH_RECORD_IDS"] = "0"
         async with child_process(f"python-{name}", argv, env=env, log_dir=log_dir) as service:
             await service.expect("ready", 60)
             await h.run_one(name)

@@ -24,7 +24,10 @@ Environment (the token never goes on the command line):
 ``BENCH_MEMBER_LEASE``, ``BENCH_LEASE``, ``BENCH_STEAL_AFTER``
     seconds: the replica's member lease, the job lease, the stealing bound;
 ``BENCH_LAG_FILE``
-    where the event-loop stall probe writes (:mod:`bench.lag`; none if unset).
+    where the event-loop stall probe writes (:mod:`bench.lag`; none if unset);
+``BENCH_RECORD_IDS``
+    ``0`` to count the jobs run without keeping their ids (the exit report's
+    ``jobs`` is then empty): the long haul runs too many to keep.
 
 A job's ``config.sleep_ms`` overrides ``BENCH_SLEEP_MS`` for that job.
 
@@ -88,8 +91,10 @@ async def main() -> None:
     member_lease = _int_env("BENCH_MEMBER_LEASE", 10)
     lease = _int_env("BENCH_LEASE", 60)
     steal_after = _int_env("BENCH_STEAL_AFTER", 2)
+    record_ids = _int_env("BENCH_RECORD_IDS", 1) != 0
 
     ran: list[str] = []
+    runs = 0
     active = 0
     max_active = 0
 
@@ -107,11 +112,13 @@ async def main() -> None:
 
     @service.on(job_type, timeout=60)
     async def work(job: Job[Any], ctx: WorkerContext) -> Json:
-        nonlocal active, max_active
+        nonlocal active, max_active, runs
         active += 1
         max_active = max(max_active, active)
         try:
-            ran.append(ctx.job_id)
+            runs += 1
+            if record_ids:
+                ran.append(ctx.job_id)
             config = job.config if isinstance(job.config, dict) else {}
             seconds = config.get("sleep_ms", sleep * 1000) / 1000
             if seconds:
@@ -127,7 +134,7 @@ async def main() -> None:
             async for _ in signals:
                 break
             group.cancel_scope.cancel()
-    _emit({"event": "exit", "runs": len(ran), "jobs": ran, "max_active": max_active})
+    _emit({"event": "exit", "runs": runs, "jobs": ran, "max_active": max_active})
 
 
 if __name__ == "__main__":

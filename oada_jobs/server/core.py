@@ -54,7 +54,15 @@ from oada_jobs._ksuid import ksuid
 from oada_jobs._pointer import unescape
 from oada_jobs.server.auth import Access, Roots, authorize, token_from_header
 from oada_jobs.server.config import ServerConfig, TokenInfo
-from oada_jobs.server.documents import MISSING, dumpb, dumps, is_json_type, lookup, nest
+from oada_jobs.server.documents import (
+    MISSING,
+    dumpb,
+    dumpb_kept,
+    dumps,
+    is_json_type,
+    lookup,
+    nest,
+)
 from oada_jobs.server.edge import Reject, admit, decode_json, parse_rev
 from oada_jobs.server.graph import ChangeListener, Resolved, ResourceGraph
 from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store
@@ -578,7 +586,7 @@ class OADACore:
         if cached is None:
             body = res.whole()
             body["_meta"] = {"_id": f"{res.id}/_meta", "_rev": res.rev}
-            cached = res.root_json = dumpb(body)
+            cached = res.root_json = dumpb_kept(body)
         return cached
 
     def _meta_body(

@@ -1,6 +1,6 @@
 """SQLite persistence for the embedded OADA server, with a write-through cache.
 
-The SQLite file is the source of truth. Three tables:
+The SQLite file is the source of truth. Four tables:
 
 ``resources``
     One row per live resource: its id, a snapshot of the stored JSON document
@@ -15,7 +15,15 @@ The SQLite file is the source of truth. Three tables:
     the revs before the last whole-resource delete are not the new
     resource's history and are never served as such.
 ``edges``
-    The link graph: ``(parent, JSON-pointer path, child, versioned)``.
+    The link graph: ``(parent, JSON-pointer path, child, versioned)``, with
+    an index of the versioned ones by child (rev propagation).
+``members``
+    The top-level members of *keyed* documents, one row each: a document
+    whose snapshot is due at :data:`KEYED_BYTES` or more with
+    :data:`KEYED_MEMBERS` members or more (a busy service's day list) is
+    stored as its head (the ``_``-prefixed keys, in ``resources``, rewritten
+    with every write) and these rows, so a write into it costs the same
+    whatever its length (see :mod:`oada_jobs.server.keyed`).
 
 Every write of one request (including the rev-graph bumps of its parents) is
 one :class:`Batch`, and :meth:`Store.commit` writes a sequence of batches in
@@ -32,9 +40,12 @@ A job, for one, is snapshotted when it is created and then only logged: its
 claim and its result each cost a change row, not a change row and a new
 snapshot.
 
-The whole edge graph, recent change records and the most recently used
-documents are kept in memory; reads never touch SQLite while a document stays
-cached. The core mutates the cached documents in place and then hands the
+Recent change records and the most recently used documents, with their
+links, are kept in memory; reads never touch SQLite while a document stays
+cached (of a keyed document, its head and the members used since the last
+trim). Nothing is read at start-up: a document's links are loaded with it,
+and :meth:`Store.parents_of` finds the versioned links of documents not in
+memory through the index. The core mutates the cached documents in place and then hands the
 :class:`Batch` of what changed to :meth:`Store.commit`; if the commit fails,
 :meth:`Store.discard` drops the cached state of the touched resources so it is
 reloaded from disk. Once nothing uncommitted is cached, :meth:`Store.trim`
@@ -48,6 +59,12 @@ snapshot, the change bodies logged after it, its binary data and its cached
 GET body; it is measured again in :meth:`Store.trim` for every document used
 since the last one, so what a request made of a document is accounted before
 anything is evicted.
+
+The collector-friendly forms: only the :data:`HOT_DOCUMENTS` documents used
+last are cached as objects; the others are cached as their encoded JSON, and
+change records always as the bytes they are stored as. A full garbage
+collection goes through every tracked object, so a cache of parsed documents
+made each one block the event loop for hundreds of milliseconds.
 
 Owns the SQLite store and its cache (pointers are built by
 :mod:`oada_jobs._pointer`); must not import the framework, the client or a
@@ -69,7 +86,7 @@ import orjson
 from oada_jobs import _pointer
 from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.dblock import DatabaseLock
-from oada_jobs.server.documents import array_index, dumpb, merge
+from oada_jobs.server.documents import array_index, dumpb, dumpb_kept, merge
 from oada_jobs.server.keyed import KeyedDoc, is_member
 
 __all__ = [
@@ -534,7 +551,7 @@ class Store:
             res = docs.peek(rid)
             if not isinstance(res, Resource) or isinstance(res.doc, KeyedDoc):
                 continue  # a keyed document's head is small: it stays
-            encoded = _dumps(res.doc)
+            encoded = dumpb_kept(res.doc)
             size = ENTRY_BYTES + len(encoded) + len(res.data or b"")
             docs.replace(rid, (encoded, res.data, res.snap_bytes, res.pending_bytes), size)
 
@@ -779,10 +796,11 @@ class Store:
                     members.setdefault(c.resource_id, set()).update(
                         k for k in c.body if is_member(k)
                     )
-                body = None if c.body is None else _dumps(c.body)
+                # Kept in the change cache after the commit: compact bytes.
+                body = None if c.body is None else dumpb_kept(c.body)
                 if body is not None:
                     written[c.resource_id] = written.get(c.resource_id, 0) + len(body)
-                children = _dumps(c.children) if c.children else None
+                children = dumpb_kept(c.children) if c.children else None
                 rows.append((c.resource_id, c.rev, c.type, body, children))
         db.execute("BEGIN")
         try:
