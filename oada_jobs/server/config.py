@@ -116,8 +116,9 @@ class ServerConfig(BaseModel):
     document_cache_size:
         How many documents stay in memory between requests, least recently
         used dropped first (reloaded from SQLite when next used). 20,000 by
-        default: a finished job's document takes about 3 KiB of memory, and
-        lists, bookmarks and the jobs being run are used often and stay.
+        default: lists, bookmarks and the jobs being run are used often and
+        stay as objects; beyond the 2,000 used last a document is kept as its
+        JSON bytes (a finished job about 1 KiB of memory).
     document_cache_bytes:
         Bytes of documents kept in memory between requests (32 MiB), counted
         as their encoded size plus 512 bytes each; documents over a
