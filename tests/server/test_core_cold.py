@@ -9,6 +9,7 @@ import pytest
 from core_helpers import open_core
 
 from oada_jobs.server import store as store_module
+from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.store import Resource
 
 
@@ -36,3 +37,16 @@ async def test_documents_beyond_the_hot_ones_are_cached_encoded(
         assert body["_rev"] == 2
     async with open_core(db=str(tmp_path / "cold.sqlite3")) as c:
         assert (await c.get("/resources/d3")).data["nested"]["y"] == 1
+
+
+def test_a_sized_lru_replaces_in_place_and_names_what_it_drops() -> None:
+    cache = SizedLRU[str, str](300)
+    for key in "abc":
+        cache.put(key, key, 100)
+    cache.replace("a", "A", 50)
+    assert list(cache) == ["a", "b", "c"]
+    assert (cache.peek("a"), cache.bytes) == ("A", 250)
+    cache.put("d", "d", 100)
+    dropped: list[tuple[str, str]] = []
+    assert cache.evict(lambda key, value: dropped.append((key, value))) == 1
+    assert dropped == [("a", "A")]
