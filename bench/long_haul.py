@@ -219,7 +219,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.plot(x, [r["jobs_per_second"] for r in rounds], marker=".")
     ax.set_ylabel("jobs/s")
     ax.set_ylim(bottom=0)
-    ax.set_title("Throughput per round")
+    ax.set_title("Throughput per round (load average dotted)")
+    # The machine is shared: its load explains most of the swings.
+    load = ax.twinx()
+    load.plot(x, [r["load"] for r in rounds], color="grey", ls=":")
+    load.set_ylabel("load average (1 min)")
+    load.set_ylim(bottom=0)
     ax = axes[0][1]
     ax.plot(x, [r["server_rss_mib"] for r in rounds], marker=".", label="server")
     ax.plot(x, [r["service_rss_mib"] for r in rounds], marker=".", label="service")
