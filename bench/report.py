@@ -663,6 +663,16 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
                         ),
                     ],
                     [
+                        "after the first tenth, largest busy stretch / GC, server (ms)",
+                        f"{s.get('server_max_busy_after_warm_up_ms', 0):.0f} / "
+                        f"{s.get('server_max_gc_after_warm_up_ms', 0):.0f}",
+                    ],
+                    [
+                        "after the first tenth, largest busy stretch / GC, service (ms)",
+                        f"{s.get('service_max_busy_after_warm_up_ms', 0):.0f} / "
+                        f"{s.get('service_max_gc_after_warm_up_ms', 0):.0f}",
+                    ],
+                    [
                         "largest stall, server: wall / busy / longest GC (ms)",
                         f"{s['server_max_stall_ms']:.0f} / {s['server_max_busy_ms']:.0f} / "
                         f"{s['server_max_gc_ms']:.0f}",
