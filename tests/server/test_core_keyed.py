@@ -128,3 +128,14 @@ async def test_a_keyed_list_deleted_whole_leaves_no_rows(tmp_path: Path) -> None
         data = (await c.get("/resources/L")).data
         assert data["a"] == 1
         assert "k00001" not in data
+
+
+async def test_a_child_first_seen_unlinked_propagates_once_linked(tmp_path: Path) -> None:
+    async with open_core(db=str(tmp_path / "keyed.sqlite3")) as c:
+        await c.ok("put", "/resources/child", {"a": 1})
+        await c.ok("put", "/resources/child", {"a": 2})  # no parent yet: remembered
+        await c.ok("put", "/resources/P", {"x": {"_id": "resources/child", "_rev": 0}})
+        rev = (await c.get("/resources/P")).rev
+        await c.ok("put", "/resources/child", {"a": 3})
+        assert (await c.get("/resources/P")).rev == rev + 1
+        assert (await c.get("/resources/P/x/_rev")).data == 3
