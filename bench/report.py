@@ -693,7 +693,10 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
             "",
         ]
     else:
-        out += ["Not measured yet: run `python -m bench --only long_haul`.", ""]
+        out += [
+            "No long-haul run beside this page: `python -m bench --only long_haul` makes one.",
+            "",
+        ]
     if lists and lists.get("sizes"):
         rows = []
         for row in lists["sizes"]:
