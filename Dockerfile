@@ -5,7 +5,8 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY examples ./examples
 COPY oada_jobs ./oada_jobs
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

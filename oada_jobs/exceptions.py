@@ -23,6 +23,7 @@
     ├── InvalidKey                   a key (or resource id) that no OADA request path can name
     ├── JobExists                    a job key is taken by a different job (requester side)
     ├── InvalidQueueEntry            a service-config queue entry is not ``{"domain", "token"}``
+    ├── MissingExtra                 a part used needs an extra that is not installed (an ImportError)
     ├── JobError                     raised by a work function to fail its job with a type
     │   ├── JobCancelled             the job was cancelled by a requester
     │   └── JobFailed                a job a requester waited for failed (requester side)
@@ -58,6 +59,7 @@ __all__ = [
     "JobExists",
     "JobFailed",
     "ListenError",
+    "MissingExtra",
     "NotFound",
     "OADAError",
     "OADAJobsError",
@@ -327,6 +329,19 @@ class InvalidQueueEntry(OADAJobsError):
     def __init__(self, message: str, *, key: str | None = None):
         super().__init__(redact(message))
         self.key = key
+
+
+class MissingExtra(OADAJobsError, ImportError):
+    """A part of oada-jobs was used without the extra that installs its dependencies.
+
+    ``extra`` names it (``server`` or ``cli``); the message says what needed it
+    and the command that installs it.
+    """
+
+    def __init__(self, what: str, extra: str):
+        super().__init__(f"{what} needs the {extra} extra: pip install 'oada-jobs[{extra}]'")
+        self.what = what
+        self.extra = extra
 
 
 class JobError(OADAJobsError):

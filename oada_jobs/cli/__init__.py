@@ -1,19 +1,37 @@
 """The ``oada-jobs`` command line.
 
-Each sub-command lives in its own module and registers itself on :data:`app`
-(defined in ``_app.py``, which the sub-commands import). This package sits
-on top of everything: nothing in ``oada_jobs`` imports it.
+Two front ends, one per install:
+
+- with the ``cli`` extra (typer, rich), every command:
+  :mod:`oada_jobs.cli.commands` and its typer :data:`app`;
+- without it, :mod:`oada_jobs.cli._minimal` (argparse): ``run`` alone, so a
+  service in a container needs nothing but the core install, and a clear
+  message naming the extra for every other command.
+
+Both call the same command bodies. :func:`main` picks the front end.
 """
 
 from __future__ import annotations
 
-# Sub-commands register themselves on `app` when imported.
-from . import cron, dashboard, demo, jobs, queues, report, run, serve  # noqa: F401
-from ._app import app
+import importlib
+from typing import Any
+
+from .._extras import missing
+from . import _minimal
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    if missing("cli"):
+        _minimal.main()
+    else:
+        importlib.import_module(".commands", __name__).app()
+
+
+def __getattr__(name: str) -> Any:
+    # `app` imports typer, which a core install lacks: import it when asked for.
+    if name == "app":
+        return importlib.import_module(".commands", __name__).app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

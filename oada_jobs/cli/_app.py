@@ -1,15 +1,17 @@
-"""The root ``typer`` application every sub-command registers itself on.
+"""The typer application every full-CLI command registers itself on.
 
-Owns only :data:`app` and its root callback. Sub-command modules import it
-from here; the package ``__init__`` imports them, so nothing below it imports
-the package itself.
-
-It must not import any sub-command.
+Owns only :data:`app` and its root options (``--version``); the commands are
+in their own modules, and :mod:`oada_jobs.cli.commands` imports them all. It
+must not import any sub-command. Needs the ``cli`` extra (typer, rich).
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from .._version import __version__
 
 __all__ = ["app"]
 
@@ -22,6 +24,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"oada-jobs {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Run OADA job services, an embedded OADA server, and manage jobs and queues."""

@@ -36,8 +36,8 @@ from ._common import (
     run_command,
     settings_from,
 )
+from ._run import apply_settings, import_service
 from .jobs import report_posted
-from .run import apply_settings, import_service
 
 cron_app = typer.Typer(
     name="cron",

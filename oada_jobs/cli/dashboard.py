@@ -26,6 +26,7 @@ from ._common import (
     command,
     connect,
     out_console,
+    require_extra,
     settings_from,
 )
 
@@ -79,23 +80,17 @@ def dashboard_command(
     The OADA token stays in this process; the browser never sees it.
     """
     settings = settings_from(domain=domain, token=token)
-    try:
-        # The dashboard's packages (Jinja2, itsdangerous) are an optional
-        # extra: import them only when the command runs, so every other
-        # command works without them.
-        from ..dashboard import (
-            BindRefused,
-            DashboardConfig,
-            check_bind,
-            create_dashboard_app,
-            serve_dashboard,
-        )
-    except ImportError as error:
-        raise CLIError(
-            f"the dashboard needs the 'dashboard' extra ({error.name} is missing): "
-            "pip install 'oada-jobs[dashboard]'",
-            ExitCode.USAGE,
-        ) from None
+    require_extra("dashboard", "dashboard")
+    # The dashboard's packages are an optional extra: imported only when the
+    # command runs, so every other command works without them.
+    from ..dashboard import (
+        BindRefused,
+        DashboardConfig,
+        check_bind,
+        create_dashboard_app,
+        serve_dashboard,
+    )
+
     try:
         check_bind(host, allow_remote=allow_remote, has_login=bool(login_secret))
     except BindRefused as error:

@@ -40,7 +40,15 @@ from ..service import Service
 from ..testing import post_job
 from ..tree import LayoutName, get_layout, resource_path, service_root
 from ._app import app
-from ._common import CLIError, ExitCode, command, err_console, first_leaf, out_console
+from ._common import (
+    CLIError,
+    ExitCode,
+    command,
+    err_console,
+    first_leaf,
+    out_console,
+    require_extra,
+)
 from .jobs import filed_paths
 
 #: The service the example defines.
@@ -129,18 +137,27 @@ def layout_name(value: str) -> LayoutName:
     raise CLIError(f"--layout must be classic or pending, got {value!r}", ExitCode.USAGE)
 
 
+#: Where an installed wheel ships the example (pyproject.toml's force-include).
+SHIPPED_EXAMPLE = "oada_jobs.examples.email_service"
+
+
 def load_example() -> ModuleType:
-    """Import ``examples.email_service`` from the working directory or the source checkout."""
-    candidates = [Path.cwd(), Path(__file__).resolve().parents[2]]
-    for directory in candidates:
-        if (directory / "examples" / "email_service.py").is_file():
-            if str(directory) not in sys.path:
-                sys.path.insert(0, str(directory))
-            return importlib.import_module("examples.email_service")
+    """Import the example email service: the copy an installed package ships, else
+    ``examples/email_service.py`` of the source checkout this module runs from."""
+    try:
+        return importlib.import_module(SHIPPED_EXAMPLE)
+    except ModuleNotFoundError as error:
+        if error.name not in ("oada_jobs.examples", SHIPPED_EXAMPLE):
+            raise
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "examples" / "email_service.py").is_file():
+        if str(checkout) not in sys.path:
+            sys.path.insert(0, str(checkout))
+        return importlib.import_module("examples.email_service")
     raise CLIError(
-        "the demo runs examples/email_service.py, which is not in the working directory; "
-        "run it from a checkout of oada-jobs (make demo)",
-        ExitCode.USAGE,
+        f"the demo runs the example email service, which this installation lacks "
+        f"(no {SHIPPED_EXAMPLE}); reinstall oada-jobs from its wheel",
+        ExitCode.FAILED,
     )
 
 
@@ -349,6 +366,7 @@ def demo(
 
     Needs nothing else running; ends by itself in a few seconds.
     """
+    require_extra("server", "demo")
     chosen = layout_name(layout)
     example = load_example()
     where = directory or Path(tempfile.mkdtemp(prefix="oada-jobs-demo-"))
@@ -423,7 +441,7 @@ async def _demo(
         service.on("email", job_timeout, example.send_email)
         async with service, OADAClient(server.url, server.token) as oada:
             out_console.print(
-                f"  example service       {SERVICE} (examples/email_service.py), log in {log_file}"
+                f"  example service       {SERVICE} ({example.__name__}), log in {log_file}"
             )
             started = time.monotonic()
             tracked: list[Tracked] = []
@@ -477,4 +495,4 @@ async def _wait_for_interrupt() -> None:
             return
 
 
-__all__ = ["DemoBackend", "Kind", "job_kinds", "load_example", "render"]
+__all__ = ["SHIPPED_EXAMPLE", "DemoBackend", "Kind", "job_kinds", "load_example", "render"]

@@ -21,10 +21,11 @@ import typer
 from pydantic import ValidationError
 
 from oada_jobs._loop import run as run_process
-from oada_jobs.cli._app import app
-from oada_jobs.cli._common import first_leaf
 from oada_jobs.exceptions import DatabaseLocked
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
+
+from ._app import app
+from ._common import first_leaf, require_extra
 
 __all__ = ["serve_command"]
 
@@ -270,6 +271,7 @@ def serve_command(
 
     Example: oada-jobs serve --port 8080 --db oada.sqlite --token "$TOKEN"
     """
+    require_extra("server", "serve")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     _return_large_buffers_to_the_os()
     if (tls_cert is None) != (tls_key is None):

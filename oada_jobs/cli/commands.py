@@ -1,0 +1,16 @@
+"""The full ``oada-jobs`` command line: the typer :data:`app` with every command.
+
+Importing this module registers the commands; it needs the ``cli`` extra
+(typer, rich). ``serve`` and ``demo`` also need the ``server`` extra, which
+they check when they start.
+"""
+
+from __future__ import annotations
+
+from . import cron, dashboard, demo, jobs, queues, report, run, serve
+from ._app import app
+
+__all__ = ["app"]
+
+# The command modules register themselves on `app` when imported.
+_COMMANDS = (cron, dashboard, demo, jobs, queues, report, run, serve)
