@@ -141,5 +141,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _exit_with(message: str, code: int, *, prefix: str = "error: ") -> NoReturn:
-    print(f"{prefix}{message}", file=sys.stderr)
+    print(f"{prefix}{message}", file=sys.stderr, flush=True)
     sys.exit(code)

@@ -145,7 +145,11 @@ def run_service(
             async with connect(settings.model_copy(update={"domain": service_domain})):
                 pass
         if check:
-            print(f"{service.name}: settings and server OK ({service_domain})", file=sys.stderr)
+            print(
+                f"{service.name}: settings and server OK ({service_domain})",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         async with anyio.create_task_group() as group:
             await group.start(service.run)
