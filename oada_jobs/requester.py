@@ -270,19 +270,24 @@ async def wait_for_outcome(
     between is not missed); never polls. *timeout* (seconds, ``None`` for no
     limit) raises :class:`TimeoutError`.
     """
+    with anyio.move_on_after(timeout):
+        return await _read_outcome(oada, job_id)
+    raise TimeoutError(f"job {job_id} had not finished after {timeout} s")
+
+
+async def _read_outcome(oada: OADAClient, job_id: str) -> Job[JsonObject]:
     path = resource_path(job_id)
-    with anyio.fail_after(timeout):
-        response = await oada.get(path)
-        job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
-        if job.finished:
-            return job
-        async with oada.watch(path, rev=response.rev) as changes:
-            async for change in changes:
-                body = change.body or {}
-                if change.path in ("", "/") and body.get("status") in FINISHED:
-                    break
-        response = await oada.get(path)
-        return Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+    response = await oada.get(path)
+    job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+    if job.finished:
+        return job
+    async with oada.watch(path, rev=response.rev) as changes:
+        async for change in changes:
+            body = change.body or {}
+            if change.path in ("", "/") and body.get("status") in FINISHED:
+                break
+    response = await oada.get(path)
+    return Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
 
 
 def raise_for_failure(job: Job[Any]) -> Json:

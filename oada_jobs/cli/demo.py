@@ -38,7 +38,7 @@ from ..exceptions import DatabaseLocked, ListenError
 from ..job import Job
 from ..service import Service
 from ..testing import post_job
-from ..tree import LayoutName, get_layout, resource_path, service_root
+from ..tree import Layout, LayoutName, get_layout, resource_path, service_root
 from ._app import app
 from ._common import (
     CLIError,
@@ -49,7 +49,7 @@ from ._common import (
     out_console,
     require_extra,
 )
-from .jobs import filed_paths
+from .jobs import filed_paths, finished_at
 
 #: The service the example defines.
 SERVICE = "email-service"
@@ -279,31 +279,43 @@ async def _follow_pending(oada: OADAClient, pending_path: str, jobs: list[Tracke
 
 
 def _summary(jobs: list[Tracked], layout_name: LayoutName) -> Table:
+    """The final table: the live one's columns with where each job was filed, one
+    line per job, so the whole of it stays on a 30-line screen with what follows."""
     layout = get_layout(layout_name)
     root = f"{service_root(SERVICE)}/"
-    table = Table(
-        title=f"where each job was filed (below {root})",
-        title_justify="left",
-    )
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("job", no_wrap=True)
-    table.add_column("outcome", no_wrap=True)
+    filed = {tracked.number: _filed_under(tracked, layout, root) for tracked in jobs}
+    days = {day for _, day in filed.values() if day}
+    title = f"where each job was filed, below {root}"
+    if len(days) == 1:
+        title += f" (day-index/{days.pop()})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True, min_width=2)
+    table.add_column("job", no_wrap=True, min_width=7)
+    table.add_column("what happens", no_wrap=True, min_width=17)
+    table.add_column("time", justify="right", no_wrap=True, min_width=6)
+    # The list tells the status, the typed-failure list a failure's type.
     table.add_column("filed under", overflow="fold")
+    now = time.monotonic()
     for tracked in jobs:
-        job = tracked.job
-        result = job.result if job is not None else None
-        outcome = _status(tracked)
-        fail_type = result.get("failType") if isinstance(result, Mapping) else None
-        if tracked.status == "failure" and fail_type:
-            outcome.append(f" {fail_type}", style="red")
-        paths = filed_paths(job, layout) if job is not None else []
         table.add_row(
             str(tracked.number),
             "…" + tracked.key[-6:],
-            outcome,
-            "\n".join(path.removeprefix(root) for path in paths) or "(not filed)",
+            tracked.kind.name,
+            _elapsed(tracked, now),
+            Text(filed[tracked.number][0], style=_COLOURS.get(tracked.status, "white")),
         )
     return table
+
+
+def _filed_under(tracked: Tracked, layout: Layout, root: str) -> tuple[str, str | None]:
+    """The lists a job was filed in, below *root* and without their day, and the day."""
+    job = tracked.job
+    day = finished_at(job) if job is not None else None
+    paths = filed_paths(job, layout) if job is not None else []
+    if not paths or day is None:
+        return "(not filed)", None
+    suffix = f"/day-index/{day}"
+    return " + ".join(path.removeprefix(root).removesuffix(suffix) for path in paths), str(day)
 
 
 def _how_to_look(
@@ -317,9 +329,8 @@ def _how_to_look(
     lines = []
     if url is None:
         lines += [
-            "Look at the jobs again: start the server on the demo's data (another terminal):",
+            "To look at the jobs again, start the server on the demo's data in another terminal:",
             f"  oada-jobs serve --db {shlex.quote(str(db))} --port 8080",
-            "then:",
         ]
     else:
         lines += [f"The server is still running at {url} (Ctrl-C to stop). Try:"]
@@ -441,7 +452,8 @@ async def _demo(
         service.on("email", job_timeout, example.send_email)
         async with service, OADAClient(server.url, server.token) as oada:
             out_console.print(
-                f"  example service       {SERVICE} ({example.__name__}), log in {log_file}"
+                f"  example service       {SERVICE} ({example.__name__})\n"
+                f"  its log               {log_file}"
             )
             started = time.monotonic()
             tracked: list[Tracked] = []
@@ -456,6 +468,8 @@ async def _demo(
                 console=out_console,
                 refresh_per_second=8,
                 get_renderable=lambda: render(tracked, title),
+                # The summary below replaces it: both would not fit a 30-line screen.
+                transient=True,
             ):
                 with anyio.move_on_after(DEADLINE):
                     async with anyio.create_task_group() as group:
@@ -468,7 +482,6 @@ async def _demo(
             took = time.monotonic() - started
             if not completed:
                 err_console.print(f"[red]the jobs did not all finish within {DEADLINE:g} s[/]")
-            out_console.print()
             out_console.print(_summary(tracked, layout))
             expected = sum(item.as_expected for item in tracked)
             out_console.print(

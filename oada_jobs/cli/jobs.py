@@ -232,7 +232,10 @@ def list_jobs(
             )
             return
         table = Table(title=f"jobs of {name} ({chosen.name} layout)", expand=False)
-        for column in ("list", "key", "type", "status", "updated"):
+        table.add_column("list", overflow="fold")
+        # Keys whole on one line, so they can be copied into `jobs show`.
+        table.add_column("key", no_wrap=True)
+        for column in ("type", "status", "updated"):
             table.add_column(column, overflow="fold")
         for label, rows in (
             ("pending", pending_rows),
@@ -246,10 +249,13 @@ def list_jobs(
             out_console.print(table)
         else:
             out_console.print(f"no jobs for service {name!r} yet")
-        out_console.print(
-            f"pending: {len(pending)}  success ({success_day or '-'}): {len(success)}  "
-            f"failure ({failure_day or '-'}): {len(failure)}"
-        )
+        counts = [f"pending: {len(pending)}"]
+        for label, day_of, rows in (
+            ("success", success_day, success),
+            ("failure", failure_day, failure),
+        ):
+            counts.append(f"{label} ({day_of}): {len(rows)}" if day_of else f"{label}: none yet")
+        out_console.print("  ".join(counts))
 
     run_command(main)
 

@@ -11,6 +11,7 @@ but the ``cli`` package may import it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -138,7 +139,9 @@ def list_queues(
             )
             return
         table = Table(title=f"queues of {name}")
-        for column in ("id", "domain", "token", "state"):
+        # Ids whole on one line, so they can be copied into `queues remove`.
+        table.add_column("id", no_wrap=True)
+        for column in ("domain", "token", "state"):
             table.add_column(column, overflow="fold")
         for row in rows:
             state = "[green]ok[/]" if row["valid"] else f"[red]ignored: {row.get('problem')}"
@@ -146,6 +149,16 @@ def list_queues(
         out_console.print(table)
 
     run_command(main)
+
+
+def _read_token() -> str:
+    """The queue's token from a hidden prompt, or the first line of a piped stdin."""
+    if not sys.stdin.isatty():
+        # `echo "$TOKEN" | oada-jobs queues add ...`: a prompt would warn that
+        # it cannot hide what nobody types.
+        return sys.stdin.readline().strip()
+    # On stderr, so --json output stays clean.
+    return str(typer.prompt("Token for that server", hide_input=True, err=True))
 
 
 @command(queues_app, "add")
@@ -159,8 +172,9 @@ def add_queue(
             "--token",
             "-t",
             show_default=False,
-            help="Token the service uses on DOMAIN (asked for when not given, "
-            "so it stays out of your shell history). \\[env: OADA_QUEUE_TOKEN]",
+            help="Token the service uses on DOMAIN (asked for when not given, or read "
+            "from piped stdin, so it stays out of your shell history). "
+            "\\[env: OADA_QUEUE_TOKEN]",
             envvar="OADA_QUEUE_TOKEN",
             show_envvar=False,
         ),
@@ -177,8 +191,7 @@ def add_queue(
     settings = settings_from(domain=oada_domain, token=oada_token, service=service)
     name = resolve_service(settings, service)
     if token is None:
-        # On stderr, so --json output stays clean.
-        token = str(typer.prompt("Token for that server", hide_input=True, err=True))
+        token = _read_token()
     try:
         normalised = parse_domain(domain).http
     except ValueError as error:
