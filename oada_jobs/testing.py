@@ -21,6 +21,9 @@ For testing job services, :func:`post_job` posts a job into a service's
 pending list and :func:`wait_for_job` waits (watching, never polling) until
 it has finished.
 
+This module imports in any install; :func:`embedded_server` needs the
+``server`` extra (``pip install 'oada-jobs[server]'``).
+
 Owns helpers for tests of services. May use the server, the client and the
 requester side; nothing in the framework may import it.
 """
@@ -48,6 +51,7 @@ import anyio
 import httpx
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
+from oada_jobs._extras import require
 from oada_jobs._retry import exponential, retry
 from oada_jobs.job import FINISHED, Job
 from oada_jobs.requester import post_job
@@ -294,43 +298,38 @@ async def embedded_server(
 ) -> AsyncIterator[EmbeddedServer]:
     """Run an embedded OADA server on 127.0.0.1 while the block runs.
 
-    Parameters
-    ----------
-    db:
-        SQLite file, or ``":memory:"``. In subprocess mode ``":memory:"``
+    :param db: SQLite file, or ``":memory:"``. In subprocess mode ``":memory:"``
         becomes a file in a temporary directory, so :meth:`EmbeddedServer.restart`
         keeps the data.
-    tokens:
-        ``None`` for the development tokens (``god``, ``abc``); a list of
+    :param tokens: ``None`` for the development tokens (``god``, ``abc``); a list of
         tokens that all stand for the default user with ``all:all``; or a
         mapping token → :class:`~oada_jobs.server.config.TokenInfo`
         (a subprocess gets them through a private ``--tokens-file``).
-    quirks:
-        ``"none"`` or ``"reference"`` (see :class:`ServerConfig`).
-    tls:
-        Serve HTTPS/WSS with a generated development certificate; trust
+    :param quirks: ``"none"`` or ``"reference"`` (see :class:`ServerConfig`).
+    :param tls: Serve HTTPS/WSS with a generated development certificate; trust
         :attr:`EmbeddedServer.ca_cert`.
-    subprocess:
-        Run the server in a child process (for kill/restart tests).
-    port:
-        Fixed port; a free one when ``None``.
-    max_body_bytes, ws_ping_interval, ws_send_buffer_bytes, ws_send_buffer_total_bytes, max_connections:
-        Override the :class:`ServerConfig` defaults.
-    max_watches_per_socket, max_watches:
-        Override the :class:`ServerConfig` defaults of the watch counts.
-    max_header_bytes, request_read_timeout:
-        Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
-    max_changes_listed:
-        Override how many revs a ``/_meta/_changes`` listing names.
-    max_body_items:
-        Override how many JSON items a request body may hold.
-    document_cache_size, document_cache_bytes, change_cache_bytes:
-        Override the :class:`ServerConfig` defaults of the caches.
+    :param subprocess: Run the server in a child process (for kill/restart tests).
+    :param port: Fixed port; a free one when ``None``.
+    :param max_body_bytes: Override the :class:`ServerConfig` defaults.
+    :param ws_ping_interval: Override the :class:`ServerConfig` defaults.
+    :param ws_send_buffer_bytes: Override the :class:`ServerConfig` defaults.
+    :param ws_send_buffer_total_bytes: Override the :class:`ServerConfig` defaults.
+    :param max_connections: Override the :class:`ServerConfig` defaults.
+    :param max_watches_per_socket: Override the :class:`ServerConfig` defaults of the watch counts.
+    :param max_watches: Override the :class:`ServerConfig` defaults of the watch counts.
+    :param max_header_bytes: Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
+    :param request_read_timeout: Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
+    :param max_changes_listed: Override how many revs a ``/_meta/_changes`` listing names.
+    :param max_body_items: Override how many JSON items a request body may hold.
+    :param document_cache_size: Override the :class:`ServerConfig` defaults of the caches.
+    :param document_cache_bytes: Override the :class:`ServerConfig` defaults of the caches.
+    :param change_cache_bytes: Override the :class:`ServerConfig` defaults of the caches.
 
     >>> async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as s:  # doctest: +SKIP
     ...     await s.kill()
     ...     await s.restart()
     """
+    require("server", "oada_jobs.testing.embedded_server()")
     token_map = _resolve_tokens(tokens)
     if not token_map:
         raise ValueError("at least one token is needed")

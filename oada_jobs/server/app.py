@@ -247,12 +247,8 @@ class _OADAApp(Starlette):
 def create_app(config: ServerConfig | None = None, *, core: OADACore | None = None) -> Starlette:
     """The ASGI application serving *config* (HTTP on every path, WebSocket on ``/``).
 
-    Parameters
-    ----------
-    config:
-        Server settings; :class:`ServerConfig` defaults when ``None``.
-    core:
-        An already opened core to serve. Without one, the application's
+    :param config: Server settings; :class:`ServerConfig` defaults when ``None``.
+    :param core: An already opened core to serve. Without one, the application's
         lifespan opens an :class:`OADACore` on start-up and closes it on
         shut-down, so run it with lifespan support (uvicorn's default).
 

@@ -69,14 +69,9 @@ def _default_tokens() -> dict[str, TokenInfo]:
 class ServerConfig(BaseModel):
     """Settings of one embedded server.
 
-    Parameters
-    ----------
-    db:
-        SQLite file path, or ``":memory:"`` (the default; gone on close).
-    tokens:
-        Bearer token → :class:`TokenInfo`. Defaults to :data:`DEFAULT_TOKENS`.
-    quirks:
-        ``"none"`` (default) behaves as the protocol recommends for an
+    :ivar db: SQLite file path, or ``":memory:"`` (the default; gone on close).
+    :ivar tokens: Bearer token → :class:`TokenInfo`. Defaults to :data:`DEFAULT_TOKENS`.
+    :ivar quirks: ``"none"`` (default) behaves as the protocol recommends for an
         embedded server. ``"reference"`` imitates the reference OADA server
         where clients can observe a difference:
 
@@ -87,84 +82,67 @@ class ServerConfig(BaseModel):
           **after** the child write is acknowledged, in a task owned by the
           core's task group, instead of before the response. Parents still
           get their own revs and change records, and watchers are notified.
-    max_body_bytes:
-        Largest accepted request body; larger ones get 413. 20 MiB as the
+    :ivar max_body_bytes: Largest accepted request body; larger ones get 413. 20 MiB as the
         reference server.
-    max_depth:
-        Deepest accepted JSON nesting (objects and arrays, counting the path
+    :ivar max_depth: Deepest accepted JSON nesting (objects and arrays, counting the path
         inside the resource); deeper bodies get 400, so a hostile body cannot
         exhaust the stack. At most 512: every JSON decoder and encoder the
         server uses stays well within Python's recursion limit there.
-    max_body_items:
-        Most JSON items a request body may hold (1,000,000), counted as its
+    :ivar max_body_items: Most JSON items a request body may hold (1,000,000), counted as its
         strings (object keys included) and the commas between members and
         elements; more get 413 before the body is decoded. Decoding,
         merging and storing a body takes time in proportion to its items,
         on the event loop every client shares: a 20 MiB body of a million
         keys held it for seconds. A table of 40,000 rows (4 MiB, 200,000
         items) is an ordinary OADA body; a million items take about 0.6 s.
-    max_path_bytes:
-        Longest accepted request path, in UTF-8 bytes; longer ones get 414
+    :ivar max_path_bytes: Longest accepted request path, in UTF-8 bytes; longer ones get 414
         (a WebSocket request's path is not bounded by any HTTP parser).
-    ws_ping_interval:
-        Seconds between WebSocket pings sent by the server (transport only).
-    replay_slice:
-        Seconds a WebSocket watch's replay (``x-oada-rev``) may hold the
+    :ivar ws_ping_interval: Seconds between WebSocket pings sent by the server (transport only).
+    :ivar replay_slice: Seconds a WebSocket watch's replay (``x-oada-rev``) may hold the
         event loop before letting other requests be served; it is read
         from SQLite in pages and sent in slices of about this length, so a
         replay of a long history never stalls other clients for longer.
-    document_cache_size:
-        How many documents stay in memory between requests, least recently
+    :ivar document_cache_size: How many documents stay in memory between requests, least recently
         used dropped first (reloaded from SQLite when next used). 20,000 by
         default: lists, bookmarks and the jobs being run are used often and
         stay as objects; beyond the 2,000 used last a document is kept as its
         JSON bytes (a finished job about 1 KiB of memory).
-    document_cache_bytes:
-        Bytes of documents kept in memory between requests (32 MiB), counted
+    :ivar document_cache_bytes: Bytes of documents kept in memory between requests (32 MiB), counted
         as their encoded size plus 512 bytes each; documents over a
         sixteenth of it are dropped first, then the least recently used.
         Both this and ``document_cache_size`` hold. 0 keeps no document.
-    change_cache_bytes:
-        Bytes of change records kept in memory (16 MiB), counted the same
+    :ivar change_cache_bytes: Bytes of change records kept in memory (16 MiB), counted the same
         way, large ones dropped first; watches and ``_meta/_changes`` read
         the others from SQLite.
-    ws_send_buffer_bytes:
-        Bytes a WebSocket may have waiting to be sent (queued by the server
+    :ivar ws_send_buffer_bytes: Bytes a WebSocket may have waiting to be sent (queued by the server
         and in the transport's write buffer) before the peer is taken to be
         too slow and the socket is closed with code 1013 (32 MiB: room for a
         message of the largest body and what follows it while it is read).
-    max_connections:
-        Connections (HTTP and WebSocket) served at once (1,000). A new
+    :ivar max_connections: Connections (HTTP and WebSocket) served at once (1,000). A new
         connection or request beyond it is answered 503 at once: each one may
         hold a request body (``max_body_bytes``) or a WebSocket frame being
         read, so this bounds what incoming data can take.
-    ws_send_buffer_total_bytes:
-        Bytes all WebSockets together may have waiting to be sent (256 MiB).
+    :ivar ws_send_buffer_total_bytes: Bytes all WebSockets together may have waiting to be sent (256 MiB).
         Past it the sockets furthest behind are closed with code 1013, the
         largest first, until the sum is within it again.
-    max_header_bytes:
-        Bytes an HTTP request's line and headers may take (64 KiB); past it
+    :ivar max_header_bytes: Bytes an HTTP request's line and headers may take (64 KiB); past it
         the request is answered 431 and its connection closed (the HTTP
         parser alone would take headers of any size).
-    request_read_timeout:
-        Seconds the server waits to receive an HTTP request whole (line,
+    :ivar request_read_timeout: Seconds the server waits to receive an HTTP request whole (line,
         headers and body) from its first byte or from when the connection
         was made (60); past it the request is answered 408 and its
         connection closed, so a client trickling a request cannot hold a
         connection (one of ``max_connections``) for ever.
-    max_changes_listed:
-        Revs named by a ``/_meta/_changes`` listing (10,000): the most
+    :ivar max_changes_listed: Revs named by a ``/_meta/_changes`` listing (10,000): the most
         recent ones. A resource's history grows with every write and the
         listing is built in one pass of the event loop, so this bounds how
         long other clients wait for it; every rev stays readable at
         ``/_meta/_changes/<rev>`` and through a watch's replay.
-    max_watches_per_socket:
-        Watches one WebSocket may hold at once (1,000); a watch request
+    :ivar max_watches_per_socket: Watches one WebSocket may hold at once (1,000); a watch request
         beyond it is answered 429 under its requestId and makes no watch
         (nor runs the request it carries). Each watch holds memory for as
         long as it lasts, whether or not anything is sent on it.
-    max_watches:
-        Watches all WebSockets of the server may hold together (100,000);
+    :ivar max_watches: Watches all WebSockets of the server may hold together (100,000);
         beyond it a watch request is answered 503 the same way.
 
     >>> ServerConfig(db="oada.sqlite3", quirks="reference")  # doctest: +SKIP

@@ -555,23 +555,18 @@ async def serve(
 ) -> None:
     """Serve *config* until :meth:`ServerHandle.shutdown` (or a signal) stops it.
 
-    Parameters
-    ----------
-    config:
-        Server settings (defaults when ``None``).
-    host, port:
-        Where to listen; ``port=0`` picks a free port (see the handle).
-    ssl_certfile, ssl_keyfile:
-        PEM certificate (chain) and key; both or neither. With them the port
+    :param config: Server settings (defaults when ``None``).
+    :param host: Where to listen; ``port=0`` picks a free port (see the handle).
+    :param port: Where to listen; ``port=0`` picks a free port (see the handle).
+    :param ssl_certfile: PEM certificate (chain) and key; both or neither. With them the port
         speaks HTTPS and WSS only.
-    handle_signals:
-        Install SIGINT/SIGTERM handlers for a graceful stop (for the
+    :param ssl_keyfile: PEM certificate (chain) and key; both or neither. With them the port
+        speaks HTTPS and WSS only.
+    :param handle_signals: Install SIGINT/SIGTERM handlers for a graceful stop (for the
         ``oada-jobs serve`` command; leave off when embedding).
-    graceful_timeout:
-        Seconds to let running requests finish on shutdown before they are
+    :param graceful_timeout: Seconds to let running requests finish on shutdown before they are
         cancelled.
-    task_status:
-        Receives the :class:`ServerHandle` once the port is bound and the
+    :param task_status: Receives the :class:`ServerHandle` once the port is bound and the
         core is open (use with ``task_group.start``).
 
     Raises :class:`~oada_jobs.exceptions.DatabaseLocked` if another server

@@ -63,15 +63,11 @@ def self_signed(
 ) -> DevCertificate:
     """Write a development CA and a server certificate signed by it.
 
-    Parameters
-    ----------
-    directory:
-        Where to write ``ca.pem``, ``cert.pem`` and ``key.pem``; a new
+    :param directory: Where to write ``ca.pem``, ``cert.pem`` and ``key.pem``; a new
         temporary directory when ``None`` (the caller removes it).
-    hosts, addresses:
-        DNS names and IP addresses the server certificate is valid for.
-    days:
-        Validity period.
+    :param hosts: DNS names and IP addresses the server certificate is valid for.
+    :param addresses: DNS names and IP addresses the server certificate is valid for.
+    :param days: Validity period.
 
     >>> cert = self_signed()  # doctest: +SKIP
     >>> httpx.get("https://127.0.0.1:8443/bookmarks", verify=str(cert.ca_cert))  # doctest: +SKIP

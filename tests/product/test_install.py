@@ -24,9 +24,9 @@ import typer.main
 from product_helpers import CLI
 
 import oada_jobs
-from oada_jobs import _extras
+from oada_jobs import MissingExtra, _extras
 from oada_jobs.cli import _minimal, app
-from oada_jobs.testing import EmbeddedServer
+from oada_jobs.testing import EmbeddedServer, embedded_server
 
 REPO = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).parent / "uv"
@@ -100,6 +100,8 @@ def test_wheel_ships_the_license_the_example_and_the_version(dist: Path) -> None
     assert b"Provides-Extra: server" in metadata
     assert b"Provides-Extra: cli" in metadata
     assert b"Provides-Extra: bench" not in metadata
+    # The server is started with `oada-jobs serve`: its extra brings the cli's.
+    assert b"Requires-Dist: typer<0.29,>=0.16; extra == 'server'" in metadata
 
 
 @pytest.mark.slow
@@ -107,7 +109,7 @@ def test_sdist_ships_the_license_docs_and_examples(dist: Path) -> None:
     (sdist,) = dist.glob("oada_jobs-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    for expected in ("LICENSE", "README.md", "pyproject.toml"):
+    for expected in ("LICENSE", "README.md", "CHANGELOG.md", "mkdocs.yml", "pyproject.toml"):
         assert expected in names
     assert "examples/email_service.py" in names
     assert "docs/index.md" in names
@@ -301,3 +303,14 @@ async def test_full_cli_prints_the_version() -> None:
     result = await CLI({})("--version")
     assert result.exit_code == 0
     assert result.stdout == f"oada-jobs {oada_jobs.__version__}\n"
+
+
+async def test_embedded_server_names_the_server_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_extras.EXTRAS, "server", ("no_such_package_here",))
+    with pytest.raises(MissingExtra) as raised:
+        async with embedded_server():
+            pass
+    assert str(raised.value) == (
+        "oada_jobs.testing.embedded_server() needs the server extra: "
+        "pip install 'oada-jobs[server]'"
+    )
