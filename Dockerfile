@@ -11,12 +11,15 @@ COPY oada_jobs ./oada_jobs
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
+# The core install is all a service needs; compose.yaml builds the embedded
+# server's image with EXTRAS="[server]".
+ARG EXTRAS=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     OADA_JOBS_METRICS_PORT=9100 \
     EMAIL_OUTBOX=/app/outbox
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels \
+RUN pip install "$(ls /wheels/oada_jobs-*.whl)${EXTRAS}" && rm -rf /wheels \
     && useradd --create-home --uid 10001 oada
 WORKDIR /app
 COPY examples/__init__.py examples/email_service.py ./examples/
