@@ -47,9 +47,11 @@ def parser() -> argparse.ArgumentParser:
     """The core install's ``oada-jobs`` parser."""
     root = argparse.ArgumentParser(
         prog="oada-jobs",
-        description="Run OADA job services. This install has `run` only: "
-        "pip install 'oada-jobs[cli]' for the other commands (jobs, queues, cron, "
-        "report), 'oada-jobs[server]' for the embedded server (serve, demo).",
+        description="Run OADA job services.",
+        epilog="This install has `run` only. The other commands need an extra:\n"
+        "  jobs, queues, cron, report   pip install 'oada-jobs[cli]'\n"
+        "  serve, demo                  pip install 'oada-jobs[server]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     root.add_argument("--version", action="version", version=f"oada-jobs {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -314,3 +314,13 @@ async def test_embedded_server_names_the_server_extra(monkeypatch: pytest.Monkey
         "oada_jobs.testing.embedded_server() needs the server extra: "
         "pip install 'oada-jobs[server]'"
     )
+
+
+def test_minimal_cli_help_names_the_extras(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _minimal.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "run       Run a service until SIGTERM or SIGINT" in out
+    assert "  jobs, queues, cron, report   pip install 'oada-jobs[cli]'\n" in out
+    assert "  serve, demo                  pip install 'oada-jobs[server]'" in out
