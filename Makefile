@@ -7,12 +7,13 @@ NODE_STAMP := conformance/node_modules/.installed-stamp
 
 .DEFAULT_GOAL := help
 # The quick subset .ci/compat runs at the lowest allowed dependency versions
-# and on each other Python: the framework, client, server, CLI and settings
-# end to end (about 15 s each on an idle machine).
+# and on each other Python: the framework, client, server, CLI, settings,
+# OpenTelemetry spans and the dashboard end to end.
 COMPAT_TESTS := tests/test_exported_members.py tests/framework/test_basics.py \
 	tests/client/test_integration.py tests/server/test_http_basics.py \
 	tests/server/test_ws_session.py tests/server/test_tls.py tests/product/test_cli_run.py \
-	tests/product/test_settings.py tests/features/test_cron.py
+	tests/product/test_settings.py tests/features/test_cron.py tests/framework/test_telemetry.py \
+	tests/dashboard/test_command.py
 
 .PHONY: help setup browser check lint typecheck test compat docs demo screenshots bench audit clean
 

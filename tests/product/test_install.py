@@ -156,7 +156,7 @@ def test_core_install_imports_the_framework_without_server_or_cli(core_venv: Pat
     code = (
         "import sys, oada_jobs, oada_jobs.testing, oada_jobs.client, oada_jobs.cli;"
         "print(sorted(m for m in ('typer', 'rich', 'click', 'starlette', 'uvicorn',"
-        " 'cryptography') if m in sys.modules))"
+        " 'cryptography', 'jinja2', 'opentelemetry') if m in sys.modules))"
     )
     result = run([core_venv / "python", "-c", code], cwd=core_venv, env=core_env())
     assert result.returncode == 0, result.stderr
@@ -203,7 +203,13 @@ async def test_core_install_runs_a_service(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [("serve", "server"), ("demo", "server"), ("jobs", "cli"), ("queues", "cli")],
+    [
+        ("serve", "server"),
+        ("demo", "server"),
+        ("dashboard", "dashboard"),
+        ("jobs", "cli"),
+        ("queues", "cli"),
+    ],
 )
 def test_core_install_names_the_extra_a_command_needs(
     core_venv: Path, command: str, extra: str
@@ -297,6 +303,15 @@ async def test_full_cli_names_the_server_extra(monkeypatch: pytest.MonkeyPatch) 
     result = await CLI({})("demo")
     assert result.exit_code == 1
     assert "oada-jobs demo needs the server extra" in result.stderr
+
+
+async def test_full_cli_names_the_dashboard_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_extras.EXTRAS, "dashboard", ("jinja2", "no_such_package_here"))
+    result = await CLI({})("dashboard", "--domain", "http://127.0.0.1:1", "--token", "t")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: oada-jobs dashboard needs the dashboard extra: pip install 'oada-jobs[dashboard]'"
+    )
 
 
 async def test_full_cli_prints_the_version() -> None:
