@@ -171,8 +171,9 @@ class WorkCall:
                 self.claim.lease_interval(), self.helpers.start, self.claim.renew, self._on_lost
             ),
         ]
-        if worker.timeout is not None:
-            timers.append(loop.call_later(worker.timeout, self._time_out))
+        timeout = effective_timeout(worker, job)
+        if timeout is not None:
+            timers.append(loop.call_later(timeout, self._time_out))
         try:
             with self.scope:
                 try:
@@ -227,7 +228,9 @@ class WorkCall:
         if self.cancelled:
             return outcomes.cancelled(self.log, "the job was cancelled while it ran")
         if self.timed_out:
-            message = f"job exceeded its {worker.timeout:g} s timeout and was cancelled"
+            timeout = effective_timeout(worker, job)
+            assert timeout is not None
+            message = f"job exceeded its {timeout:g} s timeout and was cancelled"
             timeout_error = JobError(message, TIMEOUT_FAIL_TYPE)
             if worker.retries(TimeoutError()):
                 return _retry(self.log, timeout_error, message, None, worker, job)
@@ -235,6 +238,15 @@ class WorkCall:
             return failed(timeout_error, message)
         assert outcome is not None
         return outcome
+
+
+def effective_timeout(worker: Worker, job: Job[Any]) -> float | None:
+    """Seconds a run may take: the type's timeout, shortened by the job's ``options.timeout``.
+
+    A job may only shorten it: the type's timeout is the service's limit.
+    """
+    limits = [t for t in (worker.timeout, job.options.timeout) if t is not None]
+    return min(limits) if limits else None
 
 
 def _retry(

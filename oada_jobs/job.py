@@ -23,7 +23,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictInt,
+    ValidationError,
+)
 from pydantic.alias_generators import to_camel
 from typing_extensions import TypeVar
 
@@ -161,7 +169,8 @@ class JobOptions(BaseModel):
     fill in what a job leaves out. Written and read in camelCase::
 
         {"options": {"notBefore": "2026-11-23T12:00:00Z", "priority": 5,
-                     "uniqueKey": "invoice-42", "group": "field-7", "version": 2}}
+                     "uniqueKey": "invoice-42", "group": "field-7", "version": 2,
+                     "expiresAt": "2026-11-23T18:00:00Z"}}
     """
 
     model_config = ConfigDict(
@@ -182,11 +191,19 @@ class JobOptions(BaseModel):
     version: StrictInt | None = Field(default=None, ge=0)
     #: How many times the job may be started in all (default: the type's ``tries``).
     tries: StrictInt | None = Field(default=None, ge=1)
+    #: Seconds one run may take; it can only shorten the type's timeout.
+    timeout: FiniteFloat | None = Field(default=None, gt=0)
+    #: Not started by this time, the job fails with ``expired`` and never runs.
+    expires_at: AwareDatetime | None = None
 
     @property
     def effective_version(self) -> int:
         """The job's version; 1 when it names none."""
         return 1 if self.version is None else self.version
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether the job's ``expiresAt`` has passed."""
+        return self.expires_at is not None and (now or utc_now()) >= self.expires_at
 
     def to_json(self) -> JsonObject:
         """The ``options`` object as written on the job (only the fields set)."""
@@ -279,11 +296,30 @@ class Job(Generic[ConfigT]):
         """When *worker* may look at the job again, if it may not claim it now:
         its due time, or when another worker's lease on it runs out."""
         now = now or utc_now()
-        if self.lease is not None and self.lease.worker != worker and not self.lease.expired(now):
+        if self.held_elsewhere(worker, now):
+            assert self.lease is not None
             return self.lease.expires
         if self.due is not None and now < self.due:
-            return self.due
+            # Looked at again when it expires, if that comes first: it is filed then.
+            expires = self.options.expires_at
+            return min(self.due, expires) if expires is not None else self.due
         return None
+
+    def held_elsewhere(self, worker: str, now: datetime | None = None) -> bool:
+        """Whether another worker holds a live lease on the job (it runs there)."""
+        lease = self.lease
+        return lease is not None and lease.worker != worker and not lease.expired(now)
+
+    def expired_for(self, worker: str, now: datetime | None = None) -> bool:
+        """Whether the job's ``expiresAt`` has passed before it could start here.
+
+        Never for a finished job, nor one another worker runs right now
+        (it started in time; its worker files it).
+        """
+        now = now or utc_now()
+        return (
+            not self.finished and self.options.expired(now) and not self.held_elsewhere(worker, now)
+        )
 
     def with_config(self, config: Any) -> Job[Any]:
         """A copy of this job with *config* (e.g. a validated model) in place."""

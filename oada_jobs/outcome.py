@@ -26,6 +26,7 @@ from .types import Json
 
 __all__ = [
     "DUPLICATE_FAIL_TYPE",
+    "EXPIRED_FAIL_TYPE",
     "INVALID_CONFIG_FAIL_TYPE",
     "INVALID_JOB_FAIL_TYPE",
     "INVALID_RESULT_FAIL_TYPE",
@@ -59,6 +60,8 @@ RETRY_LIMIT_FAIL_TYPE = "retry-limit"
 UNSUPPORTED_VERSION_FAIL_TYPE = "unsupported-version"
 #: Fail type of jobs refused because their unique key was taken.
 DUPLICATE_FAIL_TYPE = "duplicate"
+#: Fail type of jobs not started by their ``expiresAt``.
+EXPIRED_FAIL_TYPE = "expired"
 #: Fail type of jobs whose result did not validate against the declared model.
 INVALID_RESULT_FAIL_TYPE = "invalid-result"
 

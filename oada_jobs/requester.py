@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 import anyio
@@ -35,7 +36,7 @@ from pydantic import BaseModel
 
 from .client import OADAClient
 from .exceptions import JobExists, JobFailed, NotFound, PreconditionFailed
-from .job import FINISHED, Job, JobOptions, JobStatus, request_cancel
+from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, utc_now
 from .tree import (
     JOBS_TYPE,
     LAYOUT_MARKER,
@@ -111,6 +112,20 @@ def _options_json(options: JobOptions | Mapping[str, Any]) -> JsonObject:
     return parsed.to_json()
 
 
+def _with_expiry(
+    options: JobOptions | Mapping[str, Any] | None, expires: float | timedelta | None
+) -> JobOptions | Mapping[str, Any] | None:
+    """*options* with ``expiresAt`` set *expires* (seconds or a timedelta) from now."""
+    if expires is None:
+        return options
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"expected expires as seconds > 0 or a timedelta, got {expires!r}")
+    at = iso(utc_now() + timedelta(seconds=seconds))
+    base = options.to_json() if isinstance(options, JobOptions) else dict(options or {})
+    return {**base, "expiresAt": at}
+
+
 def _check_type(type: str) -> str:
     if not isinstance(type, str) or not type:
         raise ValueError(f"expected the job type as a non-empty string, got {type!r}")
@@ -127,6 +142,7 @@ async def post_job(
     key: str | None = None,
     extra: Mapping[str, Any] | None = None,
     options: JobOptions | Mapping[str, Any] | None = None,
+    expires: float | timedelta | None = None,
 ) -> str:
     """Create a job for *service* and link it into the service's pending list.
 
@@ -147,14 +163,18 @@ async def post_job(
     adds keys to the job resource (e.g. a ``parent`` link). *options* (a
     :class:`~oada_jobs.JobOptions` or its camelCase JSON) says when and how the
     job runs: ``notBefore``, ``priority``, ``uniqueKey``, ``group``,
-    ``version``, ``tries`` (see ``docs/scheduling.md``); bad options raise
-    :class:`ValueError` before anything is written.
+    ``version``, ``tries``, ``timeout``, ``expiresAt`` (see
+    ``docs/scheduling.md``); bad options raise :class:`ValueError` before
+    anything is written. *expires* (seconds or a timedelta) sets
+    ``expiresAt`` that long from now: a job not started by then fails with
+    ``expired`` and never runs.
 
     >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
     """
     validate_service_name(service)
     job: JsonObject = {**(extra or {}), "service": service, "type": _check_type(type)}
     job["config"] = _config_json(config)
+    options = _with_expiry(options, expires)
     if options is not None:
         job["options"] = _options_json(options)
     if layout == "auto":
@@ -316,6 +336,7 @@ async def run_job(
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
+    expires: float | timedelta | None = None,
     result: None = None,
 ) -> Json: ...
 
@@ -332,6 +353,7 @@ async def run_job(
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
+    expires: float | timedelta | None = None,
     result: type[ResultT],
 ) -> ResultT: ...
 
@@ -347,6 +369,7 @@ async def run_job(
     key: str | None = None,
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
+    expires: float | timedelta | None = None,
     result: type[ResultT] | None = None,
 ) -> Json | BaseModel:
     """Post a job and wait for its outcome: its result, or :class:`JobFailed`.
@@ -356,15 +379,18 @@ async def run_job(
     ``fail_type`` and ``job_id``. *timeout* (seconds) raises
     :class:`TimeoutError` while the job is still pending or running; the job
     is left as it is, unless *cancel_on_timeout* asks for it to be cancelled
-    first (:func:`oada_jobs.job.request_cancel`). *options* as for
-    :func:`post_job`; *result*, a pydantic model, parses the result into it.
+    first (:func:`oada_jobs.job.request_cancel`). *options* and *expires*
+    as for :func:`post_job`; *result*, a pydantic model, parses the result
+    into it.
 
     >>> try:  # doctest: +SKIP
     ...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
     ... except JobFailed as error:
     ...     print(error.fail_type, error.result)
     """
-    job_id = await post_job(oada, service, type, config, layout=layout, key=key, options=options)
+    job_id = await post_job(
+        oada, service, type, config, layout=layout, key=key, options=options, expires=expires
+    )
     try:
         job = await wait_for_outcome(oada, job_id, timeout=timeout)
     except TimeoutError:

@@ -55,6 +55,7 @@ from .job import Job, JobStatus, error_result, iso, new_update, utc_now
 from .metrics import ServiceMetrics
 from .outcome import (
     DUPLICATE_FAIL_TYPE,
+    EXPIRED_FAIL_TYPE,
     INVALID_CONFIG_FAIL_TYPE,
     INVALID_JOB_FAIL_TYPE,
     RETRY_LIMIT_FAIL_TYPE,
@@ -295,6 +296,13 @@ class Runner:
                 )
                 self.log.error("%s", message)
                 return failed(JobError(message, UNSUPPORTED_VERSION_FAIL_TYPE), message)
+        if job.expired_for(self.settings.worker_id):
+            # Checked right before the claim, which is conditional on this
+            # read: a job is never started after its expiresAt.
+            assert job.options.expires_at is not None
+            message = f"the job was not started by its expiresAt {iso(job.options.expires_at)}"
+            self.log.warning("%s", message)
+            return failed(JobError(message, EXPIRED_FAIL_TYPE), message)
         until = job.wait_until(self.settings.worker_id)
         if until is not None:
             self.log.debug("job is not due or held elsewhere until %s", iso(until))

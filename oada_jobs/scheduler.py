@@ -153,6 +153,8 @@ class Entry:
     merged_into: tuple[str, JobOutcome] | None = None
     #: anyio clock time its timer fires (while ``WAITING``).
     wake_at: float | None = None
+    #: anyio clock time it expires while ``READY`` behind its group (read again then).
+    expires_at: float | None = None
     #: Whether the queue has read it at least once.
     settled_once: bool = False
     #: Reads of it that failed while others came back (see Scheduler.read_failed).
@@ -325,6 +327,7 @@ class Scheduler:
             entry.parked_on = None
         entry.state = EntryState.READING
         entry.wake_at = None
+        entry.expires_at = None
 
     def read(self, entry: Entry, job: Job[Any] | None, problem: BaseException | None) -> None:
         """The queue read *entry*: its job, or the *problem* that makes it unrunnable."""
@@ -530,6 +533,11 @@ class Scheduler:
     def _place(self, entry: Entry, job: Job[Any], policy: Policy | None) -> None:
         options = job.options
         entry.duplicate_of = None
+        entry.expires_at = None
+        if job.expired_for(self._worker_id):
+            # Never started: its runner files it as expired, holding no key or group place.
+            self._make_ready(entry, URGENT)
+            return
         # Unique key: the first job queued holds it while in the list.
         if entry.unique is None and options.unique_key is not None:
             mode = policy.unique if policy is not None else "refuse"
@@ -566,6 +574,15 @@ class Scheduler:
         if priority is None:
             priority = policy.priority if policy is not None else 0
         self._make_ready(entry, priority)
+        if (
+            options.expires_at is not None
+            and entry.state is EntryState.READY
+            and not self._may_start(entry)
+        ):
+            # Ready but held behind its group: read again when it expires, to be filed.
+            entry.expires_at = at = clock_at(options.expires_at)
+            heapq.heappush(self._timers, (at, next(self._pushes), entry))
+            self._timer_added.fire()
 
     def _make_ready(self, entry: Entry, priority: float) -> None:
         entry.state = EntryState.READY
@@ -708,15 +725,23 @@ class Scheduler:
         fired = []
         while self._timers and self._timers[0][0] <= now:
             at, _, entry = heapq.heappop(self._timers)
-            if entry.state is EntryState.WAITING and entry.wake_at == at:
+            if self._timer_live(entry, at):
                 fired.append(entry)
         return fired
+
+    @staticmethod
+    def _timer_live(entry: Entry, at: float) -> bool:
+        """Whether the timer at *at* still stands: the entry waits for it, or
+        it is the expiry of an entry still held behind its group."""
+        if entry.state is EntryState.WAITING:
+            return entry.wake_at == at
+        return entry.state is EntryState.READY and entry.expires_at == at
 
     def next_timer(self) -> float | None:
         """When the earliest timer fires (anyio clock), if any."""
         while self._timers:
             at, _, entry = self._timers[0]
-            if entry.state is EntryState.WAITING and entry.wake_at == at:
+            if self._timer_live(entry, at):
                 return at
             heapq.heappop(self._timers)
         return None
