@@ -321,6 +321,12 @@ class Job(Generic[ConfigT]):
             not self.finished and self.options.expired(now) and not self.held_elsewhere(worker, now)
         )
 
+    @property
+    def created_by(self) -> str | None:
+        """Who posted the job (``users/<id>``), as the requester recorded it."""
+        value = self.raw.get("createdBy")
+        return value if isinstance(value, str) else None
+
     def with_config(self, config: Any) -> Job[Any]:
         """A copy of this job with *config* (e.g. a validated model) in place."""
         return replace(self, config=config)

@@ -116,6 +116,8 @@ class JobRecord:
     duration: float | None
     #: How many times a worker started the job.
     tries: int
+    #: Who posted the job (its ``createdBy``, ``users/<id>``), when recorded.
+    created_by: str | None = None
     #: Values picked from the job by JSON pointer (``collect_jobs(pointers=...)``);
     #: a pointer that does not resolve is missing here.
     picked: Mapping[str, Any] = field(default_factory=dict)
@@ -148,6 +150,7 @@ CSV_COLUMNS = (
     "finished",
     "duration",
     "tries",
+    "created_by",
 )
 
 
@@ -211,6 +214,7 @@ def _record(
         finished=finished.isoformat() if finished else None,
         duration=duration,
         tries=tries if isinstance(tries, int) and not isinstance(tries, bool) else 0,
+        created_by=created_by if isinstance(created_by := data.get("createdBy"), str) else None,
         picked=picked,
     )
 

@@ -24,8 +24,10 @@ It must not import the context, the runner, the queue or the service.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,7 +37,7 @@ import anyio
 from pydantic import BaseModel
 
 from .client import OADAClient
-from .exceptions import JobExists, JobFailed, NotFound, PreconditionFailed
+from .exceptions import JobExists, JobFailed, NotFound, OADAError, PreconditionFailed
 from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, utc_now
 from .tree import (
     JOBS_TYPE,
@@ -47,6 +49,8 @@ from .tree import (
     validate_service_name,
 )
 from .types import Json, JsonObject
+
+logger = logging.getLogger("oada_jobs.requester")
 
 
 class _Updates(Protocol):
@@ -80,6 +84,7 @@ __all__ = [
     "raise_for_failure",
     "run_job",
     "wait_for_outcome",
+    "who_am_i",
     "write_progress",
 ]
 
@@ -110,6 +115,34 @@ def _options_json(options: JobOptions | Mapping[str, Any]) -> JsonObject:
     if problems:
         raise ValueError(f"bad job options: {'; '.join(problems)}")
     return parsed.to_json()
+
+
+# The user behind each client's token, asked once per client (None: the server would not say).
+_users: weakref.WeakKeyDictionary[OADAClient, str | None] = weakref.WeakKeyDictionary()
+
+
+async def who_am_i(oada: OADAClient) -> str | None:
+    """The user *oada*'s token belongs to (``users/<id>``), from ``GET /users/me``.
+
+    Asked once per client and remembered; ``None`` when the server does not
+    say (it has no ``/users/me``, or refuses it).
+    """
+    if oada in _users:
+        return _users[oada]
+    user: str | None = None
+    try:
+        data = (await oada.get("/users/me")).data
+    except OADAError as error:
+        logger.debug("GET /users/me failed (%s); jobs are posted without createdBy", error)
+    else:
+        if isinstance(data, Mapping):
+            ident = data.get("_id")
+            if isinstance(ident, str) and ident.startswith("users/"):
+                user = ident
+            elif isinstance(data.get("username"), str):
+                user = f"users/{data['username']}"
+    _users[oada] = user
+    return user
 
 
 def _with_expiry(
@@ -169,6 +202,9 @@ async def post_job(
     ``expiresAt`` that long from now: a job not started by then fails with
     ``expired`` and never runs.
 
+    The job records who posted it, ``createdBy: "users/<id>"``, when the
+    server says whose token *oada* has (:func:`who_am_i`).
+
     >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
     """
     validate_service_name(service)
@@ -177,6 +213,8 @@ async def post_job(
     options = _with_expiry(options, expires)
     if options is not None:
         job["options"] = _options_json(options)
+    if (user := await who_am_i(oada)) is not None:
+        job["createdBy"] = user  # the token's user, whatever *extra* says
     if layout == "auto":
         detected, why = await detect_layout(oada, service)
         if detected is None:

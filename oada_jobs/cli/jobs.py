@@ -267,7 +267,7 @@ def show_job(
     domain: DomainOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Print a job: its type, config, status, result, updates and latest progress."""
+    """Print a job: its type, config, status, result, updates, who posted it and latest progress."""
     settings = settings_from(domain=domain, token=token)
     job_id = job_id_of(job)
 
@@ -280,6 +280,10 @@ def show_job(
         print_json(_public(response.data), plain=json)
         # --json output already carries the updates; people get the gist,
         # on stderr, so that stdout stays one JSON document either way.
+        if not json and isinstance(response.data, Mapping):
+            posted_by = response.data.get("createdBy")
+            if isinstance(posted_by, str):
+                err_console.print(f"posted by: {posted_by}", markup=False)
         progress = latest_progress(response.data) if isinstance(response.data, Mapping) else None
         if progress is not None and not json:
             text = f"progress: {progress.fraction:.0%}"
