@@ -22,6 +22,7 @@
     ├── InvalidJob                   a job resource or list entry does not have the shape of a job
     ├── InvalidKey                   a key (or resource id) that no OADA request path can name
     ├── JobExists                    a job key is taken by a different job (requester side)
+    ├── DuplicateJob                 a job's unique key is held by another job (refused when posted)
     ├── InvalidQueueEntry            a service-config queue entry is not ``{"domain", "token"}``
     ├── MissingExtra                 a part used needs an extra that is not installed (an ImportError)
     ├── JobError                     raised by a work function to fail its job with a type
@@ -50,6 +51,7 @@ __all__ = [
     "ClientClosed",
     "Conflict",
     "DatabaseLocked",
+    "DuplicateJob",
     "Forbidden",
     "InvalidJob",
     "InvalidKey",
@@ -388,6 +390,27 @@ class JobFailed(JobError):
 
 def _job_failed(message: str, fail_type: str | None, job_id: str, result: Any) -> JobFailed:
     return JobFailed(message, fail_type, job_id=job_id, result=result)
+
+
+class DuplicateJob(OADAJobsError):
+    """``post_job`` refused a job: another job of its type holds its unique key.
+
+    ``job_id`` is the job holding the key (pending or running); ``unique_key``
+    the key. Nothing of the refused job stays behind.
+    """
+
+    def __init__(self, message: str, *, job_id: str, unique_key: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.unique_key = unique_key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_duplicate_job, (self.message, self.job_id, self.unique_key))
+
+
+def _duplicate_job(message: str, job_id: str, unique_key: str) -> DuplicateJob:
+    return DuplicateJob(message, job_id=job_id, unique_key=unique_key)
 
 
 def _seconds(value: float | timedelta, what: str) -> float:

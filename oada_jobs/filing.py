@@ -8,7 +8,8 @@ finishing together into the same day list are group-committed into one
 ``on_filed`` callback (metrics and finish reporters, wired by the queue).
 
 Owns :class:`Filer` (one per queue client), :class:`Filed` and the shielded,
-bounded retry every recording step runs under. May use the client, the job
+bounded retry every recording step runs under. A filed job that held a
+unique key frees it in the service's index (:mod:`oada_jobs.unique`). May use the client, the job
 model and :mod:`oada_jobs.outcome`. Must not touch the runner, the queue,
 the scheduler or the service: who decided the outcome, and who is told
 about it, is given to it.
@@ -39,6 +40,7 @@ from .job import Job, JobStatus, new_update, parse_time, utc_now
 from .outcome import JobOutcome, unrecordable
 from .tree import JOBS_TYPE, Layout, path_segment
 from .types import JsonObject
+from .unique import release_key
 
 __all__ = ["KNOWN_DAYS", "Filed", "Filer", "finish_time"]
 
@@ -217,10 +219,25 @@ class Filer:
             )
         if day_path is None:
             return None
+        if job is not None and job.options.unique_key is not None:
+            await self._release_key(job, job_id, log)
         level = logging.INFO if outcome.status == JobStatus.SUCCESS.value else logging.WARNING
         log.log(level, "job finished: %s", outcome.status)
         await self._on_filed(Filed(job, outcome, day_path, duration))
         return outcome
+
+    async def _release_key(self, job: Job[Any], job_id: str, log: Log) -> None:
+        """Free the job's unique key in the service's index, if it holds it.
+
+        Best effort: an entry left behind holds nothing once its job is
+        finished (:mod:`oada_jobs.unique`), so a failure here is only logged.
+        """
+        assert job.options.unique_key is not None
+        with anyio.move_on_after(self.finish_timeout, shield=True):
+            try:
+                await release_key(self.oada, self.service, job.type, job.options.unique_key, job_id)
+            except OADAError as error:
+                log.warning("could not free the job's unique key in the index: %s", error)
 
     # ------------------------------------------------------------- filing
 

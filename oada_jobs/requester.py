@@ -37,7 +37,14 @@ import anyio
 from pydantic import BaseModel
 
 from .client import OADAClient
-from .exceptions import JobExists, JobFailed, NotFound, OADAError, PreconditionFailed
+from .exceptions import (
+    DuplicateJob,
+    JobExists,
+    JobFailed,
+    NotFound,
+    OADAError,
+    PreconditionFailed,
+)
 from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, utc_now
 from .tree import (
     JOBS_TYPE,
@@ -49,8 +56,15 @@ from .tree import (
     validate_service_name,
 )
 from .types import Json, JsonObject
+from .unique import take_key
 
 logger = logging.getLogger("oada_jobs.requester")
+
+#: What ``post_job`` does with a job's unique key: refuse a key that is held
+#: (``"raise"``), hand back the job holding it (``"existing"``), or post
+#: without the index and leave the check to the service (``"post"``: the
+#: type's ``unique`` policy refuses, merges or allows it there).
+OnDuplicate = Literal["raise", "existing", "post"]
 
 
 class _Updates(Protocol):
@@ -74,6 +88,7 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 
 __all__ = [
     "PROGRESS_STATUS",
+    "OnDuplicate",
     "Progress",
     "RunningJob",
     "child_key",
@@ -176,6 +191,7 @@ async def post_job(
     extra: Mapping[str, Any] | None = None,
     options: JobOptions | Mapping[str, Any] | None = None,
     expires: float | timedelta | None = None,
+    on_duplicate: OnDuplicate = "raise",
 ) -> str:
     """Create a job for *service* and link it into the service's pending list.
 
@@ -202,17 +218,31 @@ async def post_job(
     ``expiresAt`` that long from now: a job not started by then fails with
     ``expired`` and never runs.
 
+    A job with ``uniqueKey`` first takes its key in the service's unique
+    index (:mod:`oada_jobs.unique`): while another job of its type holds
+    the key, the job is not posted and :class:`~oada_jobs.DuplicateJob`
+    names the holder (``on_duplicate="existing"`` returns the holder's id
+    instead, to wait on its outcome; ``"post"`` skips the index and leaves
+    the key to the service's ``unique`` policy, as for a type that merges
+    or allows duplicates).
+
     The job records who posted it, ``createdBy: "users/<id>"``, when the
     server says whose token *oada* has (:func:`who_am_i`).
 
     >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
     """
     validate_service_name(service)
+    if on_duplicate not in ("raise", "existing", "post"):
+        raise ValueError(
+            f"expected on_duplicate 'raise', 'existing' or 'post', got {on_duplicate!r}"
+        )
     job: JsonObject = {**(extra or {}), "service": service, "type": _check_type(type)}
     job["config"] = _config_json(config)
     options = _with_expiry(options, expires)
+    parsed: JobOptions | None = None
     if options is not None:
         job["options"] = _options_json(options)
+        parsed = JobOptions.model_validate(job["options"])
     if (user := await who_am_i(oada)) is not None:
         job["createdBy"] = user  # the token's user, whatever *extra* says
     if layout == "auto":
@@ -236,7 +266,26 @@ async def post_job(
             _check_same(job_id, existing, job)
             if existing.get("status") in FINISHED:
                 return job_id  # ran already: linking it again would only re-file it
-    await oada.put(chosen.pending_path(service), {key: {"_id": job_id}}, tree=chosen.tree)
+    pending = chosen.pending_path(service)
+    if parsed is not None and parsed.unique_key is not None and on_duplicate != "post":
+        holder = await take_key(
+            oada, service, type, parsed.unique_key, job_id, layout=chosen.name, pending_path=pending
+        )
+        if holder is not None:
+            # Never linked: the resource goes too, so nothing of it stays behind.
+            try:
+                await oada.delete(resource_path(job_id))
+            except OADAError as error:
+                logger.warning("could not delete refused job %s: %s", job_id, error)
+            if on_duplicate == "existing":
+                return holder
+            raise DuplicateJob(
+                f"refused: job {holder} of type {type!r} holds unique key "
+                f"{parsed.unique_key!r} (pending or running)",
+                job_id=holder,
+                unique_key=parsed.unique_key,
+            )
+    await oada.put(pending, {key: {"_id": job_id}}, tree=chosen.tree)
     return job_id
 
 
@@ -375,6 +424,7 @@ async def run_job(
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
     expires: float | timedelta | None = None,
+    on_duplicate: OnDuplicate = "raise",
     result: None = None,
 ) -> Json: ...
 
@@ -392,6 +442,7 @@ async def run_job(
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
     expires: float | timedelta | None = None,
+    on_duplicate: OnDuplicate = "raise",
     result: type[ResultT],
 ) -> ResultT: ...
 
@@ -408,6 +459,7 @@ async def run_job(
     cancel_on_timeout: bool = False,
     options: JobOptions | Mapping[str, Any] | None = None,
     expires: float | timedelta | None = None,
+    on_duplicate: OnDuplicate = "raise",
     result: type[ResultT] | None = None,
 ) -> Json | BaseModel:
     """Post a job and wait for its outcome: its result, or :class:`JobFailed`.
@@ -417,9 +469,10 @@ async def run_job(
     ``fail_type`` and ``job_id``. *timeout* (seconds) raises
     :class:`TimeoutError` while the job is still pending or running; the job
     is left as it is, unless *cancel_on_timeout* asks for it to be cancelled
-    first (:func:`oada_jobs.job.request_cancel`). *options* and *expires*
-    as for :func:`post_job`; *result*, a pydantic model, parses the result
-    into it.
+    first (:func:`oada_jobs.job.request_cancel`). *options*, *expires* and
+    *on_duplicate* as for :func:`post_job` (with ``"existing"``, a duplicate
+    waits for the holder's outcome); *result*, a pydantic model, parses the
+    result into it.
 
     >>> try:  # doctest: +SKIP
     ...     result = await run_job(oada, "email-service", "email", {"to": "a@b.c"}, timeout=60)
@@ -427,7 +480,15 @@ async def run_job(
     ...     print(error.fail_type, error.result)
     """
     job_id = await post_job(
-        oada, service, type, config, layout=layout, key=key, options=options, expires=expires
+        oada,
+        service,
+        type,
+        config,
+        layout=layout,
+        key=key,
+        options=options,
+        expires=expires,
+        on_duplicate=on_duplicate,
     )
     try:
         job = await wait_for_outcome(oada, job_id, timeout=timeout)

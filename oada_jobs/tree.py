@@ -44,6 +44,7 @@ __all__ = [
     "path_segment",
     "resource_path",
     "service_root",
+    "service_tree_with",
     "validate_service_name",
 ]
 
@@ -214,6 +215,22 @@ class Layout:
         else:
             raise ValueError(f"expected status 'success' or 'failure', got {status!r}")
         return f"{service_root(service)}/{base}/day-index/{day.isoformat()}"
+
+
+def service_tree_with(layout: LayoutName | Layout, node: str) -> Tree:
+    """*layout*'s tree with one more resource ``<node>`` under each service.
+
+    For a service's own records beside its job lists (``cron``, ``unique``,
+    ``retention``): each one resource of the jobs type, linked unversioned
+    (like ``queues``), so writing it does not bump the service's rev.
+    """
+    tree: dict[str, Any] = {**get_layout(layout).tree}
+    bookmarks = {**tree["bookmarks"]}
+    services = {**bookmarks["services"]}
+    services["*"] = {**services["*"], node: {"_type": JOBS_TYPE}}
+    bookmarks["services"] = services
+    tree["bookmarks"] = bookmarks
+    return tree
 
 
 def _segment(value: str) -> str:

@@ -319,7 +319,10 @@ async def test_groups_and_unique_keys_hold_across_shares() -> None:
         for n in range(3):
             options = {"uniqueKey": "nightly"}
             config = {"n": 100 + n, "sleep": 1.0}
-            unique.append(await post_job(oada, name, "edit", config, options=options))
+            # Past the requester's unique index: the queues' check across shares is tested.
+            unique.append(
+                await post_job(oada, name, "edit", config, options=options, on_duplicate="post")
+            )
         statuses = [(await wait_for_job(oada, job_id, 30)).status for job_id in unique]
         for job_id in [*grouped, *plain]:
             assert (await wait_for_job(oada, job_id, 30)).status == "success"

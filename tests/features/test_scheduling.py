@@ -350,7 +350,10 @@ async def test_a_duplicate_unique_key_is_refused_while_the_first_is_pending(
         first = await post_job(oada, name, "invoice", {"n": 1}, options={"uniqueKey": "inv-42"})
         with anyio.fail_after(10):
             await started.wait()
-        second = await post_job(oada, name, "invoice", {"n": 2}, options={"uniqueKey": "inv-42"})
+        # Posted past the unique index, as a requester without one would.
+        second = await post_job(
+            oada, name, "invoice", {"n": 2}, options={"uniqueKey": "inv-42"}, on_duplicate="post"
+        )
         refused = await wait_for_job(oada, second, 15, filed="classic")
         other_key = await post_job(oada, name, "invoice", {"n": 3}, options={"uniqueKey": "inv-7"})
         gate.set()
@@ -389,7 +392,9 @@ async def test_a_merged_duplicate_ends_with_the_first_jobs_outcome(
         first = await post_job(oada, name, "report", options={"uniqueKey": "daily"})
         with anyio.fail_after(10):
             await started.wait()
-        second = await post_job(oada, name, "report", options={"uniqueKey": "daily"})
+        second = await post_job(
+            oada, name, "report", options={"uniqueKey": "daily"}, on_duplicate="post"
+        )
         await until(service, lambda s: s.counts()["parked"] >= 1)
         gate.set()
         # The requester of the second job gets the first one's result.
@@ -411,7 +416,9 @@ async def test_unique_allow_runs_duplicates(
 
     async with service:
         ids = [
-            await post_job(oada, name, "ping", {"n": n}, options={"uniqueKey": "same"})
+            await post_job(
+                oada, name, "ping", {"n": n}, options={"uniqueKey": "same"}, on_duplicate="post"
+            )
             for n in range(3)
         ]
         jobs = [await wait_for_job(oada, job_id, 15) for job_id in ids]
@@ -766,7 +773,9 @@ async def test_a_cancelled_merged_job_is_cancelled_not_merged(
         first = await post_job(oada, name, "report", options={"uniqueKey": "k"})
         with anyio.fail_after(10):
             await started.wait()
-        second = await post_job(oada, name, "report", options={"uniqueKey": "k"})
+        second = await post_job(
+            oada, name, "report", options={"uniqueKey": "k"}, on_duplicate="post"
+        )
         await until(service, lambda s: s.counts()["parked"] >= 1)
         # Filed at once although the only slot is busy: filing needs none.
         assert await request_cancel(oada, second, "not wanted")
