@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from anyio.abc import TaskStatus
@@ -47,11 +48,19 @@ from pydantic import BaseModel
 from ._ksuid import ksuid
 from ._retry import retry
 from .client import OADAClient
-from .exceptions import NotFound, OADAError, PreconditionFailed
-from .job import iso, new_update, utc_now
+from .exceptions import (
+    BadRequest,
+    DuplicateJob,
+    Forbidden,
+    InvalidJob,
+    NotFound,
+    OADAError,
+    PreconditionFailed,
+)
+from .job import Job, JobOptions, iso, new_update, utc_now
 from .requester import post_job
 from .service import Service, ServiceState
-from .tree import JOBS_TYPE, LayoutName, get_layout, service_root
+from .tree import JOBS_TYPE, LayoutName, service_root, service_tree_with
 from .types import JsonObject, Tree
 
 __all__ = [
@@ -72,6 +81,16 @@ __all__ = [
 logger = logging.getLogger("oada_jobs.cron")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
+# A job id the cron state may name (hostile input: it becomes a request path).
+_JOB_ID = re.compile(r"resources/[A-Za-z0-9][A-Za-z0-9._~-]{0,199}")
+
+
+def _newer(stored: object, mine: int | None) -> bool:
+    """Whether the *stored* version of an entry is newer than *mine*."""
+    if mine is None or isinstance(stored, bool) or not isinstance(stored, int):
+        return False
+    return stored > mine
+
 
 #: Reads of the cron state before a replica gives a tick up (it kept changing).
 STATE_READS = 10
@@ -84,16 +103,31 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class CronEntry:
-    """One periodic job: post a *type* job with *config* on *schedule* (UTC)."""
+    """One periodic job: post a *type* job with *config* on *schedule*.
+
+    The schedule is read in *timezone* (an IANA name such as
+    ``"Europe/Berlin"``; UTC by default), daylight saving time included.
+    """
 
     #: Name of the entry; part of each tick's job key and of the cron state.
     name: str
-    #: A five-field cron expression (minute resolution), e.g. ``"*/5 * * * *"``.
+    #: A cron expression: five fields (minute hour day month weekday), or six
+    #: with seconds first (second minute hour day month weekday).
     schedule: str
     #: Job type to post.
     type: str
     #: Job config, a JSON object.
     config: JsonObject = field(default_factory=dict)
+    #: The IANA time zone the schedule is read in.
+    timezone: str = "UTC"
+    #: Job ``options`` (camelCase JSON, see :class:`~oada_jobs.JobOptions`) of each tick's job.
+    options: JsonObject = field(default_factory=dict)
+    #: Seconds after its tick a tick's job expires (``expiresAt``), if it has not started.
+    expires: float | None = None
+    #: Whether a tick may post while the previous tick's job has not finished.
+    overlap: bool = False
+    #: The entry's version: a newer one takes over the schedule from older replicas.
+    version: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -103,19 +137,73 @@ class CronEntry:
             )
         if not isinstance(self.type, str) or not self.type:
             raise ValueError(f"expected the job type as a non-empty string, got {self.type!r}")
-        if not isinstance(self.schedule, str) or len(self.schedule.split()) != 5:
+        if not isinstance(self.schedule, str) or len(self.schedule.split()) not in (5, 6):
             raise ValueError(
-                "expected a cron schedule of five fields (minute hour day month weekday), "
-                f"got {self.schedule!r}"
+                "expected a cron schedule of five fields (minute hour day month weekday) "
+                f"or six (second first), got {self.schedule!r}"
             )
+        _zone(self.timezone)
         try:
-            croniter(self.schedule, datetime(2000, 1, 1, tzinfo=UTC))
+            croniter(
+                self.schedule, datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=self.seconds
+            )
         except (CroniterBadCronError, ValueError, KeyError) as error:
             raise ValueError(f"invalid cron schedule {self.schedule!r}: {error}") from None
+        _, problems = JobOptions.parse(self.options)
+        if problems:
+            raise ValueError(f"bad job options for cron entry {self.name!r}: {'; '.join(problems)}")
+        if self.expires is not None and (
+            isinstance(self.expires, bool)
+            or not isinstance(self.expires, int | float)
+            or not self.expires > 0
+        ):
+            raise ValueError(f"expected expires as seconds > 0, got {self.expires!r}")
+        if self.version is not None and (
+            isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0
+        ):
+            raise ValueError(f"expected the version as an integer >= 0, got {self.version!r}")
+
+    @property
+    def seconds(self) -> bool:
+        """Whether the schedule has a seconds field (six fields)."""
+        return len(self.schedule.split()) == 6
+
+    @property
+    def resolution(self) -> timedelta:
+        """A second for a six-field schedule, else a minute."""
+        return timedelta(seconds=1) if self.seconds else timedelta(minutes=1)
+
+    def truncate(self, moment: datetime) -> datetime:
+        """*moment* in UTC, cut to the schedule's resolution."""
+        moment = _utc(moment).replace(microsecond=0)
+        return moment if self.seconds else moment.replace(second=0)
 
     def next_tick(self, after: datetime) -> datetime:
-        """The first tick strictly after *after* (UTC)."""
-        return _utc(croniter(self.schedule, _utc(after)).get_next(datetime))
+        """The first tick strictly after *after* (returned in UTC).
+
+        On the day clocks go back, a wall time that happens twice is a tick
+        once, unless the hour field is a wildcard (``*``, ``*/2``): then
+        each real hour has its ticks. On the day clocks go forward, a tick in
+        the skipped hour comes at the first minute after it.
+        """
+        zone = _zone(self.timezone)
+        ticks = croniter(
+            self.schedule, _utc(after).astimezone(zone), second_at_beginning=self.seconds
+        )
+        while True:
+            tick: datetime = ticks.get_next(datetime)
+            if not self._second_of_twice(tick, zone):
+                return _utc(tick)
+
+    def _second_of_twice(self, tick: datetime, zone: ZoneInfo) -> bool:
+        """Whether *tick* is the second pass of a repeated wall time, for a fixed hour."""
+        hour = self.schedule.split()[2 if self.seconds else 1]
+        if hour.startswith("*"):
+            return False
+        wall = tick.replace(tzinfo=None)
+        first = wall.replace(tzinfo=zone, fold=0).utcoffset()
+        second = wall.replace(tzinfo=zone, fold=1).utcoffset()
+        return first != second and tick.utcoffset() == second
 
     def next_ticks(self, after: datetime, count: int) -> list[datetime]:
         """The first *count* ticks strictly after *after* (UTC)."""
@@ -126,9 +214,30 @@ class CronEntry:
         return ticks
 
     def is_tick(self, at: datetime) -> bool:
-        """Whether *at* (to the minute) is a tick of this schedule."""
-        at = _minute(at)
-        return self.next_tick(at - timedelta(minutes=1)) == at
+        """Whether *at* (to the schedule's resolution) is a tick of this schedule."""
+        at = self.truncate(at)
+        return self.next_tick(at - self.resolution) == at
+
+    def job_options(self, tick: datetime) -> JsonObject | None:
+        """The ``options`` of *tick*'s job: the entry's, its version and expiry."""
+        options = dict(self.options)
+        if self.version is not None:
+            options.setdefault("version", self.version)
+        if self.expires is not None:
+            options["expiresAt"] = iso(tick + timedelta(seconds=self.expires))
+        return options or None
+
+
+def _zone(name: object) -> ZoneInfo:
+    """The IANA time zone *name*, or :class:`ValueError`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"expected an IANA time zone name such as 'Europe/Berlin', got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"expected an IANA time zone name such as 'Europe/Berlin', got {name!r}"
+        ) from None
 
 
 def _utc(moment: datetime) -> datetime:
@@ -137,13 +246,15 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _minute(moment: datetime) -> datetime:
-    return _utc(moment).replace(second=0, microsecond=0)
+def cron_job_key(service: str, entry: str, tick: datetime, *, seconds: bool = False) -> str:
+    """The fixed job key of one tick: ``cron-<service>-<entry>-<YYYYMMDDTHHMM>Z``.
 
-
-def cron_job_key(service: str, entry: str, tick: datetime) -> str:
-    """The fixed job key of one tick: ``cron-<service>-<entry>-<YYYYMMDDTHHMM>Z``."""
-    return f"cron-{service}-{entry}-{_minute(tick):%Y%m%dT%H%M}Z"
+    With *seconds* (a six-field schedule) a tick within a minute has its
+    seconds too (``...THHMMSSZ``); one on the minute keeps the short key.
+    """
+    tick = _utc(tick).replace(microsecond=0)
+    within = f"{tick:%S}" if seconds and tick.second else ""
+    return f"cron-{service}-{entry}-{tick:%Y%m%dT%H%M}{within}Z"
 
 
 def manual_job_key(service: str, entry: str) -> str:
@@ -156,14 +267,7 @@ def manual_job_key(service: str, entry: str) -> str:
 
 
 def _state_tree(layout: LayoutName) -> Tree:
-    tree: dict[str, Any] = {**get_layout(layout).tree}
-    bookmarks = {**tree["bookmarks"]}
-    services = {**bookmarks["services"]}
-    node = {**services["*"], "cron": {"_type": JOBS_TYPE}}
-    services["*"] = node
-    bookmarks["services"] = services
-    tree["bookmarks"] = bookmarks
-    return tree
+    return service_tree_with(layout, "cron")
 
 
 class CronState(Enum):
@@ -223,20 +327,38 @@ class CronScheduler:
         """Post *entry*'s job for *tick* unless another replica already did.
 
         Returns the job id when this call posted it, ``None`` when the tick
-        was already taken.
+        was already taken, skipped (the previous tick's job has not finished
+        and the entry does not overlap; the skip is recorded in the cron
+        state) or its unique key is held by another job.
         """
-        tick = _minute(tick)
-        key = cron_job_key(self.service, entry.name, tick)
+        tick = entry.truncate(tick)
+        key = cron_job_key(self.service, entry.name, tick, seconds=entry.seconds)
         if not await self._take(entry, iso(tick), key):
             return None
         extra = {"cron": {"entry": entry.name, "tick": iso(tick)}}
-        return await _post_with_fixed_key(
-            self.oada, self.service, entry, layout=self.layout, key=key, extra=extra
-        )
+        try:
+            return await _post_with_fixed_key(
+                self.oada,
+                self.service,
+                entry,
+                layout=self.layout,
+                key=key,
+                extra=extra,
+                options=entry.job_options(tick),
+            )
+        except DuplicateJob as error:
+            logger.warning(
+                "cron %s/%s: tick %s not posted: %s", self.service, entry.name, iso(tick), error
+            )
+            return None
 
     async def _take(self, entry: CronEntry, stamp: str, key: str) -> bool:
-        """Record the tick *stamp* as this replica's in the cron state; ``False``
-        if it was taken already (or the state kept changing)."""
+        """Record the tick *stamp* in the cron state; whether this replica posts it.
+
+        ``False`` if it was taken already, if a newer version of the entry
+        runs elsewhere, if the previous tick's job is still unfinished (the
+        skip is recorded), or if the state kept changing.
+        """
         for _attempt in range(STATE_READS):
             try:
                 response = await self.oada.get(self.state_path)
@@ -246,23 +368,71 @@ class CronScheduler:
                 continue
             data = response.data if isinstance(response.data, Mapping) else {}
             seen = data.get(entry.name)
-            last = seen.get("last") if isinstance(seen, Mapping) else None
+            seen = seen if isinstance(seen, Mapping) else {}
+            last = seen.get("last")
             if isinstance(last, str) and last >= stamp:
                 return False
+            if _newer(seen.get("version"), entry.version):
+                logger.warning(
+                    "cron %s/%s: version %s of this entry runs elsewhere (this is %s); "
+                    "not posting %s",
+                    self.service,
+                    entry.name,
+                    seen.get("version"),
+                    entry.version,
+                    stamp,
+                )
+                return False
+            record: JsonObject = {"last": stamp}
+            if entry.version is not None:
+                record["version"] = entry.version
+                if seen.get("version") != entry.version:
+                    # A new version of the entry: its schedule from now on.
+                    record["schedule"] = entry.schedule
+                    record["timezone"] = entry.timezone
+            running = None if entry.overlap else await self._unfinished(seen.get("job"))
+            if running is not None:
+                skipped = seen.get("skipped")
+                count = skipped.get("count") if isinstance(skipped, Mapping) else None
+                count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+                record["skipped"] = {"tick": stamp, "running": running, "count": count + 1}
+            else:
+                record["job"] = f"resources/{key}"
             try:
                 await self.oada.put(
                     self.state_path,
-                    {entry.name: {"last": stamp, "job": f"resources/{key}"}},
+                    {entry.name: record},
                     content_type=JOBS_TYPE,
                     if_match=response.etag,
                 )
             except PreconditionFailed:
                 continue  # another replica (or entry) wrote first: look again
+            if running is not None:
+                logger.warning(
+                    "cron %s/%s: skipping tick %s: the job of an earlier tick, %s, has not "
+                    "finished (pass overlap=True to run them side by side)",
+                    self.service,
+                    entry.name,
+                    stamp,
+                    running,
+                )
+                return False
             return True
         logger.warning(
             "cron %s/%s: state kept changing; skipping %s", self.service, entry.name, stamp
         )
         return False
+
+    async def _unfinished(self, job_ref: object) -> str | None:
+        """*job_ref* (the previous tick's job) if it exists and has not finished."""
+        if not isinstance(job_ref, str) or not _JOB_ID.fullmatch(job_ref):
+            return None
+        try:
+            response = await self.oada.get(f"/{job_ref}")
+            job = Job.from_resource(response.data, oada_id=job_ref)
+        except (NotFound, Forbidden, BadRequest, InvalidJob):
+            return None
+        return None if job.finished else job_ref
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Post ticks until cancelled; ``task_group.start`` returns once the state exists.
@@ -338,15 +508,62 @@ def add_entry(
     *,
     type: str | None = None,
     config: Mapping[str, Any] | BaseModel | None = None,
+    timezone: str = "UTC",
+    overlap: bool = False,
+    version: int | None = None,
+    options: JobOptions | Mapping[str, Any] | None = None,
+    group: str | None = None,
+    unique_key: str | None = None,
+    tries: int | None = None,
+    priority: int | None = None,
+    timeout: float | timedelta | None = None,
+    expires: float | timedelta | None = None,
 ) -> CronEntry:
-    """Register a periodic job on *service* (what ``service.cron(...)`` does)."""
+    """Register a periodic job on *service* (what ``service.cron(...)`` does).
+
+    *timezone* is the IANA zone the schedule is read in. *overlap* lets a
+    tick post while the previous tick's job has not finished (by default it
+    is skipped, and the skip recorded). *version* marks the entry: replicas
+    running an older version stop posting its ticks once a newer one posted.
+    *options* and the keywords after it are the ticks' job options
+    (``group``, ``uniqueKey``, ``tries``, ``priority``, ``timeout`` in
+    seconds); *expires* (seconds after its tick) sets each job's ``expiresAt``.
+    """
     if service.state is not ServiceState.CREATED:
         raise RuntimeError("add cron entries before the service starts")
     if isinstance(config, BaseModel):
         config = config.model_dump(mode="json")
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"expected the job config as an object, got {config.__class__.__name__}")
-    entry = CronEntry(name, schedule, type if type is not None else name, dict(config or {}))
+    chosen: dict[str, Any] = (
+        options.to_json() if isinstance(options, JobOptions) else dict(options or {})
+    )
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if isinstance(expires, timedelta):
+        expires = expires.total_seconds()
+    for option, value in (
+        ("group", group),
+        ("uniqueKey", unique_key),
+        ("tries", tries),
+        ("priority", priority),
+        ("timeout", timeout),
+    ):
+        if value is not None:
+            chosen[option] = value
+    if not isinstance(overlap, bool):
+        raise TypeError(f"expected overlap as True or False, got {overlap!r}")
+    entry = CronEntry(
+        name,
+        schedule,
+        type if type is not None else name,
+        dict(config or {}),
+        timezone=timezone,
+        options=chosen,
+        expires=expires,
+        overlap=overlap,
+        version=version,
+    )
     table = _table(service, create=True)
     assert table is not None
     if any(existing.name == entry.name for existing in table.entries):
@@ -402,6 +619,7 @@ async def _post_with_fixed_key(
     layout: LayoutName,
     key: str,
     extra: JsonObject,
+    options: JsonObject | None = None,
 ) -> str:
     """Post *entry*'s job under *key*, once more if that fails: the key is
     fixed, so a second try can never make a second job."""
@@ -413,7 +631,14 @@ async def _post_with_fixed_key(
 
     return await retry(
         lambda: post_job(
-            oada, service, entry.type, entry.config, layout=layout, key=key, extra=extra
+            oada,
+            service,
+            entry.type,
+            entry.config,
+            layout=layout,
+            key=key,
+            extra=extra,
+            options=options,
         ),
         retryable=lambda error: isinstance(error, OADAError),
         delay=lambda error, retry: 0.0,
@@ -457,7 +682,9 @@ async def post_now(
         "cron": {"entry": entry.name, "manual": True, "requested": iso(now)},
         "updates": {update_key: update},
     }
-    job_id = await _post_with_fixed_key(oada, service, entry, layout=layout, key=key, extra=extra)
+    job_id = await _post_with_fixed_key(
+        oada, service, entry, layout=layout, key=key, extra=extra, options=entry.job_options(now)
+    )
     try:
         # A merge of a key the ticks do not read: a tick racing with this
         # write gets a 412 at worst, reads again and posts as usual.

@@ -557,13 +557,22 @@ class Service:
         method(self, *args, **kwargs)
 
     def cron(
-        self, name: str, schedule: str, *, type: str | None = None, config: Any = None
+        self,
+        name: str,
+        schedule: str,
+        *,
+        type: str | None = None,
+        config: Any = None,
+        **options: Any,
     ) -> None:
         """Post a job of *type* (default *name*) on a cron *schedule*; see docs/periodic-jobs.md.
 
-        Provided by :func:`oada_jobs.cron.add_entry`.
+        *options*: ``timezone``, ``overlap``, ``version`` and the ticks' job
+        options (``group``, ``unique_key``, ``tries``, ``priority``,
+        ``timeout``, ``expires``, ``options``). Provided by
+        :func:`oada_jobs.cron.add_entry`.
         """
-        self._call_provided("cron", name, schedule, type=type, config=config)
+        self._call_provided("cron", name, schedule, type=type, config=config, **options)
 
     def add_report(self, name: str, schedule: str, **options: Any) -> None:
         """Make a report of finished jobs on a cron *schedule*, stored in OADA and

@@ -107,6 +107,11 @@ def _minute(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M}"
 
 
+def _tick_time(moment: datetime) -> str:
+    # Seconds only for the ticks of six-field schedules that fall within a minute.
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment.second else _minute(moment)
+
+
 def _shown_time(text: str) -> str:
     moment = parse_time(text)
     return _minute(moment) if moment is not None else text
@@ -129,10 +134,15 @@ def _entry_json(
     row: dict[str, Any] = {
         "name": entry.name,
         "schedule": entry.schedule,
+        "timezone": entry.timezone,
         "type": entry.type,
         "config": entry.config,
+        "options": entry.options,
+        "overlap": entry.overlap,
         "next": [iso(tick) for tick in ticks],
     }
+    if entry.version is not None:
+        row["version"] = entry.version
     if state is not None:
         row["lastTick"] = _last(state, entry.name, manual=False)
         row["lastManual"] = _last(state, entry.name, manual=True)
@@ -189,11 +199,12 @@ def list_entries(
         for entry, ticks in rows:
             config = jsonlib.dumps(entry.config, separators=(", ", ": "))
             out_console.print()
+            zone = "" if entry.timezone == "UTC" else f" ({escape(entry.timezone)})"
             out_console.print(
-                f"[bold]{escape(entry.name)}[/]  {escape(entry.schedule)}  "
+                f"[bold]{escape(entry.name)}[/]  {escape(entry.schedule)}{zone}  "
                 f"posts {entry.type!r} {escape(config)}"
             )
-            out_console.print(f"  next runs  {', '.join(_minute(tick) for tick in ticks)}")
+            out_console.print(f"  next runs  {', '.join(_tick_time(tick) for tick in ticks)}")
             if state is not None:
                 for label, manual in (("last tick", False), ("by hand  ", True)):
                     last = _last(state, entry.name, manual)
