@@ -6,8 +6,9 @@ that provide ``service.cron`` and ``service.add_report`` (see
 docs/architecture.md); nothing in the package imports it by name.
 """
 
-# cron and reports provide service.cron() and service.add_report() when imported.
-from . import cron, reports  # noqa: F401
+# cron, reports and retention provide service.cron(), service.add_report() and
+# service.retain() when imported.
+from . import cron, reports, retention  # noqa: F401
 from ._version import __version__
 from .client import Change, OADAClient, Response
 from .context import JobLogger, WorkerContext, WorkFunction

@@ -18,6 +18,7 @@ name                                kind       labels
 ``oada_jobs_share_reads_total``     counter    service, kind
 ``oada_jobs_claims_lost_total``     counter    service
 ``oada_jobs_replicas``              gauge      service
+``oada_jobs_purged_jobs_total``     counter    service, status
 ==================================  =========  ===============================
 
 ``oada_jobs_queues`` counts the queues the service runs (watching or
@@ -31,7 +32,8 @@ another replica's share) or ``context`` (another share's job read for the
 place of a grouped or unique-key job of this one). A lost claim is a job
 someone else wrote between this replica's read and its claim (another
 replica's claim, a cancel). ``oada_jobs_replicas`` is the live replicas this
-one sees (1 when work is not divided).
+one sees (1 when work is not divided). ``status`` of a purged job is
+``success`` or ``failure`` (see docs/retention.md).
 
 Jobs run for milliseconds or for days, so the duration histogram's buckets
 (:data:`DURATION_BUCKETS`) double from 1/8 s to 2^19 s (about six days),
@@ -75,6 +77,7 @@ class _Collectors:
     share_reads: Counter
     claims_lost: Counter
     replicas: Gauge
+    purged: Counter
 
 
 _lock = threading.Lock()
@@ -155,6 +158,12 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
                     ["service"],
                     registry=registry,
                 ),
+                purged=Counter(
+                    "oada_jobs_purged_jobs",
+                    "Finished jobs removed by retention, by the list they were filed in.",
+                    ["service", "status"],
+                    registry=registry,
+                ),
             )
             _by_registry[registry] = found
         return found
@@ -204,6 +213,9 @@ class ServiceMetrics:
 
     def loop_blocked(self) -> None:
         self._child(self._c.loop_blocked).inc()
+
+    def jobs_purged(self, status: str, count: int) -> None:
+        self._child(self._c.purged, status).inc(count)
 
     def set_queues(self, count: int) -> None:
         self._c.queues.labels(self.service).set(count)

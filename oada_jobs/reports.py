@@ -78,6 +78,7 @@ __all__ = [
     "add_report",
     "collect_jobs",
     "days_between",
+    "queued_layout",
     "report_path",
     "resolve_pointer",
     "run_report",
@@ -621,9 +622,12 @@ def _made_at(job: Job[Any]) -> datetime:
     return utc_now()
 
 
-async def _queued_layout(oada: OADAClient, service: str, key: str | None) -> LayoutName:
-    # The report reads the day lists of the layout its own job was queued in:
-    # the service's code or `oada-jobs run --layout` may have chosen either.
+async def queued_layout(oada: OADAClient, service: str, key: str | None) -> LayoutName:
+    """The layout a service's own job (list key *key*) was queued in.
+
+    A periodic job reads the day lists of the layout its own job was queued
+    in: the service's code or ``oada-jobs run --layout`` may have chosen either.
+    """
     pending = get_layout("pending").pending_path(service)
     try:
         await oada.head(f"{pending}/{path_segment(key)}" if key else pending)
@@ -701,7 +705,7 @@ async def run_report(job: Job[ReportConfig], ctx: WorkerContext) -> Json:
     made = _made_at(job)
     first, last = config.period(made.date())
     key = job.key or job.oada_id.removeprefix("resources/")
-    layout = await _queued_layout(ctx.oada, job.service, job.key)
+    layout = await queued_layout(ctx.oada, job.service, job.key)
     sources = list(config.columns.values()) if config.columns else []
     records = await collect_jobs(
         ctx.oada,

@@ -541,7 +541,7 @@ class Service:
 
     #: ``service.<name>(...)`` methods provided by modules above the service
     #: (``cron`` by :mod:`oada_jobs.cron`, ``add_report`` by
-    #: :mod:`oada_jobs.reports`), registered with :meth:`provide` when
+    #: :mod:`oada_jobs.reports`, ``retain`` by :mod:`oada_jobs.retention`), registered with :meth:`provide` when
     #: ``oada_jobs`` is imported. The import arrows point at this module.
     _provided: ClassVar[dict[str, Callable[..., object]]] = {}
 
@@ -573,6 +573,12 @@ class Service:
         :func:`oada_jobs.cron.add_entry`.
         """
         self._call_provided("cron", name, schedule, type=type, config=config, **options)
+
+    def retain(self, **options: Any) -> None:
+        """Purge old finished jobs on a schedule (``success_days=``, ``failure_days=``,
+        ``schedule=``...); see docs/retention.md. Provided by
+        :func:`oada_jobs.retention.add_retention`."""
+        self._call_provided("retain", **options)
 
     def add_report(self, name: str, schedule: str, **options: Any) -> None:
         """Make a report of finished jobs on a cron *schedule*, stored in OADA and

@@ -1,4 +1,4 @@
-"""``oada-jobs jobs``: list, show, post, retry and cancel jobs of a service.
+"""``oada-jobs jobs``: list, show, post, retry, cancel and purge jobs of a service.
 
 Owns this command only. May use the framework and ``cli/_common``; nothing
 but the ``cli`` package may import it.
@@ -19,6 +19,7 @@ from ..client import OADAClient
 from ..exceptions import InvalidJob, InvalidKey, NotFound, OADAError, OADAJobsError
 from ..job import FINISHED, Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
+from ..retention import purge
 from ..testing import post_job, wait_for_job
 from ..tree import Layout, resource_path, service_root
 from ._app import app
@@ -45,7 +46,7 @@ from ._common import (
 
 jobs_app = typer.Typer(
     name="jobs",
-    help="List, show, post, retry and cancel the jobs of a service.",
+    help="List, show, post, retry, cancel and purge the jobs of a service.",
     no_args_is_help=True,
 )
 app.add_typer(jobs_app)
@@ -588,6 +589,74 @@ def cancel(
         else:
             out_console.print(f"asked to cancel {job_id}")
             _next_steps(job_id)
+
+    run_command(main)
+
+
+def _days_of(text: str) -> int:
+    """Whole days from ``30d`` or ``30``."""
+    cleaned = text.strip().lower().removesuffix("d")
+    if not cleaned.isascii() or not cleaned.isdigit() or len(cleaned) > 6:
+        raise CLIError(
+            f"--older-than must be whole days like 30d or 30, got {text!r}", ExitCode.USAGE
+        )
+    return int(cleaned)
+
+
+@command(jobs_app, "purge")
+def purge_jobs(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Remove jobs filed more than this many days ago: 30d (or 30)."
+        ),
+    ],
+    status: Annotated[
+        str, typer.Option(help="Which finished jobs: success, failure or all.")
+    ] = "all",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    service: ServiceOption = None,
+    layout: LayoutOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Remove a service's finished jobs filed more than --older-than days ago.
+
+    Day lists before the cutoff go, with the finished jobs of the service
+    linked there (docs/retention.md). Recorded in the service's retention
+    resource; --dry-run writes nothing.
+    """
+    settings = settings_from(domain=domain, token=token, layout=layout, service=service)
+    name = resolve_service(settings, service)
+    days = _days_of(older_than)
+    if status not in ("success", "failure", "all"):
+        raise CLIError(f"--status must be success, failure or all, got {status!r}", ExitCode.USAGE)
+    statuses = ("success", "failure") if status == "all" else (status,)
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            chosen = await resolve_layout(oada, settings, name)
+            report = await purge(
+                oada,
+                name,
+                older_than=dict.fromkeys(statuses, days),
+                layout=chosen,
+                dry_run=dry_run,
+                by="by oada-jobs jobs purge",
+            )
+        if json:
+            print_json({"service": name, **report.to_json()}, plain=True)
+            return
+        verb = "would remove" if dry_run else "removed"
+        for item in report.lists:
+            out_console.print(
+                f"{item.status}: {verb} {item.jobs} job(s) in {len(item.days)} day list(s) "
+                f"before {item.cutoff}"
+                + (f"; {item.kept} linked resource(s) unlinked, not deleted" if item.kept else "")
+            )
 
     run_command(main)
 
