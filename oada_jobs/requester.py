@@ -43,6 +43,7 @@ from .exceptions import (
     JobFailed,
     NotFound,
     OADAError,
+    OADATransportError,
     PreconditionFailed,
 )
 from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, utc_now
@@ -140,13 +141,17 @@ async def who_am_i(oada: OADAClient) -> str | None:
     """The user *oada*'s token belongs to (``users/<id>``), from ``GET /users/me``.
 
     Asked once per client and remembered; ``None`` when the server does not
-    say (it has no ``/users/me``, or refuses it).
+    say (it has no ``/users/me``, or refuses it; asked again after no answer).
     """
     if oada in _users:
         return _users[oada]
     user: str | None = None
     try:
         data = (await oada.get("/users/me")).data
+    except OADATransportError as error:
+        # No answer at all: ask again next time rather than forget who posts.
+        logger.debug("GET /users/me failed (%s); this job is posted without createdBy", error)
+        return None
     except OADAError as error:
         logger.debug("GET /users/me failed (%s); jobs are posted without createdBy", error)
     else:
