@@ -128,6 +128,20 @@ def _last(state: Mapping[str, Any], name: str, manual: bool) -> dict[str, Any] |
     return {"time": seen["last"], "job": job if isinstance(job, str) else None}
 
 
+def _skipped(state: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """``{"tick", "running", "count"}`` of the entry's latest skipped tick, if any."""
+    seen = state.get(name)
+    skipped = seen.get("skipped") if isinstance(seen, Mapping) else None
+    if not isinstance(skipped, Mapping) or not isinstance(skipped.get("tick"), str):
+        return None
+    running, count = skipped.get("running"), skipped.get("count")
+    return {
+        "tick": skipped["tick"],
+        "running": running if isinstance(running, str) else None,
+        "count": count if isinstance(count, int) and not isinstance(count, bool) else 0,
+    }
+
+
 def _entry_json(
     entry: CronEntry, ticks: list[datetime], state: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -146,6 +160,7 @@ def _entry_json(
     if state is not None:
         row["lastTick"] = _last(state, entry.name, manual=False)
         row["lastManual"] = _last(state, entry.name, manual=True)
+        row["skipped"] = _skipped(state, entry.name)
     return row
 
 
@@ -210,6 +225,13 @@ def list_entries(
                     last = _last(state, entry.name, manual)
                     text = f"{_shown_time(last['time'])}  {last['job'] or ''}" if last else "never"
                     out_console.print(f"  {label}  {escape(text)}".rstrip())
+                skipped = _skipped(state, entry.name)
+                if skipped is not None:
+                    text = (
+                        f"{_shown_time(skipped['tick'])}  while {skipped['running'] or '?'} ran "
+                        f"({skipped['count']} skipped in all)"
+                    )
+                    out_console.print(f"  skipped    {escape(text)}")
         if state is None:
             err_console.print(
                 "[dim]no OADA domain or token: latest runs not shown "

@@ -19,7 +19,7 @@ from oada_jobs.exceptions import NotFound
 from oada_jobs.job import utc_now
 from oada_jobs.requester import wait_for_outcome
 from oada_jobs.testing import EmbeddedServer
-from oada_jobs.tree import get_layout, service_root
+from oada_jobs.tree import JOBS_TYPE, get_layout, service_root
 
 from .conftest import make_service
 
@@ -143,6 +143,21 @@ async def test_list_shows_schedule_next_runs_and_latest_runs(
         table.stdout
     )
     assert f"oada-jobs cron run {code.target()} cleanup" in table.stdout
+
+
+async def test_list_shows_a_skipped_tick(code: UserCode, oada: OADAClient, name: str) -> None:
+    running = f"resources/cron-{name}-cleanup-20261123T1000Z"
+    skipped = {"tick": "2026-11-23T10:05:00.000Z", "running": running, "count": 3}
+    await oada.put(
+        f"/bookmarks/services/{name}/cron",
+        {"cleanup": {"last": skipped["tick"], "job": running, "skipped": skipped}},
+        content_type=JOBS_TYPE,
+    )
+    listed = await code("list", code.target(), "--json")
+    assert listed.exit_code == 0, listed
+    assert listed.json()["entries"][0]["skipped"] == skipped
+    table = await code("list", code.target())
+    assert f"skipped    2026-11-23 10:05  while {running} ran (3 skipped in all)" in table.stdout
 
 
 async def test_list_without_a_server_shows_the_schedule_only(code: UserCode) -> None:
