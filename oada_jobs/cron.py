@@ -13,6 +13,13 @@ the others get 412, read again and see the tick is taken. The job itself has
 a key fixed by (service, entry, tick), so the winner retrying a failed post
 never makes a second job.
 
+The same conditional write keeps an entry to one run at a time over all
+replicas: unless the entry overlaps, a tick whose previous tick's job has not
+finished is recorded as skipped (``skipped: {tick, running, count}``) instead
+of posted. A newer ``version`` of an entry recorded there stops replicas with
+an older one from posting it. Schedules have five fields or six (seconds
+first) and are read in an IANA time zone.
+
 A tick is posted at most once: ticks missed while no replica ran are not
 caught up, and a replica that dies between recording a tick and posting its
 job loses that tick.
