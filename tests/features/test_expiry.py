@@ -126,3 +126,29 @@ async def test_bad_expiry_is_refused_before_posting(
 ) -> None:
     with pytest.raises(ValueError, match="expires"):
         await post_job(oada, name, "task", expires=expires)
+
+
+async def test_two_replicas_file_each_expired_job_once_and_run_none(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    ran: list[str] = []
+    replicas = [make_service(server, name) for _ in range(2)]
+    for replica in replicas:
+
+        @replica.on("task", 5)
+        async def task(job: Job[Json], ctx: WorkerContext) -> Json:
+            ran.append(ctx.job_id)
+            return {}
+
+    past = iso(utc_now() - timedelta(seconds=1))
+    expired = [await post_job(oada, name, "task", options={"expiresAt": past}) for _ in range(6)]
+    fresh = [await post_job(oada, name, "task", expires=60) for _ in range(4)]
+    async with replicas[0], replicas[1]:
+        jobs = [await wait_for_job(oada, job_id, 15, filed="classic") for job_id in expired]
+        done = [await wait_for_job(oada, job_id, 15, filed="classic") for job_id in fresh]
+    for job in jobs:
+        assert_expired(job)
+        finishing = [u for u in job.updates.values() if u["status"] == "failure"]
+        assert len(finishing) == 1, job.updates
+    assert [job.status for job in done] == ["success"] * 4
+    assert sorted(ran) == sorted(fresh)
