@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from .tree import LayoutName
 
-__all__ = ["ServiceConfig"]
+__all__ = [
+    "CONTROL_MAX_TYPES",
+    "CONTROL_TYPE_BYTES",
+    "LIMIT_RECHECK",
+    "RATE_LIMIT_MAX",
+    "ServiceConfig",
+]
 
 
 class ServiceConfig(BaseModel):
@@ -67,3 +73,15 @@ class ServiceConfig(BaseModel):
     #: Seconds a job waits in another replica's share before a replica with
     #: free slots and nothing of its own to do takes it.
     steal_after: PositiveFloat = 2.0
+
+
+#: Job types the control resource may name (under ``paused/types`` and under ``types``).
+CONTROL_MAX_TYPES = 1000
+#: Bytes of one job type's name in the control resource.
+CONTROL_TYPE_BYTES = 200
+#: Largest ``rateLimit.limit``: the starts of a window are kept in the limits
+#: resource, one timestamp each.
+RATE_LIMIT_MAX = 1000
+#: Seconds a replica waits before asking again for a type whose concurrency
+#: is taken by other replicas (their releases are not watched).
+LIMIT_RECHECK = 1.0

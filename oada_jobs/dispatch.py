@@ -15,6 +15,7 @@ must not touch the queue's list watch, the service, cron or reports.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from ._retry import Delay, retry
 from .client import OADAClient
 from .exceptions import BadRequest, Forbidden, InvalidJob, NotFound, OADAError
 from .job import Job, utc_now
+from .limits import Gate, Ticket
 from .outcome import JobOutcome
 from .runner import Decision, Runner
 from .scheduler import Entry, EntryState, Scheduler
@@ -90,6 +92,8 @@ class Dispatcher:
     :param backoff: waits between reads of a job others were merged into.
     :param reread: hands a job back to the queue's readers.
     :param log: the queue's logger.
+    :param gate: admits jobs by type (paused types, per-type concurrency and
+        rate limits); a job it refuses is held by the scheduler.
     """
 
     def __init__(
@@ -107,8 +111,10 @@ class Dispatcher:
         backoff: Delay,
         reread: Callable[[Entry], None],
         log: logging.LoggerAdapter[logging.Logger],
+        gate: Gate | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.gate = gate
         self.runners = runners
         self.make_runner = make_runner
         self.oada = oada
@@ -153,7 +159,21 @@ class Dispatcher:
             if entry is None:
                 limiter.release_on_behalf_of(borrower)
                 continue
-            self._begin(entry, limiter, borrower)
+            self._begin(entry, limiter, borrower, gated=True)
+
+    async def release_held(self) -> None:
+        """Make jobs held back by their type ready again whenever the gate may
+        let their type go (a control change, a job of the type ended, a
+        limit's window moved on)."""
+        gate = self.gate
+        if gate is None:
+            return
+        while True:
+            changed = gate.changed
+            self.scheduler.unhold(gate.may_admit)
+            wait = gate.next_check()
+            with anyio.move_on_after(math.inf if wait is None else wait):
+                await changed.wait()
 
     async def dispatch_urgent(self) -> None:
         """File jobs that need no work function (bad, cancelled, refused) at
@@ -170,15 +190,53 @@ class Dispatcher:
             await _acquire(filing, borrower)
             self._begin(entry, filing, borrower)
 
-    def _begin(self, entry: Entry, limiter: anyio.CapacityLimiter, borrower: object) -> None:
+    def _begin(
+        self,
+        entry: Entry,
+        limiter: anyio.CapacityLimiter,
+        borrower: object,
+        *,
+        gated: bool = False,
+    ) -> None:
         if self.in_flight.claim(self.domain, entry.job_id):
-            self.runners.start_soon(self._run_job, entry, limiter, borrower)
+            self.runners.start_soon(self._run_job, entry, limiter, borrower, gated)
             return
         # Another queue of this service runs it right now.
         limiter.release_on_behalf_of(borrower)
         self.scheduler.wait(entry, anyio.current_time() + READ_RETRY)
 
     async def _run_job(
+        self,
+        entry: Entry,
+        limiter: anyio.CapacityLimiter | None,
+        borrower: object,
+        gated: bool = False,
+    ) -> None:
+        ticket: Ticket | None = None
+        if gated and self.gate is not None and entry.job_type is not None:
+            try:
+                ticket = await self.gate.admit(entry.job_type, entry.job_id)
+            finally:
+                if ticket is None:
+                    # Held back (or cancelled while asking): it holds no slot meanwhile.
+                    self.in_flight.release(self.domain, entry.job_id)
+                    if limiter is not None:
+                        limiter.release_on_behalf_of(borrower)
+                    if entry.gone:
+                        self.left(entry)
+                    else:
+                        self.scheduler.hold(entry)
+            if ticket is None:
+                return
+        try:
+            await self._run_admitted(entry, limiter, borrower)
+        finally:
+            if ticket is not None:
+                assert self.gate is not None
+                with anyio.CancelScope(shield=True), anyio.move_on_after(READ_RETRY):
+                    await self.gate.release(ticket)
+
+    async def _run_admitted(
         self, entry: Entry, limiter: anyio.CapacityLimiter | None, borrower: object
     ) -> None:
         released = limiter is None

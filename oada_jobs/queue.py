@@ -58,6 +58,7 @@ from .exceptions import (
     Unauthorized,
 )
 from .filing import Filed, Filer
+from .limits import Gate
 from .metrics import ServiceMetrics
 from .reading import read_for_queue
 from .replicas import Shares
@@ -137,6 +138,8 @@ class QueueHost:
     watchdog: LoopWatchdog
     #: Which jobs are this replica's share (all of them, unless work is divided).
     shares: Shares
+    #: Admits jobs by type (pauses, per-type concurrency, rate limits).
+    gate: Gate | None = None
 
 
 class Queue:
@@ -314,6 +317,7 @@ class Queue:
             backoff=exponential(config.retry_initial, config.retry_max),
             reread=lambda entry: self._reads.send(entry),
             log=self.log,
+            gate=host.gate,
         )
         return dispatcher
 
@@ -389,6 +393,7 @@ class Queue:
                 intake.start_soon(self._timers)
                 intake.start_soon(dispatcher.dispatch)
                 intake.start_soon(dispatcher.dispatch_urgent)
+                intake.start_soon(dispatcher.release_held)
                 intake.start_soon(self._sweep)
                 intake.start_soon(self._follow_shares)
                 intake.start_soon(self._steal)
@@ -673,7 +678,7 @@ def _no_delay(job_type: str) -> float:
 
 
 #: States in which a touched link makes the queue read the job again.
-_TOUCHABLE = frozenset({EntryState.WAITING, EntryState.READY, EntryState.PARKED})
+_TOUCHABLE = frozenset({EntryState.WAITING, EntryState.READY, EntryState.PARKED, EntryState.HELD})
 
 
 @dataclass(slots=True)

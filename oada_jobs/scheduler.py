@@ -121,6 +121,9 @@ class EntryState(Enum):
     #: Read, with a group or unique key: waiting for the jobs queued before
     #: it in other replicas' shares to be read here.
     CATCHING_UP = "catching-up"
+    #: Held back by its type (paused, at its concurrency or rate limit);
+    #: ready again when the dispatcher's gate lets the type go.
+    HELD = "held"
 
 
 @dataclass(eq=False, slots=True)
@@ -174,6 +177,8 @@ class Entry:
     missing: set[str] = field(default_factory=set)
     #: Whether the jobs queued before it were all read (done once).
     caught_up: bool = False
+    #: The job's type, once read (kept when its body is dropped).
+    job_type: str | None = None
 
     @property
     def urgent(self) -> bool:
@@ -245,6 +250,8 @@ class Scheduler:
         # Jobs that only need filing: they skip the queue and the slots.
         self._urgent: deque[Entry] = deque()
         self._holders: dict[tuple[str, str], Entry] = {}
+        # Jobs held back by their type, by type (see hold()).
+        self._held: dict[str, list[Entry]] = {}
         self._bodies = 0
         self._reserved = 0
         # Jobs read but waiting for an earlier one's first read to settle.
@@ -532,6 +539,7 @@ class Scheduler:
 
     def _place(self, entry: Entry, job: Job[Any], policy: Policy | None) -> None:
         options = job.options
+        entry.job_type = job.type
         entry.duplicate_of = None
         entry.expires_at = None
         if job.expired_for(self._worker_id):
@@ -680,6 +688,32 @@ class Scheduler:
             self._wait(entry, clock_at(until) if isinstance(until, datetime) else until)
             if was_running and entry.group is not None:
                 self._group_moved(entry.group)
+
+    # ------------------------------------------------------------ held by type
+
+    def hold(self, entry: Entry) -> None:
+        """*entry* was popped but its type may not start now: keep it aside,
+        without its body, until :meth:`unhold` lets its type go."""
+        if self._by_id.get(entry.job_id) is not entry:
+            return
+        was_running = self._stopped(entry)
+        self._drop_body(entry)
+        entry.state = EntryState.HELD
+        self._held.setdefault(entry.job_type or "", []).append(entry)
+        if was_running and entry.group is not None:
+            self._group_moved(entry.group)
+        self._notify()
+
+    def unhold(self, may_go: Callable[[str], bool]) -> int:
+        """Make held jobs whose type *may_go* ready again; how many."""
+        freed = 0
+        for job_type in [held for held in self._held if may_go(held)]:
+            for entry in self._held.pop(job_type):
+                # Stale if it left, or was read again meanwhile (its link touched).
+                if entry.state is EntryState.HELD and self._by_id.get(entry.job_id) is entry:
+                    self._make_ready(entry, entry.priority)
+                    freed += 1
+        return freed
 
     # ------------------------------------------------------------ running
 

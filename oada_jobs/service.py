@@ -64,8 +64,10 @@ from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
 from .config import ServiceConfig
 from .context import WorkFunction
+from .control import Control, ControlFollower, RateLimit
 from .dispatch import InFlight
 from .health import Readiness, serve_probes
+from .limits import Gate, TypeLimits
 from .metrics import ServiceMetrics
 from .queue import DEFAULT_QUEUE, Once, Queue, QueueHost
 from .queue_list import QueueEntry, QueuesList, parse_queue_entry
@@ -75,7 +77,7 @@ from .settings import Settings, load_settings
 from .tree import Layout, LayoutName, get_layout, validate_service_name
 from .types import UniquePolicy
 from .watchdog import LoopWatchdog
-from .worker import Timeout, Worker, as_seconds, worker_factory
+from .worker import FollowUp, Timeout, Worker, as_seconds, with_settings, worker_factory
 
 __all__ = [
     "Component",
@@ -242,6 +244,9 @@ class Service:
         #: How this replica's queues divide their jobs with the service's other replicas.
         self.shares: Membership | WholeQueue = WholeQueue()
         self._membership_scope: anyio.CancelScope | None = None
+        self._control = Control()
+        self._control_errors: Mapping[str, str] = {}
+        self._gate: Gate | None = None
 
     def configure(
         self,
@@ -432,6 +437,10 @@ class Service:
         unique: UniquePolicy = "refuse",
         group_limit: int = 1,
         min_version: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
+        then: str | FollowUp | None = None,
+        on_failure: str | FollowUp | None = None,
     ) -> Callable[[W], W]: ...
 
     @overload
@@ -454,6 +463,10 @@ class Service:
         unique: UniquePolicy = "refuse",
         group_limit: int = 1,
         min_version: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
+        then: str | FollowUp | None = None,
+        on_failure: str | FollowUp | None = None,
     ) -> W: ...
 
     def on(
@@ -475,6 +488,10 @@ class Service:
         unique: UniquePolicy = "refuse",
         group_limit: int = 1,
         min_version: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
+        then: str | FollowUp | None = None,
+        on_failure: str | FollowUp | None = None,
     ) -> W | Callable[[W], W]:
         """Register *work* for jobs of *type*; usable as a decorator.
 
@@ -503,6 +520,16 @@ class Service:
         :param group_limit: jobs of one ``options.group`` running at once.
         :param min_version: jobs with a lower ``options.version`` (default 1)
             fail as ``unsupported-version``.
+        :param concurrency: jobs of the type running at once over all the
+            service's replicas (docs/control.md).
+        :param rate_limit: ``(starts, seconds)``: at most that many starts of
+            the type in any window of that many seconds, over all replicas.
+        :param then: a job type (or :class:`~oada_jobs.FollowUp`) posted with
+            the result as its config when a job of this type succeeds;
+        :param on_failure: the same when one fails (docs/work-functions.md).
+
+        Timeout, tries, retry delay, priority, concurrency and rate limit can
+        be overridden live in ``/bookmarks/services/<name>/control``.
 
         See docs/scheduling.md.
 
@@ -525,6 +552,10 @@ class Service:
             unique=unique,
             group_limit=group_limit,
             min_version=min_version,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            then=then,
+            on_failure=on_failure,
         )
 
         def register(fn: W) -> W:
@@ -600,8 +631,38 @@ class Service:
         return self._components.get(key)
 
     def worker_for(self, type: str) -> Worker | None:
-        """The registered :class:`~oada_jobs.worker.Worker` for *type*, if any."""
-        return self._workers.get(type)
+        """The :class:`~oada_jobs.worker.Worker` for *type*, if any, with the
+        settings of the service's control (``control/types/<type>``) applied."""
+        worker = self._workers.get(type)
+        if worker is None:
+            return None
+        settings = self._control.settings(type)
+        return worker if settings is None else with_settings(worker, settings)
+
+    @property
+    def control(self) -> Control:
+        """What the service's control resource says now (docs/control.md)."""
+        return self._control
+
+    @property
+    def control_errors(self) -> Mapping[str, str]:
+        """Why parts of the control resource were refused (also in its ``status``)."""
+        return dict(self._control_errors)
+
+    def _limits_for(self, type: str) -> TypeLimits:
+        worker = self.worker_for(type)
+        settings = self._control.settings(type)
+        concurrency = worker.concurrency if worker is not None else None
+        rate_limit = worker.rate_limit if worker is not None else None
+        if worker is None and settings is not None:
+            concurrency, rate_limit = settings.concurrency, settings.rate_limit
+        return TypeLimits(self._control.paused(type), concurrency, rate_limit)
+
+    def _apply_control(self, control: Control, errors: Mapping[str, str]) -> None:
+        self._control_errors = errors
+        self._control = control
+        if self._gate is not None:
+            self._gate.notify()
 
     # ------------------------------------------------------------ state shared with queues
 
@@ -776,6 +837,13 @@ class Service:
                         )
                     )
                     self.metrics_bound_port = probes.port
+                self._gate = Gate(
+                    self.name,
+                    worker_id=self.worker_id,
+                    lease=self.config.lease,
+                    limits_for=self._limits_for,
+                )
+                self._gate.oada = self.oada
                 with anyio.CancelScope() as work_scope:
                     async with anyio.create_task_group() as work:
                         self._work = work
@@ -786,6 +854,7 @@ class Service:
                         work.start_soon(self._watch_loop, watch_scope)
                         if self.config.divide_work:
                             await work.start(self._join_replicas)
+                        control_scope = await work.start(self._follow_control)
                         await work.start(self._follow_config)
                         scopes = [
                             await work.start(part.run, self) for part in self._components.values()
@@ -801,6 +870,7 @@ class Service:
                         if self._membership_scope is not None:
                             # Hands this replica's share to the others at once.
                             self._membership_scope.cancel()
+                        control_scope.cancel()
                         for scope in scopes:
                             scope.cancel()
                         watch_scope.cancel()
@@ -876,6 +946,7 @@ class Service:
             report=self.report,
             watchdog=self.watchdog,
             shares=self.shares,
+            gate=self._gate,
         )
         connect = partial(self._connect, domain, token)
         return Queue(host, key, domain=domain, connect=connect, own_token=token is None)
@@ -896,6 +967,21 @@ class Service:
         else:
             async with OADAClient(domain, token, concurrency=self.request_concurrency) as client:
                 yield client
+
+    async def _follow_control(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        """Follow ``control`` (pauses, per-type settings) and renew type slots."""
+        config = self.config
+        follower = ControlFollower(
+            self.name,
+            apply=self._apply_control,
+            backoff=exponential(config.retry_initial, config.retry_max),
+        )
+        assert self._gate is not None
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._gate.renew)
+                await group.start(follower.follow, self.oada)
+                task_status.started(scope)
 
     async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
         with anyio.CancelScope() as scope:

@@ -14,7 +14,7 @@ import inspect
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any, get_args, get_origin, get_type_hints
@@ -22,13 +22,46 @@ from typing import Any, get_args, get_origin, get_type_hints
 from pydantic import BaseModel
 
 from .context import WorkFunction
+from .control import RateLimit, TypeSettings
 from .job import Job
+from .tree import validate_service_name
 from .types import UniquePolicy
 
-__all__ = ["Timeout", "Worker", "as_seconds", "worker_factory"]
+__all__ = ["FollowUp", "Timeout", "Worker", "as_seconds", "with_settings", "worker_factory"]
 
 #: A timeout in seconds, or a :class:`~datetime.timedelta`.
 Timeout = float | int | timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A job posted when a job of a type ends: ``service.on(..., then="email")``.
+
+    Its config is the first job's result (a result that is not an object
+    becomes ``{"result": <it>}``); for ``on_failure`` it is the failed job's
+    result (``{name, message, failType?, ...}``).
+    """
+
+    #: The follow-up job's type.
+    type: str
+    #: The service it is posted to; ``None``: the same service.
+    service: str | None = None
+
+    @classmethod
+    def of(cls, value: str | FollowUp | None, what: str) -> FollowUp | None:
+        """*value* as a :class:`FollowUp`; raise :class:`ValueError` if it is not one."""
+        if value is None or isinstance(value, FollowUp):
+            follow_up = value
+        elif isinstance(value, str) and value:
+            follow_up = cls(value)
+        else:
+            raise ValueError(f"expected {what} to be a job type or a FollowUp, got {value!r}")
+        if follow_up is not None:
+            if not isinstance(follow_up.type, str) or not follow_up.type:
+                raise ValueError(f"expected {what} to name a job type, got {follow_up.type!r}")
+            if follow_up.service is not None:
+                validate_service_name(follow_up.service)
+        return follow_up
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +100,14 @@ class Worker:
     min_version: int | None = None
     #: The pydantic model the function's return value is validated into, if any.
     result_model: type[BaseModel] | None = None
+    #: Jobs of the type running at once over all replicas; ``None``: no limit.
+    concurrency: int | None = None
+    #: Starts of the type per period over all replicas; ``None``: no limit.
+    rate_limit: RateLimit | None = None
+    #: Posted when a job of the type succeeds, with its result as config.
+    then: FollowUp | None = None
+    #: Posted when a job of the type fails, with its result as config.
+    on_failure: FollowUp | None = None
 
     def retry_delay_for(self, tried: int) -> float:
         """Seconds to wait after the *tried*-th failed try (1 for the first)."""
@@ -99,6 +140,18 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     if inspect.isroutine(fn):
         return False
     return inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def with_settings(worker: Worker, settings: TypeSettings | None) -> Worker:
+    """*worker* with the values the service's control overrides (the rest as in code)."""
+    if settings is None:
+        return worker
+    changes: dict[str, object] = {}
+    for name in ("timeout", "tries", "retry_delay", "priority", "concurrency", "rate_limit"):
+        value = getattr(settings, name)
+        if value is not None:
+            changes[name] = value
+    return replace(worker, **changes) if changes else worker  # type: ignore[arg-type]
 
 
 def _seconds(value: Timeout | None, what: str) -> float | None:
@@ -151,6 +204,10 @@ def worker_factory(
     unique: UniquePolicy,
     group_limit: int,
     min_version: int | None,
+    concurrency: int | None = None,
+    rate_limit: tuple[int, Timeout] | RateLimit | None = None,
+    then: str | FollowUp | None = None,
+    on_failure: str | FollowUp | None = None,
 ) -> Callable[[WorkFunction], Worker]:
     """Validate the options of ``service.on`` (see its docstring): a function
     making the :class:`Worker` of a work function for jobs of *type*.
@@ -181,6 +238,10 @@ def worker_factory(
         group_limit=group_limit,
         min_version=min_version,
         result_model=result,
+        concurrency=_concurrency(concurrency, type),
+        rate_limit=_rate_limit(rate_limit, type),
+        then=FollowUp.of(then, "then"),
+        on_failure=FollowUp.of(on_failure, "on_failure"),
     )
 
     def make(fn: WorkFunction) -> Worker:
@@ -229,3 +290,36 @@ def _check(
         isinstance(cls, builtins.type) and issubclass(cls, BaseException) for cls in retry_classes
     ):
         raise ValueError(f"expected exception classes for retry_on, got {retry_on!r}")
+
+
+def _shared_type(type: str, what: str) -> None:
+    # The type is a key of the shared limits resource, where OADA keeps
+    # keys starting with "_" for itself.
+    if type.startswith("_"):
+        raise ValueError(f"{what} needs a job type not starting with '_', got {type!r}")
+
+
+def _concurrency(value: int | None, type: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10_000:
+        raise ValueError(f"expected concurrency from 1 to 10000, got {value!r}")
+    _shared_type(type, "concurrency")
+    return value
+
+
+def _rate_limit(value: tuple[int, Timeout] | RateLimit | None, type: str) -> RateLimit | None:
+    if value is None:
+        return None
+    _shared_type(type, "rate_limit")
+    if isinstance(value, RateLimit):
+        return value
+    try:
+        limit, period = value
+        seconds = as_seconds(period, "the rate_limit period")
+        return RateLimit(limit=limit, period=seconds)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"expected rate_limit as (starts, seconds) with starts >= 1 and seconds > 0, "
+            f"got {value!r}: {error}"
+        ) from None

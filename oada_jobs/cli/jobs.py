@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from ..client import OADAClient
+from ..control import control_path, set_paused
 from ..exceptions import InvalidJob, InvalidKey, NotFound, OADAError, OADAJobsError
 from ..job import FINISHED, Job, JobOptions, parse_time, request_cancel
 from ..requester import latest_progress
@@ -548,6 +549,66 @@ def retry(
         )
 
     run_command(main)
+
+
+TypesOption = Annotated[
+    list[str] | None,
+    typer.Option("--type", help="Only this job type (repeat for more); default: every type."),
+]
+
+
+def _pause(
+    paused: bool,
+    service: str | None,
+    types: list[str] | None,
+    json: bool,
+    domain: str | None,
+    token: str | None,
+) -> None:
+    settings = settings_from(domain=domain, token=token, service=service)
+    name = resolve_service(settings, service)
+
+    async def main() -> None:
+        async with connect(settings) as oada:
+            try:
+                body = await set_paused(oada, name, paused, types or ())
+            except ValueError as error:
+                raise CLIError(str(error)) from None
+        if json:
+            print_json({"service": name, **body}, plain=True)
+            return
+        what = ", ".join(types) if types else "every job type"
+        verb = "paused" if paused else "resumed"
+        out_console.print(f"{verb} {what} of {name} ({control_path(name)})")
+
+    run_command(main)
+
+
+@command(jobs_app, "pause")
+def pause(
+    service: ServiceOption = None,
+    types: TypesOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Stop starting jobs of a type (or of every type) on all replicas.
+
+    Paused jobs stay pending; running ones finish. See docs/control.md.
+    """
+    _pause(True, service, types, json, domain, token)
+
+
+@command(jobs_app, "resume")
+def resume(
+    service: ServiceOption = None,
+    types: TypesOption = None,
+    json: JsonOption = False,
+    domain: DomainOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Start jobs of a paused type again (without --type: resume everything)."""
+    _pause(False, service, types, json, domain, token)
 
 
 @command(jobs_app, "cancel")

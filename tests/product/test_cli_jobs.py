@@ -399,3 +399,33 @@ async def test_list_reads_only_real_days_of_a_day_index(
     assert listed.exit_code == 0, listed
     assert listed.json()["success"]["day"] != "9999~1.."
     assert [row["id"] for row in listed.json()["success"]["jobs"]] == [done["id"]]
+
+
+async def test_pause_and_resume_a_type_then_everything(
+    cli: CLI, service: Service, oada: OADAClient
+) -> None:
+    paused = await cli("jobs", "pause", "--type", "ok", "--json")
+    assert paused.exit_code == 0, paused
+    assert paused.json()["paused"] == {"types": {"ok": True}}
+    with anyio.fail_after(10):
+        while not service.control.paused("ok"):
+            await anyio.sleep(0.02)
+    assert not service.control.paused("fail")
+
+    assert (await cli("jobs", "pause")).exit_code == 0
+    with anyio.fail_after(10):
+        while not service.control.paused_all:
+            await anyio.sleep(0.02)
+
+    resumed = await cli("jobs", "resume")
+    assert resumed.exit_code == 0, resumed
+    assert "resumed every job type of svc" in resumed.stdout
+    with anyio.fail_after(10):
+        while service.control.paused("ok") or service.control.paused_all:
+            await anyio.sleep(0.02)
+    done = await cli("jobs", "post", "ok", "--wait", "--json")
+    assert done.json()["status"] == "success"
+
+    bad = await cli("jobs", "pause", "--type", "")
+    assert bad.exit_code == 1
+    assert "job type ''" in bad.stderr
