@@ -50,6 +50,7 @@ from .requester import post_job, run_job
 from .service import Service, ServiceConfig, ServiceState
 from .tree import Layout
 from .types import Json, JsonObject, Tree
+from .worker import FollowUp
 
 __all__ = [
     "BadRequest",
@@ -58,6 +59,7 @@ __all__ = [
     "Conflict",
     "DuplicateJob",
     "FinishReport",
+    "FollowUp",
     "Forbidden",
     "InvalidJob",
     "InvalidKey",

@@ -168,6 +168,7 @@ class Filer:
         log: Log,
         duration: float | None = None,
         written: Callable[[], None] = lambda: None,
+        after_write: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> JobOutcome | None:
         """Write *outcome* on the job with *write*, then file it; the outcome filed.
 
@@ -175,20 +176,22 @@ class Filer:
         another worker, or recording failed (the job stays pending and is
         looked at again). An outcome the server refuses, or that is not
         JSON, is replaced by a failure saying so. *written* is called once
-        the outcome is written, before filing.
+        the outcome is written, before filing; *after_write* too (it is
+        retried with filing, so it must be idempotent: follow-up jobs).
         """
         finished_at = utc_now()
         # Made once per outcome, so a retried write does not add a second update.
         body = outcome_body(outcome, finished_at)
         done = False
         abandoned = False
+        followed = after_write is None
 
         async def put(body: JsonObject) -> None:
             nonlocal abandoned
             abandoned = not await write(body)
 
         async def record() -> str | None:
-            nonlocal done, outcome, body
+            nonlocal done, outcome, body, followed
             if not done:
                 try:
                     await put(body)
@@ -208,6 +211,10 @@ class Filer:
                     return None
                 done = True
                 written()
+            if not followed:
+                assert after_write is not None
+                await after_write(outcome)
+                followed = True
             return await self.file(key, job_id, outcome.status, outcome.fail_type, finished_at)
 
         day_path = await self.shielded(record, log)

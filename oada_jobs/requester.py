@@ -96,6 +96,7 @@ __all__ = [
     "detect_layout",
     "latest_progress",
     "post_child_job",
+    "post_follow_up",
     "post_job",
     "raise_for_failure",
     "run_job",
@@ -562,6 +563,39 @@ async def post_child_job(
         f"{resource_path(parent)}/children", {linked_key: {"_id": child_id}}, content_type=JOBS_TYPE
     )
     return child_id
+
+
+async def post_follow_up(
+    oada: OADAClient,
+    job_id: str,
+    service: str,
+    type: str,
+    config: JsonObject,
+    *,
+    kind: str,
+    layout: LayoutName = "classic",
+) -> str:
+    """Post the follow-up *kind* (``then`` or ``on-failure``) of the job *job_id*, once.
+
+    Its key is derived from *job_id* and *kind* (:func:`child_key`), so
+    posting it again (the filing was retried, the service restarted) finds
+    the job posted before, as :func:`post_job` does for any explicit key. The follow-up gets ``followUpOf: {"_id": <job>}``, the
+    job ``followUps/<key>: {"_id": <follow-up>}``.
+    """
+    key = child_key(job_id, kind)
+    follow_up_id = await post_job(
+        oada,
+        service,
+        type,
+        config,
+        layout=layout,
+        key=key,
+        extra={"followUpOf": {"_id": job_id}},
+    )
+    await oada.put(
+        f"{resource_path(job_id)}/followUps", {key: {"_id": follow_up_id}}, content_type=JOBS_TYPE
+    )
+    return follow_up_id
 
 
 # --------------------------------------------------------------------------

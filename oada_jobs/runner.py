@@ -28,7 +28,7 @@ it must not import the queue, the scheduler or the service.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,9 +48,11 @@ from .exceptions import (
     InvalidJob,
     InvalidKey,
     JobError,
+    JobExists,
     NotFound,
+    OADAError,
 )
-from .filing import Filer, finish_time
+from .filing import TRANSIENT, Filer, finish_time
 from .job import Job, JobStatus, error_result, iso, new_update, utc_now
 from .metrics import ServiceMetrics
 from .outcome import (
@@ -64,6 +66,7 @@ from .outcome import (
     failed,
 )
 from .reading import read_job
+from .requester import post_follow_up
 from .tree import JOBS_TYPE, resource_path
 from .types import JsonObject
 from .watchdog import LoopWatchdog
@@ -244,6 +247,10 @@ class Runner:
         if job.finished:
             self.log.info("job is already %s; filing it", job.status)
             assert job.status is not None
+            # Its outcome was written here or elsewhere, but filing stopped
+            # short: its follow-up may not be posted yet (posting is idempotent).
+            status = job.status
+            await self.filer.shielded(lambda: self._follow_up(job, status, job.result), self.log)
             await self._file_only(job.status, finish_time(job))
             return None
         verdict = self._verdict(job)
@@ -370,7 +377,14 @@ class Runner:
             return await self._give_back(outcome, job)
         duration = anyio.current_time() - started
         with telemetry.step_span("file"):
-            await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
+            await self._write_and_file(
+                outcome,
+                job,
+                etag=None,
+                duration=duration,
+                owned=True,
+                after_write=lambda written: self._follow_up(job, written.status, written.result),
+            )
         return None
 
     def _abandon(self, outcome: JobOutcome | None, job: Job[JsonObject], started: float) -> None:
@@ -393,6 +407,33 @@ class Runner:
                 done.set()
 
         self.spawn(settle)
+
+    async def _follow_up(self, job: Job[Any], status: str, result: Any) -> None:
+        """Post the follow-up job the type declares for *status*, if any (once)."""
+        worker = self.workers(job.type)
+        if worker is None:
+            return
+        success = status == JobStatus.SUCCESS.value
+        follow = worker.then if success else worker.on_failure
+        if follow is None:
+            return
+        config = dict(result) if isinstance(result, dict) else {"result": result}
+        try:
+            follow_up_id = await post_follow_up(
+                self.oada,
+                self.job_id,
+                follow.service or self.service,
+                follow.type,
+                config,
+                kind="then" if success else "on-failure",
+                layout=self.filer.layout.name,
+            )
+        except TRANSIENT:
+            raise  # retried with the filing
+        except (OADAError, JobExists, ValueError, TypeError) as error:
+            self.log.error("could not post the follow-up %r: %s", follow.type, error)
+            return
+        self.log.info("posted the follow-up %s (%s)", follow_up_id, follow.type)
 
     async def _give_back(self, outcome: JobOutcome, job: Job[JsonObject]) -> datetime | None:
         """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule)."""
@@ -469,6 +510,7 @@ class Runner:
         etag: str | None,
         duration: float | None = None,
         owned: bool = False,
+        after_write: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> None:
         """Write the outcome, then file the job.
 
@@ -490,4 +532,5 @@ class Runner:
             log=self.log,
             duration=duration,
             written=self.release_slot,
+            after_write=after_write,
         )
