@@ -25,7 +25,7 @@ from . import outcome as outcomes
 from .claim import Claim, lease_taken
 from .client import OADAClient
 from .context import JobLogAdapter, WorkerContext
-from .exceptions import JobError, OADAError, Reschedule, Retry
+from .exceptions import JobError, OADAError, Reschedule, Retry, WaitForChild
 from .job import Job, JobStatus
 from .outcome import TIMEOUT_FAIL_TYPE, JobOutcome, failed
 from .worker import Worker
@@ -185,6 +185,9 @@ class WorkCall:
                 except Reschedule as error:
                     if not self.interrupted:
                         outcome = outcomes.reschedule(log, error)
+                except WaitForChild as error:
+                    if not self.interrupted:
+                        outcome = outcomes.wait_for_child(log, error)
                 except Exception as error:
                     if self.interrupted:
                         pass

@@ -79,6 +79,9 @@ class Claim:
         }
         if job.run_at is not None:
             body["runAt"] = None
+        if job.raw.get("waitingFor") is not None:
+            # Running again: a child filed from now on has nobody to wake.
+            body["waitingFor"] = None
         try:
             response = await self.oada.put(
                 self.path, body, content_type=JOBS_TYPE, if_match=job.etag
@@ -107,6 +110,9 @@ class Claim:
             if not await self.put({"state": None}):
                 return False
             body.update(state=outcome.state, tries=0)
+        elif outcome.waiting_for is not None:
+            # A step, like a reschedule (tries afresh), keeping its state.
+            body.update(waitingFor={"_id": outcome.waiting_for}, tries=0)
         else:
             body["lastError"] = outcome.reason
         return await self.put(body)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .client import OADAClient
 from .exceptions import OADATransportError, ServerError, TooManyRequests
 from .job import Job, new_update
-from .requester import post_child_job, write_progress
+from .requester import CHILD_CHECK_EVERY, await_child_job, post_child_job, write_progress
 from .settings import LOGGING_ENV, update_levels
 from .tree import JOB_TYPE, LayoutName, path_segment, resource_path
 from .types import Json
@@ -141,6 +141,48 @@ class WorkerContext:
     #: The job-list layout of the queue this job came from; follow-up jobs
     #: are posted in it unless told otherwise.
     layout: LayoutName = "classic"
+    # How many children this run has awaited (names the next one).
+    _awaited: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
+
+    async def run_job(
+        self,
+        service: str,
+        type: str,
+        config: Any = None,
+        *,
+        name: str | None = None,
+        layout: LayoutName | None = None,
+        check_every: float = CHILD_CHECK_EVERY,
+    ) -> Json:
+        """Run a child job and return its result (:class:`~oada_jobs.JobFailed` if it fails).
+
+        The parent does not wait in memory: while the child is not done this
+        ends the run (the job goes back to pending, with ``waitingFor`` set,
+        holding no slot) and the function is **called again from the top**
+        once the child is filed; this time the same call returns the child's
+        result at once. So the code before it runs again: keep it idempotent,
+        or keep what it did in the job's ``state`` (``Reschedule``).
+
+        Each call names its child: *name*, by default its place among this
+        run's calls (``0``, ``1``, ...). The child's key is derived from the
+        parent's and the name, so a run again finds the same child and never
+        posts a second one; give names when the calls a run makes depend on
+        what earlier children returned. *check_every*: seconds after which
+        the parent looks at the child again should the wake-up be lost.
+
+        >>> total = await ctx.run_job("billing", "sum", {"month": 11})  # doctest: +SKIP
+        """
+        index = self._awaited[0]
+        self._awaited[0] += 1
+        return await await_child_job(
+            self,
+            name if name is not None else str(index),
+            service,
+            type,
+            config,
+            layout=layout,
+            check_every=check_every,
+        )
 
     async def post_job(
         self,

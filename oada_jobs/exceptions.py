@@ -31,7 +31,8 @@
     ├── Retry                        raised by a work function to ask for another try later
     ├── Reschedule                   raised by a work function to run again later with new state
     ├── ListenError                  a server (embedded OADA, /metrics) cannot listen on its address
-    └── DatabaseLocked               another process serves the embedded server's SQLite file
+    ├── DatabaseLocked               another process serves the embedded server's SQLite file
+    └── WaitForChild                 raised by ctx.run_job: end this run until a child job ends
 
 Tokens are secrets: no exception message or repr in this module ever contains
 one. Use :func:`redact` on any text that might.
@@ -76,6 +77,7 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnprocessableEntity",
+    "WaitForChild",
     "WatchLost",
     "error_for_status",
     "redact",
@@ -495,3 +497,19 @@ class DatabaseLocked(OADAJobsError):
         super().__init__(f"the database {path} is in use by {holder}; stop it or use another --db")
         self.path = path
         self.pid = pid
+
+
+class WaitForChild(OADAJobsError):
+    """Raised by ``await ctx.run_job(...)`` while the child job is not done.
+
+    Not a failure: the run ends, the job goes back to pending holding no
+    slot, with ``waitingFor: {"_id": <child>}``; it runs again (from the
+    top) once the child is filed, or after *check_every* seconds at the
+    latest. A work function must let it through (do not catch it with a
+    bare ``except Exception`` around ``ctx.run_job``).
+    """
+
+    def __init__(self, child_id: str, *, check_every: float) -> None:
+        super().__init__(f"waiting for the child job {child_id}")
+        self.child_id = child_id
+        self.check_every = _seconds(check_every, "check_every")

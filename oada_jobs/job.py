@@ -57,6 +57,7 @@ __all__ = [
     "error_result",
     "new_update",
     "request_cancel",
+    "touch_link",
     "utc_now",
 ]
 
@@ -436,12 +437,12 @@ async def request_cancel(oada: OADAClient, job_id: str, reason: str = "cancelled
         except PreconditionFailed:
             continue  # claimed, logged or finished meanwhile: look again
         if job.status != JobStatus.RUNNING.value:
-            await _touch_link(oada, job)
+            await touch_link(oada, job)
         return True
     raise OADAJobsError(f"could not cancel {job_id}: it kept changing (5 tries)")
 
 
-async def _touch_link(oada: OADAClient, job: Job[Any]) -> None:
+async def touch_link(oada: OADAClient, job: Job[Any]) -> None:
     """Re-write the job's link in its service's pending list (either layout)."""
     for layout in (get_layout("classic"), get_layout("pending")):
         path = layout.pending_path(job.service)

@@ -20,7 +20,15 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ValidationError
 
 from .client._common import dumps
-from .exceptions import ClientClosed, JobCancelled, JobError, OADAError, Reschedule, Retry
+from .exceptions import (
+    ClientClosed,
+    JobCancelled,
+    JobError,
+    OADAError,
+    Reschedule,
+    Retry,
+    WaitForChild,
+)
 from .job import JobStatus, error_result, iso, utc_now
 from .types import Json
 
@@ -43,6 +51,7 @@ __all__ = [
     "retry",
     "success",
     "unrecordable",
+    "wait_for_child",
 ]
 
 #: Where outcome rules log: the run's logger (a ``JobLogAdapter``).
@@ -86,6 +95,8 @@ class JobOutcome:
     #: For a retry: why the try failed (written as ``lastError``).
     reason: str | None = None
     state: Json = None
+    #: For a wait: the child job the job waits for (``ctx.run_job``).
+    waiting_for: str | None = None
 
 
 def failed(error: JobError, message: str) -> JobOutcome:
@@ -186,6 +197,20 @@ def reschedule(log: Log, request: Reschedule) -> JobOutcome:
         run_at=run_at,
         rescheduled=True,
         state=state,
+    )
+
+
+def wait_for_child(log: Log, request: WaitForChild) -> JobOutcome:
+    """The work function waits for a child job: pending, holding no slot, until
+    the child is filed (or ``check_every`` seconds at the latest)."""
+    run_at = utc_now() + timedelta(seconds=request.check_every)
+    log.info("waiting for the child job %s", request.child_id)
+    return JobOutcome(
+        JobStatus.PENDING.value,
+        None,
+        meta=f"waiting for the child job {request.child_id}",
+        run_at=run_at,
+        waiting_for=request.child_id,
     )
 
 

@@ -45,8 +45,9 @@ from .exceptions import (
     OADAError,
     OADATransportError,
     PreconditionFailed,
+    WaitForChild,
 )
-from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, utc_now
+from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, touch_link, utc_now
 from .tree import (
     JOBS_TYPE,
     LAYOUT_MARKER,
@@ -88,10 +89,12 @@ class RunningJob(Protocol):
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
 __all__ = [
+    "CHILD_CHECK_EVERY",
     "PROGRESS_STATUS",
     "OnDuplicate",
     "Progress",
     "RunningJob",
+    "await_child_job",
     "child_key",
     "detect_layout",
     "latest_progress",
@@ -101,6 +104,7 @@ __all__ = [
     "raise_for_failure",
     "run_job",
     "wait_for_outcome",
+    "wake_parent",
     "who_am_i",
     "write_progress",
 ]
@@ -596,6 +600,86 @@ async def post_follow_up(
         f"{resource_path(job_id)}/followUps", {key: {"_id": follow_up_id}}, content_type=JOBS_TYPE
     )
     return follow_up_id
+
+
+#: Seconds after which a job waiting for a child looks at it again, should
+#: the wake-up from the child's filing be lost (its service was down).
+CHILD_CHECK_EVERY = 300.0
+
+
+async def await_child_job(
+    ctx: RunningJob,
+    name: str,
+    service: str,
+    type: str,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    *,
+    layout: LayoutName | None = None,
+    check_every: float = CHILD_CHECK_EVERY,
+) -> Json:
+    """The result of the child job *name* of the running job (``ctx.run_job``).
+
+    The child's key is derived from the running job and ``child-<name>``
+    (:func:`child_key`), so the function, run again from the top, finds the
+    same child. Finished: its result (or :class:`JobFailed`). Otherwise the
+    child is posted once (as :func:`post_job` with a key: the same request
+    again is only linked again, a different one raises
+    :class:`~oada_jobs.JobExists`) and :class:`WaitForChild` ends this run
+    until the child is filed. *layout* defaults to the parent's.
+    """
+    parent = ctx.job_id
+    key = child_key(parent, f"child-{name}")
+    child_id = f"resources/{key}"
+    try:
+        response = await ctx.oada.get(resource_path(child_id))
+        existing = Job.from_resource(response.data, oada_id=child_id)
+    except NotFound:
+        existing = None
+    if existing is not None and existing.finished:
+        return raise_for_failure(existing)
+    if existing is None or existing.status is None:
+        # New, or written but maybe never linked: post it (again) under its key.
+        extra = {"parent": {"_id": parent}, "resumesParent": True}
+        await post_job(
+            ctx.oada,
+            service,
+            type,
+            config,
+            layout=ctx.layout if layout is None else layout,
+            key=key,
+            extra=extra,
+        )
+        await ctx.oada.put(
+            f"{resource_path(parent)}/children", {key: {"_id": child_id}}, content_type=JOBS_TYPE
+        )
+    raise WaitForChild(child_id, check_every=check_every)
+
+
+async def wake_parent(oada: OADAClient, parent_id: str, child_id: str) -> bool:
+    """The child *child_id* is done: make its parent, if it waits for it, due now.
+
+    Writes ``runAt`` (conditionally on the ETag read) and touches the
+    parent's link in its pending list, so its queue reads it at once.
+    ``False`` when the parent does not wait for this child (any more).
+    """
+    for _attempt in range(5):
+        response = await oada.get(resource_path(parent_id))
+        parent = Job.from_resource(response.data, oada_id=parent_id, etag=response.etag)
+        waiting = parent.raw.get("waitingFor")
+        if parent.finished or not isinstance(waiting, Mapping) or waiting.get("_id") != child_id:
+            return False
+        try:
+            await oada.put(
+                resource_path(parent_id),
+                {"runAt": iso(utc_now())},
+                content_type=JOBS_TYPE,
+                if_match=parent.etag,
+            )
+        except PreconditionFailed:
+            continue
+        await touch_link(oada, parent)
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------

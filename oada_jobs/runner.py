@@ -28,7 +28,7 @@ it must not import the queue, the scheduler or the service.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -66,7 +66,7 @@ from .outcome import (
     failed,
 )
 from .reading import read_job
-from .requester import post_follow_up
+from .requester import post_follow_up, wake_parent
 from .tree import JOBS_TYPE, resource_path
 from .types import JsonObject
 from .watchdog import LoopWatchdog
@@ -377,14 +377,7 @@ class Runner:
             return await self._give_back(outcome, job)
         duration = anyio.current_time() - started
         with telemetry.step_span("file"):
-            await self._write_and_file(
-                outcome,
-                job,
-                etag=None,
-                duration=duration,
-                owned=True,
-                after_write=lambda written: self._follow_up(job, written.status, written.result),
-            )
+            await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
         return None
 
     def _abandon(self, outcome: JobOutcome | None, job: Job[JsonObject], started: float) -> None:
@@ -407,6 +400,23 @@ class Runner:
                 done.set()
 
         self.spawn(settle)
+
+    async def _after_outcome(self, job: Job[Any], status: str, result: Any, *, ran: bool) -> None:
+        """What follows a job's outcome before it leaves the list: its follow-up
+        (when it ran), and waking the parent waiting for it (``ctx.run_job``)."""
+        if ran:
+            await self._follow_up(job, status, result)
+        parent = job.raw.get("parent")
+        parent_id = parent.get("_id") if isinstance(parent, dict) else None
+        if job.raw.get("resumesParent") is True and isinstance(parent_id, str):
+            try:
+                if await wake_parent(self.oada, parent_id, self.job_id):
+                    self.log.info("woke the parent job %s", parent_id)
+            except TRANSIENT:
+                raise  # retried with the filing
+            except (OADAError, InvalidJob, ValueError) as error:
+                # It looks at this job again by itself (check_every).
+                self.log.warning("could not wake the parent job %s: %s", parent_id, error)
 
     async def _follow_up(self, job: Job[Any], status: str, result: Any) -> None:
         """Post the follow-up job the type declares for *status*, if any (once)."""
@@ -439,7 +449,10 @@ class Runner:
         """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule)."""
         assert outcome.run_at is not None
         # The update is made once: a retried write must not add another.
-        entry = new_update("rescheduled" if outcome.rescheduled else "retry", outcome.meta)
+        what = (
+            "waiting" if outcome.waiting_for else "rescheduled" if outcome.rescheduled else "retry"
+        )
+        entry = new_update(what, outcome.meta)
         given_back = await self.filer.shielded(
             lambda: self.claim.give_back(outcome, entry), self.log
         )
@@ -449,9 +462,25 @@ class Runner:
             error = JobError("the rescheduled job's new state could not be saved")
             await self._write_and_file(failed(error, str(error)), job, etag=None, owned=True)
             return None
+        if given_back and outcome.waiting_for is not None:
+            # The child may have been filed before this job said it waits for
+            # it: then nobody else wakes it.
+            woken = await self.filer.shielded(
+                lambda: self._wake_if_done(outcome.waiting_for or ""), self.log
+            )
+            if woken:
+                return utc_now()
         # Not given back (another worker owns it, or the write failed):
         # the queue looks at it again shortly.
         return outcome.run_at if given_back else utc_now() + timedelta(seconds=1)
+
+    async def _wake_if_done(self, child_id: str) -> bool:
+        try:
+            response = await self.oada.get(resource_path(child_id))
+            child = Job.from_resource(response.data, oada_id=child_id)
+        except (NotFound, Forbidden, InvalidJob):
+            return False
+        return child.finished and await wake_parent(self.oada, self.job_id, child_id)
 
     async def _call(
         self,
@@ -510,7 +539,6 @@ class Runner:
         etag: str | None,
         duration: float | None = None,
         owned: bool = False,
-        after_write: Callable[[JobOutcome], Awaitable[None]] | None = None,
     ) -> None:
         """Write the outcome, then file the job.
 
@@ -532,5 +560,9 @@ class Runner:
             log=self.log,
             duration=duration,
             written=self.release_slot,
-            after_write=after_write,
+            after_write=None
+            if job is None
+            else lambda written: self._after_outcome(
+                job, written.status, written.result, ran=owned
+            ),
         )
