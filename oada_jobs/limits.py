@@ -164,15 +164,14 @@ class Gate:
         if not self.may_admit(job_type):
             return None
         limits = self.limits_for(job_type)
-        ticket: Ticket | None
         if not limits.shared:
-            ticket = Ticket(job_type, job_id)
-        else:
-            lock = self._locks.setdefault(job_type, anyio.Lock())
-            async with lock:
-                if not self.may_admit(job_type):
-                    return None
-                ticket = await self._acquire(job_type, job_id, limits)
+            # Nothing to count: no held job waits for this one to end.
+            return Ticket(job_type, job_id)
+        lock = self._locks.setdefault(job_type, anyio.Lock())
+        async with lock:
+            if not self.may_admit(job_type):
+                return None
+            ticket = await self._acquire(job_type, job_id, limits)
         if ticket is not None:
             self._running[job_type] = self._running.get(job_type, 0) + 1
             self._tickets.add(ticket)

@@ -408,7 +408,11 @@ class Runner:
             await self._follow_up(job, status, result)
         parent = job.raw.get("parent")
         parent_id = parent.get("_id") if isinstance(parent, dict) else None
-        if job.raw.get("resumesParent") is True and isinstance(parent_id, str):
+        if (
+            job.raw.get("resumesParent") is True
+            and isinstance(parent_id, str)
+            and parent_id.startswith("resources/")
+        ):
             try:
                 if await wake_parent(self.oada, parent_id, self.job_id):
                     self.log.info("woke the parent job %s", parent_id)
