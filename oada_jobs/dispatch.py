@@ -231,10 +231,10 @@ class Dispatcher:
         try:
             await self._run_admitted(entry, limiter, borrower)
         finally:
-            if ticket is not None:
-                assert self.gate is not None
+            gate = self.gate
+            if ticket is not None and gate is not None and gate.holds(ticket):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(READ_RETRY):
-                    await self.gate.release(ticket)
+                    await gate.release(ticket)
 
     async def _run_admitted(
         self, entry: Entry, limiter: anyio.CapacityLimiter | None, borrower: object

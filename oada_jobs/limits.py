@@ -260,6 +260,10 @@ class Gate:
             body["next"] = (position + 1) % rate.limit
         return body, slot, None
 
+    def holds(self, ticket: Ticket) -> bool:
+        """Whether *ticket* holds something to release (a slot, a count)."""
+        return ticket in self._tickets
+
     async def release(self, ticket: Ticket) -> None:
         """The admitted job ended (or did not start after all): free what it held."""
         if ticket not in self._tickets:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -20,8 +21,11 @@ from oada_jobs.control import (
     Control,
     TypeSettings,
     control_path,
+    control_tree,
     parse_control,
 )
+from oada_jobs.job import iso, utc_now
+from oada_jobs.limits import limits_path
 from oada_jobs.requester import post_job
 from oada_jobs.scheduler import EntryState
 from oada_jobs.testing import EmbeddedServer, wait_for_job
@@ -263,3 +267,30 @@ def test_good_settings_replace_and_removed_ones_go_back_to_the_code() -> None:
     assert settings.rate_limit is not None
     assert settings.rate_limit.limit == 5
     assert after.settings("b") is None
+
+
+async def test_a_slot_of_a_dead_replica_frees_when_it_expires(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name)
+    started: list[datetime] = []
+
+    @service.on("scan", 10, concurrency=1)
+    async def scan(job: Job[Json], ctx: WorkerContext) -> Json:
+        started.append(utc_now())
+        return {}
+
+    # The only slot, taken by a replica that is gone, for 1.5 s more.
+    expires = utc_now() + timedelta(seconds=1.5)
+    dead = {"job": "resources/gone", "worker": "dead", "expires": iso(expires)}
+    await oada.ensure(limits_path(name), {}, tree=control_tree())
+    await oada.put(
+        limits_path(name), {"scan": {"slots": {"0": dead}}}, content_type=CONTROL_CONTENT_TYPE
+    )
+    async with service:
+        job_id = await post_job(oada, name, "scan")
+        job = await wait_for_job(oada, job_id, 10, filed="classic")
+    assert job.status == "success"
+    assert started[0] >= expires
+    slots = (await oada.get(limits_path(name))).data["scan"]["slots"]
+    assert slots["0"] is None  # freed when the job ended
