@@ -248,9 +248,12 @@ class Runner:
             self.log.info("job is already %s; filing it", job.status)
             assert job.status is not None
             # Its outcome was written here or elsewhere, but filing stopped
-            # short: its follow-up may not be posted yet (posting is idempotent).
+            # short: its follow-up may not be posted yet, nor its parent
+            # woken (both are idempotent).
             status = job.status
-            await self.filer.shielded(lambda: self._follow_up(job, status, job.result), self.log)
+            await self.filer.shielded(
+                lambda: self._after_outcome(job, status, job.result, ran=True), self.log
+            )
             await self._file_only(job.status, finish_time(job))
             return None
         verdict = self._verdict(job)

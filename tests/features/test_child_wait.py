@@ -12,6 +12,7 @@ from oada_jobs import Job, JobFailed, Json, WorkerContext
 from oada_jobs.client import OADAClient
 from oada_jobs.requester import post_job
 from oada_jobs.testing import EmbeddedServer, wait_for_job
+from oada_jobs.tree import JOBS_TYPE
 
 from .conftest import make_service
 
@@ -117,3 +118,35 @@ async def test_the_wait_survives_a_restart_of_the_parents_service(
         job = await wait_for_job(oada, parent_id, 10, filed="classic")
     assert job.result == {"got": {"x": 2}}
     assert runs == [{"x": 2}]
+
+
+async def test_a_child_filed_after_a_crash_still_wakes_its_parent(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    children = f"{name}-kids"
+    parents = make_service(server, name)
+
+    @parents.on("parent", 10)
+    async def parent(job: Job[Json], ctx: WorkerContext) -> Json:
+        return {"got": await ctx.run_job(children, "child", check_every=300)}
+
+    kids = make_service(server, children)
+
+    @kids.on("child", 10)
+    async def child(job: Job[Json], ctx: WorkerContext) -> Json:
+        raise AssertionError("the child ran already")
+
+    async with parents:
+        parent_id = await post_job(oada, name, "parent")
+        with anyio.fail_after(10):
+            while not (waiting := (await oada.get(f"/{parent_id}")).data.get("waitingFor")):
+                await anyio.sleep(0.05)
+        # Its worker wrote the outcome and stopped before filing it.
+        await oada.put(
+            f"/{waiting['_id']}",
+            {"status": "success", "result": {"done": 1}},
+            content_type=JOBS_TYPE,
+        )
+        async with kids:
+            job = await wait_for_job(oada, parent_id, 10, filed="classic")
+    assert job.result == {"got": {"done": 1}}
