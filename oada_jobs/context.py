@@ -12,11 +12,14 @@ the client scoped to it, nothing of who runs it.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
+
+from pydantic import BaseModel
 
 from .client import OADAClient
 from .exceptions import OADATransportError, ServerError, TooManyRequests
@@ -25,6 +28,8 @@ from .requester import CHILD_CHECK_EVERY, await_child_job, post_child_job, write
 from .settings import LOGGING_ENV, update_levels
 from .tree import JOB_TYPE, LayoutName, path_segment, resource_path
 from .types import Json
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
 
 __all__ = [
     "JobLogAdapter",
@@ -144,6 +149,7 @@ class WorkerContext:
     # How many children this run has awaited (names the next one).
     _awaited: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
 
+    @overload
     async def run_job(
         self,
         service: str,
@@ -153,8 +159,36 @@ class WorkerContext:
         name: str | None = None,
         layout: LayoutName | None = None,
         check_every: float = CHILD_CHECK_EVERY,
-    ) -> Json:
+        result: None = None,
+    ) -> Json: ...
+
+    @overload
+    async def run_job(
+        self,
+        service: str,
+        type: str,
+        config: Any = None,
+        *,
+        name: str | None = None,
+        layout: LayoutName | None = None,
+        check_every: float = CHILD_CHECK_EVERY,
+        result: builtins.type[ResultT],
+    ) -> ResultT: ...
+
+    async def run_job(
+        self,
+        service: str,
+        type: str,
+        config: Any = None,
+        *,
+        name: str | None = None,
+        layout: LayoutName | None = None,
+        check_every: float = CHILD_CHECK_EVERY,
+        result: builtins.type[BaseModel] | None = None,
+    ) -> Json | BaseModel:
         """Run a child job and return its result (:class:`~oada_jobs.JobFailed` if it fails).
+
+        *result*, a pydantic model, parses the child's result into it.
 
         The parent does not wait in memory: while the child is not done this
         ends the run (the job goes back to pending, with ``waitingFor`` set,
@@ -174,7 +208,7 @@ class WorkerContext:
         """
         index = self._awaited[0]
         self._awaited[0] += 1
-        return await await_child_job(
+        value = await await_child_job(
             self,
             name if name is not None else str(index),
             service,
@@ -183,6 +217,7 @@ class WorkerContext:
             layout=layout,
             check_every=check_every,
         )
+        return value if result is None else result.model_validate(value)
 
     async def post_job(
         self,

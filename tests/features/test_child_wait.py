@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from pydantic import BaseModel
 
 from oada_jobs import Job, JobFailed, Json, WorkerContext
 from oada_jobs.client import OADAClient
@@ -15,6 +16,10 @@ from oada_jobs.testing import EmbeddedServer, wait_for_job
 from oada_jobs.tree import JOBS_TYPE
 
 from .conftest import make_service
+
+
+class Number(BaseModel):
+    n: int
 
 
 def statuses(job: Job[Any]) -> list[str]:
@@ -31,9 +36,9 @@ async def test_a_parent_waits_for_two_children_without_holding_its_slot(
     @service.on("total", 10)
     async def total(job: Job[Json], ctx: WorkerContext) -> Json:
         calls.append("total")
-        first = await ctx.run_job(name, "double", {"n": 2}, check_every=300)
-        second = await ctx.run_job(name, "double", {"n": first["n"]}, check_every=300)  # type: ignore[index, call-overload]
-        return {"sum": first["n"] + second["n"]}  # type: ignore[index, call-overload]
+        first = await ctx.run_job(name, "double", {"n": 2}, check_every=300, result=Number)
+        second = await ctx.run_job(name, "double", first, check_every=300, result=Number)
+        return {"sum": first.n + second.n}
 
     @service.on("double", 10)
     async def double(job: Job[Json], ctx: WorkerContext) -> Json:
