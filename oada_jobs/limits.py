@@ -301,10 +301,19 @@ class Gate:
             except PreconditionFailed:
                 continue
 
-    async def renew(self) -> None:
-        """Renew this replica's slots every third of the lease, until cancelled."""
+    async def renew(self, stopping: anyio.Event | None = None) -> None:
+        """Renew this replica's slots every third of the lease, until cancelled,
+        or until *stopping* is set and no slot is held any more."""
+        interval = max(self.lease.total_seconds() / 3, 0.05)
         while True:
-            await anyio.sleep(max(self.lease.total_seconds() / 3, 0.05))
+            deadline = anyio.current_time() + interval
+            while (left := deadline - anyio.current_time()) > 0:
+                stopped = stopping is not None and stopping.is_set()
+                if stopped and not self._tickets:
+                    return
+                with anyio.move_on_after(left):
+                    # Stopping: woken when a job ends (maybe the last one).
+                    await (self.changed.wait() if stopped or stopping is None else stopping.wait())
             if self.oada is None or not any(t.slot is not None for t in self._tickets):
                 continue
             try:

@@ -977,11 +977,20 @@ class Service:
             backoff=exponential(config.retry_initial, config.retry_max),
         )
         assert self._gate is not None
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._gate.renew)
-                await group.start(follower.follow, self.oada)
-                task_status.started(scope)
+
+        # Cancelled when the service stops: the control is no longer followed.
+        scope = anyio.CancelScope()
+
+        async def follow(*, task_status: TaskStatus[None]) -> None:
+            with scope:
+                await follower.follow(self.oada, task_status=task_status)
+
+        async with anyio.create_task_group() as group:
+            # Slots are renewed through a stop's grace period too, while the
+            # jobs holding them finish.
+            group.start_soon(self._gate.renew, self._stop_requested)
+            await group.start(follow)
+            task_status.started(scope)
 
     async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
         with anyio.CancelScope() as scope:

@@ -24,7 +24,7 @@ from oada_jobs.control import (
     control_tree,
     parse_control,
 )
-from oada_jobs.job import iso, utc_now
+from oada_jobs.job import iso, parse_time, utc_now
 from oada_jobs.limits import limits_path
 from oada_jobs.requester import post_job
 from oada_jobs.scheduler import EntryState
@@ -294,3 +294,38 @@ async def test_a_slot_of_a_dead_replica_frees_when_it_expires(
     assert started[0] >= expires
     slots = (await oada.get(limits_path(name))).data["scan"]["slots"]
     assert slots["0"] is None  # freed when the job ended
+
+
+async def test_a_slot_is_renewed_while_its_job_finishes_during_a_stop(
+    server: EmbeddedServer, oada: OADAClient, name: str
+) -> None:
+    service = make_service(server, name, lease=0.6, shutdown_grace=5)
+    started, finish = anyio.Event(), anyio.Event()
+    seen: list[datetime] = []
+
+    @service.on("scan", 10, concurrency=1)
+    async def scan(job: Job[Json], ctx: WorkerContext) -> Json:
+        started.set()
+        await finish.wait()
+        return {}
+
+    async def check_then_finish() -> None:
+        # Three leases into the stop's grace period, the slot still holds.
+        await anyio.sleep(1.8)
+        slot = (await oada.get(limits_path(name))).data["scan"]["slots"]["0"]
+        seen.append(parse_time(slot["expires"]))  # type: ignore[arg-type]
+        seen.append(utc_now())
+        finish.set()
+
+    async with anyio.create_task_group() as group:
+        async with service:
+            job_id = await post_job(oada, name, "scan")
+            await started.wait()
+            group.start_soon(check_then_finish)
+            stopping = anyio.current_time()
+        stopped = anyio.current_time() - stopping
+    expires, now = seen
+    assert expires > now
+    # The stop ended with the job, not at the end of the grace period.
+    assert stopped < 4
+    assert (await oada.get(f"/{job_id}")).data["status"] == "success"
