@@ -1,4 +1,5 @@
-"""``oada-jobs jobs``: list, show, post, retry, cancel and purge jobs of a service.
+"""``oada-jobs jobs``: list, show, post, retry, cancel and purge jobs of a service;
+pause and resume its job types.
 
 Owns this command only. May use the framework and ``cli/_common``; nothing
 but the ``cli`` package may import it.
@@ -47,7 +48,7 @@ from ._common import (
 
 jobs_app = typer.Typer(
     name="jobs",
-    help="List, show, post, retry, cancel and purge the jobs of a service.",
+    help="List, show, post, retry, cancel and purge the jobs of a service; pause and resume types.",
     no_args_is_help=True,
 )
 app.add_typer(jobs_app)
