@@ -43,7 +43,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..client import OADAClient
-from ..exceptions import OADAError, OADAJobsError, OADAStatusError, OADATransportError
+from ..control import Control, control_path, parse_control, set_paused
+from ..exceptions import NotFound, OADAError, OADAJobsError, OADAStatusError, OADATransportError
 from ..job import JobStatus, request_cancel
 from ..reports import days_between
 from ..requester import post_job
@@ -338,6 +339,7 @@ async def service_page(request: Request) -> Response:
         page = await dashboard.reader.service_page(
             service, start, end, dashboard.queues_known(service)
         )
+        control = await _control(dashboard.oada, service)
     except OADAError as error:
         return dashboard.oada_error(request, error)
     dashboard.health.recovered()
@@ -345,6 +347,7 @@ async def service_page(request: Request) -> Response:
         request,
         "service.html",
         page=page,
+        control=control,
         chart=duration_chart(page.records),
         finished=page.newest_finished(dashboard.config.max_finished_rows),
         local=service in dashboard.services,
@@ -435,6 +438,70 @@ async def do_action(request: Request) -> Response:
     logger.info("dashboard: %s retried as %s", job.oada_id, new_id)
     new_url = request.app.router.url_path_for("job", key=new_id.removeprefix("resources/"))
     return RedirectResponse(root + str(new_url), status_code=303)
+
+
+async def _control(oada: OADAClient, service: str) -> Control:
+    """What the service's control resource says (nothing paused when it is missing)."""
+    try:
+        data = (await oada.get(control_path(service))).data
+    except NotFound:
+        return Control()
+    return parse_control(data, Control())[0]
+
+
+_CONTROL_ACTIONS = {
+    "pause": "Stop starting jobs of {what} on every replica? Pending jobs stay pending; "
+    "running ones finish.",
+    "resume": "Start jobs of {what} again on every replica?",
+}
+
+
+def _control_request(request: Request, job_type: str) -> tuple[str, str] | Response:
+    dashboard = _dashboard(request)
+    action = request.path_params["action"]
+    if action not in _CONTROL_ACTIONS:
+        return dashboard.error(request, 404, "no such action")
+    what = f"type {job_type!r}" if job_type else "every type"
+    return action, _CONTROL_ACTIONS[action].format(what=what)
+
+
+async def confirm_control(request: Request) -> Response:
+    service = _service_param(request)
+    job_type = request.query_params.get("type", "")
+    checked = _control_request(request, job_type)
+    if isinstance(checked, Response):
+        return checked
+    action, question = checked
+    return _dashboard(request).render(
+        request,
+        "confirm_control.html",
+        service=service,
+        action=action,
+        job_type=job_type,
+        question=question,
+    )
+
+
+async def do_control(request: Request) -> Response:
+    dashboard = _dashboard(request)
+    service = _service_param(request)
+    form = await _form(request)
+    if not check_csrf(request, form.get("csrf")):
+        return dashboard.error(request, 403, "the form has expired or did not come from this page")
+    job_type = form.get("type", "")
+    checked = _control_request(request, job_type)
+    if isinstance(checked, Response):
+        return checked
+    action, _ = checked
+    try:
+        await set_paused(dashboard.oada, service, action == "pause", [job_type] if job_type else [])
+    except ValueError as error:
+        return dashboard.error(request, 400, str(error))
+    except OADAError as error:
+        return dashboard.oada_error(request, error)
+    logger.info("dashboard: %s of %s (%s) asked", action, service, job_type or "every type")
+    url = request.app.router.url_path_for("service", service=service)
+    return RedirectResponse(request.scope.get("root_path", "") + str(url), status_code=303)
 
 
 async def login_form(request: Request) -> Response:
@@ -555,6 +622,13 @@ def create_dashboard_app(
     routes = [
         Route("/", overview, name="overview"),
         Route("/services/{service}", service_page, name="service"),
+        Route(
+            "/services/{service}/control/{action}",
+            confirm_control,
+            methods=["GET"],
+            name="confirm_control",
+        ),
+        Route("/services/{service}/control/{action}", do_control, methods=["POST"], name="control"),
         Route("/jobs/{key}", job_page, name="job"),
         Route("/jobs/{key}/{action}", confirm_action, methods=["GET"], name="confirm"),
         Route("/jobs/{key}/{action}", do_action, methods=["POST"], name="action"),

@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 from oada_jobs.cli import app as cli_app
 from oada_jobs.client import OADAClient
+from oada_jobs.control import control_path
 from oada_jobs.dashboard import BindRefused, DashboardConfig, check_bind, serve_dashboard
 from oada_jobs.dashboard.app import create_dashboard_app
 from oada_jobs.dashboard.security import CSP, host_name
+from oada_jobs.exceptions import NotFound
 from oada_jobs.testing import EmbeddedServer, embedded_server, post_job
 
 from .conftest import BASE, SECRET
@@ -322,3 +324,44 @@ async def test_an_oversized_form_is_not_read(
             f"/jobs/{key}/cancel", data={"csrf": token, "pad": "x" * 512}, headers=ORIGIN
         )
         assert small.status_code == 303
+
+
+async def test_pause_and_resume_a_type_and_the_queue_from_the_service_page(
+    server: EmbeddedServer, open_dashboard: Callable[..., Any]
+) -> None:
+    """Each is confirmed first, needs the CSRF token, and lands in the control resource."""
+    async with (
+        OADAClient(server.url, server.token, connection="http") as oada,
+        open_dashboard() as (_, http),
+    ):
+        await post_job(oada, "svc", "email", {})
+        page = await http.get("/services/svc")
+        assert "Nothing is paused." in page.text
+        confirm = await http.get("/services/svc/control/pause", params={"type": "email"})
+        assert confirm.status_code == 200
+        assert "type email of svc" in confirm.text
+        token = csrf_of(confirm.text)
+        refused = await http.post(
+            "/services/svc/control/pause", data={"type": "email"}, headers=ORIGIN
+        )
+        assert refused.status_code == 403
+        with pytest.raises(NotFound):  # nothing written
+            await oada.get(control_path("svc"))
+        done = await http.post(
+            "/services/svc/control/pause", data={"csrf": token, "type": "email"}, headers=ORIGIN
+        )
+        assert done.status_code == 303
+        control = (await oada.get(control_path("svc"))).data
+        assert control["paused"]["types"] == {"email": True}
+        assert "Paused: email." in (await http.get("/services/svc")).text
+        # The whole queue, then resume everything.
+        token = csrf_of((await http.get("/services/svc/control/pause")).text)
+        await http.post("/services/svc/control/pause", data={"csrf": token}, headers=ORIGIN)
+        assert "Every type is paused." in (await http.get("/services/svc")).text
+        token = csrf_of((await http.get("/services/svc/control/resume")).text)
+        await http.post("/services/svc/control/resume", data={"csrf": token}, headers=ORIGIN)
+        control = (await oada.get(control_path("svc"))).data
+        assert control["paused"]["all"] is False
+        assert control["paused"]["types"] == {"email": False}
+        assert "Nothing is paused." in (await http.get("/services/svc")).text
+        assert (await http.get("/services/svc/control/stop")).status_code == 404
