@@ -78,6 +78,7 @@ __all__ = [
     "add_report",
     "collect_jobs",
     "days_between",
+    "job_record",
     "queued_layout",
     "report_path",
     "resolve_pointer",
@@ -170,9 +171,13 @@ def resolve_pointer(data: object, pointer: str) -> tuple[bool, Any]:
     return _pointer.resolve(data, pointer)
 
 
-def _record(
+def job_record(
     key: str, job_id: str, day: str, status: str, data: object, pointers: Iterable[str] = ()
 ) -> JobRecord:
+    """The finished job *data* (filed under *key* on *day* as *status*) as reports count it.
+
+    *pointers* are JSON pointers whose values are kept in ``picked``.
+    """
     if not isinstance(data, Mapping):
         return JobRecord(job_id, key, day, status, None, None, None, None, None, 0)
     picked = {}
@@ -269,7 +274,7 @@ async def collect_jobs(
                 # broken): count it as unknown rather than lose the report.
                 # No answer at all (a transport error) still fails the read.
                 data = None
-        records[index] = _record(key, job_id, day, status, data, wanted)
+        records[index] = job_record(key, job_id, day, status, data, wanted)
 
     async with anyio.create_task_group() as group:
         for index, (key, job_id, day_name, status) in enumerate(links):

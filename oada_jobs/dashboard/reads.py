@@ -14,15 +14,15 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 import anyio
 
 from ..client import OADAClient
 from ..exceptions import InvalidJob, NotFound, OADAStatusError
-from ..job import Job, JobStatus, parse_time
-from ..reports import JobRecord, TypeSummary, days_between, summarize
+from ..job import Job, JobStatus
+from ..reports import JobRecord, TypeSummary, days_between, job_record, summarize
 from ..requester import Progress, latest_progress
 from ..tree import Layout, get_layout, service_root, validate_service_name
 from .config import DashboardConfig
@@ -170,45 +170,6 @@ class JobDetail:
     @property
     def retryable(self) -> bool:
         return self.job is not None and self.job.status == JobStatus.FAILURE.value
-
-
-def _record(key: str, job_id: str, day: str, status: str, data: object) -> JobRecord:
-    """A finished job as the report counting sees it (see :mod:`oada_jobs.reports`)."""
-    if not isinstance(data, Mapping):
-        return JobRecord(job_id, key, day, status, None, None, None, None, None, 0)
-    job_type = data.get("type") if isinstance(data.get("type"), str) else None
-    result = data.get("result")
-    fail_type = result.get("failType") if isinstance(result, Mapping) else None
-    started: datetime | None = None
-    finished: datetime | None = None
-    updates = data.get("updates")
-    if isinstance(updates, Mapping):
-        for _key, update in sorted(updates.items()):
-            if not isinstance(update, Mapping):
-                continue
-            moment = parse_time(update.get("time"))
-            if moment is None:
-                continue
-            if update.get("status") == "started" and started is None:
-                started = moment
-            elif update.get("status") in ("success", "failure"):
-                finished = moment
-    duration = None
-    if started is not None and finished is not None and finished >= started:
-        duration = (finished - started).total_seconds()
-    tries = data.get("tries")
-    return JobRecord(
-        id=job_id,
-        key=key,
-        day=day,
-        status=status,
-        type=job_type,
-        fail_type=fail_type if isinstance(fail_type, str) else None,
-        started=started.isoformat() if started else None,
-        finished=finished.isoformat() if finished else None,
-        duration=duration,
-        tries=tries if isinstance(tries, int) and not isinstance(tries, bool) else 0,
-    )
 
 
 def _last_update(updates: Mapping[str, Any]) -> str | None:
@@ -376,7 +337,7 @@ class JobReader:
                     data = await self._get(f"/{job_id}")
                 except OADAStatusError:
                     data = None
-            record = _record(key, job_id, day, status, data)
+            record = job_record(key, job_id, day, status, data)
             records[index] = record
             if rev is not None and self.config.job_cache_entries:
                 self._finished[cache_key] = record
