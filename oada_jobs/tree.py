@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal, TypeAlias
 
+from . import _pointer
 from .exceptions import InvalidKey
 from .types import Tree
 
@@ -90,7 +91,7 @@ def path_segment(key: str) -> str:
     """
     if not isinstance(key, str):
         raise InvalidKey(f"expected a key string, got {type(key).__name__}")
-    escaped = key.replace("~", "~0").replace("/", "~1")
+    escaped = _pointer.escape(key)
     if key in ("", ".", "..") or not _NAMEABLE.fullmatch(escaped):
         raise InvalidKey(
             f"no OADA request can name the key {key!r}: expected a non-empty key other than "
