@@ -25,6 +25,10 @@ The SQLite file is the source of truth. Four tables:
     with every write) and these rows, so a write into it costs the same
     whatever its length (see :mod:`oada_jobs.server.keyed`).
 
+The schema has a version (``PRAGMA user_version``, :data:`SCHEMA_VERSION`):
+a database written by an older version is migrated, in one transaction,
+when it is opened.
+
 Every write of one request (including the rev-graph bumps of its parents) is
 one :class:`Batch`, and :meth:`Store.commit` writes a sequence of batches in
 one transaction (the core gathers the requests of one event-loop pass). It
@@ -107,13 +111,7 @@ __all__ = [
 #: A key path inside a document, as a tuple of unescaped keys.
 Path = tuple[str, ...]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    id TEXT PRIMARY KEY,
-    rev INTEGER NOT NULL,
-    doc BLOB NOT NULL,
-    data BLOB
-);
+_CHANGES_TABLE = """
 CREATE TABLE IF NOT EXISTS changes (
     resource_id TEXT NOT NULL,
     rev INTEGER NOT NULL,
@@ -121,7 +119,15 @@ CREATE TABLE IF NOT EXISTS changes (
     body BLOB,
     children BLOB,
     PRIMARY KEY (resource_id, rev)
-) WITHOUT ROWID;
+)"""
+_SCHEMA = f"""
+{_CHANGES_TABLE};
+CREATE TABLE IF NOT EXISTS resources (
+    id TEXT PRIMARY KEY,
+    rev INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    data BLOB
+);
 CREATE TABLE IF NOT EXISTS edges (
     parent TEXT NOT NULL,
     path TEXT NOT NULL,
@@ -138,6 +144,14 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (resource_id, key)
 ) WITHOUT ROWID;
 """
+
+#: ``PRAGMA user_version`` of the schema above. Version 1: ``changes`` is a
+#: rowid table. It was ``WITHOUT ROWID`` before, which keeps each whole row
+#: (change bodies of up to megabytes) in the key's B-tree: once a list had
+#: been filled by large writes, inserting a small change beside those rows
+#: took 0.6-0.9 ms instead of 0.02 ms.
+SCHEMA_VERSION = 1
+_CHANGES_COLUMNS = "resource_id, rev, type, body, children"
 
 #: Bytes of ids known not to exist that are remembered (beyond it they are
 #: forgotten; an id is as long as a request path allows).
@@ -175,6 +189,34 @@ HOT_DOCUMENTS = 2_000
 
 def _dumps(value: Any) -> bytes:
     return dumpb(value)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database written by an older version to :data:`SCHEMA_VERSION`, in one transaction.
+
+    Runs once per database; a crash part-way leaves it as it was.
+    """
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (sql,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'changes'"
+        ).fetchone()
+        if "WITHOUT ROWID" in sql.upper():
+            db.execute("ALTER TABLE changes RENAME TO changes_before_v1")
+            db.execute(_CHANGES_TABLE)
+            db.execute(
+                f"INSERT INTO changes ({_CHANGES_COLUMNS})"
+                f" SELECT {_CHANGES_COLUMNS} FROM changes_before_v1 ORDER BY resource_id, rev"
+            )
+            db.execute("DROP TABLE changes_before_v1")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _execute_rows(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -427,6 +469,7 @@ class Store:
         # crash; only an OS crash or power loss may drop the last commits.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        _migrate(db)
         # Nothing is read at start-up: documents and their links are loaded
         # when first used, so opening costs the same whatever the database holds.
 

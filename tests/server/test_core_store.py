@@ -89,6 +89,44 @@ async def test_reopen_after_clean_close_keeps_everything(tmp_path: Path) -> None
         assert [rev for rev, _ in c.core.changes_since("resources/D", 0)] == [3]
 
 
+async def test_a_database_of_the_previous_schema_is_migrated_with_its_history(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "v0.sqlite3")
+    async with open_core(db=db) as c:
+        await c.ok("put", "/resources/A", {"q": 1})
+        await c.ok("put", "/resources/A", {"q": 2})
+        await c.ok("delete", "/resources/A/q")
+    # Put the change log back into the layout of schema version 0.
+    con = sqlite3.connect(db, isolation_level=None)
+    con.executescript(
+        """
+        BEGIN;
+        CREATE TABLE old (resource_id TEXT NOT NULL, rev INTEGER NOT NULL, type TEXT NOT NULL,
+            body BLOB, children BLOB, PRIMARY KEY (resource_id, rev)) WITHOUT ROWID;
+        INSERT INTO old SELECT resource_id, rev, type, body, children FROM changes;
+        DROP TABLE changes;
+        ALTER TABLE old RENAME TO changes;
+        PRAGMA user_version = 0;
+        COMMIT;
+        """
+    )
+    before = con.execute("SELECT * FROM changes ORDER BY resource_id, rev").fetchall()
+    con.close()
+
+    async with open_core(db=db) as c:
+        assert [rev for rev, _ in c.core.changes_since("resources/A", 0)] == [1, 2, 3]
+        assert (await c.get("/resources/A")).data.get("q") is None
+        assert (await c.put("/resources/A", {"q": 4})).rev == 4
+    con = sqlite3.connect(db)
+    (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE name = 'changes'").fetchone()
+    assert "WITHOUT ROWID" not in sql.upper()
+    assert con.execute("PRAGMA user_version").fetchone() == (store_module.SCHEMA_VERSION,)
+    after = con.execute("SELECT * FROM changes ORDER BY resource_id, rev").fetchall()
+    con.close()
+    assert set(before) <= set(after)
+
+
 async def test_in_memory_store_is_fresh_each_time() -> None:
     async with open_core() as c:
         await c.ok("put", "/resources/A", {"x": 1})
