@@ -322,11 +322,16 @@ def count_delta(
 
 @asynccontextmanager
 async def bench_server(
-    log_dir: Path | None = None, *, env: Mapping[str, str] | None = None
+    log_dir: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    db: Path | None = None,
 ) -> AsyncIterator[BenchServer]:
     """Start the embedded server (TLS, SQLite file, counting) in a child process.
 
     *env* is added to the child's environment (``BENCH_LAG_FILE``, for one).
+    *db* is the SQLite file to open (kept afterwards); by default a new one
+    in a temporary directory.
     """
     with tempfile.TemporaryDirectory(prefix="oada-bench-") as tmp:
         work = Path(tmp)
@@ -336,7 +341,7 @@ async def bench_server(
         # The tokens reach the child through a private file, not argv or env.
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            json.dump({"tokens": tokens, "db": str(work / "oada.sqlite3"), "dir": tmp}, out)
+            json.dump({"tokens": tokens, "db": str(db or work / "oada.sqlite3"), "dir": tmp}, out)
         argv = [sys.executable, "-m", "bench.counted_server", str(config)]
         async with child_process("server", argv, env=dict(env or {}), log_dir=logs) as child:
             ready = await child.expect("ready", 60)

@@ -7,7 +7,8 @@ blocked (by a long callback, a garbage collection, a large write). Every
 :data:`WINDOW` seconds it appends one JSON line to the file::
 
     {"t": <time.time()>, "lag_ms": <largest lateness>, "cpu_ms": <largest busy stretch>,
-     "gc_ms": <longest collection>, "gc_full": <full collections>,
+     "gc_ms": <longest collection>, "gc_cpu_ms": <its CPU time>,
+     "gc_full": <full collections>,
      "tracked": <objects the collector tracks, every tenth line>}
 
 Lateness is wall-clock time, so on a machine shared with other work it also
@@ -15,7 +16,8 @@ counts the time the process waited for a core. ``cpu_ms`` is the event-loop
 thread's own CPU time between two wake-ups (``time.thread_time``): the part
 of a stall the process spent computing, which other work on the machine does
 not inflate. A ``gc.callbacks`` hook times every collection, so a stall can
-be told apart from one caused by the garbage collector. The probe costs a
+be told apart from one caused by the garbage collector, and the collection's
+own CPU time from the time it waited for a core. The probe costs a
 hundred wake-ups a second.
 """
 
@@ -38,24 +40,27 @@ WINDOW = 1.0
 
 
 class _GCTimer:
-    """Longest collection and full collections since the last :meth:`take`."""
+    """Longest collection (wall and CPU time) and full collections since the last :meth:`take`."""
 
     def __init__(self) -> None:
-        self._started = 0.0
-        self.longest = 0.0
+        self._started = self._cpu_started = 0.0
+        self.longest = self.longest_cpu = 0.0
         self.full = 0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
+            self._cpu_started = time.thread_time()
             return
         self.longest = max(self.longest, time.perf_counter() - self._started)
+        self.longest_cpu = max(self.longest_cpu, time.thread_time() - self._cpu_started)
         if info.get("generation") == 2:
             self.full += 1
 
-    def take(self) -> tuple[float, int]:
-        out = self.longest, self.full
-        self.longest, self.full = 0.0, 0
+    def take(self) -> tuple[float, float, int]:
+        out = self.longest, self.longest_cpu, self.full
+        self.longest = self.longest_cpu = 0.0
+        self.full = 0
         return out
 
 
@@ -76,12 +81,13 @@ async def probe(path: str) -> None:
                 worst = max(worst, now - before - TICK)
                 busiest = max(busiest, time.thread_time() - cpu_before)
                 if now >= window_end:
-                    longest, full = timer.take()
+                    longest, longest_cpu, full = timer.take()
                     line = {
                         "t": time.time(),
                         "lag_ms": round(worst * 1000, 2),
                         "cpu_ms": round(busiest * 1000, 2),
                         "gc_ms": round(longest * 1000, 2),
+                        "gc_cpu_ms": round(longest_cpu * 1000, 2),
                         "gc_full": full,
                     }
                     lines += 1

@@ -20,7 +20,8 @@ run so far.
 ``docs/long_haul.json`` and ``docs/long_haul.png``; ``python -m bench.long_haul
 --jobs N [--round N] [--budget S] [--out DIR]`` runs another size. *budget*
 bounds the run in seconds: rounds stop once it is spent, and the figures say
-how many jobs ran.
+how many jobs ran. Then a new server is started on the run's database
+(:func:`restart`): the time to its first answer and its memory.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type informatio
 from oada_jobs.client import OADAClient
 
 from .common import BenchError, bench_server, child_process, cpu_seconds
-from .jobs import Harness, ListDrain, create_jobs, list_path, new_service_name
+from .jobs import Harness, ListDrain, create_jobs, filed_path, list_path, new_service_name
 
 #: Jobs of ``python -m bench --only long_haul``.
 JOBS = 200_000
@@ -79,6 +80,7 @@ def _worst(lines: list[dict[str, Any]], start: float, end: float) -> dict[str, f
         "lag_ms": max((x["lag_ms"] for x in inside), default=0.0),
         "cpu_ms": max((x.get("cpu_ms", 0.0) for x in inside), default=0.0),
         "gc_ms": max((x["gc_ms"] for x in inside), default=0.0),
+        "gc_cpu_ms": max((x.get("gc_cpu_ms", 0.0) for x in inside), default=0.0),
         "gc_full": sum(x["gc_full"] for x in inside),
         "tracked": max((x.get("tracked", 0) for x in inside), default=0),
     }
@@ -90,8 +92,9 @@ async def run(jobs: int, round_size: int, budget: float, log_dir: Path) -> dict[
     server_lag = log_dir / "server-lag.jsonl"
     service_lag = log_dir / "service-lag.jsonl"
     rounds: list[dict[str, Any]] = []
+    db = log_dir / "oada.sqlite3"
     async with (
-        bench_server(log_dir, env={"BENCH_LAG_FILE": str(server_lag)}) as server,
+        bench_server(log_dir, env={"BENCH_LAG_FILE": str(server_lag)}, db=db) as server,
         OADAClient(
             server.url, server.tokens["harness"], verify=str(server.ca_cert), concurrency=16
         ) as oada,
@@ -161,7 +164,45 @@ async def run(jobs: int, round_size: int, budget: float, log_dir: Path) -> dict[
         "stopped": stopped,
         "rounds": rounds,
         **summary(rounds),
+        "restart": await restart(db, log_dir, filed_path(name, "success")),
     }
+
+
+async def restart(db: Path, log_dir: Path, days: str) -> dict[str, Any]:
+    """Start a new server on the run's database: how soon it answers, and its memory.
+
+    Times the child from its start to ready (Python start-up, certificate,
+    opening the database), then the first answer (``GET /bookmarks``) and the
+    first write into the largest day list under *days*, with the server's RSS
+    after each.
+    """
+    started = time.monotonic()
+    async with bench_server(log_dir, db=db) as server:
+        ready = time.monotonic() - started
+        async with OADAClient(
+            server.url, server.tokens["harness"], verify=str(server.ca_cert)
+        ) as oada:
+            t0 = time.monotonic()
+            await oada.get("/bookmarks")
+            first = time.monotonic() - t0
+            rss_first = _rss_mib(server.pid)
+            index = (await oada.get(days)).data
+            day = max(k for k in index if not k.startswith("_"))
+            t0 = time.monotonic()
+            await oada.put(f"{days}/{day}", {"restart-probe": 1})
+            write = time.monotonic() - t0
+            rss_write = _rss_mib(server.pid)
+    result = {
+        "db_mib": round(db.stat().st_size / 2**20, 1),
+        "start_to_ready_ms": round(ready * 1000, 1),
+        "first_answer_ms": round(first * 1000, 1),
+        "first_write_ms": round(write * 1000, 1),
+        "rss_first_answer_mib": round(rss_first, 1),
+        "rss_first_write_mib": round(rss_write, 1),
+        "load": os.getloadavg()[0],
+    }
+    print(f"[long_haul] restart: {result}", file=sys.stderr, flush=True)
+    return result
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,6 +242,10 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "service_max_busy_after_warm_up_ms": max(r["service"]["cpu_ms"] for r in after),
         "server_max_gc_after_warm_up_ms": max(r["server"]["gc_ms"] for r in after),
         "service_max_gc_after_warm_up_ms": max(r["service"]["gc_ms"] for r in after),
+        "server_max_gc_cpu_after_warm_up_ms": max(r["server"]["gc_cpu_ms"] for r in after),
+        "service_max_gc_cpu_after_warm_up_ms": max(r["service"]["gc_cpu_ms"] for r in after),
+        "server_max_gc_cpu_ms": max(r["server"]["gc_cpu_ms"] for r in rounds),
+        "service_max_gc_cpu_ms": max(r["service"]["gc_cpu_ms"] for r in rounds),
         "server_max_gc_ms": max(r["server"]["gc_ms"] for r in rounds),
         "service_max_gc_ms": max(r["service"]["gc_ms"] for r in rounds),
         "load": [min(r["load"] for r in rounds), max(r["load"] for r in rounds)],
