@@ -1,7 +1,9 @@
 """``oada-jobs serve``: run the embedded OADA server.
 
-Owns this command only. May use the server and ``cli/_common``; nothing but
-the ``cli`` package may import it.
+Owns this command: its steps (check the options, build the server's config,
+serve and print the banner). Its option declarations are in
+:mod:`oada_jobs.cli._serve_options`. May use the server and ``cli/_common``;
+nothing but the ``cli`` package may import it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import json
 import logging
 import os
 import platform
-from enum import StrEnum
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated
 
 import anyio
 import typer
@@ -26,11 +27,41 @@ from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
 
 from ._app import app
 from ._common import first_leaf, require_extra
+from ._serve_options import (
+    DEFAULT,
+    TOKENS_ENV,
+    ChangeCacheBytesOption,
+    DbOption,
+    DocumentCacheBytesOption,
+    DocumentCacheSizeOption,
+    HostOption,
+    LogLevelOption,
+    MaxBodyBytesOption,
+    MaxBodyItemsOption,
+    MaxChangesListedOption,
+    MaxConnectionsOption,
+    MaxDepthOption,
+    MaxHeaderBytesOption,
+    MaxPathBytesOption,
+    MaxWatchesOption,
+    MaxWatchesPerSocketOption,
+    PortOption,
+    Quirks,
+    QuirksOption,
+    ReplaySliceOption,
+    RequestReadTimeoutOption,
+    TlsCertOption,
+    TlsDirOption,
+    TlsKeyOption,
+    TlsSelfSignedOption,
+    TokensFileOption,
+    TokensOption,
+    WsBufferBytesOption,
+    WsBufferTotalBytesOption,
+    WsPingIntervalOption,
+)
 
 __all__ = ["serve_command"]
-
-#: Environment variable with whitespace-separated tokens (keeps them out of `ps`).
-TOKENS_ENV = "OADA_JOBS_SERVE_TOKENS"
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -61,13 +92,53 @@ def _return_large_buffers_to_the_os() -> None:
     mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
-class Quirks(StrEnum):
-    """Values of ``--quirks``."""
+def _set_up_process(log_level: str) -> None:
+    """What a long-running server needs first: its extra, logging, an allocator
+    that gives memory back."""
+    require_extra("server", "serve")
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _return_large_buffers_to_the_os()
 
-    #: Behave as the protocol recommends for an embedded server.
-    none = "none"
-    #: Imitate the reference server where clients can see a difference.
-    reference = "reference"
+
+def _check_tls_options(cert: Path | None, key: Path | None, self_signed: bool) -> None:
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-key")
+    if self_signed and cert is not None:
+        raise typer.BadParameter(
+            "choose either --tls-self-signed or --tls-cert/--tls-key", param_hint="--tls-cert"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Tls:
+    """The files the server's TLS uses, and what to say about them."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca_note: str = ""
+
+
+def _tls_files(cert: Path | None, key: Path | None, self_signed: bool, where: Path | None) -> _Tls:
+    """The certificate and key given, or with *self_signed* a development
+    certificate generated in *where* (default: a temporary directory)."""
+    if not self_signed:
+        return _Tls(cert, key)
+    from oada_jobs.server.tls import self_signed as generate
+
+    made = generate(where)
+    return _Tls(
+        made.cert, made.key, f"development CA certificate (trust it in clients): {made.ca_cert}"
+    )
+
+
+def _accepted_tokens(token: list[str] | None, tokens_file: Path | None) -> dict[str, TokenInfo]:
+    """The tokens of --token (the development ones when neither option is
+    given), and those of --tokens-file."""
+    plain = [t for t in token or [] if t.strip()]
+    tokens = _tokens(plain) if plain or tokens_file is None else {}
+    if tokens_file is not None:
+        tokens.update(_tokens_file(tokens_file))
+    return tokens
 
 
 def _tokens(tokens: list[str]) -> dict[str, TokenInfo]:
@@ -117,176 +188,94 @@ def _token_hint(tokens: dict[str, TokenInfo]) -> str:
     return "tokens: " + ", ".join(parts) + "; all for user sam with scope all:all"
 
 
+def _run_server(config: ServerConfig, host: str, port: int, tls: _Tls) -> None:
+    """Serve until SIGTERM or SIGINT; a port, database or TLS file that cannot
+    be used ends it with one line, not a traceback."""
+    try:
+        run_process(partial(_serve, config, host, port, tls))
+    except KeyboardInterrupt:
+        # A second Ctrl-C during the graceful stop.
+        pass
+    except BaseException as error:
+        leaf = first_leaf(error)
+        if isinstance(leaf, OSError | DatabaseLocked):
+            typer.echo(f"error: {leaf}", err=True)
+            raise typer.Exit(1) from None
+        raise
+
+
+async def _serve(config: ServerConfig, host: str, port: int, tls: _Tls) -> None:
+    from oada_jobs.server.runner import serve
+
+    async with anyio.create_task_group() as tg:
+        handle = await tg.start(
+            partial(
+                serve,
+                config,
+                host=host,
+                port=port,
+                ssl_certfile=tls.cert,
+                ssl_keyfile=tls.key,
+                handle_signals=True,
+            )
+        )
+        _print_banner(handle.url, handle.ws_url, config, host, tls)
+
+
+def _print_banner(url: str, ws_url: str, config: ServerConfig, host: str, tls: _Tls) -> None:
+    typer.echo(f"oada-jobs server listening on {url}/ (WebSocket {ws_url})")
+    typer.echo(f"database: {config.db}; quirks: {config.quirks}")
+    if tls.ca_note:
+        typer.echo(tls.ca_note)
+    # The token line ends the banner (scripts may wait for it).
+    typer.echo(_token_hint(config.tokens))
+    if host not in _LOOPBACK and "god" in config.tokens:
+        typer.echo(
+            "warning: the public development token 'god' is accepted on a non-loopback interface",
+            err=True,
+        )
+
+
 @app.command("serve")
 def serve_command(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")
-    ] = 8080,
-    db: Annotated[
-        str, typer.Option(help='SQLite database file, or ":memory:" for a throw-away one.')
-    ] = "oada.sqlite",
-    token: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--token",
-            envvar=TOKENS_ENV,
-            help="Accept this bearer token for the default user with scope all:all "
-            "(repeatable). Default: the development tokens god and abc.",
-            show_default=False,
-        ),
-    ] = None,
-    tokens_file: Annotated[
-        Path | None,
-        typer.Option(
-            help='JSON file {"<token>": {"user": "users/x", "bookmarks": "resources/x_bm", '
-            '"scopes": ["all:all"]}} for several users (added to --token).',
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-    quirks: Annotated[
-        Quirks, typer.Option(help="'reference' imitates the reference OADA server's quirks.")
-    ] = Quirks.none,
-    tls_cert: Annotated[
-        Path | None, typer.Option(help="PEM certificate (chain) for HTTPS/WSS.", exists=True)
-    ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(help="PEM private key for --tls-cert.", exists=True)
-    ] = None,
-    tls_self_signed: Annotated[
-        bool,
-        typer.Option(
-            help="Serve HTTPS/WSS with a generated development certificate "
-            "(its CA file is printed; trust it in clients)."
-        ),
-    ] = False,
-    tls_dir: Annotated[
-        Path | None,
-        typer.Option(help="Where --tls-self-signed writes its files (default: a temp dir)."),
-    ] = None,
-    max_body_bytes: Annotated[
-        int, typer.Option(min=1, help="Largest accepted request body; larger ones get 413.")
-    ] = ServerConfig.model_fields["max_body_bytes"].default,
-    max_depth: Annotated[
-        int,
-        typer.Option(
-            min=2, max=512, help="Deepest accepted JSON nesting (counting the path); deeper: 400."
-        ),
-    ] = ServerConfig.model_fields["max_depth"].default,
-    max_body_items: Annotated[
-        int,
-        typer.Option(
-            min=100,
-            help="Most JSON items (strings and commas between values) in a body; more: 413.",
-        ),
-    ] = ServerConfig.model_fields["max_body_items"].default,
-    max_path_bytes: Annotated[
-        int, typer.Option(min=256, help="Longest accepted request path in bytes; longer: 414.")
-    ] = ServerConfig.model_fields["max_path_bytes"].default,
-    replay_slice: Annotated[
-        float,
-        typer.Option(
-            min=0.0001,
-            help="Seconds a watch's replay (x-oada-rev) runs before other requests get a turn.",
-        ),
-    ] = ServerConfig.model_fields["replay_slice"].default,
-    ws_ping_interval: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between WebSocket keepalive pings.")
-    ] = ServerConfig.model_fields["ws_ping_interval"].default,
-    document_cache_size: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Documents kept in memory between requests, least recently used dropped "
-            "first (reloaded from the database when used again).",
-        ),
-    ] = ServerConfig.model_fields["document_cache_size"].default,
-    document_cache_bytes: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Bytes of documents kept in memory between requests (encoded size plus "
-            "512 bytes each); large ones dropped first, then the least recently used.",
-        ),
-    ] = ServerConfig.model_fields["document_cache_bytes"].default,
-    change_cache_bytes: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Bytes of change records kept in memory (the rest is read from the database).",
-        ),
-    ] = ServerConfig.model_fields["change_cache_bytes"].default,
-    ws_send_buffer_bytes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Bytes a WebSocket may have waiting to be sent before it is closed "
-            "as too slow (code 1013).",
-        ),
-    ] = ServerConfig.model_fields["ws_send_buffer_bytes"].default,
-    ws_send_buffer_total_bytes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Bytes all WebSockets together may have waiting to be sent; past it the "
-            "ones furthest behind are closed (code 1013).",
-        ),
-    ] = ServerConfig.model_fields["ws_send_buffer_total_bytes"].default,
-    max_connections: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Connections served at once; more are answered 503.",
-        ),
-    ] = ServerConfig.model_fields["max_connections"].default,
-    max_header_bytes: Annotated[
-        int,
-        typer.Option(min=1024, help="Bytes of an HTTP request's line and headers; more: 431."),
-    ] = ServerConfig.model_fields["max_header_bytes"].default,
-    request_read_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.001,
-            help="Seconds to receive an HTTP request whole (headers and body); then 408.",
-        ),
-    ] = ServerConfig.model_fields["request_read_timeout"].default,
-    max_changes_listed: Annotated[
-        int,
-        typer.Option(min=1, help="Revs (the latest) a /_meta/_changes listing names."),
-    ] = ServerConfig.model_fields["max_changes_listed"].default,
-    max_watches_per_socket: Annotated[
-        int,
-        typer.Option(min=1, help="Watches one WebSocket may hold at once; more are refused (429)."),
-    ] = ServerConfig.model_fields["max_watches_per_socket"].default,
-    max_watches: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Watches all WebSockets may hold together; more are refused (503)."
-        ),
-    ] = ServerConfig.model_fields["max_watches"].default,
-    log_level: Annotated[str, typer.Option(help="Python log level.")] = "warning",
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
+    db: DbOption = "oada.sqlite",
+    token: TokensOption = None,
+    tokens_file: TokensFileOption = None,
+    quirks: QuirksOption = Quirks.none,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_self_signed: TlsSelfSignedOption = False,
+    tls_dir: TlsDirOption = None,
+    max_body_bytes: MaxBodyBytesOption = DEFAULT["max_body_bytes"],
+    max_depth: MaxDepthOption = DEFAULT["max_depth"],
+    max_body_items: MaxBodyItemsOption = DEFAULT["max_body_items"],
+    max_path_bytes: MaxPathBytesOption = DEFAULT["max_path_bytes"],
+    replay_slice: ReplaySliceOption = DEFAULT["replay_slice"],
+    ws_ping_interval: WsPingIntervalOption = DEFAULT["ws_ping_interval"],
+    document_cache_size: DocumentCacheSizeOption = DEFAULT["document_cache_size"],
+    document_cache_bytes: DocumentCacheBytesOption = DEFAULT["document_cache_bytes"],
+    change_cache_bytes: ChangeCacheBytesOption = DEFAULT["change_cache_bytes"],
+    ws_send_buffer_bytes: WsBufferBytesOption = DEFAULT["ws_send_buffer_bytes"],
+    ws_send_buffer_total_bytes: WsBufferTotalBytesOption = DEFAULT["ws_send_buffer_total_bytes"],
+    max_connections: MaxConnectionsOption = DEFAULT["max_connections"],
+    max_header_bytes: MaxHeaderBytesOption = DEFAULT["max_header_bytes"],
+    request_read_timeout: RequestReadTimeoutOption = DEFAULT["request_read_timeout"],
+    max_changes_listed: MaxChangesListedOption = DEFAULT["max_changes_listed"],
+    max_watches_per_socket: MaxWatchesPerSocketOption = DEFAULT["max_watches_per_socket"],
+    max_watches: MaxWatchesOption = DEFAULT["max_watches"],
+    log_level: LogLevelOption = "warning",
 ) -> None:
     """Run the embedded OADA server (HTTP and WebSocket on one port).
 
     Example: oada-jobs serve --port 8080 --db oada.sqlite --token "$TOKEN"
     """
-    require_extra("server", "serve")
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    _return_large_buffers_to_the_os()
-    if (tls_cert is None) != (tls_key is None):
-        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-key")
-    if tls_self_signed and tls_cert is not None:
-        raise typer.BadParameter(
-            "choose either --tls-self-signed or --tls-cert/--tls-key", param_hint="--tls-cert"
-        )
-    plain = [t for t in token or [] if t.strip()]
-    tokens = _tokens(plain) if plain or tokens_file is None else {}
-    if tokens_file is not None:
-        tokens.update(_tokens_file(tokens_file))
+    _set_up_process(log_level)
+    _check_tls_options(tls_cert, tls_key, tls_self_signed)
     config = ServerConfig(
         db=db,
-        tokens=tokens,
+        tokens=_accepted_tokens(token, tokens_file),
         quirks=quirks.value,
         max_body_bytes=max_body_bytes,
         max_depth=max_depth,
@@ -306,51 +295,4 @@ def serve_command(
         max_watches_per_socket=max_watches_per_socket,
         max_watches=max_watches,
     )
-    ca_note = ""
-    if tls_self_signed:
-        from oada_jobs.server.tls import self_signed
-
-        cert = self_signed(tls_dir)
-        tls_cert, tls_key = cert.cert, cert.key
-        ca_note = f"development CA certificate (trust it in clients): {cert.ca_cert}"
-
-    async def run() -> None:
-        from oada_jobs.server.runner import serve
-
-        async with anyio.create_task_group() as tg:
-            handle = await tg.start(
-                partial(
-                    serve,
-                    config,
-                    host=host,
-                    port=port,
-                    ssl_certfile=tls_cert,
-                    ssl_keyfile=tls_key,
-                    handle_signals=True,
-                )
-            )
-            typer.echo(f"oada-jobs server listening on {handle.url}/ (WebSocket {handle.ws_url})")
-            typer.echo(f"database: {db}; quirks: {quirks.value}")
-            if ca_note:
-                typer.echo(ca_note)
-            # The token line ends the banner (scripts may wait for it).
-            typer.echo(_token_hint(tokens))
-            if host not in _LOOPBACK and "god" in tokens:
-                typer.echo(
-                    "warning: the public development token 'god' is accepted on a "
-                    "non-loopback interface",
-                    err=True,
-                )
-
-    try:
-        run_process(run)
-    except KeyboardInterrupt:
-        # A second Ctrl-C during the graceful stop.
-        pass
-    except BaseException as error:
-        # The port, the database or a TLS file: one line, not a traceback.
-        leaf = first_leaf(error)
-        if isinstance(leaf, OSError | DatabaseLocked):
-            typer.echo(f"error: {leaf}", err=True)
-            raise typer.Exit(1) from None
-        raise
+    _run_server(config, host, port, _tls_files(tls_cert, tls_key, tls_self_signed, tls_dir))
