@@ -1,8 +1,8 @@
 """The typer application every full-CLI command registers itself on.
 
 Owns only :data:`app` and its root options (``--version``); the commands are
-in their own modules, and :mod:`oada_jobs.cli.commands` imports them all. It
-must not import any sub-command. Needs the ``cli`` extra (typer, rich).
+in their own modules, and :mod:`oada_jobs.cli.commands` imports them all and
+adds the command groups. It must not import any sub-command. Needs the ``cli`` extra (typer, rich).
 """
 
 from __future__ import annotations

@@ -12,5 +12,9 @@ from ._app import app
 
 __all__ = ["app"]
 
-# The command modules register themselves on `app` when imported.
+# The command modules register their commands on `app` when imported.
 _COMMANDS = (cron, dashboard, demo, jobs, queues, report, run, serve)
+
+# The command groups are added here, in the order the help lists them.
+for _group in (jobs.jobs_app, cron.cron_app, queues.queues_app):
+    app.add_typer(_group)

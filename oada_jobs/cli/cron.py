@@ -21,7 +21,6 @@ from ..job import iso, parse_time, utc_now
 from ..requester import wait_for_outcome
 from ..service import Service
 from ..settings import Settings
-from ._app import app
 from ._common import (
     CLIError,
     DomainOption,
@@ -36,15 +35,14 @@ from ._common import (
     run_command,
     settings_from,
 )
+from ._job_posting import report_posted
 from ._run import apply_settings, import_service
-from .jobs import report_posted
 
 cron_app = typer.Typer(
     name="cron",
     help="List the cron entries of a service in your code, and run one now.",
     no_args_is_help=True,
 )
-app.add_typer(cron_app)
 
 TargetArgument = Annotated[
     str,

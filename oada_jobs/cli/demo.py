@@ -49,7 +49,7 @@ from ._common import (
     out_console,
     require_extra,
 )
-from .jobs import filed_paths, finished_at
+from ._job_lists import filed_paths, finished_at
 
 #: The service the example defines.
 SERVICE = "email-service"

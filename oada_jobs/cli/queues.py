@@ -22,7 +22,6 @@ from ..client import OADAClient, parse_domain
 from ..exceptions import InvalidKey, InvalidQueueEntry, NotFound
 from ..queue_list import parse_queue_entry
 from ..tree import QUEUE_TYPE, get_layout, path_segment, resource_path
-from ._app import app
 from ._common import (
     CLIError,
     ExitCode,
@@ -42,7 +41,6 @@ queues_app = typer.Typer(
     help="List, add and remove the OADA stores a service takes jobs from.",
     no_args_is_help=True,
 )
-app.add_typer(queues_app)
 
 # ``queues add`` uses --token for the queue's token, so the store to write to
 # is named with --oada-domain/--oada-token on every queues command.
