@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,46 +129,51 @@ def run_service(
     )
     service = import_service(target, app_dir)
     apply_settings(service, settings)
+    service_domain = _domain_of(service)
+    settings.configure_logging()
     try:
-        service_domain = service.domain
+        run_process(partial(_run, service, settings, service_domain, check=check))
+    except BaseException as error:
+        _explain_failure(error, service.name, service_domain)
+        raise
+
+
+def _domain_of(service: Service) -> str:
+    try:
+        return service.domain
     except RuntimeError:
         raise CLIError(
             f"no OADA domain for {service.name}: pass --domain https://your.oada.server or "
             "set OADA_DOMAIN",
             ExitCode.USAGE,
         ) from None
-    settings.configure_logging()
 
-    async def main() -> None:
-        if settings.token is not None:
-            # Fail in a second, not after the client's retries, when the
-            # server is down or refuses the token.
-            async with connect(settings.model_copy(update={"domain": service_domain})):
-                pass
-        if check:
-            print(
-                f"{service.name}: settings and server OK ({service_domain})",
-                file=sys.stderr,
-                flush=True,
-            )
-            return
-        async with anyio.create_task_group() as group:
-            await group.start(service.run)
-            logger.info(
-                "%s is running on %s; stop it with SIGTERM or Ctrl-C", service.name, service_domain
-            )
 
-    try:
-        run_process(main)
-    except BaseException as error:
-        leaf = first_leaf(error)
-        if isinstance(leaf, CLIError):
-            raise leaf from None
-        if isinstance(leaf, ListenError):
-            # --metrics-port taken: say so in one line.
-            raise CLIError(f"{service.name} cannot start: {leaf}", ExitCode.FAILED) from None
-        if isinstance(leaf, OADAError):
-            raise describe_oada_error(leaf, service_domain) from None
-        if isinstance(leaf, ValueError):
-            raise CLIError(f"{service.name} cannot start: {leaf}", ExitCode.USAGE) from None
-        raise
+async def _run(service: Service, settings: Settings, domain: str, *, check: bool) -> None:
+    """Check the server and the token, then (unless only checking) run *service*."""
+    if settings.token is not None:
+        # Fail in a second, not after the client's retries, when the
+        # server is down or refuses the token.
+        async with connect(settings.model_copy(update={"domain": domain})):
+            pass
+    if check:
+        print(f"{service.name}: settings and server OK ({domain})", file=sys.stderr, flush=True)
+        return
+    async with anyio.create_task_group() as group:
+        await group.start(service.run)
+        logger.info("%s is running on %s; stop it with SIGTERM or Ctrl-C", service.name, domain)
+
+
+def _explain_failure(error: BaseException, name: str, domain: str) -> None:
+    """Raise the one-line :class:`CLIError` for a service that could not run,
+    when *error* is one the user can act on; otherwise return."""
+    leaf = first_leaf(error)
+    if isinstance(leaf, CLIError):
+        raise leaf from None
+    if isinstance(leaf, ListenError):
+        # --metrics-port taken: say so in one line.
+        raise CLIError(f"{name} cannot start: {leaf}", ExitCode.FAILED) from None
+    if isinstance(leaf, OADAError):
+        raise describe_oada_error(leaf, domain) from None
+    if isinstance(leaf, ValueError):
+        raise CLIError(f"{name} cannot start: {leaf}", ExitCode.USAGE) from None

@@ -19,68 +19,77 @@ from ._run import apply_settings, import_service, run_service
 __all__ = ["apply_settings", "import_service"]
 
 
+TargetArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODULE:SERVICE",
+        help="Where your Service is, e.g. examples.email_service:service.",
+    ),
+]
+ConcurrencyOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Jobs run at once. \\[env: OADA_JOBS_CONCURRENCY]", show_default=False, min=1
+    ),
+]
+RunLayoutOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Job-list layout: classic or pending. \\[env: OADA_JOBS_LAYOUT]",
+        show_default=False,
+    ),
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve Prometheus /metrics on this port. \\[env: OADA_JOBS_METRICS_PORT]",
+        show_default=False,
+    ),
+]
+GracePeriodOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds running jobs get to finish on SIGTERM/SIGINT before they are "
+        "given back. \\[env: OADA_JOBS_GRACE_PERIOD]",
+        show_default=False,
+    ),
+]
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Python log level: debug, info, warning, error. \\[env: OADA_JOBS_LOG_LEVEL]",
+        show_default=False,
+    ),
+]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Log lines: text, or json (one object per line, with the job's fields). "
+        "\\[env: OADA_JOBS_LOG_FORMAT]",
+        show_default=False,
+    ),
+]
+AppDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Directory to import MODULE from (default: the current one)."),
+]
+CheckOption = Annotated[
+    bool,
+    typer.Option("--check", help="Only check the service, the settings and the server, then exit."),
+]
+
+
 @command(app, "run")
 def run(
-    target: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODULE:SERVICE",
-            help="Where your Service is, e.g. examples.email_service:service.",
-        ),
-    ],
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            help="Jobs run at once. \\[env: OADA_JOBS_CONCURRENCY]", show_default=False, min=1
-        ),
-    ] = None,
-    layout: Annotated[
-        str | None,
-        typer.Option(
-            help="Job-list layout: classic or pending. \\[env: OADA_JOBS_LAYOUT]",
-            show_default=False,
-        ),
-    ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve Prometheus /metrics on this port. \\[env: OADA_JOBS_METRICS_PORT]",
-            show_default=False,
-        ),
-    ] = None,
-    grace_period: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds running jobs get to finish on SIGTERM/SIGINT before they are "
-            "given back. \\[env: OADA_JOBS_GRACE_PERIOD]",
-            show_default=False,
-        ),
-    ] = None,
-    log_level: Annotated[
-        str | None,
-        typer.Option(
-            help="Python log level: debug, info, warning, error. \\[env: OADA_JOBS_LOG_LEVEL]",
-            show_default=False,
-        ),
-    ] = None,
-    log_format: Annotated[
-        str | None,
-        typer.Option(
-            help="Log lines: text, or json (one object per line, with the job's fields). "
-            "\\[env: OADA_JOBS_LOG_FORMAT]",
-            show_default=False,
-        ),
-    ] = None,
-    app_dir: Annotated[
-        Path | None,
-        typer.Option(help="Directory to import MODULE from (default: the current one)."),
-    ] = None,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check", help="Only check the service, the settings and the server, then exit."
-        ),
-    ] = False,
+    target: TargetArgument,
+    concurrency: ConcurrencyOption = None,
+    layout: RunLayoutOption = None,
+    metrics_port: MetricsPortOption = None,
+    grace_period: GracePeriodOption = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
+    app_dir: AppDirOption = None,
+    check: CheckOption = False,
     domain: DomainOption = None,
     token: TokenOption = None,
 ) -> None:
