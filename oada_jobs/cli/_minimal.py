@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--version", action="version", version=f"oada-jobs {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(commands)
+    return root
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``run`` and its options, with the same names and help as the full command."""
     run = commands.add_parser(
         "run",
         help="Run a service until SIGTERM or SIGINT (Ctrl-C).",
@@ -102,16 +108,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Only check the service, the settings and the server, then exit.",
     )
-    run.add_argument(
+    _add_connection_options(run)
+
+
+def _add_connection_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--domain", "-d", help="The OADA server, e.g. https://oada.example.org. [env: OADA_DOMAIN]"
     )
-    run.add_argument(
+    command.add_argument(
         "--token",
         "-t",
         help="Token for the OADA server (prefer the environment: command lines are visible "
         "to other users). [env: OADA_TOKEN]",
     )
-    return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
