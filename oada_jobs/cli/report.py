@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..reports import collect_jobs, days_between, summarize, write_csv
+from ..reports import JobRecord, TypeSummary, collect_jobs, days_between, summarize, write_csv
 from ._app import app
 from ._common import (
     CLIError,
@@ -78,12 +78,7 @@ def report(
     """
     settings = settings_from(domain=domain, token=token, layout=layout, service=service)
     name = resolve_service(settings, service)
-    last = _day(until, "--to") or datetime.now(UTC).date()
-    first = _day(since, "--from") or last - timedelta(days=days - 1)
-    try:
-        days_between(first, last)
-    except ValueError as error:
-        raise CLIError(str(error), ExitCode.USAGE) from None
+    first, last = _period(since, until, days)
     if csv_file is not None and csv_file.is_dir():
         raise CLIError(f"--csv must name a file, got the directory {csv_file}", ExitCode.USAGE)
 
@@ -91,42 +86,73 @@ def report(
         async with connect(settings) as oada:
             chosen = await resolve_layout(oada, settings, name)
             records = await collect_jobs(oada, name, first, last, layout=chosen.name)
-        rows = None
-        if csv_file is not None:
-            try:
-                with csv_file.open("w", encoding="utf-8", newline="") as out:
-                    rows = write_csv(records, out)
-            except OSError as error:
-                raise CLIError(f"cannot write {csv_file}: {error.strerror}") from None
+        rows = _write_csv(records, csv_file) if csv_file is not None else None
         summaries = summarize(records)
         if json:
-            body: dict[str, Any] = {
-                "service": name,
-                "from": first.isoformat(),
-                "to": last.isoformat(),
-                "jobs": len(records),
-                "summary": [asdict(s) for s in summaries],
-            }
-            if csv_file is not None:
-                body["csv"] = {"file": str(csv_file), "rows": rows}
-            print_json(body, plain=True)
-            return
-        table = Table(title=f"{name}: jobs finished {first} .. {last}")
-        for column in ("type", "status", "count", "mean s", "median s", "p95 s", "max s"):
-            table.add_column(column, justify="left" if column in ("type", "status") else "right")
-        for s in summaries:
-            table.add_row(
-                s.type,
-                s.status,
-                str(s.count),
-                _seconds(s.mean),
-                _seconds(s.median),
-                _seconds(s.p95),
-                _seconds(s.max),
+            print_json(
+                _report_json(name, first, last, records, summaries, csv_file, rows), plain=True
             )
-        out_console.print(table)
+            return
+        _print_table(f"{name}: jobs finished {first} .. {last}", summaries)
         out_console.print(f"{len(records)} job(s)")
         if csv_file is not None:
             out_console.print(f"wrote {rows} row(s) to {csv_file}")
 
     run_command(main)
+
+
+def _period(since: str | None, until: str | None, days: int) -> tuple[date, date]:
+    """The first and last day of --from, --to and --days (default: *days* to today)."""
+    last = _day(until, "--to") or datetime.now(UTC).date()
+    first = _day(since, "--from") or last - timedelta(days=days - 1)
+    try:
+        days_between(first, last)
+    except ValueError as error:
+        raise CLIError(str(error), ExitCode.USAGE) from None
+    return first, last
+
+
+def _write_csv(records: list[JobRecord], csv_file: Path) -> int:
+    try:
+        with csv_file.open("w", encoding="utf-8", newline="") as out:
+            return write_csv(records, out)
+    except OSError as error:
+        raise CLIError(f"cannot write {csv_file}: {error.strerror}") from None
+
+
+def _report_json(
+    service: str,
+    first: date,
+    last: date,
+    records: list[JobRecord],
+    summaries: list[TypeSummary],
+    csv_file: Path | None,
+    rows: int | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "service": service,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "jobs": len(records),
+        "summary": [asdict(s) for s in summaries],
+    }
+    if csv_file is not None:
+        body["csv"] = {"file": str(csv_file), "rows": rows}
+    return body
+
+
+def _print_table(title: str, summaries: list[TypeSummary]) -> None:
+    table = Table(title=title)
+    for column in ("type", "status", "count", "mean s", "median s", "p95 s", "max s"):
+        table.add_column(column, justify="left" if column in ("type", "status") else "right")
+    for s in summaries:
+        table.add_row(
+            s.type,
+            s.status,
+            str(s.count),
+            _seconds(s.mean),
+            _seconds(s.median),
+            _seconds(s.p95),
+            _seconds(s.max),
+        )
+    out_console.print(table)
