@@ -3,29 +3,22 @@
 Listens on 127.0.0.1 unless told otherwise; another address needs
 ``--allow-remote`` and a login secret (see docs/dashboard.md).
 
-Owns this command only. May use the dashboard and ``cli/_common``; nothing
-but the ``cli`` package may import it.
+Owns this command's options; the steps that need the dashboard's packages
+are in :mod:`oada_jobs.cli._dashboard_server`. May use the dashboard and
+``cli/_common``; nothing but the ``cli`` package may import it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 import typer
-from pydantic import SecretStr, ValidationError
 
-from .._loop import run as run_process
-from ..settings import describe_error
 from ._app import app
 from ._common import (
-    CLIError,
     DomainOption,
-    ExitCode,
     TokenOption,
     command,
-    connect,
-    out_console,
     require_extra,
     settings_from,
 )
@@ -36,42 +29,48 @@ __all__ = ["SECRET_ENV", "dashboard_command"]
 SECRET_ENV = "OADA_JOBS_DASHBOARD_SECRET"
 
 
+HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
+PortOption = Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")]
+AllowRemoteOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-remote",
+        help="Allow a --host other machines can reach (then a login secret is required).",
+    ),
+]
+LoginSecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--login-secret",
+        envvar=SECRET_ENV,
+        show_envvar=False,
+        show_default=False,
+        help=f"Secret of the login form (prefer the environment). \\[env: {SECRET_ENV}]",
+    ),
+]
+AllowedHostOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allowed-host",
+        help="Host name the dashboard answers to (repeatable; default: the loopback "
+        "names, or any name with --allow-remote).",
+        show_default=False,
+    ),
+]
+SecureCookiesOption = Annotated[
+    bool,
+    typer.Option(help="Send the session cookie over HTTPS only (behind a TLS proxy)."),
+]
+
+
 @command(app, "dashboard")
 def dashboard_command(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")
-    ] = 8300,
-    allow_remote: Annotated[
-        bool,
-        typer.Option(
-            "--allow-remote",
-            help="Allow a --host other machines can reach (then a login secret is required).",
-        ),
-    ] = False,
-    login_secret: Annotated[
-        str | None,
-        typer.Option(
-            "--login-secret",
-            envvar=SECRET_ENV,
-            show_envvar=False,
-            show_default=False,
-            help=f"Secret of the login form (prefer the environment). \\[env: {SECRET_ENV}]",
-        ),
-    ] = None,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allowed-host",
-            help="Host name the dashboard answers to (repeatable; default: the loopback "
-            "names, or any name with --allow-remote).",
-            show_default=False,
-        ),
-    ] = None,
-    secure_cookies: Annotated[
-        bool,
-        typer.Option(help="Send the session cookie over HTTPS only (behind a TLS proxy)."),
-    ] = False,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8300,
+    allow_remote: AllowRemoteOption = False,
+    login_secret: LoginSecretOption = None,
+    allowed_host: AllowedHostOption = None,
+    secure_cookies: SecureCookiesOption = False,
     domain: DomainOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -83,51 +82,13 @@ def dashboard_command(
     require_extra("dashboard", "dashboard")
     # The dashboard's packages are an optional extra: imported only when the
     # command runs, so every other command works without them.
-    from ..dashboard import (
-        BindRefused,
-        DashboardConfig,
-        check_bind,
-        create_dashboard_app,
-        serve_dashboard,
+    from . import _dashboard_server as web
+
+    config = web.dashboard_config(
+        host,
+        allow_remote=allow_remote,
+        login_secret=login_secret,
+        allowed_host=allowed_host,
+        secure_cookies=secure_cookies,
     )
-
-    try:
-        check_bind(host, allow_remote=allow_remote, has_login=bool(login_secret))
-    except BindRefused as error:
-        raise CLIError(str(error), ExitCode.USAGE) from None
-    hosts = tuple(allowed_host) if allowed_host else (("*",) if allow_remote else None)
-    try:
-        config = DashboardConfig(
-            login_secret=SecretStr(login_secret) if login_secret else None,
-            allowed_hosts=hosts,
-            secure_cookies=secure_cookies,
-        )
-    except ValidationError as error:
-        raise CLIError(
-            f"invalid dashboard setting: {describe_error(error)}", ExitCode.USAGE
-        ) from None
-
-    async def main() -> None:
-        async with connect(settings) as oada:
-            oada_domain = oada.domain
-        oada_token = settings.token_value() or ""
-        dashboard = create_dashboard_app(oada_domain, oada_token, config=config)
-        async with anyio.create_task_group() as group:
-            handle = await group.start(
-                lambda task_status: serve_dashboard(
-                    dashboard,
-                    host=host,
-                    port=port,
-                    allow_remote=allow_remote,
-                    handle_signals=True,
-                    task_status=task_status,
-                )
-            )
-            out_console.print(f"dashboard for {oada_domain} on {handle.url}  (Ctrl-C stops it)")
-
-    try:
-        run_process(main)
-    except OSError as error:
-        raise CLIError(
-            f"cannot listen on {host}:{port}: {error.strerror}", ExitCode.FAILED
-        ) from None
+    web.run_dashboard(settings, config, host=host, port=port, allow_remote=allow_remote)
