@@ -199,49 +199,59 @@ def list_entries(
                 },
                 plain=True,
             )
-            return
-        if not entries:
+        elif not entries:
             out_console.print(
                 f"service {service.name} has no cron entries "
                 '(add one with service.cron("name", "*/5 * * * *"))'
             )
-            return
-        # One block per entry rather than a table: schedules, configs and
-        # job ids stay whole at 80 columns.
-        out_console.print(f"cron entries of [bold]{service.name}[/] (times in UTC)")
-        for entry, ticks in rows:
-            config = jsonlib.dumps(entry.config, separators=(", ", ": "))
-            out_console.print()
-            zone = "" if entry.timezone == "UTC" else f" ({escape(entry.timezone)})"
+        else:
+            _print_entries(service.name, rows, state)
             out_console.print(
-                f"[bold]{escape(entry.name)}[/]  {escape(entry.schedule)}{zone}  "
-                f"posts {entry.type!r} {escape(config)}"
+                f"run one now:  oada-jobs cron run {target} {entries[0].name} [--wait]",
+                markup=False,
             )
-            out_console.print(f"  next runs  {', '.join(_tick_time(tick) for tick in ticks)}")
-            if state is not None:
-                for label, manual in (("last tick", False), ("by hand  ", True)):
-                    last = _last(state, entry.name, manual)
-                    text = f"{_shown_time(last['time'])}  {last['job'] or ''}" if last else "never"
-                    out_console.print(f"  {label}  {escape(text)}".rstrip())
-                skipped = _skipped(state, entry.name)
-                if skipped is not None:
-                    text = (
-                        f"{_shown_time(skipped['tick'])}  while {skipped['running'] or '?'} ran "
-                        f"({skipped['count']} skipped in all)"
-                    )
-                    out_console.print(f"  skipped    {escape(text)}")
-        if state is None:
-            err_console.print(
-                "[dim]no OADA domain or token: latest runs not shown "
-                "(pass --domain/--token or set OADA_DOMAIN/OADA_TOKEN)[/]"
-            )
-        out_console.print()
-        out_console.print(
-            f"run one now:  oada-jobs cron run {target} {entries[0].name} [--wait]",
-            markup=False,
-        )
 
     run_command(main)
+
+
+def _print_entries(
+    service: str, rows: list[tuple[CronEntry, list[datetime]]], state: Mapping[str, Any] | None
+) -> None:
+    """One block per entry rather than a table: schedules, configs and job
+    ids stay whole at 80 columns."""
+    out_console.print(f"cron entries of [bold]{service}[/] (times in UTC)")
+    for entry, ticks in rows:
+        config = jsonlib.dumps(entry.config, separators=(", ", ": "))
+        out_console.print()
+        zone = "" if entry.timezone == "UTC" else f" ({escape(entry.timezone)})"
+        out_console.print(
+            f"[bold]{escape(entry.name)}[/]  {escape(entry.schedule)}{zone}  "
+            f"posts {entry.type!r} {escape(config)}"
+        )
+        out_console.print(f"  next runs  {', '.join(_tick_time(tick) for tick in ticks)}")
+        if state is not None:
+            _print_runs(state, entry.name)
+    if state is None:
+        err_console.print(
+            "[dim]no OADA domain or token: latest runs not shown "
+            "(pass --domain/--token or set OADA_DOMAIN/OADA_TOKEN)[/]"
+        )
+    out_console.print()
+
+
+def _print_runs(state: Mapping[str, Any], name: str) -> None:
+    """The entry's latest tick, latest run by hand and latest skipped tick."""
+    for label, manual in (("last tick", False), ("by hand  ", True)):
+        last = _last(state, name, manual)
+        text = f"{_shown_time(last['time'])}  {last['job'] or ''}" if last else "never"
+        out_console.print(f"  {label}  {escape(text)}".rstrip())
+    skipped = _skipped(state, name)
+    if skipped is not None:
+        text = (
+            f"{_shown_time(skipped['tick'])}  while {skipped['running'] or '?'} ran "
+            f"({skipped['count']} skipped in all)"
+        )
+        out_console.print(f"  skipped    {escape(text)}")
 
 
 @command(cron_app, "run")
