@@ -19,7 +19,8 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -380,63 +381,73 @@ def demo(
     require_extra("server", "demo")
     chosen = layout_name(layout)
     example = load_example()
-    where = directory or Path(tempfile.mkdtemp(prefix="oada-jobs-demo-"))
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CLIError(f"cannot use --dir {where}: {error.strerror}", ExitCode.USAGE) from None
-    db = where / "oada.sqlite"
-    outbox = where / "outbox"
-    log_file = where / "service.log"
+    files = _DemoFiles.in_directory(directory)
     kinds = job_kinds(jobs)
+    with _service_log_in(files.log):
+        example.use_backend(
+            DemoBackend(example.OutboxBackend(files.outbox), timeout=timeout, seed=seed)
+        )
+        try:
+            ok = anyio.run(_demo, example, kinds, timeout, files, port, keep_running, chosen)
+        except BaseException as error:
+            # --port taken, or --dir used by a demo still running: one line.
+            leaf = first_leaf(error)
+            if isinstance(leaf, ListenError | DatabaseLocked):
+                message = f"the demo cannot start its server: {leaf}"
+                raise CLIError(message, ExitCode.FAILED) from None
+            raise
+        finally:
+            example.use_backend(None)
+    if not ok:
+        raise CLIError(f"some jobs did not end as expected; see {files.log}", ExitCode.FAILED)
 
+
+@dataclass(frozen=True, slots=True)
+class _DemoFiles:
+    """Where the demo keeps its server's database, the outbox and the service's log."""
+
+    db: Path
+    outbox: Path
+    log: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path | None) -> _DemoFiles:
+        """The files in *directory* (created if need be), default a new temporary one."""
+        where = directory or Path(tempfile.mkdtemp(prefix="oada-jobs-demo-"))
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CLIError(f"cannot use --dir {where}: {error.strerror}", ExitCode.USAGE) from None
+        return cls(where / "oada.sqlite", where / "outbox", where / "service.log")
+
+
+@contextmanager
+def _service_log_in(log_file: Path) -> Iterator[None]:
+    """Send the service's, the server's and the client's log to *log_file*
+    meanwhile, so the live table stays readable."""
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     quiet = [logging.getLogger(name) for name in ("oada_jobs", "uvicorn", "httpx")]
     saved = [(log, log.level, log.propagate) for log in quiet]
     for log in quiet:
-        # The service's log goes to a file, so the live table stays readable.
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-    example.use_backend(DemoBackend(example.OutboxBackend(outbox), timeout=timeout, seed=seed))
     try:
-        ok = anyio.run(
-            _demo,
-            example,
-            kinds,
-            timeout,
-            db,
-            outbox,
-            log_file,
-            port,
-            keep_running,
-            chosen,
-        )
-    except BaseException as error:
-        # --port taken, or --dir used by a demo still running: one line.
-        leaf = first_leaf(error)
-        if isinstance(leaf, ListenError | DatabaseLocked):
-            raise CLIError(f"the demo cannot start its server: {leaf}", ExitCode.FAILED) from None
-        raise
+        yield
     finally:
-        example.use_backend(None)
         for log, level, propagate in saved:
             log.removeHandler(handler)
             log.setLevel(level)
             log.propagate = propagate
         handler.close()
-    if not ok:
-        raise CLIError(f"some jobs did not end as expected; see {log_file}", ExitCode.FAILED)
 
 
 async def _demo(
     example: ModuleType,
     kinds: list[Kind],
     job_timeout: float,
-    db: Path,
-    outbox: Path,
-    log_file: Path,
+    files: _DemoFiles,
     port: int,
     keep_running: bool,
     layout: LayoutName,
@@ -446,58 +457,73 @@ async def _demo(
     out_console.print(
         f"[bold]oada-jobs demo[/]: {len(kinds)} email jobs, timeout {job_timeout:g} s"
     )
-    async with embedded_server(db=db, port=port or None) as server:
+    async with embedded_server(db=files.db, port=port or None) as server:
         out_console.print(f"  embedded OADA server  {server.url}  (token {server.token})")
         service = Service(SERVICE, domain=server.url, token=server.token, layout=layout)
         service.on("email", job_timeout, example.send_email)
         async with service, OADAClient(server.url, server.token) as oada:
             out_console.print(
                 f"  example service       {SERVICE} ({example.__name__})\n"
-                f"  its log               {log_file}"
+                f"  its log               {files.log}"
             )
             started = time.monotonic()
-            tracked: list[Tracked] = []
-            for number, kind in enumerate(kinds, start=1):
-                job_id = await post_job(oada, SERVICE, "email", kind.config, layout=layout)
-                key = job_id.removeprefix("resources/")
-                tracked.append(Tracked(number, kind, job_id, key, started))
-            title = f"jobs posted to {service.layout.pending_path(SERVICE)}"
-            completed = False
-            with Live(
-                render(tracked, title),
-                console=out_console,
-                refresh_per_second=8,
-                get_renderable=lambda: render(tracked, title),
-                # The summary below replaces it: both would not fit a 30-line screen.
-                transient=True,
-            ):
-                with anyio.move_on_after(DEADLINE):
-                    async with anyio.create_task_group() as group:
-                        for item in tracked:
-                            group.start_soon(_follow_job, oada, item)
-                        group.start_soon(
-                            _follow_pending, oada, service.layout.pending_path(SERVICE), tracked
-                        )
-                    completed = True
-            took = time.monotonic() - started
-            if not completed:
-                err_console.print(f"[red]the jobs did not all finish within {DEADLINE:g} s[/]")
-            out_console.print(_summary(tracked, layout))
-            expected = sum(item.as_expected for item in tracked)
-            out_console.print(
-                f"{len(tracked)} jobs in {took:.1f} s: "
-                f"{sum(t.status == 'success' for t in tracked)} succeeded, "
-                f"{sum(t.status == 'failure' for t in tracked)} failed, "
-                f"{expected} of {len(tracked)} as expected."
-            )
-            out_console.print(
-                _how_to_look(tracked, db, outbox, server.url if keep_running else None, layout),
-                highlight=False,
-                markup=False,
-            )
+            tracked = await _post_jobs(oada, kinds, layout, started)
+            completed = await _watch(oada, tracked, service.layout.pending_path(SERVICE))
+            expected = _print_outcome(tracked, layout, completed, time.monotonic() - started)
+            url = server.url if keep_running else None
+            look = _how_to_look(tracked, files.db, files.outbox, url, layout)
+            out_console.print(look, highlight=False, markup=False)
             if keep_running:
                 await _wait_for_interrupt()
             return completed and expected == len(tracked)
+
+
+async def _post_jobs(
+    oada: OADAClient, kinds: list[Kind], layout: LayoutName, started: float
+) -> list[Tracked]:
+    tracked: list[Tracked] = []
+    for number, kind in enumerate(kinds, start=1):
+        job_id = await post_job(oada, SERVICE, "email", kind.config, layout=layout)
+        key = job_id.removeprefix("resources/")
+        tracked.append(Tracked(number, kind, job_id, key, started))
+    return tracked
+
+
+async def _watch(oada: OADAClient, tracked: list[Tracked], pending_path: str) -> bool:
+    """Follow the jobs in a live table until all are filed; ``False`` when
+    they were not within :data:`DEADLINE`."""
+    title = f"jobs posted to {pending_path}"
+    with Live(
+        render(tracked, title),
+        console=out_console,
+        refresh_per_second=8,
+        get_renderable=lambda: render(tracked, title),
+        # The summary below replaces it: both would not fit a 30-line screen.
+        transient=True,
+    ):
+        with anyio.move_on_after(DEADLINE):
+            async with anyio.create_task_group() as group:
+                for item in tracked:
+                    group.start_soon(_follow_job, oada, item)
+                group.start_soon(_follow_pending, oada, pending_path, tracked)
+            return True
+    return False
+
+
+def _print_outcome(tracked: list[Tracked], layout: LayoutName, completed: bool, took: float) -> int:
+    """Print where each job was filed and the counts; returns how many jobs
+    ended as expected."""
+    if not completed:
+        err_console.print(f"[red]the jobs did not all finish within {DEADLINE:g} s[/]")
+    out_console.print(_summary(tracked, layout))
+    expected = sum(item.as_expected for item in tracked)
+    out_console.print(
+        f"{len(tracked)} jobs in {took:.1f} s: "
+        f"{sum(t.status == 'success' for t in tracked)} succeeded, "
+        f"{sum(t.status == 'failure' for t in tracked)} failed, "
+        f"{expected} of {len(tracked)} as expected."
+    )
+    return expected
 
 
 async def _wait_for_interrupt() -> None:
