@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .jobs import LABELS
+from .long_haul import JOBS as LONG_HAUL_JOBS
 
 PY, NODE = LABELS["python"], LABELS["node"]
 TARGET_RATIO = 3.0
@@ -619,18 +620,29 @@ def plot(results: Mapping[str, Any], path: Path) -> bool:
 # --------------------------------------------------------------- document
 
 
+def _gc_cpu(s: Mapping[str, Any], key: str) -> str:
+    """`` (CPU x)`` for a collection's own CPU time, when the run recorded it."""
+    return f" (CPU {s[key]:.0f})" if key in s else ""
+
+
 def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | None) -> str:
     """The long-haul run (bench/long_haul.py) and list write costs (bench/list_writes.py)."""
     out: list[str] = []
     if long_haul and long_haul.get("rounds"):
         s = long_haul
+        command = (
+            "python -m bench --only long_haul"
+            if s["jobs"] == LONG_HAUL_JOBS
+            else f"python -m bench.long_haul --jobs {s['jobs']}"
+        )
         out += [
             f"One server, one Python service (concurrency 10), {s['jobs_run']:,} no-op jobs "
             f"in rounds of {s['round']:,}, every one filed into the same `jobs-success` day "
-            "list (`python -m bench --only long_haul`). Each figure is per round; stalls "
+            f"list (`{command}`). Each figure is per round; stalls "
             "come from a probe task in each process (`bench/lag.py`): *wall* is how late a "
             "10 ms timer fired (it includes waiting for a core on a shared machine), *busy* "
-            "the event-loop thread's own CPU time between two firings."
+            "the event-loop thread's own CPU time between two firings, and a collection's own "
+            "CPU time is given beside its wall time."
             + (f" The run stopped early: {s['stopped']}." if s.get("stopped") else ""),
             "",
             table(
@@ -662,26 +674,23 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
                             s["service_rss_mib_after_warm_up"][1],
                         ),
                     ],
-                    [
-                        "after the first tenth, largest busy stretch / GC, server (ms)",
-                        f"{s.get('server_max_busy_after_warm_up_ms', 0):.0f} / "
-                        f"{s.get('server_max_gc_after_warm_up_ms', 0):.0f}",
-                    ],
-                    [
-                        "after the first tenth, largest busy stretch / GC, service (ms)",
-                        f"{s.get('service_max_busy_after_warm_up_ms', 0):.0f} / "
-                        f"{s.get('service_max_gc_after_warm_up_ms', 0):.0f}",
-                    ],
-                    [
-                        "largest stall, server: wall / busy / longest GC (ms)",
-                        f"{s['server_max_stall_ms']:.0f} / {s['server_max_busy_ms']:.0f} / "
-                        f"{s['server_max_gc_ms']:.0f}",
-                    ],
-                    [
-                        "largest stall, service: wall / busy / longest GC (ms)",
-                        f"{s['service_max_stall_ms']:.0f} / {s['service_max_busy_ms']:.0f} / "
-                        f"{s['service_max_gc_ms']:.0f}",
-                    ],
+                    *(
+                        [
+                            f"after the first tenth, largest busy stretch / GC, {who} (ms)",
+                            f"{s.get(f'{who}_max_busy_after_warm_up_ms', 0):.0f} / "
+                            f"{s.get(f'{who}_max_gc_after_warm_up_ms', 0):.0f}"
+                            f"{_gc_cpu(s, f'{who}_max_gc_cpu_after_warm_up_ms')}",
+                        ]
+                        for who in ("server", "service")
+                    ),
+                    *(
+                        [
+                            f"largest stall, {who}: wall / busy / longest GC (ms)",
+                            f"{s[f'{who}_max_stall_ms']:.0f} / {s[f'{who}_max_busy_ms']:.0f} / "
+                            f"{s[f'{who}_max_gc_ms']:.0f}{_gc_cpu(s, f'{who}_max_gc_cpu_ms')}",
+                        ]
+                        for who in ("server", "service")
+                    ),
                     [
                         "load average (1 min) during the run",
                         "{:.1f}{}{:.1f}".format(s["load"][0], DASH, s["load"][1]),
@@ -692,6 +701,18 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
             "![Long haul](long_haul.png)",
             "",
         ]
+        restart = s.get("restart")
+        if restart:
+            out += [
+                f"Then a new server on that database ({restart['db_mib']:,} MiB): ready "
+                f"{restart['start_to_ready_ms'] / 1000:.1f} s after its process started "
+                "(Python start-up, a certificate, opening the database), its first answer "
+                f"(`GET /bookmarks`) took {restart['first_answer_ms']:.0f} ms at "
+                f"{restart['rss_first_answer_mib']:.0f} MiB RSS, and its first write into the "
+                f"{s['jobs_run']:,}-entry day list {restart['first_write_ms']:.0f} ms "
+                f"({restart['rss_first_write_mib']:.0f} MiB RSS). Load {restart['load']:.1f}.",
+                "",
+            ]
     else:
         out += [
             "No long-haul run beside this page: `python -m bench --only long_haul` makes one.",
