@@ -569,7 +569,7 @@ class OADAClient(ClosesOnExit):
 
         async def attempt() -> None:
             self._check_open("watch", watch.path)
-            await ws.open_watch(watch, answer_within=self._shared.options.timeout)
+            await ws.watches.open(watch, answer_within=self._shared.options.timeout)
 
         await self._with_retries(attempt, "get")
         self._watches.add(watch)
@@ -581,7 +581,7 @@ class OADAClient(ClosesOnExit):
         self._watches.discard(watch)
         ws = self._shared.ws
         if ws is not None:
-            await ws.close_watch(watch)
+            await ws.watches.close(watch)
 
     # -- the request path ---------------------------------------------------
 

@@ -1,17 +1,14 @@
-"""The WebSocket side of the client: one multiplexed socket, watches that survive drops.
+"""The WebSocket side of the client: one multiplexed socket, re-opened after drops.
 
 Every message carries its own ``requestId``; one reader task routes answers to
-the waiting request and change notifications to their watches. When the
+the waiting request and change notifications to the watches' keeper. When the
 socket drops, requests that were on it fail (the caller decides whether a
-retry is safe) and every watch is re-issued on a new socket with
-``x-oada-rev`` set to the last rev it queued, so the server replays exactly
-what was missed.
+retry is safe) and the keeper restores the watches on a new socket.
 
-Owns the socket, its requests in flight and its watches' delivery; must not
-import ``_client``, the framework or the server. :class:`WSConnection` (and
-so the file) is longer than the ~300 lines kept to elsewhere because one
-socket's state (requests in flight, watches, reconnection) changes together;
-split, it would be passed around.
+Owns the socket, the frames waiting to be written, the requests in flight and
+their timeouts; the watches on the socket are the :class:`WatchKeeper`'s
+(``_ws_watches``), which reaches this connection as its :class:`Link`. Must
+not import ``_client``, the framework or the server.
 """
 
 from __future__ import annotations
@@ -20,37 +17,24 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
 
-from ..exceptions import (
-    ClientClosed,
-    OADAError,
-    OADAStatusError,
-    OADATimeout,
-    OADATransportError,
-    WatchLost,
-    redact,
-)
-from ._common import BaseURL, dumps, loads, new_request_id
+from ..exceptions import ClientClosed, OADAError, OADATimeout, redact
+from ._common import BaseURL, dumps, loads
 from ._http import ConnectFailed, ConnectionLost
-from ._response import Change, Response, parse_change_array, status_error
+from ._response import Response, parse_change_array
+from ._ws_watches import WatchKeeper
 
-__all__ = ["WSConnection", "WatchSink"]
+__all__ = ["WSConnection"]
 
 logger = logging.getLogger("oada_jobs.client")
 
@@ -65,25 +49,6 @@ class _NoFrameDumps(logging.Filter):
 #: The logger handed to websockets for our sockets (connection events only).
 wire_logger = logging.getLogger("oada_jobs.client.websocket")
 wire_logger.addFilter(_NoFrameDumps())
-
-
-class WatchSink(Protocol):
-    """What the connection needs from a watch to route, restore and end it."""
-
-    path: str
-    method: str
-    token: str
-    request_id: str | None
-    generation: int
-    deadline: float
-    serial: int
-    #: set false by the connection when the socket under the watch drops
-    connected: bool
-
-    def request_headers(self) -> dict[str, str]: ...
-    def opened(self, response: Response) -> None: ...
-    def feed(self, changes: list[Change]) -> None: ...
-    def fail(self, error: OADAError) -> None: ...
 
 
 class _Pending:
@@ -124,6 +89,27 @@ def _string_headers(value: Any) -> dict[str, str]:
 
 
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+async def _wait_for_room(sock: ClientConnection, pending: _Pending) -> None:
+    """Wait while the socket's write buffer is over its limit, as websockets' send() does.
+
+    Without this a server that reads slowly would let the buffer (and the
+    requests behind it) grow without bound. The wait ends by the request's
+    deadline, or when the socket closes; then ``pending.error`` says why
+    the request was not sent.
+    """
+    with anyio.move_on_after(max(pending.deadline - anyio.current_time(), 0)):
+        with contextlib.suppress(Exception):  # a closed socket is checked below
+            await sock.drain()
+    if pending.error is not None:
+        return  # the watchdog timed it out meanwhile
+    if sock.state is not State.OPEN:
+        pending.error = ConnectFailed("the WebSocket closed before the request was sent")
+    elif sock.paused:
+        pending.error = OADATimeout(
+            f"the server read nothing more within {pending.limit}s; the request was not sent"
+        )
 
 
 class _Socket(ClientConnection):
@@ -181,25 +167,21 @@ class WSConnection:
         self._url = base.ws
         self._ssl = ssl_context if base.secure else None
         self._connect_timeout = connect_timeout
-        self._max_backoff = max_backoff
         self._user_agent = user_agent
         self._socket: _Socket | None = None
         self._generation = 0
         self._lock = anyio.Lock()
         self._pending: dict[str, _Pending] = {}
-        self._routes: dict[str, WatchSink] = {}
-        #: live watches, in the order they were opened
-        self._watches: dict[WatchSink, None] = {}
-        #: watches waiting to be re-issued -> when their socket dropped
-        self._lost: dict[WatchSink, float] = {}
-        self._last_restore_error = ""
-        self._restoring = False
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wake_watchdog = anyio.Event()
         #: frames waiting for the next write (with their request ids), and their socket
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_socket: ClientConnection | None = None
+        #: the watches on this connection's sockets
+        self.watches = WatchKeeper(
+            self, url=self._url, reissue_within=connect_timeout, max_backoff=max_backoff
+        )
 
     async def __aenter__(self) -> WSConnection:
         self._task_group = anyio.create_task_group()
@@ -218,11 +200,7 @@ class WSConnection:
             pending.error = ClientClosed("the client was closed")
             pending.settle()
         self._pending.clear()
-        for watch in list(self._watches):
-            watch.fail(ClientClosed("the client was closed", path=watch.path))
-        self._watches.clear()
-        self._lost.clear()
-        self._routes.clear()
+        self.watches.end_all()
         sock, self._socket = self._socket, None
         if sock is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -231,9 +209,24 @@ class WSConnection:
         self._task_group.cancel_scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
+    # -- what the watches' keeper sees (its Link) ----------------------------
+
     @property
-    def connected(self) -> bool:
-        return self._socket is not None
+    def generation(self) -> int | None:
+        """The open socket's generation (one more per socket), ``None`` while there is none."""
+        return self._generation if self._socket is not None else None
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing for good."""
+        return self._closing
+
+    def start_soon(self, task: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run *task* in the connection's task group; false before it is entered."""
+        if self._task_group is None:
+            return False
+        self._task_group.start_soon(task)
+        return True
 
     # -- connecting ---------------------------------------------------------
 
@@ -298,20 +291,8 @@ class WSConnection:
                 del self._pending[request_id]
                 pending.error = ConnectionLost("the WebSocket closed before the answer came")
                 pending.settle()
-        if self._closing:
-            return
-        now = anyio.current_time()
-        for watch in self._watches:
-            if watch.generation == generation and watch not in self._lost:
-                self._lost[watch] = now
-                watch.connected = False
-        if self._lost:
-            logger.warning(
-                "WebSocket to %s dropped; restoring %d watch(es)",
-                self._url,
-                len(self._lost),
-            )
-            self._start_restore()
+        if not self._closing:
+            self.watches.socket_lost(generation)
 
     # -- routing ------------------------------------------------------------
 
@@ -339,12 +320,7 @@ class WSConnection:
         if changes is None:
             logger.debug("ignored a WebSocket message that is neither an answer nor a change")
             return
-        seen: set[int] = set()
-        for request_id in ids:
-            watch = self._routes.get(request_id)
-            if watch is not None and id(watch) not in seen:
-                seen.add(id(watch))
-                watch.feed(changes)
+        self.watches.route(ids, changes)
 
     # -- requests -----------------------------------------------------------
 
@@ -382,26 +358,6 @@ class WSConnection:
             sock.protocol.send_text(frame)
         sock.transport.write(b"".join(sock.protocol.data_to_send()))
 
-    async def _wait_for_room(self, sock: ClientConnection, pending: _Pending) -> None:
-        """Wait while the socket's write buffer is over its limit, as websockets' send() does.
-
-        Without this a server that reads slowly would let the buffer (and the
-        requests behind it) grow without bound. The wait ends by the request's
-        deadline, or when the socket closes; then ``pending.error`` says why
-        the request was not sent.
-        """
-        with anyio.move_on_after(max(pending.deadline - anyio.current_time(), 0)):
-            with contextlib.suppress(Exception):  # a closed socket is checked below
-                await sock.drain()
-        if pending.error is not None:
-            return  # the watchdog timed it out meanwhile
-        if sock.state is not State.OPEN:
-            pending.error = ConnectFailed("the WebSocket closed before the request was sent")
-        elif sock.paused:
-            pending.error = OADATimeout(
-                f"the server read nothing more within {pending.limit}s; the request was not sent"
-            )
-
     async def roundtrip(
         self,
         message: dict[str, Any],
@@ -438,7 +394,7 @@ class WSConnection:
                 # Request ids are made of [0-9a-f-]: no escaping needed.
                 text = f'{{"requestId":"{request_id}",{encoded[1:]}'
             if sock.paused:
-                await self._wait_for_room(sock, pending)
+                await _wait_for_room(sock, pending)
             if pending.error is None:
                 # No cancel scope per request (it costs more than the rest of
                 # the round trip): the watchdog fails requests past their deadline.
@@ -478,162 +434,3 @@ class WSConnection:
                         del self._pending[request_id]
                         pending.error = OADATimeout(f"no answer within {pending.limit}s")
                         pending.settle()
-
-    # -- watches ------------------------------------------------------------
-
-    async def open_watch(self, watch: WatchSink, *, answer_within: float) -> Response:
-        """Issue *watch* and start routing its changes; raise if the server refuses."""
-        response, generation = await self._issue(watch, answer_within=answer_within)
-        self._watches[watch] = None
-        if generation != self._generation or self._socket is None:
-            # The socket dropped between the answer and now: restore it.
-            self._lost.setdefault(watch, anyio.current_time())
-            self._start_restore()
-        return response
-
-    async def _issue(self, watch: WatchSink, *, answer_within: float) -> tuple[Response, int]:
-        request_id = new_request_id()
-        if watch.request_id is not None:
-            self._routes.pop(watch.request_id, None)
-        watch.request_id = request_id
-        # Route before sending: changes can follow the answer immediately.
-        self._routes[request_id] = watch
-        message = {
-            "requestId": request_id,
-            "method": watch.method,
-            "path": watch.path,
-            "headers": watch.request_headers(),
-        }
-        try:
-            response, reason, generation = await self.roundtrip(
-                message, answer_within=answer_within, token=watch.token
-            )
-            if response.status >= 300:
-                raise status_error(
-                    response, method=watch.method, path=watch.path, reason=reason, token=watch.token
-                )
-        except BaseException:
-            self._routes.pop(request_id, None)
-            raise
-        watch.generation = generation
-        watch.opened(response)
-        return response, generation
-
-    async def close_watch(self, watch: WatchSink) -> None:
-        """Stop routing *watch* and tell the server (best effort)."""
-        self._watches.pop(watch, None)
-        self._lost.pop(watch, None)
-        request_id = watch.request_id
-        if request_id is None:
-            return
-        self._routes.pop(request_id, None)
-        if self._closing or self._socket is None or watch.generation != self._generation:
-            return
-        message = {
-            "requestId": request_id,
-            "method": "unwatch",
-            "path": watch.path,
-            "headers": {"authorization": ""},
-        }
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            try:
-                await self.roundtrip(message, answer_within=2, token=watch.token)
-            except OADAError as error:
-                logger.debug("unwatch failed: %s", error)
-
-    def _start_restore(self) -> None:
-        if self._restoring or self._closing or self._task_group is None:
-            return
-        self._restoring = True
-        self._task_group.start_soon(self._restore)
-
-    async def _restore(self) -> None:
-        try:
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(OADATransportError),
-                wait=wait_exponential_jitter(multiplier=0.05, max=self._max_backoff),
-                stop=self._give_up,
-                sleep=anyio.sleep,
-                before_sleep=self._log_attempt,
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._restore_all()
-            except OADATransportError:
-                pass  # _give_up has already failed every watch it gave up on
-            except ClientClosed:
-                pass  # closing: the watches were ended by __aexit__
-        except Exception as error:
-            # Never let this escape into the client's task group (see _read).
-            logger.exception("restoring watches failed")
-            for watch in list(self._lost):
-                self._lost.pop(watch, None)
-                self._watches.pop(watch, None)
-                watch.fail(WatchLost(f"restoring the watch failed: {error!r}", path=watch.path))
-        finally:
-            self._restoring = False
-
-    async def _restore_all(self) -> None:
-        while self._lost and not self._closing:
-            try:
-                await self._ensure_socket()
-            except OADATransportError as error:
-                self._last_restore_error = str(error)
-                raise
-            for watch in sorted(self._lost, key=lambda w: w.serial):
-                if watch not in self._watches:
-                    self._lost.pop(watch, None)
-                    continue
-                try:
-                    await self._issue(watch, answer_within=self._connect_timeout)
-                except OADAStatusError as error:
-                    self._lost.pop(watch, None)
-                    self._watches.pop(watch, None)
-                    watch.fail(
-                        WatchLost(
-                            f"the server refused to restore the watch: {error.message}",
-                            path=watch.path,
-                            status=error.status,
-                        )
-                    )
-                    continue
-                except OADATransportError as error:
-                    self._last_restore_error = str(error)
-                    raise
-                since = self._lost.pop(watch, None)
-                down = anyio.current_time() - since if since is not None else 0.0
-                logger.info("restored the watch on %s after %.1f s", watch.path, down)
-
-    def _log_attempt(self, state: RetryCallState) -> None:
-        """Say that a reconnect attempt failed, and when the next one is."""
-        waited = anyio.current_time() - min(self._lost.values(), default=anyio.current_time())
-        next_in = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.warning(
-            "reconnecting to %s: attempt %d failed (%s); %d watch(es) down for %.1f s, "
-            "next attempt in %.1f s",
-            self._url,
-            state.attempt_number,
-            self._last_restore_error or "connection lost",
-            len(self._lost),
-            waited,
-            next_in,
-        )
-
-    def _give_up(self, state: RetryCallState) -> bool:
-        now = anyio.current_time()
-        for watch, since in list(self._lost.items()):
-            if now - since >= watch.deadline:
-                self._lost.pop(watch, None)
-                self._watches.pop(watch, None)
-                if watch.request_id is not None:
-                    self._routes.pop(watch.request_id, None)
-                watch.fail(
-                    WatchLost(
-                        f"could not restore the watch within {watch.deadline}s "
-                        f"({self._last_restore_error or 'connection lost'})",
-                        path=watch.path,
-                    )
-                )
-        return not self._lost or self._closing
