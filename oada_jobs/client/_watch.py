@@ -44,6 +44,18 @@ class WatchState(StrEnum):
 _End = object()  # queued after a whole-resource delete: the server drops the watch
 
 
+def _check_options(kind: Any, initial_method: Any, rev: Any, deadline: Any) -> None:
+    """Refuse options a watch cannot have (the client passes them on as given)."""
+    if kind not in ("single", "tree"):
+        raise ValueError(f"expected type 'single' or 'tree', got {kind!r}")
+    if initial_method not in ("head", "get"):
+        raise ValueError(f"expected initial_method 'head' or 'get', got {initial_method!r}")
+    if rev is not None and (not isinstance(rev, int) or isinstance(rev, bool) or rev < 0):
+        raise ValueError(f"expected rev as an integer >= 0 or None, got {rev!r}")
+    if not deadline > 0:
+        raise ValueError(f"expected a deadline > 0 seconds, got {deadline!r}")
+
+
 class Watch(ClosesOnExit, Generic[T]):
     """A watch on one OADA resource; use it as ``async with`` and iterate it.
 
@@ -76,6 +88,7 @@ class Watch(ClosesOnExit, Generic[T]):
         initial_method: Literal["head", "get"],
         deadline: float,
     ) -> None:
+        _check_options(kind, initial_method, rev, deadline)
         # The client's side of the watch: put it on a connection, take it off.
         self._open = open
         self._close = close
