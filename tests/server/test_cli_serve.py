@@ -244,9 +244,11 @@ for _ in range(3):
     blocks = []
     for _ in range(100):
         blocks.append(bytes(2**20))
-        keep.append(bytearray(4000))  # small and long-lived, as a server's are
+        # Small and long-lived, as a server's are; larger than the holes
+        # start-up left in the heap, so each lands after the block before.
+        keep.append(bytearray(32 * 1024))
     del blocks
-print((process.memory_info().rss - base) // 2**20)
+print((process.memory_info().rss - base - sum(map(len, keep))) // 2**20)
 """
 
 
@@ -265,6 +267,6 @@ def test_the_server_process_gives_freed_large_buffers_back_to_the_os() -> None:
         )
         for mode in ("default", "fixed")
     }
-    # 300 one-MiB buffers were freed: glibc alone keeps some of them.
+    # 300 one-MiB buffers were freed: glibc alone keeps most of them.
     assert kept["fixed"] < 4, kept
-    assert kept["default"] > kept["fixed"], kept
+    assert kept["default"] > kept["fixed"] + 32, kept
