@@ -76,66 +76,74 @@ def self_signed(
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     # Backdate a little so a client whose clock lags slightly still accepts it.
-    not_before = now - dt.timedelta(minutes=5)
-    not_after = now + dt.timedelta(days=days)
-
+    valid = (now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _ca_certificate(ca_key, valid)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _server_certificate(key, ca_key, ca_cert, hosts, addresses, valid)
+    return _write(out, ca_cert, cert, key)
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Signing only; a CA also signs certificates and revocation lists."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, valid: tuple[dt.datetime, dt.datetime]
+) -> x509.Certificate:
+    """The development CA's own certificate, valid from ``valid[0]`` to ``valid[1]``."""
     ca_name = _name("oada-jobs development CA")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
         )
-        .add_extension(ca_ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
-    key = ec.generate_private_key(ec.SECP256R1())
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    hosts: tuple[str, ...],
+    addresses: tuple[str, ...],
+    valid: tuple[dt.datetime, dt.datetime],
+) -> x509.Certificate:
+    """The server's certificate for *hosts* and *addresses*, signed by the CA."""
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
     alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0] if hosts else addresses[0]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(valid[0])
+        .not_valid_after(valid[1])
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -145,6 +153,14 @@ def self_signed(
         .sign(ca_key, hashes.SHA256())
     )
 
+
+def _write(
+    out: Path,
+    ca_cert: x509.Certificate,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+) -> DevCertificate:
+    """Write the PEM files into *out*: the CA, the server's chain, its private key."""
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     paths = DevCertificate(ca_cert=out / "ca.pem", cert=out / "cert.pem", key=out / "key.pem")
     paths.ca_cert.write_bytes(ca_pem)
