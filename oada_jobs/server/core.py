@@ -142,12 +142,14 @@ class OADACore:
             change_cache_bytes=config.change_cache_bytes,
         )
         graph = self._graph = ResourceGraph(store, max_depth=config.max_depth)
+        self._feed = graph.feed
         self._task_group: TaskGroup | None = None
         self._commits = GroupCommit(store, graph, deferred=config.quirks == "reference")
         self._roots = Roots(config.tokens.values())
         guard = self._guard = Guard(self._roots, store.get)
         self._reader = Reader(
             graph,
+            graph.feed,
             guard,
             reference_quirks=config.quirks == "reference",
             max_changes_listed=config.max_changes_listed,
@@ -206,7 +208,7 @@ class OADACore:
             # after it, is committed before the store closes.
             self._commits.flush()
             self._state = CoreState.CLOSED
-            self._graph.clear_listeners()
+            self._feed.clear_listeners()
             self._store.close()
 
     # -- public API -------------------------------------------------------------
@@ -273,11 +275,11 @@ class OADACore:
 
         Returns a function that removes the listener (idempotent).
         """
-        return self._graph.subscribe(resource_id, listener)
+        return self._feed.subscribe(resource_id, listener)
 
     def changes_since(self, resource_id: str, rev: int) -> list[tuple[int, list[dict[str, Any]]]]:
         """Every ``(rev, change_array)`` of *resource_id* after *rev*, oldest first."""
-        return self._graph.changes_since(resource_id, rev)
+        return self._feed.changes_since(resource_id, rev)
 
     def changes_page(
         self, resource_id: str, after: int, limit: int
@@ -287,7 +289,7 @@ class OADACore:
         For replays in pages: one SQLite query each, so that a transport can
         let other requests run between pages of a long history.
         """
-        return self._graph.changes_page(resource_id, after, limit)
+        return self._feed.changes_page(resource_id, after, limit)
 
     def watch_view(
         self, authorization: str | None, resource_id: str, change: list[dict[str, Any]]
@@ -317,7 +319,7 @@ class OADACore:
 
         Rev 0 is a synthetic whole-resource delete, as on the reference server.
         """
-        return self._graph.change_array(resource_id, rev)
+        return self._feed.change_array(resource_id, rev)
 
     # -- routing ----------------------------------------------------------------
 

@@ -9,38 +9,28 @@ documents are changed in place, each change gets a :class:`ChangeRecord`, and
 :meth:`ResourceGraph.save` commits the batch in one SQLite transaction and
 then calls the listeners of every changed resource.
 
+The change feed (listeners, change arrays, history) is
+:mod:`oada_jobs.server.feed`, the checks of a body before it is written
+:mod:`oada_jobs.server.bodies`.
+
 Owns the resource graph; must not import the framework, the client or a
 transport.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oada_jobs.server.documents import (
-    ChangeArray,
-    array_index,
-    copy_json,
-    is_json_type,
-    is_link_position,
-    lookup,
-    merge,
-    nest,
-)
+from oada_jobs.server.bodies import refuse_inside_array, refuse_into_bytes, validate_body
+from oada_jobs.server.documents import array_index, copy_json, is_link_position, lookup, merge, nest
 from oada_jobs.server.edge import Reject
+from oada_jobs.server.feed import ChangeFeed, ChangeListener
 from oada_jobs.server.store import Batch, ChangeRecord, Path, Resource, Store, pointer
 
-__all__ = ["ChangeListener", "Reject", "Resolved", "ResourceGraph"]
-
-logger = logging.getLogger(__name__)
-
-#: ``(resource_id, rev, change_array)``; called synchronously after commit.
-#: Listeners must not mutate the array (it is shared) and must not block.
-ChangeListener = Callable[[str, int, list[dict[str, Any]]], None]
+__all__ = ["ChangeListener", "Reject", "Resolved", "ResourceGraph", "resolve"]
 
 #: The user recorded as ``modifiedBy`` on rev-graph bumps (as the reference server).
 SYSTEM_USER = "system/rev_graph_update"
@@ -69,6 +59,48 @@ class Resolved:
         return headers
 
 
+def resolve(store: Store, resource_id: str, rest: Sequence[str]) -> Resolved:
+    """Walk *rest* from *resource_id*, following links (protocol §1.3)."""
+    res = store.get(resource_id)
+    start = 0
+    link: tuple[str, Path] | None = None
+    i = 0
+    n = len(rest)
+    while res is not None and i < n:
+        node: Any = res.doc
+        jumped = False
+        while i < n:
+            key = rest[i]
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and (index := array_index(key, len(node))) is not None:
+                node = node[index]
+            else:
+                break
+            i += 1
+            # Looking a key up may have loaded its links (a keyed document's member).
+            links = store.links.get(res.id)
+            if links:
+                path = tuple(rest[start:i])
+                target = links.get(path)
+                if target is not None:
+                    link = (res.id, path)
+                    resource_id = target[0]
+                    res = store.get(resource_id)
+                    start = i
+                    jumped = True
+                    break
+        if not jumped:
+            break
+    return Resolved(
+        resource_id,
+        res,
+        list(rest[start:]),
+        link,
+        ends_on_link=link is not None and start == n,
+    )
+
+
 class ResourceGraph:
     """OADA semantics over a :class:`Store`.
 
@@ -79,155 +111,14 @@ class ResourceGraph:
     def __init__(self, store: Store, *, max_depth: int) -> None:
         self.store = store
         self.max_depth = max_depth
-        self._listeners: dict[str, list[ChangeListener]] = {}
-
-    # -- listeners and the change feed ------------------------------------------
-
-    def subscribe(self, resource_id: str, listener: ChangeListener) -> Callable[[], None]:
-        """Call *listener* after every committed change of *resource_id*."""
-        self._listeners.setdefault(resource_id, []).append(listener)
-
-        def unsubscribe() -> None:
-            listeners = self._listeners.get(resource_id)
-            if listeners and listener in listeners:
-                listeners.remove(listener)
-                if not listeners:
-                    del self._listeners[resource_id]
-
-        return unsubscribe
-
-    def clear_listeners(self) -> None:
-        self._listeners.clear()
-
-    def changes_since(self, resource_id: str, rev: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Every ``(rev, change_array)`` of the live *resource_id* after *rev*, oldest first.
-
-        Only its own history: nothing from before it was (re-)created. Of a
-        deleted resource, the history of the last one, up to its delete.
-        """
-        return [
-            (r, self.change_array(resource_id, r))
-            for r in self.store.change_revs(resource_id, self._fence(resource_id, rev))
-        ]
-
-    def _fence(self, resource_id: str, after: int) -> int:
-        """*after*, raised to just before the (last) resource of that id was created."""
-        store = self.store
-        res = store.get(resource_id)
-        if res is not None:
-            return max(after, self.first_rev(res) - 1)
-        # Deleted (its delete may still be on its way to the database): the
-        # last resource's history runs from its creation to that delete.
-        last = store.max_change_rev(resource_id)
-        return max(after, store.created_rev(resource_id, before=last) - 1)
-
-    def first_rev(self, res: Resource) -> int:
-        """The rev *res* was created at; its id's earlier revs belong to a deleted resource."""
-        if not res.first_rev:
-            res.first_rev = self.store.created_rev(res.id)
-        return res.first_rev
-
-    def history(self, res: Resource, after: int = 0) -> list[int]:
-        """The revs of *res*'s own change records after *after* (committed ones)."""
-        return self.store.change_revs(res.id, max(after, self.first_rev(res) - 1))
-
-    def latest_history(self, res: Resource, limit: int) -> list[int]:
-        """The last *limit* revs of :meth:`history`, oldest first."""
-        return self.store.latest_change_revs(res.id, limit, self.first_rev(res) - 1)
-
-    def changes_page(
-        self, resource_id: str, after: int, limit: int
-    ) -> list[tuple[int, list[dict[str, Any]]]]:
-        """Up to *limit* ``(rev, change_array)`` of *resource_id* after *after*, oldest first.
-
-        The live resource's own history only, as :meth:`changes_since`.
-        """
-        return [
-            (rec.rev, self.assemble(rec))
-            for rec in self.store.changes_after(resource_id, self._fence(resource_id, after), limit)
-        ]
-
-    def change_array(self, resource_id: str, rev: int) -> list[dict[str, Any]]:
-        """The nested change array of *resource_id* at *rev*; ``[]`` if unknown.
-
-        Rev 0 is a synthetic whole-resource delete, as on the reference server.
-        """
-        if rev == 0:
-            return [{"resource_id": resource_id, "path": "", "body": None, "type": "delete"}]
-        rec = self.store.change(resource_id, rev)
-        return self.assemble(rec) if rec is not None else []
-
-    def assemble(self, root: ChangeRecord) -> list[dict[str, Any]]:
-        """The nested change array of *root*: its own change, then descendants by depth, rev."""
-        store = self.store
-        out: list[dict[str, Any]] = []
-        level: list[tuple[ChangeRecord, str]] = [(root, "")]
-        depth = 0
-        # Child pointers only go to earlier changes, so this ends; the depth
-        # bound is a guard against a corrupted database.
-        while level and depth < 256:
-            following: list[tuple[ChangeRecord, str]] = []
-            for rec, path in level:
-                out.append(
-                    {
-                        "resource_id": rec.resource_id,
-                        "path": path,
-                        "body": rec.body,
-                        "type": rec.type,
-                    }
-                )
-                for child_path, child_id, child_rev in rec.children:
-                    child = store.change(child_id, child_rev)
-                    if child is not None:
-                        following.append((child, path + child_path))
-            following.sort(key=lambda item: item[0].rev)
-            level = following
-            depth += 1
-        return out
+        #: The listeners of committed changes and the change history.
+        self.feed = ChangeFeed(store)
 
     # -- resolution -------------------------------------------------------------
 
     def resolve(self, resource_id: str, rest: Sequence[str]) -> Resolved:
         """Walk *rest* from *resource_id*, following links (protocol §1.3)."""
-        store = self.store
-        res = store.get(resource_id)
-        start = 0
-        link: tuple[str, Path] | None = None
-        i = 0
-        n = len(rest)
-        while res is not None and i < n:
-            node: Any = res.doc
-            jumped = False
-            while i < n:
-                key = rest[i]
-                if isinstance(node, dict) and key in node:
-                    node = node[key]
-                elif isinstance(node, list) and (index := array_index(key, len(node))) is not None:
-                    node = node[index]
-                else:
-                    break
-                i += 1
-                # Looking a key up may have loaded its links (a keyed document's member).
-                links = store.links.get(res.id)
-                if links:
-                    path = tuple(rest[start:i])
-                    target = links.get(path)
-                    if target is not None:
-                        link = (res.id, path)
-                        resource_id = target[0]
-                        res = store.get(resource_id)
-                        start = i
-                        jumped = True
-                        break
-            if not jumped:
-                break
-        return Resolved(
-            resource_id,
-            res,
-            list(rest[start:]),
-            link,
-            ends_on_link=link is not None and start == n,
-        )
+        return resolve(self.store, resource_id, rest)
 
     # -- writes -----------------------------------------------------------------
 
@@ -260,9 +151,9 @@ class ResourceGraph:
         found: list[tuple[Path, dict[str, Any]]] = []
         if data is None:
             if target.resource is not None:
-                self.refuse_into_bytes(target.resource, path, headers)
-                self.refuse_inside_array(target.resource, path, "written", headers)
-            self._validate_body(resource_id, path, value, found, headers)
+                refuse_into_bytes(target.resource, path, headers)
+                refuse_inside_array(target.resource, path, "written", headers)
+            validate_body(resource_id, path, value, found, headers, self.max_depth)
             if not ignore_links:
                 store = self.store
                 for _, link in found:
@@ -284,54 +175,10 @@ class ResourceGraph:
         path = tuple(target.leftover)
         headers = target.location()
         if target.resource is not None:
-            self.refuse_into_bytes(target.resource, path, headers)
-            self.refuse_inside_array(target.resource, path, "written", headers)
-        self._validate_body(target.resource_id, path, value, found, headers)
+            refuse_into_bytes(target.resource, path, headers)
+            refuse_inside_array(target.resource, path, "written", headers)
+        validate_body(target.resource_id, path, value, found, headers, self.max_depth)
         return found
-
-    @staticmethod
-    def refuse_into_bytes(res: Resource, path: Path, headers: dict[str, str]) -> None:
-        """Raise :class:`Reject` (409) for a JSON merge into a resource holding bytes.
-
-        Its content is its bytes: a merge would be acknowledged with a new
-        rev and never be readable (GET answers the bytes, sub-paths 404).
-        Its ``_meta`` takes JSON as any resource's does.
-        """
-        if res.data is None or is_json_type(res.type or "application/json"):
-            return
-        if path and path[0] == "_meta":
-            return
-        raise Reject(
-            409,
-            f"{res.id} holds {res.type} bytes, which JSON cannot be merged into;"
-            f" PUT a {res.type} body at its root to replace them, or DELETE it first",
-            headers,
-        )
-
-    @staticmethod
-    def refuse_inside_array(
-        res: Resource, path: Path, action: str, headers: dict[str, str]
-    ) -> None:
-        """Raise :class:`Reject` (409) if *path* in *res* goes into an existing array.
-
-        A merge can only name object keys: written as nested objects, a
-        write at ``list/0`` would turn the array into an object with a key
-        ``"0"``, and an element cannot be removed as a key. Such writes and
-        deletes are refused; the whole array is written instead.
-        """
-        node: Any = res.doc
-        for i, key in enumerate(path):
-            if isinstance(node, list):
-                raise Reject(
-                    409,
-                    f"{pointer(path)} in {res.id} is inside the array at {pointer(path[:i])},"
-                    f" and array elements cannot be {action} one by one;"
-                    " PUT the whole array instead",
-                    headers,
-                )
-            if not isinstance(node, dict) or key not in node:
-                return
-            node = node[key]
 
     def create(self, batch: Batch, user: str, resource_id: str, media_type: str) -> ChangeRecord:
         """Create an empty resource of *media_type* owned by *user*."""
@@ -447,6 +294,10 @@ class ResourceGraph:
         res = self.store.get(resource_id)
         return res.rev if res is not None else 0
 
+    def notify(self, changes: list[ChangeRecord]) -> None:
+        """Call the listeners of every resource in *changes* (committed ones only)."""
+        self.feed.notify(changes)
+
     def save(self, batches: Sequence[Batch]) -> None:
         """Commit *batches* in one transaction; :meth:`notify` their changes afterwards.
 
@@ -455,92 +306,7 @@ class ResourceGraph:
         """
         self.store.commit(batches)
 
-    def notify(self, changes: list[ChangeRecord]) -> None:
-        """Call the listeners of every resource in *changes* (committed ones only)."""
-        listeners = self._listeners
-        if not listeners:
-            return
-        for rec in changes:
-            subscribed = listeners.get(rec.resource_id)
-            if not subscribed:
-                continue
-            # Shared by every listener, and encoded once for all of them.
-            array = ChangeArray(self.assemble(rec))
-            for listener in list(subscribed):
-                try:
-                    listener(rec.resource_id, rec.rev, array)
-                except Exception:
-                    logger.exception("change listener for %s failed", rec.resource_id)
-
     # -- internals ----------------------------------------------------------------
-
-    def _validate_body(
-        self,
-        resource_id: str,
-        path: Path,
-        value: Any,
-        found: list[tuple[Path, dict[str, Any]]],
-        headers: dict[str, str],
-    ) -> None:
-        if not path and not isinstance(value, dict):
-            raise Reject(
-                400,
-                f"expected a JSON object at the root of {resource_id},"
-                f" got {type(value).__name__ if value is not None else 'null'}",
-                headers,
-            )
-        budget = self.max_depth - len(path)
-        if budget < 1 or not self._scan(value, path, budget, found):
-            raise Reject(
-                400,
-                f"the body is nested more than {self.max_depth} levels deep"
-                " (counting the path inside the resource)",
-                headers,
-            )
-        root = nest(path, value)
-        if isinstance(root, dict):
-            ident = root.get("_id", resource_id)
-            if ident != resource_id:
-                raise Reject(
-                    422,
-                    f"the body's _id {ident!r} does not match the resource written to,"
-                    f" {resource_id!r}; to repoint a link, DELETE it first",
-                    headers,
-                )
-            meta = root.get("_meta", {})
-            if not isinstance(meta, dict):
-                raise Reject(400, "_meta must be an object", headers)
-            kind = root.get("_type", "")
-            if not isinstance(kind, str):
-                raise Reject(400, "_type must be a string", headers)
-
-    def _scan(
-        self, value: Any, path: Path, budget: int, found: list[tuple[Path, dict[str, Any]]]
-    ) -> bool:
-        """Check nesting depth and collect links; False when too deep."""
-        if budget < 1:
-            return False
-        if isinstance(value, dict):
-            if isinstance(value.get("_id"), str) and is_link_position(path):
-                found.append((path, value))
-                return all(
-                    self._depth_ok(v, budget - 1)
-                    for v in value.values()
-                    if isinstance(v, (dict, list))
-                )
-            for k, v in value.items():
-                if isinstance(v, (dict, list)) and not self._scan(v, (*path, k), budget - 1, found):
-                    return False
-            return True
-        if isinstance(value, list):
-            return all(self._depth_ok(v, budget - 1) for v in value if isinstance(v, (dict, list)))
-        return True
-
-    def _depth_ok(self, value: Any, budget: int) -> bool:
-        if budget < 1:
-            return False
-        children = value.values() if isinstance(value, dict) else value
-        return all(self._depth_ok(v, budget - 1) for v in children if isinstance(v, (dict, list)))
 
     def _apply(
         self,

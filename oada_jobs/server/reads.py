@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from oada_jobs.server.config import TokenInfo
 from oada_jobs.server.documents import MISSING, dumpb, dumpb_kept, dumps, is_json_type, lookup
 from oada_jobs.server.edge import Reject, parse_rev
+from oada_jobs.server.feed import ChangeFeed
 from oada_jobs.server.graph import ResourceGraph
 from oada_jobs.server.guard import Guard
 from oada_jobs.server.messages import CoreRequest, CoreResponse, accepts, etag, etag_matches
@@ -32,7 +33,8 @@ _JSON_HEADERS = {"content-type": "application/json"}
 class Reader:
     """Answers GET and HEAD of resources.
 
-    :param graph: Resolves paths and holds the change history.
+    :param graph: Resolves paths.
+    :param feed: The change history.
     :param guard: Authorizes every read.
     :param reference_quirks: Answer a missing resource under ``/resources`` 403, as the
         reference server does.
@@ -42,12 +44,14 @@ class Reader:
     def __init__(
         self,
         graph: ResourceGraph,
+        feed: ChangeFeed,
         guard: Guard,
         *,
         reference_quirks: bool,
         max_changes_listed: int,
     ) -> None:
         self._graph = graph
+        self._feed = feed
         self._guard = guard
         self._reference_quirks = reference_quirks
         self._max_changes_listed = max_changes_listed
@@ -136,11 +140,11 @@ class Reader:
             # be a rev the store can look up.
             if len(leftover) == 3 and any(c.isdigit() for c in rev_text):
                 rev = parse_rev(rev_text, "the rev after _meta/_changes/")
-                graph = self._graph
-                if rev and rev < graph.first_rev(res):
+                feed = self._feed
+                if rev and rev < feed.first_rev(res):
                     # An earlier resource with this id: not this one's history.
                     raise Reject(404, "Not Found", headers)
-                change = graph.change_array(res.id, rev)
+                change = feed.change_array(res.id, rev)
                 return dumpb(self._guard.visible(token, res.id, change))
             raise Reject(404, "Not Found", headers)
         value = lookup(res.doc, leftover)
@@ -157,7 +161,7 @@ class Reader:
         directly, the id escaped once: the same JSON as encoding the
         mapping, several times faster.
         """
-        revs = self._graph.latest_history(res, self._max_changes_listed)
+        revs = self._feed.latest_history(res, self._max_changes_listed)
         prefix = dumps(f"{res.id}/_meta/_changes/")[:-1]
         items = ",".join([f'"{r}":{{"_rev":{r},"_id":{prefix}{r}"}}' for r in revs])
         return f"{{{items}}}".encode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from oada_jobs.server.bodies import refuse_inside_array
 from oada_jobs.server.commits import GroupCommit
 from oada_jobs.server.config import ServerConfig, TokenInfo
 from oada_jobs.server.documents import is_json_type, lookup, nest
@@ -248,7 +249,7 @@ class Writer:
         path = tuple(r.leftover)
         parent = lookup(res.doc, path[:-1])
         if isinstance(parent, list):
-            graph.refuse_inside_array(res, path, "deleted", headers)
+            refuse_inside_array(res, path, "deleted", headers)
         with commits.batch() as batch:
             rec = graph.delete_key(batch, token.user, res, path)
             if rec is not None:
