@@ -216,7 +216,7 @@ class GroupCommit:
     def _propagate_later(self, roots: list[ChangeRecord]) -> None:
         """Stage the rev-graph bumps caused by *roots*, committed in the previous group."""
         store = self._store
-        if not any(store.parents_of(rec.resource_id) for rec in roots):
+        if not any(store.edges.parents_of(rec.resource_id) for rec in roots):
             return
         try:
             with self.batch() as batch:

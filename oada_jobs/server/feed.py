@@ -76,7 +76,7 @@ class ChangeFeed:
         """
         return [
             (r, self.change_array(resource_id, r))
-            for r in self.store.change_revs(resource_id, self._fence(resource_id, rev))
+            for r in self.store.log.change_revs(resource_id, self._fence(resource_id, rev))
         ]
 
     def _fence(self, resource_id: str, after: int) -> int:
@@ -88,21 +88,21 @@ class ChangeFeed:
         # Deleted (its delete may still be on its way to the database): the
         # last resource's history runs from its creation to that delete.
         last = store.max_change_rev(resource_id)
-        return max(after, store.created_rev(resource_id, before=last) - 1)
+        return max(after, store.log.created_rev(resource_id, before=last) - 1)
 
     def first_rev(self, res: Resource) -> int:
         """The rev *res* was created at; its id's earlier revs belong to a deleted resource."""
         if not res.first_rev:
-            res.first_rev = self.store.created_rev(res.id)
+            res.first_rev = self.store.log.created_rev(res.id)
         return res.first_rev
 
     def history(self, res: Resource, after: int = 0) -> list[int]:
         """The revs of *res*'s own change records after *after* (committed ones)."""
-        return self.store.change_revs(res.id, max(after, self.first_rev(res) - 1))
+        return self.store.log.change_revs(res.id, max(after, self.first_rev(res) - 1))
 
     def latest_history(self, res: Resource, limit: int) -> list[int]:
         """The last *limit* revs of :meth:`history`, oldest first."""
-        return self.store.latest_change_revs(res.id, limit, self.first_rev(res) - 1)
+        return self.store.log.latest_change_revs(res.id, limit, self.first_rev(res) - 1)
 
     def changes_page(
         self, resource_id: str, after: int, limit: int
@@ -113,7 +113,9 @@ class ChangeFeed:
         """
         return [
             (rec.rev, self.assemble(rec))
-            for rec in self.store.changes_after(resource_id, self._fence(resource_id, after), limit)
+            for rec in self.store.log.changes_after(
+                resource_id, self._fence(resource_id, after), limit
+            )
         ]
 
     def change_array(self, resource_id: str, rev: int) -> list[dict[str, Any]]:
@@ -123,12 +125,12 @@ class ChangeFeed:
         """
         if rev == 0:
             return [{"resource_id": resource_id, "path": "", "body": None, "type": "delete"}]
-        rec = self.store.change(resource_id, rev)
+        rec = self.store.log.change(resource_id, rev)
         return self.assemble(rec) if rec is not None else []
 
     def assemble(self, root: ChangeRecord) -> list[dict[str, Any]]:
         """The nested change array of *root*: its own change, then descendants by depth, rev."""
-        store = self.store
+        log = self.store.log
         out: list[dict[str, Any]] = []
         level: list[tuple[ChangeRecord, str]] = [(root, "")]
         depth = 0
@@ -146,7 +148,7 @@ class ChangeFeed:
                     }
                 )
                 for child_path, child_id, child_rev in rec.children:
-                    child = store.change(child_id, child_rev)
+                    child = log.change(child_id, child_rev)
                     if child is not None:
                         following.append((child, path + child_path))
             following.sort(key=lambda item: item[0].rev)

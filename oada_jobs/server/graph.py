@@ -190,13 +190,13 @@ class ResourceGraph:
         if not isinstance(parent, dict) or path[-1] not in parent:
             return None
         del parent[path[-1]]
-        self.store.remove_edges_under(batch, res.id, path, inclusive=True)
+        self.store.edges.remove_edges_under(batch, res.id, path, inclusive=True)
         return self.bump(batch, res, user, nest(path[:-1], {path[-1]: None}), "delete")
 
     def delete_resource(self, batch: Batch, res: Resource) -> ChangeRecord:
         """Delete a whole resource; incoming links stay and dangle (§2.3)."""
         store = self.store
-        store.clear_edges(batch, res.id)
+        store.edges.clear_edges(batch, res.id)
         batch.deleted.add(res.id)
         rec = ChangeRecord(res.id, res.rev + 1, "delete", None)
         store.delete_cached(res.id, rec.rev)
@@ -245,7 +245,7 @@ class ResourceGraph:
         while level:
             groups: dict[str, tuple[list[tuple[Path, ChangeRecord]], set[str]]] = {}
             for rec, chain in level:
-                parents = store.parents_of(rec.resource_id)
+                parents = store.edges.parents_of(rec.resource_id)
                 if not parents:
                     continue
                 for parent_id, path in sorted(parents):
@@ -383,10 +383,10 @@ class ResourceGraph:
             if isinstance(value, dict):
                 if isinstance(value.get("_id"), str) and is_link_position(sub):
                     if ignore_links:
-                        store.remove_edges_under(batch, resource_id, sub, inclusive=True)
+                        store.edges.remove_edges_under(batch, resource_id, sub, inclusive=True)
                     else:
-                        store.remove_edges_under(batch, resource_id, sub, inclusive=False)
-                        store.set_edge(batch, resource_id, sub, value["_id"], "_rev" in value)
+                        store.edges.remove_edges_under(batch, resource_id, sub, inclusive=False)
+                        store.edges.set_edge(batch, resource_id, sub, value["_id"], "_rev" in value)
                     has_links = resource_id in store.links
                 elif has_links and sub in store.links.get(resource_id, {}):
                     continue  # merging into an existing link object keeps the link
@@ -394,5 +394,5 @@ class ResourceGraph:
                     self._update_edges(batch, resource_id, sub, value, ignore_links)
                     has_links = resource_id in store.links
             elif has_links:
-                store.remove_edges_under(batch, resource_id, sub, inclusive=True)
+                store.edges.remove_edges_under(batch, resource_id, sub, inclusive=True)
                 has_links = resource_id in store.links
