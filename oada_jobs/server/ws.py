@@ -39,7 +39,12 @@ sockets furthest behind are closed the same way. A session keeps no
 reference to anything once it ends: its watches are unsubscribed, its queue
 closed and its share of the budget given back.
 
-Owns the WebSocket protocol; must not import the framework or the client.
+The session reads, queues and closes; a socket's watches are
+:class:`~oada_jobs.server.watches.Watches`, the frames' formats
+:mod:`oada_jobs.server.frames` and the limits all sockets share
+:mod:`oada_jobs.server.budgets`.
+
+Owns the WebSocket session; must not import the framework or the client.
 """
 
 from __future__ import annotations
