@@ -90,9 +90,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.changelog import ChangeLog, ChangeRow
 from oada_jobs.server.dblock import DatabaseLock
-from oada_jobs.server.doc_cache import DocumentCache
+from oada_jobs.server.doc_cache import ColdDocument, DocumentCache
 from oada_jobs.server.documents import dumpb_kept
 from oada_jobs.server.keyed import KeyedDoc, is_member
 from oada_jobs.server.links import ALL_LINKS, HEAD_LINKS, LinkIndex, member_links
@@ -384,7 +385,7 @@ class Store:
         return res
 
     @property
-    def _docs(self) -> Any:
+    def _docs(self) -> SizedLRU[str, Resource | ColdDocument]:
         """The cached documents themselves (see :class:`DocumentCache`)."""
         return self._cache.docs
 
