@@ -29,9 +29,10 @@ An entry can also be run now, outside its schedule (:func:`post_now`, what
 (``cron-<service>-<entry>-manual-<ksuid>``) and says it was started by hand,
 so it never takes the place of a tick's job nor stops a tick from posting.
 
-Owns :class:`CronEntry`, :class:`CronScheduler` (posting ticks), the cron
-state resource and :class:`CronTable`, the service component that holds a
-service's entries and runs them; provides ``service.cron(...)``. Sits above
+Owns :class:`CronScheduler` (posting ticks), the cron state resource and
+:class:`CronTable`, the service component that holds a service's entries and
+runs them; provides ``service.cron(...)``. A :class:`CronEntry` and its job
+keys are :mod:`oada_jobs.cron_entry`'s (importable from here too). Sits above
 the service and uses only its public API; the service never imports it.
 """
 
@@ -41,20 +42,17 @@ import difflib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from anyio.abc import TaskStatus
-from croniter import CroniterBadCronError, croniter
 from pydantic import BaseModel
 
-from ._ksuid import ksuid
 from ._retry import retry
 from .client import OADAClient
+from .cron_entry import CronEntry, cron_job_key, manual_job_key, utc
 from .exceptions import (
     BadRequest,
     DuplicateJob,
@@ -87,16 +85,8 @@ __all__ = [
 
 logger = logging.getLogger("oada_jobs.cron")
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}")
 # A job id the cron state may name (hostile input: it becomes a request path).
 _JOB_ID = re.compile(r"resources/[A-Za-z0-9][A-Za-z0-9._~-]{0,199}")
-
-
-def _newer(stored: object, mine: int | None) -> bool:
-    """Whether the *stored* version of an entry is newer than *mine*."""
-    if mine is None or isinstance(stored, bool) or not isinstance(stored, int):
-        return False
-    return stored > mine
 
 
 #: Reads of the cron state before a replica gives a tick up (it kept changing).
@@ -106,171 +96,6 @@ STATE_READS = 10
 Clock = Callable[[], datetime]
 #: Sleep for that many seconds (``anyio.sleep`` unless a test injects one).
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class CronEntry:
-    """One periodic job: post a *type* job with *config* on *schedule*.
-
-    The schedule is read in *timezone* (an IANA name such as
-    ``"Europe/Berlin"``; UTC by default), daylight saving time included.
-    """
-
-    #: Name of the entry; part of each tick's job key and of the cron state.
-    name: str
-    #: A cron expression: five fields (minute hour day month weekday), or six
-    #: with seconds first (second minute hour day month weekday).
-    schedule: str
-    #: Job type to post.
-    type: str
-    #: Job config, a JSON object.
-    config: JsonObject = field(default_factory=dict)
-    #: The IANA time zone the schedule is read in.
-    timezone: str = "UTC"
-    #: Job ``options`` (camelCase JSON, see :class:`~oada_jobs.JobOptions`) of each tick's job.
-    options: JsonObject = field(default_factory=dict)
-    #: Seconds after its tick a tick's job expires (``expiresAt``), if it has not started.
-    expires: float | None = None
-    #: Whether a tick may post while the previous tick's job has not finished.
-    overlap: bool = False
-    #: The entry's version: a newer one takes over the schedule from older replicas.
-    version: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ValueError(
-                "expected a cron entry name of letters, digits and '.', '_', '~', '-' "
-                f"(starting with a letter or digit, at most 64), got {self.name!r}"
-            )
-        if not isinstance(self.type, str) or not self.type:
-            raise ValueError(f"expected the job type as a non-empty string, got {self.type!r}")
-        if not isinstance(self.schedule, str) or len(self.schedule.split()) not in (5, 6):
-            raise ValueError(
-                "expected a cron schedule of five fields (minute hour day month weekday) "
-                f"or six (second first), got {self.schedule!r}"
-            )
-        _zone(self.timezone)
-        try:
-            croniter(
-                self.schedule, datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=self.seconds
-            )
-        except (CroniterBadCronError, ValueError, KeyError) as error:
-            raise ValueError(f"invalid cron schedule {self.schedule!r}: {error}") from None
-        _, problems = JobOptions.parse(self.options)
-        if problems:
-            raise ValueError(f"bad job options for cron entry {self.name!r}: {'; '.join(problems)}")
-        if self.expires is not None and (
-            isinstance(self.expires, bool)
-            or not isinstance(self.expires, int | float)
-            or not self.expires > 0
-        ):
-            raise ValueError(f"expected expires as seconds > 0, got {self.expires!r}")
-        if self.version is not None and (
-            isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0
-        ):
-            raise ValueError(f"expected the version as an integer >= 0, got {self.version!r}")
-
-    @property
-    def seconds(self) -> bool:
-        """Whether the schedule has a seconds field (six fields)."""
-        return len(self.schedule.split()) == 6
-
-    @property
-    def resolution(self) -> timedelta:
-        """A second for a six-field schedule, else a minute."""
-        return timedelta(seconds=1) if self.seconds else timedelta(minutes=1)
-
-    def truncate(self, moment: datetime) -> datetime:
-        """*moment* in UTC, cut to the schedule's resolution."""
-        moment = _utc(moment).replace(microsecond=0)
-        return moment if self.seconds else moment.replace(second=0)
-
-    def next_tick(self, after: datetime) -> datetime:
-        """The first tick strictly after *after* (returned in UTC).
-
-        On the day clocks go back, a wall time that happens twice is a tick
-        once, unless the hour field is a wildcard (``*``, ``*/2``): then
-        each real hour has its ticks. On the day clocks go forward, a tick in
-        the skipped hour comes at the first minute after it.
-        """
-        zone = _zone(self.timezone)
-        ticks = croniter(
-            self.schedule, _utc(after).astimezone(zone), second_at_beginning=self.seconds
-        )
-        while True:
-            tick: datetime = ticks.get_next(datetime)
-            if not self._second_of_twice(tick, zone):
-                return _utc(tick)
-
-    def _second_of_twice(self, tick: datetime, zone: ZoneInfo) -> bool:
-        """Whether *tick* is the second pass of a repeated wall time, for a fixed hour."""
-        hour = self.schedule.split()[2 if self.seconds else 1]
-        if hour.startswith("*"):
-            return False
-        wall = tick.replace(tzinfo=None)
-        first = wall.replace(tzinfo=zone, fold=0).utcoffset()
-        second = wall.replace(tzinfo=zone, fold=1).utcoffset()
-        return first != second and tick.utcoffset() == second
-
-    def next_ticks(self, after: datetime, count: int) -> list[datetime]:
-        """The first *count* ticks strictly after *after* (UTC)."""
-        ticks: list[datetime] = []
-        for _ in range(count):
-            after = self.next_tick(after)
-            ticks.append(after)
-        return ticks
-
-    def is_tick(self, at: datetime) -> bool:
-        """Whether *at* (to the schedule's resolution) is a tick of this schedule."""
-        at = self.truncate(at)
-        return self.next_tick(at - self.resolution) == at
-
-    def job_options(self, tick: datetime) -> JsonObject | None:
-        """The ``options`` of *tick*'s job: the entry's, its version and expiry."""
-        options = dict(self.options)
-        if self.version is not None:
-            options.setdefault("version", self.version)
-        if self.expires is not None:
-            options["expiresAt"] = iso(tick + timedelta(seconds=self.expires))
-        return options or None
-
-
-def _zone(name: object) -> ZoneInfo:
-    """The IANA time zone *name*, or :class:`ValueError`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"expected an IANA time zone name such as 'Europe/Berlin', got {name!r}")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"expected an IANA time zone name such as 'Europe/Berlin', got {name!r}"
-        ) from None
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"expected a timezone-aware time, got {moment!r}")
-    return moment.astimezone(UTC)
-
-
-def cron_job_key(service: str, entry: str, tick: datetime, *, seconds: bool = False) -> str:
-    """The fixed job key of one tick: ``cron-<service>-<entry>-<YYYYMMDDTHHMM>Z``.
-
-    With *seconds* (a six-field schedule) a tick within a minute has its
-    seconds too (``...THHMMSSZ``); one on the minute keeps the short key.
-    """
-    tick = _utc(tick).replace(microsecond=0)
-    within = f"{tick:%S}" if seconds and tick.second else ""
-    return f"cron-{service}-{entry}-{tick:%Y%m%dT%H%M}{within}Z"
-
-
-def manual_job_key(service: str, entry: str) -> str:
-    """A new key for a run by hand: ``cron-<service>-<entry>-manual-<ksuid>``.
-
-    A KSUID (27 characters) never looks like a tick's ``YYYYMMDDTHHMMZ``, so a
-    run by hand cannot take a tick's key, and each run by hand is a job of its own.
-    """
-    return f"cron-{service}-{entry}-manual-{ksuid()}"
 
 
 def _state_tree(layout: LayoutName) -> Tree:
@@ -376,35 +201,9 @@ class CronScheduler:
             data = response.data if isinstance(response.data, Mapping) else {}
             seen = data.get(entry.name)
             seen = seen if isinstance(seen, Mapping) else {}
-            last = seen.get("last")
-            if isinstance(last, str) and last >= stamp:
+            if not self._still_ours(entry, seen, stamp):
                 return False
-            if _newer(seen.get("version"), entry.version):
-                logger.warning(
-                    "cron %s/%s: version %s of this entry runs elsewhere (this is %s); "
-                    "not posting %s",
-                    self.service,
-                    entry.name,
-                    seen.get("version"),
-                    entry.version,
-                    stamp,
-                )
-                return False
-            record: JsonObject = {"last": stamp}
-            if entry.version is not None:
-                record["version"] = entry.version
-                if seen.get("version") != entry.version:
-                    # A new version of the entry: its schedule from now on.
-                    record["schedule"] = entry.schedule
-                    record["timezone"] = entry.timezone
-            running = None if entry.overlap else await self._unfinished(seen.get("job"))
-            if running is not None:
-                skipped = seen.get("skipped")
-                count = skipped.get("count") if isinstance(skipped, Mapping) else None
-                count = count if isinstance(count, int) and not isinstance(count, bool) else 0
-                record["skipped"] = {"tick": stamp, "running": running, "count": count + 1}
-            else:
-                record["job"] = f"resources/{key}"
+            record, running = await self._record(entry, seen, stamp, key)
             try:
                 await self.oada.put(
                     self.state_path,
@@ -429,6 +228,46 @@ class CronScheduler:
             "cron %s/%s: state kept changing; skipping %s", self.service, entry.name, stamp
         )
         return False
+
+    def _still_ours(self, entry: CronEntry, seen: Mapping[str, Any], stamp: str) -> bool:
+        """Whether the tick *stamp* is still this replica's to take, by what the
+        cron state has *seen* of the entry: not taken yet, by no newer version."""
+        last = seen.get("last")
+        if isinstance(last, str) and last >= stamp:
+            return False
+        if entry.outdated_by(seen.get("version")):
+            logger.warning(
+                "cron %s/%s: version %s of this entry runs elsewhere (this is %s); not posting %s",
+                self.service,
+                entry.name,
+                seen.get("version"),
+                entry.version,
+                stamp,
+            )
+            return False
+        return True
+
+    async def _record(
+        self, entry: CronEntry, seen: Mapping[str, Any], stamp: str, key: str
+    ) -> tuple[JsonObject, str | None]:
+        """What the cron state is to say of *entry* after the tick *stamp*, and
+        the previous tick's job if it has not finished (the tick is skipped)."""
+        record: JsonObject = {"last": stamp}
+        if entry.version is not None:
+            record["version"] = entry.version
+            if seen.get("version") != entry.version:
+                # A new version of the entry: its schedule from now on.
+                record["schedule"] = entry.schedule
+                record["timezone"] = entry.timezone
+        running = None if entry.overlap else await self._unfinished(seen.get("job"))
+        if running is not None:
+            skipped = seen.get("skipped")
+            count = skipped.get("count") if isinstance(skipped, Mapping) else None
+            count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+            record["skipped"] = {"tick": stamp, "running": running, "count": count + 1}
+        else:
+            record["job"] = f"resources/{key}"
+        return record, running
 
     async def _unfinished(self, job_ref: object) -> str | None:
         """*job_ref* (the previous tick's job) if it exists and has not finished."""
@@ -542,22 +381,9 @@ def add_entry(
         config = config.model_dump(mode="json")
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"expected the job config as an object, got {config.__class__.__name__}")
-    chosen: dict[str, Any] = (
-        options.to_json() if isinstance(options, JobOptions) else dict(options or {})
+    chosen = _tick_options(
+        options, group=group, unique_key=unique_key, tries=tries, priority=priority, timeout=timeout
     )
-    if isinstance(timeout, timedelta):
-        timeout = timeout.total_seconds()
-    if isinstance(expires, timedelta):
-        expires = expires.total_seconds()
-    for option, value in (
-        ("group", group),
-        ("uniqueKey", unique_key),
-        ("tries", tries),
-        ("priority", priority),
-        ("timeout", timeout),
-    ):
-        if value is not None:
-            chosen[option] = value
     if not isinstance(overlap, bool):
         raise TypeError(f"expected overlap as True or False, got {overlap!r}")
     entry = CronEntry(
@@ -567,7 +393,7 @@ def add_entry(
         dict(config or {}),
         timezone=timezone,
         options=chosen,
-        expires=expires,
+        expires=expires.total_seconds() if isinstance(expires, timedelta) else expires,
         overlap=overlap,
         version=version,
     )
@@ -577,6 +403,33 @@ def add_entry(
         raise ValueError(f"a cron entry named {name!r} already exists")
     table.entries.append(entry)
     return entry
+
+
+def _tick_options(
+    options: JobOptions | Mapping[str, Any] | None,
+    *,
+    group: str | None,
+    unique_key: str | None,
+    tries: int | None,
+    priority: int | None,
+    timeout: float | timedelta | None,
+) -> dict[str, Any]:
+    """The ticks' job options (camelCase JSON): *options*, then each keyword given."""
+    chosen: dict[str, Any] = (
+        options.to_json() if isinstance(options, JobOptions) else dict(options or {})
+    )
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    for option, value in (
+        ("group", group),
+        ("uniqueKey", unique_key),
+        ("tries", tries),
+        ("priority", priority),
+        ("timeout", timeout),
+    ):
+        if value is not None:
+            chosen[option] = value
+    return chosen
 
 
 def entries_of(service: Service) -> list[CronEntry]:
@@ -680,7 +533,7 @@ async def post_now(
 
     >>> job_id = await post_now(oada, "cleaner", entry, by="by oada-jobs cron run")  # doctest: +SKIP
     """
-    now = _utc(clock())
+    now = utc(clock())
     key = manual_job_key(service, entry.name)
     update_key, update = new_update(
         MANUAL_STATUS, f"cron entry {entry.name} run now {by}, not by a tick", at=now
