@@ -13,8 +13,10 @@ A work function starts a follow-up job with ``await ctx.post_job(...)``;
 parent and child are linked to each other (``parent`` on the child,
 ``children/<key>`` on the parent).
 
-Owns posting jobs, waiting for their outcome, child jobs and progress
-updates. May use the client and the job model only; a running job is seen
+Owns waiting for a job's outcome, child jobs and progress updates; posting
+(:func:`post_job`, :func:`detect_layout`, :func:`who_am_i`) is
+:mod:`oada_jobs.posting`'s, re-exported here. May use the client, the job
+model and posting only; a running job is seen
 through the small :class:`RunningJob` protocol (what a work function's
 context offers), never through the runner, queue or service.
 
@@ -24,10 +26,7 @@ It must not import the context, the runner, the queue or the service.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import re
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,36 +36,11 @@ import anyio
 from pydantic import BaseModel
 
 from .client import OADAClient
-from .exceptions import (
-    DuplicateJob,
-    JobExists,
-    JobFailed,
-    NotFound,
-    OADAError,
-    OADATransportError,
-    PreconditionFailed,
-    WaitForChild,
-)
+from .exceptions import JobFailed, NotFound, PreconditionFailed, WaitForChild
 from .job import FINISHED, Job, JobOptions, JobStatus, iso, request_cancel, touch_link, utc_now
-from .tree import (
-    JOBS_TYPE,
-    LAYOUT_MARKER,
-    LayoutName,
-    get_layout,
-    resource_path,
-    service_root,
-    validate_service_name,
-)
+from .posting import JOB_KEY, OnDuplicate, detect_layout, post_job, who_am_i
+from .tree import JOBS_TYPE, LayoutName, resource_path
 from .types import Json, JsonObject
-from .unique import take_key
-
-logger = logging.getLogger("oada_jobs.requester")
-
-#: What ``post_job`` does with a job's unique key: refuse a key that is held
-#: (``"raise"``), hand back the job holding it (``"existing"``), or post
-#: without the index and leave the check to the service (``"post"``: the
-#: type's ``unique`` policy refuses, merges or allows it there).
-OnDuplicate = Literal["raise", "existing", "post"]
 
 
 class _Updates(Protocol):
@@ -111,268 +85,6 @@ __all__ = [
 
 #: The ``status`` of the job updates that record progress.
 PROGRESS_STATUS = "progress"
-
-# A job key becomes a resource key and a list key: one safe path segment.
-_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,199}")
-
-
-def _config_json(config: Mapping[str, Any] | BaseModel | None) -> JsonObject:
-    if config is None:
-        return {}
-    if isinstance(config, BaseModel):
-        return dict(config.model_dump(mode="json"))
-    if not isinstance(config, Mapping):
-        raise TypeError(
-            f"expected the job config as an object (a mapping or a pydantic model), "
-            f"got {type(config).__name__}"
-        )
-    return dict(config)
-
-
-def _options_json(options: JobOptions | Mapping[str, Any]) -> JsonObject:
-    if isinstance(options, JobOptions):
-        return options.to_json()
-    parsed, problems = JobOptions.parse(options)
-    if problems:
-        raise ValueError(f"bad job options: {'; '.join(problems)}")
-    return parsed.to_json()
-
-
-# The user behind each client's token, asked once per client (None: the server would not say).
-_users: weakref.WeakKeyDictionary[OADAClient, str | None] = weakref.WeakKeyDictionary()
-
-
-async def who_am_i(oada: OADAClient) -> str | None:
-    """The user *oada*'s token belongs to (``users/<id>``), from ``GET /users/me``.
-
-    Asked once per client and remembered; ``None`` when the server does not
-    say (it has no ``/users/me``, or refuses it; asked again after no answer).
-    """
-    if oada in _users:
-        return _users[oada]
-    user: str | None = None
-    try:
-        data = (await oada.get("/users/me")).data
-    except OADATransportError as error:
-        # No answer at all: ask again next time rather than forget who posts.
-        logger.debug("GET /users/me failed (%s); this job is posted without createdBy", error)
-        return None
-    except OADAError as error:
-        logger.debug("GET /users/me failed (%s); jobs are posted without createdBy", error)
-    else:
-        if isinstance(data, Mapping):
-            ident = data.get("_id")
-            if isinstance(ident, str) and ident.startswith("users/"):
-                user = ident
-            elif isinstance(data.get("username"), str):
-                user = f"users/{data['username']}"
-    _users[oada] = user
-    return user
-
-
-def _with_expiry(
-    options: JobOptions | Mapping[str, Any] | None, expires: float | timedelta | None
-) -> JobOptions | Mapping[str, Any] | None:
-    """*options* with ``expiresAt`` set *expires* (seconds or a timedelta) from now."""
-    if expires is None:
-        return options
-    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ValueError(f"expected expires as seconds > 0 or a timedelta, got {expires!r}")
-    at = iso(utc_now() + timedelta(seconds=seconds))
-    base = options.to_json() if isinstance(options, JobOptions) else dict(options or {})
-    return {**base, "expiresAt": at}
-
-
-def _check_type(type: str) -> str:
-    if not isinstance(type, str) or not type:
-        raise ValueError(f"expected the job type as a non-empty string, got {type!r}")
-    return type
-
-
-async def post_job(
-    oada: OADAClient,
-    service: str,
-    type: str,
-    config: Mapping[str, Any] | BaseModel | None = None,
-    *,
-    layout: LayoutName | Literal["auto"] = "classic",
-    key: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-    options: JobOptions | Mapping[str, Any] | None = None,
-    expires: float | timedelta | None = None,
-    on_duplicate: OnDuplicate = "raise",
-) -> str:
-    """Create a job for *service* and link it into the service's pending list.
-
-    Returns the job's resource id (``resources/<k>``); its key in the list is
-    ``<k>``. *config* may be a JSON object or a pydantic model. *layout* must
-    be the layout the service runs with (see ``docs/layouts.md``);
-    ``"auto"`` asks the server first (:func:`detect_layout`, one or two reads)
-    and raises :class:`ValueError` saying why when it cannot tell.
-
-    *key* picks the job's key (and resource id ``resources/<key>``) instead
-    of a server-made one. A key means "this job, once": it is created only
-    if ``resources/<key>`` does not exist yet (a conditional PUT), so a
-    requester that retries after an error does not post twice. Posting the
-    same request again (service, type, config, options and *extra*) returns
-    the existing job, running or finished, and writes nothing but its link
-    while it is still pending; a different request raises
-    :class:`~oada_jobs.JobExists` and writes nothing. *extra*
-    adds keys to the job resource (e.g. a ``parent`` link). *options* (a
-    :class:`~oada_jobs.JobOptions` or its camelCase JSON) says when and how the
-    job runs: ``notBefore``, ``priority``, ``uniqueKey``, ``group``,
-    ``version``, ``tries``, ``timeout``, ``expiresAt`` (see
-    ``docs/scheduling.md``); bad options raise :class:`ValueError` before
-    anything is written. *expires* (seconds or a timedelta) sets
-    ``expiresAt`` that long from now: a job not started by then fails with
-    ``expired`` and never runs.
-
-    A job with ``uniqueKey`` first takes its key in the service's unique
-    index (:mod:`oada_jobs.unique`): while another job of its type holds
-    the key, the job is not posted and :class:`~oada_jobs.DuplicateJob`
-    names the holder (``on_duplicate="existing"`` returns the holder's id
-    instead, to wait on its outcome; ``"post"`` skips the index and leaves
-    the key to the service's ``unique`` policy, as for a type that merges
-    or allows duplicates).
-
-    The job records who posted it, ``createdBy: "users/<id>"``, when the
-    server says whose token *oada* has (:func:`who_am_i`).
-
-    >>> job_id = await post_job(oada, "email-service", "email", {"to": "a@b.c"})  # doctest: +SKIP
-    """
-    validate_service_name(service)
-    if on_duplicate not in ("raise", "existing", "post"):
-        raise ValueError(
-            f"expected on_duplicate 'raise', 'existing' or 'post', got {on_duplicate!r}"
-        )
-    job: JsonObject = {**(extra or {}), "service": service, "type": _check_type(type)}
-    job["config"] = _config_json(config)
-    options = _with_expiry(options, expires)
-    parsed: JobOptions | None = None
-    if options is not None:
-        job["options"] = _options_json(options)
-        parsed = JobOptions.model_validate(job["options"])
-    if (user := await who_am_i(oada)) is not None:
-        job["createdBy"] = user  # the token's user, whatever *extra* says
-    if layout == "auto":
-        detected, why = await detect_layout(oada, service)
-        if detected is None:
-            raise ValueError(f"cannot tell which layout service {service!r} reads: {why}")
-        layout = detected
-    chosen = get_layout(layout)
-    if key is None:
-        job_id = await oada.create_resource(job, content_type=JOBS_TYPE)
-        key = job_id.removeprefix("resources/")
-    else:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise ValueError(
-                "expected a job key of letters, digits and '.', '_', '~', '-' "
-                f"(starting with a letter or digit, at most 200), got {key!r}"
-            )
-        job_id = f"resources/{key}"
-        existing = await _create_once(oada, job_id, job)
-        if existing is not None:
-            _check_same(job_id, existing, job)
-            if existing.get("status") in FINISHED:
-                return job_id  # ran already: linking it again would only re-file it
-    pending = chosen.pending_path(service)
-    if parsed is not None and parsed.unique_key is not None and on_duplicate != "post":
-        holder = await take_key(
-            oada, service, type, parsed.unique_key, job_id, layout=chosen.name, pending_path=pending
-        )
-        if holder is not None:
-            # Never linked: the resource goes too, so nothing of it stays behind.
-            try:
-                await oada.delete(resource_path(job_id))
-            except OADAError as error:
-                logger.warning("could not delete refused job %s: %s", job_id, error)
-            if on_duplicate == "existing":
-                return holder
-            raise DuplicateJob(
-                f"refused: job {holder} of type {type!r} holds unique key "
-                f"{parsed.unique_key!r} (pending or running)",
-                job_id=holder,
-                unique_key=parsed.unique_key,
-            )
-    await oada.put(pending, {key: {"_id": job_id}}, tree=chosen.tree)
-    return job_id
-
-
-async def _create_once(oada: OADAClient, job_id: str, job: JsonObject) -> Mapping[str, Any] | None:
-    """Create *job* at *job_id* unless that resource exists; ``None`` when this
-    call created it, else the existing resource's body.
-
-    The create is conditional on the resource not existing: ``If-Match``
-    with rev 0, the rev of a resource that is not there (``If-None-Match: *``
-    is a no-op on OADA servers). A server that refuses that for a missing
-    resource gets a plain PUT after a GET saw nothing there.
-    """
-    path = resource_path(job_id)
-    key = job_id.removeprefix("resources/")
-    try:
-        await oada.put(path, job, content_type=JOBS_TYPE, if_match=f'"{key}/0"')
-        return None
-    except PreconditionFailed:
-        pass
-    try:
-        data = (await oada.get(path)).data
-    except NotFound:
-        await oada.put(path, job, content_type=JOBS_TYPE)
-        return None
-    return data if isinstance(data, Mapping) else {"": data}
-
-
-def _check_same(job_id: str, existing: Mapping[str, Any], job: JsonObject) -> None:
-    """Raise :class:`JobExists` unless *existing* is the job *job* asks for."""
-    wanted = {name: value for name, value in job.items() if name != "options"}
-    different = sorted(name for name, value in wanted.items() if existing.get(name) != value)
-    stored, _problems = JobOptions.parse(existing.get("options"))
-    asked, _ = JobOptions.parse(job.get("options"))
-    if stored != asked:
-        different.append("options")
-    if different:
-        raise JobExists(
-            f"{job_id} already holds a different job ({', '.join(different)} differ); a job "
-            "key names one job, posted once: pick another key",
-            job_id=job_id,
-        )
-
-
-async def detect_layout(oada: OADAClient, service: str) -> tuple[LayoutName | None, str]:
-    """The layout *service* reads its jobs from, and how that is known.
-
-    A running oada-jobs service notes its layout on its service resource
-    (``jobs-layout``). Otherwise the lists tell: classic keeps job links and
-    ``jobs-success``/``jobs-failure`` beside them, the ``pending`` layout
-    only its lists inside ``jobs``. Returns ``(None, why)`` when it cannot
-    tell, e.g. when no service of that name has ever run on this server.
-    """
-    root = service_root(service)
-    try:
-        data = (await oada.get(root)).data
-    except NotFound:
-        return None, f"no service named {service!r} has ever run on {oada.domain}"
-    if not isinstance(data, Mapping):
-        return None, f"{root} is not a service resource"
-    noted = data.get(LAYOUT_MARKER)
-    if noted in ("classic", "pending"):
-        return noted, f"the service notes it in {root}/{LAYOUT_MARKER}"
-    if "jobs-success" in data or "jobs-failure" in data:
-        return "classic", "the service files jobs under jobs-success/jobs-failure"
-    if "jobs" not in data:
-        return None, f"service {service!r} has no job list yet (it may never have run)"
-    listing = (await oada.get(f"{root}/jobs")).data
-    keys = (
-        {key for key in listing if not key.startswith("_")}
-        if isinstance(listing, Mapping)
-        else set()
-    )
-    if keys - get_layout("classic").list_keys:
-        return "classic", "its jobs list holds jobs"
-    if keys:
-        return "pending", "its jobs list holds the pending layout's lists"
-    return "classic", "its jobs list is empty, as only a classic service leaves it"
 
 
 async def wait_for_outcome(
@@ -517,7 +229,7 @@ def child_key(parent_id: str, name: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"expected a child name as a non-empty string, got {name!r}")
     key = f"{parent_id.removeprefix('resources/')}-{name}"
-    if _KEY.fullmatch(key):
+    if JOB_KEY.fullmatch(key):
         return key
     digest = hashlib.sha256(f"{parent_id}\0{name}".encode()).hexdigest()
     return f"child-{digest[:40]}"
