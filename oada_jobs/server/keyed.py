@@ -137,10 +137,18 @@ class KeyedDoc(dict[str, Any]):
         return [k for k in dict.keys(self) if is_member(k)]
 
     def unload(self) -> list[str]:
-        """Drop every member from memory (they are all written); the keys dropped."""
+        """Drop every member from memory (they are all written); the keys dropped.
+
+        The dict is emptied and refilled with the head rather than deleted
+        from key by key: a dict keeps the table it grew to, and every later
+        walk over it (:meth:`head`, :meth:`members_in_memory`, on each write)
+        would go through the slots of members loaded once, 20,000 after a
+        large PUT.
+        """
         keys = self.members_in_memory()
-        for key in keys:
-            dict.__delitem__(self, key)
+        head = self.head()
+        dict.clear(self)
+        dict.update(self, head)
         return keys
 
     def committed(self) -> None:

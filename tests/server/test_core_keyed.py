@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from core_helpers import collect, open_core
@@ -139,3 +140,16 @@ async def test_a_child_first_seen_unlinked_propagates_once_linked(tmp_path: Path
         await c.ok("put", "/resources/child", {"a": 3})
         assert (await c.get("/resources/P")).rev == rev + 1
         assert (await c.get("/resources/P/x/_rev")).data == 3
+
+
+def test_unloading_members_gives_back_the_table_they_grew() -> None:
+    def keyed() -> KeyedDoc:
+        return KeyedDoc({"_id": "resources/list", "_rev": 3}, lambda key: (False, None), list)
+
+    doc, empty = keyed(), sys.getsizeof(keyed())
+    for i in range(20_000):
+        doc[f"k{i}"] = {"_id": f"resources/job{i}"}
+    assert sorted(doc.unload()) == sorted(f"k{i}" for i in range(20_000))
+    # Every write walks the dict's table: it must be as small as the head's.
+    assert sys.getsizeof(doc) <= empty
+    assert dict(doc) == {"_id": "resources/list", "_rev": 3}
