@@ -219,11 +219,7 @@ def worker_factory(
     seconds = _seconds(timeout, "timeout")
     retry_classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     _check(tries, backoff, group_limit, unique, priority, min_version, retry_on)
-    for name, model in (("config", config), ("result", result)):
-        if model is not None and not (
-            isinstance(model, builtins.type) and issubclass(model, BaseModel)
-        ):
-            raise ValueError(f"expected {name} to be a pydantic model class, got {model!r}")
+    _check_models(config=config, result=result)
     make_worker = partial(
         Worker,
         tries=tries,
@@ -245,22 +241,36 @@ def worker_factory(
     )
 
     def make(fn: WorkFunction) -> Worker:
-        if not callable(fn):
-            raise ValueError(f"expected an async work function, got {fn!r}")
-        if not _is_async(fn):
-            # Refused rather than run in a thread: a thread cannot be
-            # cancelled, so its timeout would not hold, and ctx.log,
-            # ctx.oada and ctx.post_job are async anyway.
-            raise TypeError(
-                f"expected an async work function for job type {type!r} (async def "
-                f"{getattr(fn, '__name__', 'work')}(job, ctx)), got a plain callable "
-                f"{fn!r}; for blocking code, call it from an async function with "
-                "await anyio.to_thread.run_sync(...) (see docs/work-functions.md)"
-            )
+        _check_work(fn, type)
         model = config or _config_model_of(fn)
         return make_worker(type, fn, seconds, model)
 
     return make
+
+
+def _check_work(fn: WorkFunction, type: str) -> None:
+    """Raise unless *fn* can be the work function of jobs of *type* (an async callable)."""
+    if not callable(fn):
+        raise ValueError(f"expected an async work function, got {fn!r}")
+    if not _is_async(fn):
+        # Refused rather than run in a thread: a thread cannot be
+        # cancelled, so its timeout would not hold, and ctx.log,
+        # ctx.oada and ctx.post_job are async anyway.
+        raise TypeError(
+            f"expected an async work function for job type {type!r} (async def "
+            f"{getattr(fn, '__name__', 'work')}(job, ctx)), got a plain callable "
+            f"{fn!r}; for blocking code, call it from an async function with "
+            "await anyio.to_thread.run_sync(...) (see docs/work-functions.md)"
+        )
+
+
+def _check_models(**models: object) -> None:
+    """Raise :class:`ValueError` for the first of *models* that is not a pydantic model class."""
+    for name, model in models.items():
+        if model is not None and not (
+            isinstance(model, builtins.type) and issubclass(model, BaseModel)
+        ):
+            raise ValueError(f"expected {name} to be a pydantic model class, got {model!r}")
 
 
 def _check(
