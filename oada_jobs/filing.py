@@ -179,46 +179,19 @@ class Filer:
         the outcome is written, before filing; *after_write* too (it is
         retried with filing, so it must be idempotent: follow-up jobs).
         """
-        finished_at = utc_now()
-        # Made once per outcome, so a retried write does not add a second update.
-        body = outcome_body(outcome, finished_at)
-        done = False
-        abandoned = False
-        followed = after_write is None
-
-        async def put(body: JsonObject) -> None:
-            nonlocal abandoned
-            abandoned = not await write(body)
-
-        async def record() -> str | None:
-            nonlocal done, outcome, body, followed
-            if not done:
-                try:
-                    await put(body)
-                except (TypeError, ValueError, BadRequest, PayloadTooLarge) as error:
-                    # Not JSON, or refused by the server (too deep, too large):
-                    # recorded instead is a failure saying so, not the run again.
-                    outcome = unrecordable(log, outcome, error)
-                    body = outcome_body(outcome, finished_at)
-                    await put(body)
-                except Conflict as error:
-                    # The job resource takes no JSON at all (it holds bytes):
-                    # nothing can be recorded in it; it is filed all the same.
-                    log.error(
-                        "the job resource refuses the outcome (%s); filing it without one", error
-                    )
-                if abandoned:
-                    return None
-                done = True
-                written()
-            if not followed:
-                assert after_write is not None
-                await after_write(outcome)
-                followed = True
-            return await self.file(key, job_id, outcome.status, outcome.fail_type, finished_at)
-
-        day_path = await self.shielded(record, log)
-        if abandoned:
+        recording = _Recording(
+            outcome,
+            write=write,
+            log=log,
+            written=written,
+            after_write=after_write,
+            file=lambda outcome, finished_at: self.file(
+                key, job_id, outcome.status, outcome.fail_type, finished_at
+            ),
+        )
+        day_path = await self.shielded(recording.record, log)
+        outcome = recording.outcome
+        if recording.abandoned:
             log.error(
                 "another worker took the job over after this one's lease ran out; not "
                 "recording this run's outcome (%s)",
@@ -317,6 +290,67 @@ class Filer:
                 if other is lock or other.locked()
             }
         self._known_days.add(day_path)
+
+
+class _Recording:
+    """The steps of recording one outcome, each done once however often
+    :meth:`record` is retried: write it, tell *written* and *after_write*,
+    file the job (idempotent, so always redone)."""
+
+    def __init__(
+        self,
+        outcome: JobOutcome,
+        *,
+        write: Write,
+        log: Log,
+        written: Callable[[], None],
+        after_write: Callable[[JobOutcome], Awaitable[None]] | None,
+        file: Callable[[JobOutcome, datetime], Awaitable[str]],
+    ) -> None:
+        #: The outcome recorded (replaced by a failure if it cannot be written).
+        self.outcome = outcome
+        self._write = write
+        self._log = log
+        self._written = written
+        self._after_write = after_write
+        self._file = file
+        self._finished_at = utc_now()
+        # Made once per outcome, so a retried write does not add a second update.
+        self._body = outcome_body(outcome, self._finished_at)
+        self._done = False
+        self._followed = after_write is None
+        #: Whether *write* found the job owned by another worker.
+        self.abandoned = False
+
+    async def _put(self, body: JsonObject) -> None:
+        self.abandoned = not await self._write(body)
+
+    async def record(self) -> str | None:
+        """Record the outcome; the day list the job is filed in, ``None`` if abandoned."""
+        if not self._done:
+            try:
+                await self._put(self._body)
+            except (TypeError, ValueError, BadRequest, PayloadTooLarge) as error:
+                # Not JSON, or refused by the server (too deep, too large):
+                # recorded instead is a failure saying so, not the run again.
+                self.outcome = unrecordable(self._log, self.outcome, error)
+                self._body = outcome_body(self.outcome, self._finished_at)
+                await self._put(self._body)
+            except Conflict as error:
+                # The job resource takes no JSON at all (it holds bytes):
+                # nothing can be recorded in it; it is filed all the same.
+                self._log.error(
+                    "the job resource refuses the outcome (%s); filing it without one", error
+                )
+            if self.abandoned:
+                return None
+            self._done = True
+            self._written()
+        if not self._followed:
+            assert self._after_write is not None
+            await self._after_write(self.outcome)
+            self._followed = True
+        return await self._file(self.outcome, self._finished_at)
 
 
 @dataclass(slots=True)
