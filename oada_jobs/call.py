@@ -159,47 +159,12 @@ class WorkCall:
     ) -> JobOutcome | None:
         """Call the work function (the run began at *started*, anyio time); its
         outcome, or ``None`` if the job was lost or the function abandoned."""
-        log = self.log
         self._worker, self._job = worker, job
         outcome: JobOutcome | None = None
-        # Timers rather than tasks: most jobs end before any of them
-        # is due, and a timer costs far less to set and drop.
-        loop = asyncio.get_running_loop()
-        timers = [
-            loop.call_later(CANCEL_WATCH_AFTER, self.helpers.start, self._watch_for_cancel),
-            loop.call_later(
-                self.claim.lease_interval(), self.helpers.start, self.claim.renew, self._on_lost
-            ),
-        ]
-        timeout = effective_timeout(worker, job)
-        if timeout is not None:
-            timers.append(loop.call_later(timeout, self._time_out))
+        timers = self._set_timers(worker, job)
         try:
             with self.scope:
-                try:
-                    value = await worker.work(work_job, ctx)
-                    outcome = outcomes.success(log, worker.result_model, value)
-                except Retry as error:
-                    if not self.interrupted:
-                        outcome = _retry(log, error, error.reason, error.defer, worker, job)
-                except Reschedule as error:
-                    if not self.interrupted:
-                        outcome = outcomes.reschedule(log, error)
-                except WaitForChild as error:
-                    if not self.interrupted:
-                        outcome = outcomes.wait_for_child(log, error)
-                except Exception as error:
-                    if self.interrupted:
-                        pass
-                    elif worker.retries(error):
-                        reason = f"{type(error).__name__}: {error}"
-                        outcome = _retry(log, error, reason, None, worker, job)
-                    else:
-                        outcome = outcomes.failure(log, error)
-                except BaseException as error:
-                    if not _raised_by_work(error):
-                        raise
-                    outcome = outcomes.failure(log, error)
+                outcome = await self._work(worker, work_job, job, ctx)
         finally:
             # A function that blocked the event loop past its timeout ends
             # before the timer could fire: what it returned is too late.
@@ -218,6 +183,56 @@ class WorkCall:
         if self.abandoned:
             return None  # settled already, without waiting for the function
         return self._ending(outcome, worker, job)
+
+    def _set_timers(self, worker: Worker, job: Job[Any]) -> list[asyncio.TimerHandle]:
+        """Set the call's timers: the cancel watch, the lease renewal, the timeout.
+
+        Timers rather than tasks: most jobs end before any of them is due,
+        and a timer costs far less to set and drop.
+        """
+        loop = asyncio.get_running_loop()
+        timers = [
+            loop.call_later(CANCEL_WATCH_AFTER, self.helpers.start, self._watch_for_cancel),
+            loop.call_later(
+                self.claim.lease_interval(), self.helpers.start, self.claim.renew, self._on_lost
+            ),
+        ]
+        timeout = effective_timeout(worker, job)
+        if timeout is not None:
+            timers.append(loop.call_later(timeout, self._time_out))
+        return timers
+
+    async def _work(
+        self, worker: Worker, work_job: Job[Any], job: Job[Any], ctx: WorkerContext
+    ) -> JobOutcome | None:
+        """Await the work function; the outcome of what it returned or raised
+        (``None`` if it raised because the call was stopped)."""
+        log = self.log
+        try:
+            value = await worker.work(work_job, ctx)
+            return outcomes.success(log, worker.result_model, value)
+        except Retry as error:
+            if not self.interrupted:
+                return _retry(log, error, error.reason, error.defer, worker, job)
+        except Reschedule as error:
+            if not self.interrupted:
+                return outcomes.reschedule(log, error)
+        except WaitForChild as error:
+            if not self.interrupted:
+                return outcomes.wait_for_child(log, error)
+        except Exception as error:
+            if self.interrupted:
+                pass
+            elif worker.retries(error):
+                reason = f"{type(error).__name__}: {error}"
+                return _retry(log, error, reason, None, worker, job)
+            else:
+                return outcomes.failure(log, error)
+        except BaseException as error:
+            if not _raised_by_work(error):
+                raise
+            return outcomes.failure(log, error)
+        return None
 
     def _ending(
         self, outcome: JobOutcome | None, worker: Worker, job: Job[Any]
