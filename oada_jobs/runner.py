@@ -18,11 +18,14 @@ read the same ETag only one write succeeds, the other gets 412 and skips the
 job. A running worker renews its lease; a job whose lease expired (its worker
 died) is claimed again by a later sweep of the pending list.
 
-Owns :class:`Runner`, :class:`Decision`, :class:`RunnerSettings` and
-the decisions before a run; reading is :mod:`oada_jobs.reading`, the work call itself (timeout, cancel watch, lease
-renewal) is :mod:`oada_jobs.call`. A runner gets the job's key and what the scheduler decided,
-a client, a worker lookup, a filer and a way to run tasks beside the jobs;
-it must not import the queue, the scheduler or the service.
+Owns :class:`Runner` and :class:`RunnerSettings`. The decisions before a
+run are :mod:`oada_jobs.decision` (:class:`Decision` is re-exported here),
+reading is :mod:`oada_jobs.reading`, the work call itself (timeout, cancel
+watch, lease renewal) is :mod:`oada_jobs.call`, and writing, filing, giving
+back or releasing the job is :mod:`oada_jobs.finishing`. A runner gets the
+job's key and what the scheduler decided, a client, a worker lookup, a
+filer and a way to run tasks beside the jobs; it must not import the queue,
+the scheduler or the service.
 """
 
 from __future__ import annotations
@@ -39,35 +42,17 @@ from pydantic import ValidationError
 from . import outcome as outcomes
 from . import telemetry
 from .call import Spawn, WorkCall
-from .claim import Claim, release_body
+from .claim import Claim
 from .client import OADAClient
 from .context import JobLogAdapter, JobLogger, WorkerContext
-from .exceptions import (
-    BadRequest,
-    Forbidden,
-    InvalidJob,
-    InvalidKey,
-    JobError,
-    JobExists,
-    NotFound,
-    OADAError,
-)
-from .filing import TRANSIENT, Filer, finish_time
-from .job import Job, JobStatus, error_result, iso, new_update, utc_now
+from .decision import Decision, verdict
+from .exceptions import BadRequest, Forbidden, InvalidJob, InvalidKey, JobError, NotFound
+from .filing import Filer
+from .finishing import Finisher
+from .job import Job, JobStatus, error_result, utc_now
 from .metrics import ServiceMetrics
-from .outcome import (
-    DUPLICATE_FAIL_TYPE,
-    EXPIRED_FAIL_TYPE,
-    INVALID_CONFIG_FAIL_TYPE,
-    INVALID_JOB_FAIL_TYPE,
-    RETRY_LIMIT_FAIL_TYPE,
-    UNSUPPORTED_VERSION_FAIL_TYPE,
-    JobOutcome,
-    failed,
-)
+from .outcome import INVALID_CONFIG_FAIL_TYPE, INVALID_JOB_FAIL_TYPE, JobOutcome, failed
 from .reading import read_job
-from .requester import post_follow_up, wake_parent
-from .tree import JOBS_TYPE, resource_path
 from .types import JsonObject
 from .watchdog import LoopWatchdog
 from .worker import Worker
@@ -92,20 +77,9 @@ class RunnerSettings:
     cancel_grace: float
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One job of a list and what the scheduler decided about it before it runs."""
-
-    #: Its key in the pending list.
-    key: str
-    #: The job resource id.
-    job_id: str
-    #: Why the job cannot run (a bad job, a missing resource): it is only filed.
-    problem: BaseException | None = None
-    #: Refused: the job holding its unique key.
-    duplicate_of: str | None = None
-    #: Merged: the job it was merged into, and that job's outcome.
-    merged_into: tuple[str, JobOutcome] | None = None
+def _job_log(**extra: str) -> JobLogAdapter:
+    """The logger of one job's run; its type and trace are bound once it is read."""
+    return JobLogAdapter(logger, {**extra, "job_type": None, "trace_id": None})
 
 
 class Runner:
@@ -142,8 +116,6 @@ class Runner:
     ) -> None:
         self.decision = decision
         self.release_slot = release_slot
-        #: The outcome written to the job, once it is filed here.
-        self.outcome: JobOutcome | None = None
         self.oada = oada
         self.workers = workers
         self.filer = filer
@@ -155,33 +127,32 @@ class Runner:
         # and this is set once that is done.
         self._abandoned: anyio.Event | None = None
         self._abandoned_later: datetime | None = None
-        # Whether this run gave the job back already (a stop past its grace).
-        self._released = False
         self.spawn = spawn
         self.key = key = decision.key
         self.job_id = job_id = decision.job_id
-        try:
-            self.path = resource_path(job_id)
-        except InvalidKey:
-            # Never requested: the queue gave such an entry a problem, so
-            # it is only moved to the failure list.
-            self.path = ""
         self.service = service
         self.queue = queue
-        self.log = JobLogAdapter(
-            logger,
-            {
-                "service": service,
-                "queue": queue,
-                "job_id": job_id,
-                "job_key": key,
-                "job_type": None,
-                "trace_id": None,
-            },
-        )
+        self.log = _job_log(service=service, queue=queue, job_id=job_id, job_key=key)
         self.claim = Claim(
             oada, job_id, worker_id=settings.worker_id, lease=settings.lease, log=self.log
         )
+        #: Writes, files, gives back or releases the job.
+        self.finisher = Finisher(
+            key,
+            job_id,
+            oada=oada,
+            claim=self.claim,
+            filer=filer,
+            workers=workers,
+            service=service,
+            release_slot=release_slot,
+            log=self.log,
+        )
+
+    @property
+    def outcome(self) -> JobOutcome | None:
+        """The outcome written to the job, once it is filed here."""
+        return self.finisher.outcome
 
     # ----------------------------------------------------------------- reading
 
@@ -197,20 +168,13 @@ class Runner:
         extra.update(job_type=job.type, trace_id=job.trace_id)
         self.log.extra = extra
 
-    # ----------------------------------------------------------------- the run
-
-    async def run(self, job: Job[Any] | None = None) -> datetime | None:
-        """Process the job (*job*: as the queue read it, else read here).
-
-        Returns when the queue should look at the job again (it is still
-        pending: a retry, a reschedule, not due yet, or running elsewhere),
-        or ``None`` when it is done here (filed, or gone from the list).
-        """
+    async def _read_or_file(self, job: Job[Any] | None) -> Job[Any] | None:
+        """The job (*job*, else read here); ``None`` once it is filed because
+        the scheduler found a problem with it, or it cannot be read."""
         try:
             if self.decision.problem is not None:
                 raise self.decision.problem
-            if job is None:
-                job = await self.read()
+            return job if job is not None else await self.read()
         except InvalidJob as error:
             self.log.error("%s", error)
             outcome = JobOutcome(
@@ -219,8 +183,7 @@ class Runner:
                 INVALID_JOB_FAIL_TYPE,
                 meta=str(error),
             )
-            await self._write_and_file(outcome, None, etag=None)
-            return None
+            await self.finisher.write_and_file(outcome, None, etag=None)
         except (NotFound, Forbidden, BadRequest, InvalidKey) as error:
             # Older OADA servers answer 403 for a resource that does not
             # exist; either way this queue can never run the job.
@@ -241,29 +204,39 @@ class Runner:
                     self.job_id,
                     error.status,
                 )
-            await self._file_only(JobStatus.FAILURE.value, utc_now())
+            await self.finisher.file_only(JobStatus.FAILURE.value, utc_now())
+        return None
+
+    # ----------------------------------------------------------------- the run
+
+    async def run(self, job: Job[Any] | None = None) -> datetime | None:
+        """Process the job (*job*: as the queue read it, else read here).
+
+        Returns when the queue should look at the job again (it is still
+        pending: a retry, a reschedule, not due yet, or running elsewhere),
+        or ``None`` when it is done here (filed, or gone from the list).
+        """
+        job = await self._read_or_file(job)
+        if job is None:
             return None
         self._bind(job)
         if job.finished:
-            self.log.info("job is already %s; filing it", job.status)
-            assert job.status is not None
-            # Its outcome was written here or elsewhere, but filing stopped
-            # short: its follow-up may not be posted yet, nor its parent
-            # woken (both are idempotent).
-            status = job.status
-            await self.filer.shielded(
-                lambda: self._after_outcome(job, status, job.result, ran=True), self.log
-            )
-            await self._file_only(job.status, finish_time(job))
+            await self.finisher.file_finished(job)
             return None
-        verdict = self._verdict(job)
-        if isinstance(verdict, JobOutcome):
+        decided = verdict(
+            job,
+            self.workers(job.type),
+            self.decision,
+            worker_id=self.settings.worker_id,
+            log=self.log,
+        )
+        if isinstance(decided, JobOutcome):
             # Filed without running, conditionally on the ETag read, so
             # that of several replicas only one does.
-            await self._write_and_file(verdict, job, etag=job.etag)
+            await self.finisher.write_and_file(decided, job, etag=job.etag)
             return None
-        if verdict is not None:
-            return verdict
+        if decided is not None:
+            return decided
         with telemetry.job_span(self.service, self.queue, job):
             with telemetry.step_span("claim"):
                 claimed = await self.claim.take(job)
@@ -277,57 +250,6 @@ class Runner:
             if self.outcome is not None:
                 telemetry.set_job_outcome(self.outcome.status, self.outcome.fail_type)
             return again
-
-    def _verdict(self, job: Job[Any]) -> JobOutcome | datetime | None:
-        """What to do with a pending job before claiming it: an outcome to file
-        it with, a time to look again, or ``None`` to run it now."""
-        worker = self.workers(job.type)
-        decision = self.decision
-        if job.status == JobStatus.CANCEL_REQUESTED.value:
-            return outcomes.cancelled(self.log, "the job was cancelled before it ran")
-        if decision.merged_into is not None:
-            holder, outcome = decision.merged_into
-            self.log.info("merged into %s (same unique key); taking its outcome", holder)
-            return replace(outcome, meta=f"merged into {holder}: {outcome.meta}")
-        if decision.duplicate_of is not None:
-            message = (
-                f"refused: job {decision.duplicate_of} with the same unique key "
-                f"{job.options.unique_key!r} is pending or running"
-            )
-            self.log.warning("%s", message)
-            details = {"duplicateOf": decision.duplicate_of}
-            return failed(JobError(message, DUPLICATE_FAIL_TYPE, details=details), message)
-        if worker is not None and worker.min_version is not None:
-            version = job.options.effective_version
-            if version < worker.min_version:
-                message = (
-                    f"job version {version} is older than the {worker.min_version} "
-                    f"that job type {job.type!r} accepts"
-                )
-                self.log.error("%s", message)
-                return failed(JobError(message, UNSUPPORTED_VERSION_FAIL_TYPE), message)
-        if job.expired_for(self.settings.worker_id):
-            # Checked right before the claim, which is conditional on this
-            # read: a job is never started after its expiresAt.
-            assert job.options.expires_at is not None
-            message = f"the job was not started by its expiresAt {iso(job.options.expires_at)}"
-            self.log.warning("%s", message)
-            return failed(JobError(message, EXPIRED_FAIL_TYPE), message)
-        until = job.wait_until(self.settings.worker_id)
-        if until is not None:
-            self.log.debug("job is not due or held elsewhere until %s", iso(until))
-            return until
-        allowed = job.options.tries or (worker.tries if worker is not None else 1)
-        if job.tries >= allowed:
-            # Only a run that never finished leaves this (its worker died, or
-            # the job itself brought it down): do not start it again forever.
-            message = (
-                f"the job was started {job.tries} time(s) without finishing (its worker "
-                f"stopped or crashed) and may be started {allowed} time(s)"
-            )
-            self.log.error("%s", message)
-            return failed(JobError(message, RETRY_LIMIT_FAIL_TYPE), message)
-        return None
 
     async def _execute(self, job: Job[JsonObject], claim_rev: int) -> datetime | None:
         worker = self.workers(job.type)
@@ -350,12 +272,7 @@ class Runner:
             # Shutdown past its grace period: give the job back so it runs
             # again, here or on another replica.
             scoped.revoke()
-            if not self._released:
-                # Once, whatever interrupts the release (a second Ctrl-C).
-                self._released = True
-                self.log.warning("stopped before the job finished; releasing it")
-                body = release_body(job)
-                await self.filer.shielded(lambda: self._release(body), self.log)
+            await self.finisher.release(job)
             raise
         finally:
             scoped.revoke()
@@ -366,22 +283,7 @@ class Runner:
             # Settled while the function ignored its cancellation.
             await self._abandoned.wait()
             return self._abandoned_later
-        return await self._settle(outcome, job, started)
-
-    async def _settle(
-        self, outcome: JobOutcome | None, job: Job[JsonObject], started: float
-    ) -> datetime | None:
-        """Record *outcome* of a run that began at *started*; when to look again."""
-        if outcome is None:
-            # Another worker took the job over: the queue looks at it again
-            # (and sees it held) rather than forgetting it.
-            return utc_now() + timedelta(seconds=1)
-        if outcome.run_at is not None:
-            return await self._give_back(outcome, job)
-        duration = anyio.current_time() - started
-        with telemetry.step_span("file"):
-            await self._write_and_file(outcome, job, etag=None, duration=duration, owned=True)
-        return None
+        return await self.finisher.settle(outcome, job, started)
 
     def _abandon(self, outcome: JobOutcome | None, job: Job[JsonObject], started: float) -> None:
         """The work function ignored its cancellation for ``cancel_grace``:
@@ -397,97 +299,12 @@ class Runner:
 
         async def settle() -> None:
             try:
-                self._abandoned_later = await self._settle(outcome, job, started)
+                self._abandoned_later = await self.finisher.settle(outcome, job, started)
             finally:
                 self.release_slot()
                 done.set()
 
         self.spawn(settle)
-
-    async def _after_outcome(self, job: Job[Any], status: str, result: Any, *, ran: bool) -> None:
-        """What follows a job's outcome before it leaves the list: its follow-up
-        (when it ran), and waking the parent waiting for it (``ctx.run_job``)."""
-        if ran:
-            await self._follow_up(job, status, result)
-        parent = job.raw.get("parent")
-        parent_id = parent.get("_id") if isinstance(parent, dict) else None
-        if (
-            job.raw.get("resumesParent") is True
-            and isinstance(parent_id, str)
-            and parent_id.startswith("resources/")
-        ):
-            try:
-                if await wake_parent(self.oada, parent_id, self.job_id):
-                    self.log.info("woke the parent job %s", parent_id)
-            except TRANSIENT:
-                raise  # retried with the filing
-            except (OADAError, InvalidJob, ValueError) as error:
-                # It looks at this job again by itself (check_every).
-                self.log.warning("could not wake the parent job %s: %s", parent_id, error)
-
-    async def _follow_up(self, job: Job[Any], status: str, result: Any) -> None:
-        """Post the follow-up job the type declares for *status*, if any (once)."""
-        worker = self.workers(job.type)
-        if worker is None:
-            return
-        success = status == JobStatus.SUCCESS.value
-        follow = worker.then if success else worker.on_failure
-        if follow is None:
-            return
-        config = dict(result) if isinstance(result, dict) else {"result": result}
-        try:
-            follow_up_id = await post_follow_up(
-                self.oada,
-                self.job_id,
-                follow.service or self.service,
-                follow.type,
-                config,
-                kind="then" if success else "on-failure",
-                layout=self.filer.layout.name,
-            )
-        except TRANSIENT:
-            raise  # retried with the filing
-        except (OADAError, JobExists, ValueError, TypeError) as error:
-            self.log.error("could not post the follow-up %r: %s", follow.type, error)
-            return
-        self.log.info("posted the follow-up %s (%s)", follow_up_id, follow.type)
-
-    async def _give_back(self, outcome: JobOutcome, job: Job[JsonObject]) -> datetime | None:
-        """Leave the job pending until ``outcome.run_at`` (a retry or a reschedule)."""
-        assert outcome.run_at is not None
-        # The update is made once: a retried write must not add another.
-        what = (
-            "waiting" if outcome.waiting_for else "rescheduled" if outcome.rescheduled else "retry"
-        )
-        entry = new_update(what, outcome.meta)
-        given_back = await self.filer.shielded(
-            lambda: self.claim.give_back(outcome, entry), self.log
-        )
-        if given_back is None and outcome.rescheduled:
-            # Its new state could not be saved (e.g. too large): running
-            # it again from an old or empty state would be wrong.
-            error = JobError("the rescheduled job's new state could not be saved")
-            await self._write_and_file(failed(error, str(error)), job, etag=None, owned=True)
-            return None
-        if given_back and outcome.waiting_for is not None:
-            # The child may have been filed before this job said it waits for
-            # it: then nobody else wakes it.
-            woken = await self.filer.shielded(
-                lambda: self._wake_if_done(outcome.waiting_for or ""), self.log
-            )
-            if woken:
-                return utc_now()
-        # Not given back (another worker owns it, or the write failed):
-        # the queue looks at it again shortly.
-        return outcome.run_at if given_back else utc_now() + timedelta(seconds=1)
-
-    async def _wake_if_done(self, child_id: str) -> bool:
-        try:
-            response = await self.oada.get(resource_path(child_id))
-            child = Job.from_resource(response.data, oada_id=child_id)
-        except (NotFound, Forbidden, InvalidJob):
-            return False
-        return child.finished and await wake_parent(self.oada, self.job_id, child_id)
 
     async def _call(
         self,
@@ -524,52 +341,3 @@ class Runner:
             on_abandon=lambda outcome: self._abandon(outcome, job, started),
         )
         return await call.run(worker, work_job, job, ctx, started)
-
-    # --------------------------------------------------------------- finishing
-
-    async def _release(self, body: JsonObject) -> None:
-        if await self.claim.release(body):
-            # Re-linked so other replicas' list watches see it at once.
-            await self.filer.relink(self.key, self.job_id)
-
-    async def _file_only(self, status: str, finished_at: datetime) -> None:
-        """File the job under *status* without writing an outcome on it."""
-        await self.filer.shielded(
-            lambda: self.filer.file(self.key, self.job_id, status, None, finished_at), self.log
-        )
-
-    async def _write_and_file(
-        self,
-        outcome: JobOutcome,
-        job: Job[Any] | None,
-        *,
-        etag: str | None,
-        duration: float | None = None,
-        owned: bool = False,
-    ) -> None:
-        """Write the outcome, then file the job.
-
-        *owned*: the job was claimed by this worker; the write is conditional
-        on this worker's last write and skipped if another worker owns the
-        job by now. Otherwise it is conditional on *etag* (if given).
-        """
-
-        async def conditional(body: JsonObject) -> bool:
-            await self.oada.put(self.path, body, content_type=JOBS_TYPE, if_match=etag)
-            return True
-
-        self.outcome = await self.filer.write_and_file(
-            outcome,
-            job,
-            key=self.key,
-            job_id=self.job_id,
-            write=self.claim.put if owned else conditional,
-            log=self.log,
-            duration=duration,
-            written=self.release_slot,
-            after_write=None
-            if job is None
-            else lambda written: self._after_outcome(
-                job, written.status, written.result, ran=owned
-            ),
-        )
