@@ -24,6 +24,11 @@ it has finished.
 This module imports in any install; :func:`embedded_server` needs the
 ``server`` extra (``pip install 'oada-jobs[server]'``).
 
+Length: ``embedded_server`` is mostly its keyword options: each
+:class:`ServerConfig` limit a test may override, declared in the signature
+and passed on by name in one table. The work is done by ``_server_config``
+and ``_serve``.
+
 Owns helpers for tests of services. May use the server, the client and the
 requester side; nothing in the framework may import it.
 """
@@ -310,92 +315,95 @@ async def embedded_server(
         :attr:`EmbeddedServer.ca_cert`.
     :param subprocess: Run the server in a child process (for kill/restart tests).
     :param port: Fixed port; a free one when ``None``.
-    :param max_body_bytes: Override the :class:`ServerConfig` defaults.
-    :param ws_ping_interval: Override the :class:`ServerConfig` defaults.
-    :param ws_send_buffer_bytes: Override the :class:`ServerConfig` defaults.
-    :param ws_send_buffer_total_bytes: Override the :class:`ServerConfig` defaults.
-    :param max_connections: Override the :class:`ServerConfig` defaults.
-    :param max_watches_per_socket: Override the :class:`ServerConfig` defaults of the watch counts.
-    :param max_watches: Override the :class:`ServerConfig` defaults of the watch counts.
-    :param max_header_bytes: Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
-    :param request_read_timeout: Override the :class:`ServerConfig` bounds of an HTTP request's head and reading time.
-    :param max_changes_listed: Override how many revs a ``/_meta/_changes`` listing names.
-    :param max_body_items: Override how many JSON items a request body may hold.
-    :param document_cache_size: Override the :class:`ServerConfig` defaults of the caches.
-    :param document_cache_bytes: Override the :class:`ServerConfig` defaults of the caches.
-    :param change_cache_bytes: Override the :class:`ServerConfig` defaults of the caches.
+    Every other argument overrides the :class:`ServerConfig` limit of the
+    same name (``None`` keeps its default): body, header, cache and
+    send-buffer bytes, connections, watches, listed changes, body items,
+    the ping interval and the request read timeout.
 
     >>> async with embedded_server(subprocess=True, db=tmp_path / "oada.sqlite") as s:  # doctest: +SKIP
     ...     await s.kill()
     ...     await s.restart()
     """
     require("server", "oada_jobs.testing.embedded_server()")
+    limits = {
+        "max_body_bytes": max_body_bytes,
+        "ws_ping_interval": ws_ping_interval,
+        "document_cache_size": document_cache_size,
+        "document_cache_bytes": document_cache_bytes,
+        "change_cache_bytes": change_cache_bytes,
+        "ws_send_buffer_bytes": ws_send_buffer_bytes,
+        "ws_send_buffer_total_bytes": ws_send_buffer_total_bytes,
+        "max_connections": max_connections,
+        "max_watches_per_socket": max_watches_per_socket,
+        "max_watches": max_watches,
+        "max_header_bytes": max_header_bytes,
+        "request_read_timeout": request_read_timeout,
+        "max_changes_listed": max_changes_listed,
+        "max_body_items": max_body_items,
+    }
     token_map = _resolve_tokens(tokens)
     if not token_map:
         raise ValueError("at least one token is needed")
-    extra: dict[str, object] = {}
-    if max_body_bytes is not None:
-        extra["max_body_bytes"] = max_body_bytes
-    if ws_ping_interval is not None:
-        extra["ws_ping_interval"] = ws_ping_interval
-    if document_cache_size is not None:
-        extra["document_cache_size"] = document_cache_size
-    if document_cache_bytes is not None:
-        extra["document_cache_bytes"] = document_cache_bytes
-    if change_cache_bytes is not None:
-        extra["change_cache_bytes"] = change_cache_bytes
-    if ws_send_buffer_bytes is not None:
-        extra["ws_send_buffer_bytes"] = ws_send_buffer_bytes
-    if ws_send_buffer_total_bytes is not None:
-        extra["ws_send_buffer_total_bytes"] = ws_send_buffer_total_bytes
-    if max_connections is not None:
-        extra["max_connections"] = max_connections
-    if max_watches_per_socket is not None:
-        extra["max_watches_per_socket"] = max_watches_per_socket
-    if max_watches is not None:
-        extra["max_watches"] = max_watches
-    if max_header_bytes is not None:
-        extra["max_header_bytes"] = max_header_bytes
-    if request_read_timeout is not None:
-        extra["request_read_timeout"] = request_read_timeout
-    if max_changes_listed is not None:
-        extra["max_changes_listed"] = max_changes_listed
-    if max_body_items is not None:
-        extra["max_body_items"] = max_body_items
     tmp = Path(tempfile.mkdtemp(prefix="oada-embedded-"))
     try:
-        db_path = os.fspath(db)
-        if subprocess and db_path == ":memory:":
-            db_path = str(tmp / "oada.sqlite")
-        config = ServerConfig.model_validate(
-            {"db": db_path, "tokens": token_map, "quirks": quirks, **extra}
-        )
-        cert = None
-        if tls:
-            from oada_jobs.server.tls import self_signed
-
-            cert = self_signed(tmp / "tls")
-        token = "god" if "god" in token_map else next(iter(token_map))
-        server_cm: AbstractAsyncContextManager[tuple[str, OADACore | None, _Child | None]]
-        if subprocess:
-            server_cm = _subprocess_server(
-                config, cert_dir=tmp / "tls" if tls else None, port=port, workdir=tmp
-            )
-        else:
-            server_cm = _in_process_server(config, cert_dir=tmp / "tls" if tls else None, port=port)
-        async with server_cm as (url, core, child):
-            yield EmbeddedServer(
-                url=url,
-                domain=url.split("://", 1)[1],
-                token=token,
-                tokens=tuple(token_map),
-                config=config,
-                ca_cert=cert.ca_cert if cert is not None else None,
-                core=core,
-                _proc=child,
-            )
+        if subprocess and os.fspath(db) == ":memory:":
+            # A file, so that restart() keeps the data.
+            db = tmp / "oada.sqlite"
+        config = _server_config(db, token_map, quirks, limits)
+        cert_dir = tmp / "tls" if tls else None
+        async with _serve(
+            config, cert_dir, subprocess=subprocess, port=port, workdir=tmp
+        ) as server:
+            yield server
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _server_config(
+    db: str | os.PathLike[str],
+    tokens: dict[str, TokenInfo],
+    quirks: Literal["none", "reference"],
+    limits: Mapping[str, float | None],
+) -> ServerConfig:
+    """The configuration of an embedded server; limits given as ``None`` keep their default."""
+    given = {name: value for name, value in limits.items() if value is not None}
+    return ServerConfig.model_validate(
+        {"db": os.fspath(db), "tokens": tokens, "quirks": quirks, **given}
+    )
+
+
+@asynccontextmanager
+async def _serve(
+    config: ServerConfig,
+    cert_dir: Path | None,
+    *,
+    subprocess: bool,
+    port: int | None,
+    workdir: Path,
+) -> AsyncIterator[EmbeddedServer]:
+    """Serve *config* in this process or a child, with a development certificate
+    made in *cert_dir* (``None``: plain HTTP)."""
+    cert = None
+    if cert_dir is not None:
+        from oada_jobs.server.tls import self_signed
+
+        cert = self_signed(cert_dir)
+    server_cm: AbstractAsyncContextManager[tuple[str, OADACore | None, _Child | None]]
+    if subprocess:
+        server_cm = _subprocess_server(config, cert_dir=cert_dir, port=port, workdir=workdir)
+    else:
+        server_cm = _in_process_server(config, cert_dir=cert_dir, port=port)
+    async with server_cm as (url, core, child):
+        yield EmbeddedServer(
+            url=url,
+            domain=url.split("://", 1)[1],
+            token="god" if "god" in config.tokens else next(iter(config.tokens)),
+            tokens=tuple(config.tokens),
+            config=config,
+            ca_cert=cert.ca_cert if cert is not None else None,
+            core=core,
+            _proc=child,
+        )
 
 
 @asynccontextmanager
