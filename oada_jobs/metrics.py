@@ -90,83 +90,94 @@ def _collectors(registry: CollectorRegistry) -> _Collectors:
     with _lock:
         found = _by_registry.get(registry)
         if found is None:
-            found = _Collectors(
-                jobs=Counter(
-                    "oada_jobs_jobs",
-                    "Jobs by service, type and state (started, success, failure).",
-                    ["service", "type", "state"],
-                    registry=registry,
-                ),
-                running=Gauge(
-                    "oada_jobs_jobs_running",
-                    "Jobs whose work function is running now.",
-                    ["service", "type"],
-                    registry=registry,
-                ),
-                duration=Histogram(
-                    "oada_jobs_job_duration_seconds",
-                    "Time from claiming a job to its outcome being known.",
-                    ["service", "type", "state"],
-                    buckets=DURATION_BUCKETS,
-                    registry=registry,
-                ),
-                queues=Gauge(
-                    "oada_jobs_queues",
-                    "Job queues the service runs (watching or retrying).",
-                    ["service"],
-                    registry=registry,
-                ),
-                queue_up=Gauge(
-                    "oada_jobs_queue_up",
-                    "1 while the queue's list watch is established and its connection up.",
-                    ["service", "queue"],
-                    registry=registry,
-                ),
-                bad_entries=Counter(
-                    "oada_jobs_bad_entries",
-                    "Warnings about job-list entries that cannot be run or filed.",
-                    ["service"],
-                    registry=registry,
-                ),
-                loop_lag=Gauge(
-                    "oada_jobs_loop_lag_seconds",
-                    "How late the event loop last woke the watchdog (blocking work shows here).",
-                    ["service"],
-                    registry=registry,
-                ),
-                loop_blocked=Counter(
-                    "oada_jobs_loop_blocked",
-                    "Times the event loop lagged by loop_lag_warning seconds or more.",
-                    ["service"],
-                    registry=registry,
-                ),
-                share_reads=Counter(
-                    "oada_jobs_share_reads",
-                    "Jobs this replica read: its share (owned), stolen, or as context.",
-                    ["service", "kind"],
-                    registry=registry,
-                ),
-                claims_lost=Counter(
-                    "oada_jobs_claims_lost",
-                    "Claims refused because the job changed since it was read (412).",
-                    ["service"],
-                    registry=registry,
-                ),
-                replicas=Gauge(
-                    "oada_jobs_replicas",
-                    "Live replicas of the service that this one sees.",
-                    ["service"],
-                    registry=registry,
-                ),
-                purged=Counter(
-                    "oada_jobs_purged_jobs",
-                    "Finished jobs removed by retention, by the list they were filed in.",
-                    ["service", "status"],
-                    registry=registry,
-                ),
-            )
+            found = _Collectors(**_job_collectors(registry), **_service_collectors(registry))
             _by_registry[registry] = found
         return found
+
+
+def _job_collectors(registry: CollectorRegistry) -> dict[str, Any]:
+    """The collectors of jobs: counts, running, durations, reads, lost claims, purges."""
+    return {
+        "jobs": Counter(
+            "oada_jobs_jobs",
+            "Jobs by service, type and state (started, success, failure).",
+            ["service", "type", "state"],
+            registry=registry,
+        ),
+        "running": Gauge(
+            "oada_jobs_jobs_running",
+            "Jobs whose work function is running now.",
+            ["service", "type"],
+            registry=registry,
+        ),
+        "duration": Histogram(
+            "oada_jobs_job_duration_seconds",
+            "Time from claiming a job to its outcome being known.",
+            ["service", "type", "state"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        ),
+        "share_reads": Counter(
+            "oada_jobs_share_reads",
+            "Jobs this replica read: its share (owned), stolen, or as context.",
+            ["service", "kind"],
+            registry=registry,
+        ),
+        "claims_lost": Counter(
+            "oada_jobs_claims_lost",
+            "Claims refused because the job changed since it was read (412).",
+            ["service"],
+            registry=registry,
+        ),
+        "purged": Counter(
+            "oada_jobs_purged_jobs",
+            "Finished jobs removed by retention, by the list they were filed in.",
+            ["service", "status"],
+            registry=registry,
+        ),
+    }
+
+
+def _service_collectors(registry: CollectorRegistry) -> dict[str, Any]:
+    """The collectors of the service itself: queues, bad entries, event loop, replicas."""
+    return {
+        "queues": Gauge(
+            "oada_jobs_queues",
+            "Job queues the service runs (watching or retrying).",
+            ["service"],
+            registry=registry,
+        ),
+        "queue_up": Gauge(
+            "oada_jobs_queue_up",
+            "1 while the queue's list watch is established and its connection up.",
+            ["service", "queue"],
+            registry=registry,
+        ),
+        "bad_entries": Counter(
+            "oada_jobs_bad_entries",
+            "Warnings about job-list entries that cannot be run or filed.",
+            ["service"],
+            registry=registry,
+        ),
+        "loop_lag": Gauge(
+            "oada_jobs_loop_lag_seconds",
+            "How late the event loop last woke the watchdog (blocking work shows here).",
+            ["service"],
+            registry=registry,
+        ),
+        "loop_blocked": Counter(
+            "oada_jobs_loop_blocked",
+            "Times the event loop lagged by loop_lag_warning seconds or more.",
+            ["service"],
+            registry=registry,
+        ),
+        "replicas": Gauge(
+            "oada_jobs_replicas",
+            "Live replicas of the service that this one sees.",
+            ["service"],
+            registry=registry,
+        ),
+    }
 
 
 class ServiceMetrics:
