@@ -19,19 +19,18 @@ store and runs one :class:`~oada_jobs.queue.Queue` for its own domain and
 token plus one per valid ``{"domain", "token"}`` entry there; entries added,
 changed or removed take effect at once.
 
-Owns :class:`Service` (work functions by type, options, life cycle, the
-queues list), :class:`ServiceState` and the :class:`Component` seam. Gives
-each queue a :class:`~oada_jobs.queue.QueueHost`, never itself. Periodic
-jobs and scheduled reports sit above it as components using its public API
-(:mod:`oada_jobs.cron`, :mod:`oada_jobs.reports`); it must not import them.
-The queues list is followed by :mod:`oada_jobs.queue_list`, and the options
-of ``service.on`` are checked by :func:`oada_jobs.worker.worker_factory`.
-
-:class:`Service` (and so this file) is longer than the ~300 lines a class
-here keeps to, and ``__init__``, ``configure`` and ``on`` longer than ~60,
-for one reason: it is the public façade, and most of it is its keyword
-options spelled out with their docstrings. What it does is done by the
-modules it hands off to.
+Owns :class:`Service` (the public façade: options, work functions, life
+cycle, components), :class:`ServiceState` and the :class:`Component` seam.
+It hands off to collaborators that never see it: the keyword options are
+declared and validated in :mod:`oada_jobs.options` (and ``service.on``'s by
+:func:`oada_jobs.worker.worker_factory`), the work functions and the control
+in force are kept by :class:`~oada_jobs.work_types.WorkTypes`, the queues
+and the queues list they follow by :class:`~oada_jobs.queue_set.QueueSet`,
+and what a run opens and starts by :class:`~oada_jobs.service_run.ServiceRun`
+(each queue gets a :class:`~oada_jobs.queue.QueueHost`, never the service).
+Periodic jobs and scheduled reports sit above it as components using its
+public API (:mod:`oada_jobs.cron`, :mod:`oada_jobs.reports`); it must not
+import them.
 """
 
 from __future__ import annotations
@@ -39,45 +38,44 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from enum import Enum
 from functools import partial
 from types import TracebackType
-from typing import (
-    Any,
-    ClassVar,
-    Protocol,
-    TypeVar,
-    overload,
-)
+from typing import Any, ClassVar, Protocol, TypeVar, Unpack, overload
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
-from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
+from anyio.abc import TaskStatus
 
 from ._ksuid import ksuid
-from ._retry import exponential
 from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
 from .config import ServiceConfig
 from .context import WorkFunction
-from .control import Control, ControlFollower, RateLimit
-from .dispatch import InFlight
-from .health import Readiness, serve_probes
-from .limits import Gate, TypeLimits
+from .control import Control
+from .health import Readiness
 from .metrics import ServiceMetrics
-from .queue import DEFAULT_QUEUE, Once, Queue, QueueHost
-from .queue_list import QueueEntry, QueuesList, parse_queue_entry
+from .options import (
+    WORK_DEFAULTS,
+    Connection,
+    ServiceOptions,
+    WorkOptions,
+    check_service_options,
+    configured,
+)
+from .queue import Queue
+from .queue_list import parse_queue_entry
+from .queue_set import QueueSet
 from .replicas import Membership, WholeQueue
 from .reporters import FinishReport, Reporter
+from .service_run import RunParts, ServiceRun
 from .settings import Settings, load_settings
-from .tree import Layout, LayoutName, get_layout, validate_service_name
-from .types import UniquePolicy
+from .tree import get_layout, validate_service_name
 from .watchdog import LoopWatchdog
-from .worker import FollowUp, Timeout, Worker, as_seconds, with_settings, worker_factory
+from .work_types import WorkTypes
+from .worker import Timeout, Worker, worker_factory
 
 __all__ = [
     "Component",
@@ -130,16 +128,6 @@ class Component(Protocol):
         ...
 
 
-class _Started:
-    """The task status of a queue started without waiting for it: an event."""
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-
-    def started(self, value: None = None) -> None:
-        self.event.set()
-
-
 def _single_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
@@ -157,181 +145,56 @@ class Service:
     :param reporters: finish reporters, e.g. :class:`~oada_jobs.SlackReporter`.
     :param metrics_registry: where metrics go (default: the global registry).
 
-    The other keyword arguments are :class:`ServiceConfig` fields. Timeouts and
-    durations are seconds (float) or :class:`~datetime.timedelta`.
+    The other keyword arguments are :class:`ServiceConfig` fields, with its
+    defaults. Timeouts and durations are seconds (float) or
+    :class:`~datetime.timedelta`.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        domain: str | None = None,
-        token: str | None = None,
-        oada: OADAClient | None = None,
-        concurrency: int = 10,
-        layout: LayoutName | Layout = "classic",
-        lease: Timeout = 60.0,
-        sweep_interval: Timeout = 30.0,
-        shutdown_grace: Timeout = 30.0,
-        retry_initial: Timeout = 1.0,
-        retry_max: Timeout = 60.0,
-        invalid_job_wait: Timeout = 2.0,
-        finish_timeout: Timeout = 30.0,
-        keep_jobs: int = 1000,
-        metrics_port: int | None = None,
-        metrics_addr: str = "0.0.0.0",
-        loop_stall_limit: Timeout = 5.0,
-        metrics_registry: CollectorRegistry | None = None,
-        reporters: Iterable[Reporter] = (),
-        cancel_grace: Timeout = 2.0,
-        loop_lag_warning: Timeout = 1.0,
-        divide_work: bool = True,
-        member_lease: Timeout = 10.0,
-        steal_after: Timeout = 2.0,
-    ) -> None:
+    def __init__(self, name: str, **options: Unpack[ServiceOptions]) -> None:
         self.name = validate_service_name(name)
+        check_service_options(options, "Service")
         self._state = ServiceState.CREATED
-        self._domain: str | None = None
-        self._token: str | None = None
-        self._given_client: OADAClient | None = None
-        self._oada: OADAClient | None = None
+        self._connection = Connection()
         self.config = ServiceConfig()
         self.layout = get_layout(self.config.layout)
-        self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
+        self.metrics = ServiceMetrics(self.name, registry=options.pop("metrics_registry", None))
         self.reporters: list[Reporter] = []
-        self.configure(
-            domain=domain,
-            token=token,
-            oada=oada,
-            concurrency=concurrency,
-            layout=layout,
-            lease=lease,
-            sweep_interval=sweep_interval,
-            shutdown_grace=shutdown_grace,
-            retry_initial=retry_initial,
-            retry_max=retry_max,
-            invalid_job_wait=invalid_job_wait,
-            finish_timeout=finish_timeout,
-            keep_jobs=keep_jobs,
-            metrics_port=metrics_port,
-            metrics_addr=metrics_addr,
-            loop_stall_limit=loop_stall_limit,
-            reporters=reporters,
-            cancel_grace=cancel_grace,
-            loop_lag_warning=loop_lag_warning,
-            divide_work=divide_work,
-            member_lease=member_lease,
-            steal_after=steal_after,
-        )
+        self.configure(**options)
         #: Identifies this service instance in job leases.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ksuid()[-10:]}"
-        #: The port ``/metrics`` is served on, once running with ``metrics_port``.
-        self.metrics_bound_port: int | None = None
-        self._workers: dict[str, Worker] = {}
-        self._queues: dict[str, Queue] = {}
-        self._entries: dict[str, QueueEntry] = {}
-        self._in_flight = InFlight()
+        self._types = WorkTypes(self.name)
+        # Counted on the metrics in use then (configure may replace them).
+        self._queue_set = QueueSet(self.name, counted=lambda n: self.metrics.set_queues(n))
         self._components: dict[str, Component] = {}
+        self._run: ServiceRun | None = None
         self._stop_requested = anyio.Event()
         self._done = anyio.Event()
         self._stack: AsyncExitStack | None = None
         self._started_by_start = False
-        self._work: TaskGroup | None = None
-        self._config_scope: anyio.CancelScope | None = None
-        self._queues_event = anyio.Event()
-        #: Measures event-loop lag and names the work functions running.
-        self.watchdog = LoopWatchdog(self.name, self.metrics, self.config.loop_lag_warning)
-        #: How this replica's queues divide their jobs with the service's other replicas.
-        self.shares: Membership | WholeQueue = WholeQueue()
-        self._membership_scope: anyio.CancelScope | None = None
-        self._control = Control()
-        self._control_errors: Mapping[str, str] = {}
-        self._gate: Gate | None = None
 
-    def configure(
-        self,
-        *,
-        domain: str | None = None,
-        token: str | None = None,
-        oada: OADAClient | None = None,
-        concurrency: int | None = None,
-        layout: LayoutName | Layout | None = None,
-        lease: Timeout | None = None,
-        sweep_interval: Timeout | None = None,
-        shutdown_grace: Timeout | None = None,
-        retry_initial: Timeout | None = None,
-        retry_max: Timeout | None = None,
-        invalid_job_wait: Timeout | None = None,
-        finish_timeout: Timeout | None = None,
-        keep_jobs: int | None = None,
-        metrics_port: int | None = None,
-        metrics_addr: str | None = None,
-        loop_stall_limit: Timeout | None = None,
-        metrics_registry: CollectorRegistry | None = None,
-        reporters: Iterable[Reporter] | None = None,
-        cancel_grace: Timeout | None = None,
-        loop_lag_warning: Timeout | None = None,
-        divide_work: bool | None = None,
-        member_lease: Timeout | None = None,
-        steal_after: Timeout | None = None,
-    ) -> None:
+    def configure(self, **options: Unpack[ServiceOptions]) -> None:
         """Replace the given options (``None`` keeps the current value); only before start.
 
-        Lets a runner such as ``oada-jobs run`` apply command-line options to a
-        service defined in user code as ``Service("email-service")``.
+        Takes the keyword arguments of :class:`Service`. Lets a runner such as
+        ``oada-jobs run`` apply command-line options to a service defined in
+        user code as ``Service("email-service")``.
         """
         if self._state is not ServiceState.CREATED:
             raise RuntimeError(
                 f"a service can only be configured before it starts; it is {self._state.value}"
             )
-        if oada is not None and (domain is not None or token is not None):
-            raise ValueError("pass either oada= or domain= and token=, not both")
-
-        def secs(value: Timeout | None, what: str = "a duration") -> float | None:
-            return None if value is None else as_seconds(value, what)
-
-        changes: dict[str, Any] = {
-            "concurrency": concurrency,
-            "layout": get_layout(layout).name if layout is not None else None,
-            "lease": timedelta(seconds=s) if (s := secs(lease, "lease")) is not None else None,
-            "sweep_interval": secs(sweep_interval, "sweep_interval"),
-            "shutdown_grace": secs(shutdown_grace, "shutdown_grace"),
-            "retry_initial": secs(retry_initial, "retry_initial"),
-            "retry_max": secs(retry_max, "retry_max"),
-            "invalid_job_wait": secs(invalid_job_wait, "invalid_job_wait"),
-            "finish_timeout": secs(finish_timeout, "finish_timeout"),
-            "keep_jobs": keep_jobs,
-            "metrics_port": metrics_port,
-            "metrics_addr": metrics_addr,
-            "loop_stall_limit": secs(loop_stall_limit, "loop_stall_limit"),
-            "cancel_grace": secs(cancel_grace, "cancel_grace"),
-            "loop_lag_warning": secs(loop_lag_warning, "loop_lag_warning"),
-            "divide_work": divide_work,
-            "member_lease": (
-                timedelta(seconds=s)
-                if (s := secs(member_lease, "member_lease")) is not None
-                else None
-            ),
-            "steal_after": secs(steal_after, "steal_after"),
-        }
-        merged = {**self.config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
-        self.config = ServiceConfig.model_validate(merged)
-        self.layout = get_layout(layout) if layout is not None else get_layout(self.config.layout)
-        if oada is not None:
-            self._domain = parse_domain(oada.domain).http
-            self._given_client, self._oada, self._token = oada, oada, None
-        elif domain is not None or token is not None:
-            if domain is not None:
-                self._domain = parse_domain(domain).http
-            if token is not None:
-                self._token = token
-            self._given_client = self._oada = None
-        if metrics_registry is not None:
-            self.metrics = ServiceMetrics(self.name, registry=metrics_registry)
-        if reporters is not None:
+        check_service_options(options, "configure")
+        config = configured(self.config, options)
+        self._connection = self._connection.configured(options)
+        self.config = config
+        layout = options.get("layout")
+        self.layout = get_layout(layout if layout is not None else config.layout)
+        if (registry := options.get("metrics_registry")) is not None:
+            self.metrics = ServiceMetrics(self.name, registry=registry)
+        if (reporters := options.get("reporters")) is not None:
             self.reporters = list(reporters)
-        self.limiter = anyio.CapacityLimiter(self.config.concurrency)
-        self._grace = self.config.shutdown_grace
+        self.limiter = anyio.CapacityLimiter(config.concurrency)
+        self._grace = config.shutdown_grace
 
     @classmethod
     def from_env(cls, name: str, **options: Any) -> Service:
@@ -380,14 +243,12 @@ class Service:
         level can be run any number of times in one process.
         """
         twin = Service(self.name, metrics_registry=self.metrics.registry)
-        twin.config = self.config
-        twin.layout = self.layout
-        twin._domain, twin._token = self._domain, self._token
-        twin._given_client = twin._oada = self._given_client
+        twin.config, twin.layout = self.config, self.layout
+        twin._connection = self._connection
         twin.reporters = list(self.reporters)
         twin.limiter = anyio.CapacityLimiter(self.config.concurrency)
         twin._grace = self.config.shutdown_grace
-        twin._workers = dict(self._workers)
+        twin._types = self._types.copy()
         twin._components = {key: part.copy() for key, part in self._components.items()}
         return twin
 
@@ -400,9 +261,9 @@ class Service:
     @property
     def domain(self) -> str:
         """The origin of the service's own store, e.g. ``https://oada.example.org``."""
-        if self._domain is None:
+        if self._connection.domain is None:
             raise RuntimeError("the service has no domain yet; pass domain= and token= or oada=")
-        return self._domain
+        return self._connection.domain
 
     @property
     def token(self) -> str | None:
@@ -411,62 +272,22 @@ class Service:
         A secret: it is in no repr or log line; this is for tools that must
         connect as the service would (``oada-jobs cron``).
         """
-        return self._token
+        return self._connection.token
 
     def __repr__(self) -> str:
-        return f"Service({self.name!r}, domain={self._domain!r}, state={self._state.value})"
+        domain = self._connection.domain
+        return f"Service({self.name!r}, domain={domain!r}, state={self._state.value})"
 
     # ------------------------------------------------------------ workers
 
     @overload
     def on(
-        self,
-        type: str,
-        timeout: Timeout | None = None,
-        *,
-        config: type[BaseModel] | None = None,
-        result: type[BaseModel] | None = None,
-        tries: int = 3,
-        retry_delay: Timeout = 5.0,
-        backoff: float = 2.0,
-        max_retry_delay: Timeout = 3600.0,
-        jitter: bool = True,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-        start_delay: Timeout = 0.0,
-        priority: int = 0,
-        unique: UniquePolicy = "refuse",
-        group_limit: int = 1,
-        min_version: int | None = None,
-        concurrency: int | None = None,
-        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
-        then: str | FollowUp | None = None,
-        on_failure: str | FollowUp | None = None,
+        self, type: str, timeout: Timeout | None = None, **options: Unpack[WorkOptions]
     ) -> Callable[[W], W]: ...
 
     @overload
     def on(
-        self,
-        type: str,
-        timeout: Timeout | None,
-        work: W,
-        *,
-        config: type[BaseModel] | None = None,
-        result: type[BaseModel] | None = None,
-        tries: int = 3,
-        retry_delay: Timeout = 5.0,
-        backoff: float = 2.0,
-        max_retry_delay: Timeout = 3600.0,
-        jitter: bool = True,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-        start_delay: Timeout = 0.0,
-        priority: int = 0,
-        unique: UniquePolicy = "refuse",
-        group_limit: int = 1,
-        min_version: int | None = None,
-        concurrency: int | None = None,
-        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
-        then: str | FollowUp | None = None,
-        on_failure: str | FollowUp | None = None,
+        self, type: str, timeout: Timeout | None, work: W, **options: Unpack[WorkOptions]
     ) -> W: ...
 
     def on(
@@ -474,59 +295,13 @@ class Service:
         type: str,
         timeout: Timeout | None = None,
         work: W | None = None,
-        *,
-        config: type[BaseModel] | None = None,
-        result: type[BaseModel] | None = None,
-        tries: int = 3,
-        retry_delay: Timeout = 5.0,
-        backoff: float = 2.0,
-        max_retry_delay: Timeout = 3600.0,
-        jitter: bool = True,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-        start_delay: Timeout = 0.0,
-        priority: int = 0,
-        unique: UniquePolicy = "refuse",
-        group_limit: int = 1,
-        min_version: int | None = None,
-        concurrency: int | None = None,
-        rate_limit: tuple[int, Timeout] | RateLimit | None = None,
-        then: str | FollowUp | None = None,
-        on_failure: str | FollowUp | None = None,
+        **options: Unpack[WorkOptions],
     ) -> W | Callable[[W], W]:
         """Register *work* for jobs of *type*; usable as a decorator.
 
         :param timeout: seconds (or a timedelta) the function may run; it is
             cancelled after that and the job fails with type ``timeout``.
             ``None`` means no limit.
-        :param config: a pydantic model to validate the job's ``config`` into;
-            by default taken from an annotation ``job: Job[Model]``. A config
-            that does not validate fails the job with the validation errors.
-        :param result: a pydantic model the function's return value must
-            match; a result that does not fails the job (``invalid-result``).
-        :param tries: how many times a job may be started in all (a job's
-            ``options.tries`` overrides it). A try fails when the function
-            raises :class:`~oada_jobs.Retry` or one of *retry_on*; after the
-            last one the job fails.
-        :param retry_delay: wait before the second try when ``Retry`` gives
-            no ``defer``; each later try waits *backoff* times longer, at most
-            *max_retry_delay*; with *jitter* a random 50-100 % of that.
-        :param retry_on: exception classes that count as a failed try
-            (``TimeoutError`` covers the timeout); other exceptions fail the job.
-        :param start_delay: seconds a job waits after the service first sees it.
-        :param priority: priority of jobs that set none (higher runs first).
-        :param unique: a job whose ``options.uniqueKey`` is already pending or
-            running in the queue is ``"refuse"``d (fails as ``duplicate``),
-            ``"merge"``d (ends with the other's outcome) or ``"allow"``ed.
-        :param group_limit: jobs of one ``options.group`` running at once.
-        :param min_version: jobs with a lower ``options.version`` (default 1)
-            fail as ``unsupported-version``.
-        :param concurrency: jobs of the type running at once over all the
-            service's replicas (docs/control.md).
-        :param rate_limit: ``(starts, seconds)``: at most that many starts of
-            the type in any window of that many seconds, over all replicas.
-        :param then: a job type (or :class:`~oada_jobs.FollowUp`) posted with
-            the result as its config when a job of this type succeeds;
-        :param on_failure: the same when one fails (docs/work-functions.md).
 
         Timeout, tries, retry delay, priority, concurrency and rate limit can
         be overridden live in ``/bookmarks/services/<name>/control``.
@@ -536,37 +311,17 @@ class Service:
         >>> @service.on("email", timeout=10)  # doctest: +SKIP
         ... async def send(job: Job, ctx: WorkerContext) -> Json: ...
         """
-        make = worker_factory(
-            type,
-            timeout,
-            config=config,
-            result=result,
-            tries=tries,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            max_retry_delay=max_retry_delay,
-            jitter=jitter,
-            retry_on=retry_on,
-            start_delay=start_delay,
-            priority=priority,
-            unique=unique,
-            group_limit=group_limit,
-            min_version=min_version,
-            concurrency=concurrency,
-            rate_limit=rate_limit,
-            then=then,
-            on_failure=on_failure,
-        )
+        make = worker_factory(type, timeout, **(WORK_DEFAULTS | options))
 
         def register(fn: W) -> W:
-            self._workers[type] = make(fn)
+            self._types.add(type, make(fn))
             return fn
 
         return register if work is None else register(work)
 
     def off(self, type: str) -> None:
         """Remove the work function for *type*; later jobs of that type fail."""
-        self._workers.pop(type, None)
+        self._types.remove(type)
 
     # ------------------------------------------------------------ components
 
@@ -633,36 +388,17 @@ class Service:
     def worker_for(self, type: str) -> Worker | None:
         """The :class:`~oada_jobs.worker.Worker` for *type*, if any, with the
         settings of the service's control (``control/types/<type>``) applied."""
-        worker = self._workers.get(type)
-        if worker is None:
-            return None
-        settings = self._control.settings(type)
-        return worker if settings is None else with_settings(worker, settings)
+        return self._types.worker_for(type)
 
     @property
     def control(self) -> Control:
         """What the service's control resource says now (docs/control.md)."""
-        return self._control
+        return self._types.control
 
     @property
     def control_errors(self) -> Mapping[str, str]:
         """Why parts of the control resource were refused (also in its ``status``)."""
-        return dict(self._control_errors)
-
-    def _limits_for(self, type: str) -> TypeLimits:
-        worker = self.worker_for(type)
-        settings = self._control.settings(type)
-        concurrency = worker.concurrency if worker is not None else None
-        rate_limit = worker.rate_limit if worker is not None else None
-        if worker is None and settings is not None:
-            concurrency, rate_limit = settings.concurrency, settings.rate_limit
-        return TypeLimits(self._control.paused(type), concurrency, rate_limit)
-
-    def _apply_control(self, control: Control, errors: Mapping[str, str]) -> None:
-        self._control_errors = errors
-        self._control = control
-        if self._gate is not None:
-            self._gate.notify()
+        return self._types.errors
 
     # ------------------------------------------------------------ state shared with queues
 
@@ -673,9 +409,27 @@ class Service:
     @property
     def oada(self) -> OADAClient:
         """The service's own client (while running)."""
-        if self._oada is None:
+        oada = self._run.oada if self._run is not None else self._connection.given
+        if oada is None:
             raise RuntimeError("the service is not running")
-        return self._oada
+        return oada
+
+    @property
+    def metrics_bound_port(self) -> int | None:
+        """The port ``/metrics`` is served on, once running with ``metrics_port``."""
+        return self._run.bound_port if self._run is not None else None
+
+    @property
+    def shares(self) -> Membership | WholeQueue:
+        """How this replica's queues divide their jobs with the service's other replicas."""
+        return self._run.shares if self._run is not None else WholeQueue()
+
+    @property
+    def watchdog(self) -> LoopWatchdog:
+        """Measures event-loop lag and names the work functions running (once started)."""
+        if self._run is None:
+            raise RuntimeError("the service has not started")
+        return self._run.watchdog
 
     @property
     def queues(self) -> Mapping[str, Queue]:
@@ -683,7 +437,7 @@ class Service:
 
         ``queue.watching`` tells whether a queue's list watch is open.
         """
-        return dict(self._queues)
+        return self._queue_set.queues
 
     async def wait_for_queues(self, predicate: Callable[[Mapping[str, Queue]], bool]) -> None:
         """Wait until the queues (by key) satisfy *predicate*; bound it with ``anyio.fail_after``.
@@ -694,21 +448,11 @@ class Service:
             with anyio.fail_after(5):
                 await service.wait_for_queues(lambda qs: "b" in qs and qs["b"].watching)
         """
-        while True:
-            event = self._queues_event
-            if predicate(self.queues):
-                return
-            await event.wait()
+        await self._queue_set.wait_for(predicate)
 
     def _readiness(self) -> Readiness:
         """For ``/readyz``: running, and each queue's watch established and connected."""
-        running = self._state is ServiceState.RUNNING
-        return Readiness(running, {key: queue.up for key, queue in self._queues.items()})
-
-    def _queues_changed(self) -> None:
-        self.metrics.set_queues(len(self._queues))
-        self._queues_event.set()
-        self._queues_event = anyio.Event()
+        return Readiness(self._state is ServiceState.RUNNING, self._queue_set.up())
 
     def same_domain(self, domain: str) -> bool:
         return parse_domain(domain).http == self.domain
@@ -726,7 +470,8 @@ class Service:
     async def __aenter__(self) -> Service:
         if self._state is not ServiceState.CREATED:
             raise RuntimeError(f"a service can be started once; this one is {self._state.value}")
-        if self._given_client is None and (self._domain is None or not self._token):
+        connection = self._connection
+        if connection.given is None and (connection.domain is None or not connection.token):
             raise ValueError("expected domain= and token= (or an open client as oada=)")
         self._state = ServiceState.STARTING
         stack = AsyncExitStack()
@@ -819,204 +564,41 @@ class Service:
         await stop_on_signals(stop, task_status=task_status)
 
     async def _main(self, *, task_status: TaskStatus[None]) -> None:
+        run = self._run = ServiceRun(self._run_parts())
         try:
             async with AsyncExitStack() as stack:
-                if self._given_client is None:
-                    assert self._token is not None
-                    self._oada = await stack.enter_async_context(
-                        OADAClient(self.domain, self._token, concurrency=self.request_concurrency)
-                    )
-                if self.config.metrics_port is not None:
-                    probes = await stack.enter_async_context(
-                        serve_probes(
-                            self.metrics,
-                            self._readiness,
-                            port=self.config.metrics_port,
-                            addr=self.config.metrics_addr,
-                            stall_limit=self.config.loop_stall_limit,
-                        )
-                    )
-                    self.metrics_bound_port = probes.port
-                self._gate = Gate(
-                    self.name,
-                    worker_id=self.worker_id,
-                    lease=self.config.lease,
-                    limits_for=self._limits_for,
-                )
-                self._gate.oada = self.oada
+                await run.open(stack)
                 with anyio.CancelScope() as work_scope:
                     async with anyio.create_task_group() as work:
-                        self._work = work
-                        self.watchdog = LoopWatchdog(
-                            self.name, self.metrics, self.config.loop_lag_warning
-                        )
-                        watch_scope = anyio.CancelScope()
-                        work.start_soon(self._watch_loop, watch_scope)
-                        if self.config.divide_work:
-                            await work.start(self._join_replicas)
-                        control_scope = await work.start(self._follow_control)
-                        await work.start(self._follow_config)
-                        scopes = [
-                            await work.start(part.run, self) for part in self._components.values()
-                        ]
+                        await run.start(work, self._stop_requested)
                         self._state = ServiceState.RUNNING
                         logger.info("service %s: running (worker %s)", self.name, self.worker_id)
                         task_status.started()
                         await self._stop_requested.wait()
                         self._state = ServiceState.STOPPING
                         logger.info("service %s: stopping", self.name)
-                        if self._config_scope is not None:
-                            self._config_scope.cancel()
-                        if self._membership_scope is not None:
-                            # Hands this replica's share to the others at once.
-                            self._membership_scope.cancel()
-                        control_scope.cancel()
-                        for scope in scopes:
-                            scope.cancel()
-                        watch_scope.cancel()
-                        for queue in self._queues.values():
-                            queue.stop()
+                        run.stop()
                         # Queues end once their running jobs end; past the
                         # grace period those are cancelled (and given back).
                         work_scope.deadline = anyio.current_time() + self._grace
-                self._work = None
         finally:
-            if self._given_client is None:
-                self._oada = None
             self._done.set()
 
-    async def _watch_loop(self, scope: anyio.CancelScope) -> None:
-        with scope:
-            await self.watchdog.run()
-
-    # ------------------------------------------------------------ queues
-
-    async def _join_replicas(self, *, task_status: TaskStatus[None]) -> None:
-        """Announce this replica and follow the others (see :mod:`oada_jobs.replicas`)."""
-        config = self.config
-        membership = Membership(
-            self.oada,
-            self.name,
-            worker_id=self.worker_id,
-            lease=config.member_lease,
-            layout=self.layout,
-            backoff=(config.retry_initial, config.retry_max),
-            on_change=self.metrics.set_replicas,
-        )
-        self.shares = membership
-        self.metrics.set_replicas(1)
-        with anyio.CancelScope() as self._membership_scope:
-            await membership.run(task_status=task_status)
-
-    async def _start_queues(self, queues: list[Queue], *, wait: bool = True) -> None:
-        """Start *queues*; with *wait*, until each watches its list, at most
-        :data:`QUEUE_START_WAIT`.
-
-        A queue whose server is slow to answer (or never answers) goes on
-        starting in the background rather than holding up ``start()``.
-        """
-        assert self._work is not None
-        started = []
-        for queue in queues:
-            # Listed before it starts, so a stop() meanwhile reaches it too.
-            self._queues[queue.key] = queue
-            status = _Started()
-            self._work.start_soon(partial(queue.run, task_status=status))
-            started.append(status.event)
-        if queues:
-            self._queues_changed()
-        if not wait:
-            return
-        with anyio.move_on_after(QUEUE_START_WAIT):
-            for event in started:
-                await event.wait()
-
-    def _queue(self, key: str, domain: str, token: str | None) -> Queue:
-        """A queue for *domain*, with *token* (``None``: the service's own)."""
-        host = QueueHost(
+    def _run_parts(self) -> RunParts:
+        """What a run of the service needs, as it is configured now."""
+        return RunParts(
             name=self.name,
             worker_id=self.worker_id,
             config=self.config,
             layout=self.layout,
-            limiter=self.limiter,
-            in_flight=self._in_flight,
+            connection=self._connection,
+            request_concurrency=self.request_concurrency,
             metrics=self.metrics,
-            workers=self.worker_for,
-            changed=self._queues_changed,
+            limiter=self.limiter,
+            types=self._types,
+            queues=self._queue_set,
             report=self.report,
-            watchdog=self.watchdog,
-            shares=self.shares,
-            gate=self._gate,
+            readiness=self._readiness,
+            queue_start_wait=QUEUE_START_WAIT,
+            components=[partial(part.run, self) for part in self._components.values()],
         )
-        connect = partial(self._connect, domain, token)
-        return Queue(host, key, domain=domain, connect=connect, own_token=token is None)
-
-    @asynccontextmanager
-    async def _connect(self, domain: str, token: str | None) -> AsyncIterator[OADAClient]:
-        """A client for a queue on *domain* with *token* (``None``: the service's own)."""
-        if token is None:
-            yield self.oada
-        elif self.same_domain(domain):
-            # Same store: share the service's connections; the queue's token
-            # is used by this clone only.
-            clone = self.oada.clone(token)
-            try:
-                yield clone
-            finally:
-                clone.revoke()
-        else:
-            async with OADAClient(domain, token, concurrency=self.request_concurrency) as client:
-                yield client
-
-    async def _follow_control(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
-        """Follow ``control`` (pauses, per-type settings) and renew type slots."""
-        config = self.config
-        follower = ControlFollower(
-            self.name,
-            apply=self._apply_control,
-            backoff=exponential(config.retry_initial, config.retry_max),
-        )
-        assert self._gate is not None
-
-        # Cancelled when the service stops: the control is no longer followed.
-        scope = anyio.CancelScope()
-
-        async def follow(*, task_status: TaskStatus[None]) -> None:
-            with scope:
-                await follower.follow(self.oada, task_status=task_status)
-
-        async with anyio.create_task_group() as group:
-            # Slots are renewed through a stop's grace period too, while the
-            # jobs holding them finish.
-            group.start_soon(self._gate.renew, self._stop_requested)
-            await group.start(follow)
-            task_status.started(scope)
-
-    async def _follow_config(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.CancelScope() as scope:
-            self._config_scope = scope
-            await self._start_queues([self._queue(DEFAULT_QUEUE, self.domain, None)])
-            config = self.config
-            queues_list = QueuesList(
-                self.name,
-                layout=self.layout,
-                backoff=exponential(config.retry_initial, config.retry_max),
-                apply=self._apply,
-            )
-            await queues_list.follow(self.oada, Once(task_status))
-
-    async def _apply(self, wanted: dict[str, QueueEntry], wait: bool) -> None:
-        """Run a queue for each entry of *wanted* (by key), and no other."""
-        for key in list(self._entries):
-            if wanted.get(key) != self._entries[key]:
-                logger.info("service %s: stopping queue %r", self.name, key)
-                self._queues.pop(key).stop()
-                del self._entries[key]
-                self._queues_changed()
-        new = []
-        for key, entry in wanted.items():
-            if key not in self._entries:
-                logger.info("service %s: starting queue %r on %s", self.name, key, entry.domain)
-                self._entries[key] = entry
-                new.append(self._queue(key, entry.domain, entry.token))
-        await self._start_queues(new, wait=wait)
