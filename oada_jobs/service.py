@@ -20,8 +20,8 @@ token plus one per valid ``{"domain", "token"}`` entry there; entries added,
 changed or removed take effect at once.
 
 Owns :class:`Service` (the public façade: options, work functions, life
-cycle, components), :class:`ServiceState` and the :class:`Component` seam.
-It hands off to collaborators that never see it: the keyword options are
+cycle, components) and the :class:`Component` seam; :class:`ServiceState`
+and the starting and stopping are :mod:`oada_jobs.lifecycle`'s. It hands off to collaborators that never see it: the keyword options are
 declared and validated in :mod:`oada_jobs.options` (and ``service.on``'s by
 :func:`oada_jobs.worker.worker_factory`), the work functions and the control
 in force are kept by :class:`~oada_jobs.work_types.WorkTypes`, the queues
@@ -31,6 +31,14 @@ and what a run opens and starts by :class:`~oada_jobs.service_run.ServiceRun`
 Periodic jobs and scheduled reports sit above it as components using its
 public API (:mod:`oada_jobs.cron`, :mod:`oada_jobs.reports`); it must not
 import them.
+
+Length: ``Service`` is longer than 300 lines because it is the public
+façade and nothing else: some thirty-five public members (the options,
+``on`` and its overloads, the components, the life cycle, the state the
+queues and tests read), most of them a docstring and a line or two that
+hand off to the collaborators above. Going further would move public
+members into a base class, whose members the API reference does not
+render with the class.
 """
 
 from __future__ import annotations
@@ -39,9 +47,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from contextlib import AsyncExitStack
 from datetime import timedelta
-from enum import Enum
 from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar, Unpack, overload
@@ -50,12 +56,12 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._ksuid import ksuid
-from ._signals import stop_on_signals
 from .client import OADAClient, parse_domain
 from .config import ServiceConfig
 from .context import WorkFunction
 from .control import Control
 from .health import Readiness
+from .lifecycle import Lifecycle, ServiceState
 from .metrics import ServiceMetrics
 from .options import (
     WORK_DEFAULTS,
@@ -95,21 +101,6 @@ QUEUE_START_WAIT = 5.0
 W = TypeVar("W", bound=WorkFunction)
 
 
-class ServiceState(Enum):
-    """Lifecycle of a :class:`Service`; a stopped service cannot be restarted."""
-
-    #: Created, not started.
-    CREATED = "created"
-    #: ``start()`` is ensuring and watching the queues.
-    STARTING = "starting"
-    #: Watching queues and running jobs.
-    RUNNING = "running"
-    #: No new jobs; running ones are finishing.
-    STOPPING = "stopping"
-    #: Done; connections closed.
-    STOPPED = "stopped"
-
-
 class Component(Protocol):
     """A part of a service that runs beside its queues while the service runs.
 
@@ -126,12 +117,6 @@ class Component(Protocol):
         """Run while *service* runs: ``task_status.started(scope)`` once ready;
         the service cancels *scope* when it stops."""
         ...
-
-
-def _single_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 class Service:
@@ -153,7 +138,7 @@ class Service:
     def __init__(self, name: str, **options: Unpack[ServiceOptions]) -> None:
         self.name = validate_service_name(name)
         check_service_options(options, "Service")
-        self._state = ServiceState.CREATED
+        self._life = Lifecycle(self.name)
         self._connection = Connection()
         self.config = ServiceConfig()
         self.layout = get_layout(self.config.layout)
@@ -167,10 +152,6 @@ class Service:
         self._queue_set = QueueSet(self.name, counted=lambda n: self.metrics.set_queues(n))
         self._components: dict[str, Component] = {}
         self._run: ServiceRun | None = None
-        self._stop_requested = anyio.Event()
-        self._done = anyio.Event()
-        self._stack: AsyncExitStack | None = None
-        self._started_by_start = False
 
     def configure(self, **options: Unpack[ServiceOptions]) -> None:
         """Replace the given options (``None`` keeps the current value); only before start.
@@ -179,9 +160,9 @@ class Service:
         ``oada-jobs run`` apply command-line options to a service defined in
         user code as ``Service("email-service")``.
         """
-        if self._state is not ServiceState.CREATED:
+        if self.state is not ServiceState.CREATED:
             raise RuntimeError(
-                f"a service can only be configured before it starts; it is {self._state.value}"
+                f"a service can only be configured before it starts; it is {self.state.value}"
             )
         check_service_options(options, "configure")
         config = configured(self.config, options)
@@ -194,7 +175,6 @@ class Service:
         if (reporters := options.get("reporters")) is not None:
             self.reporters = list(reporters)
         self.limiter = anyio.CapacityLimiter(config.concurrency)
-        self._grace = config.shutdown_grace
 
     @classmethod
     def from_env(cls, name: str, **options: Any) -> Service:
@@ -247,7 +227,6 @@ class Service:
         twin._connection = self._connection
         twin.reporters = list(self.reporters)
         twin.limiter = anyio.CapacityLimiter(self.config.concurrency)
-        twin._grace = self.config.shutdown_grace
         twin._types = self._types.copy()
         twin._components = {key: part.copy() for key, part in self._components.items()}
         return twin
@@ -276,7 +255,7 @@ class Service:
 
     def __repr__(self) -> str:
         domain = self._connection.domain
-        return f"Service({self.name!r}, domain={domain!r}, state={self._state.value})"
+        return f"Service({self.name!r}, domain={domain!r}, state={self.state.value})"
 
     # ------------------------------------------------------------ workers
 
@@ -373,9 +352,9 @@ class Service:
 
     def add_component(self, key: str, component: Component) -> None:
         """Run *component* beside the queues while the service runs; before start only."""
-        if self._state is not ServiceState.CREATED:
+        if self.state is not ServiceState.CREATED:
             raise RuntimeError(
-                f"components are added before the service starts; it is {self._state.value}"
+                f"components are added before the service starts; it is {self.state.value}"
             )
         if key in self._components:
             raise ValueError(f"the service has a component {key!r} already")
@@ -404,7 +383,7 @@ class Service:
 
     @property
     def state(self) -> ServiceState:
-        return self._state
+        return self._life.state
 
     @property
     def oada(self) -> OADAClient:
@@ -452,7 +431,7 @@ class Service:
 
     def _readiness(self) -> Readiness:
         """For ``/readyz``: running, and each queue's watch established and connected."""
-        return Readiness(self._state is ServiceState.RUNNING, self._queue_set.up())
+        return Readiness(self.state is ServiceState.RUNNING, self._queue_set.up())
 
     def same_domain(self, domain: str) -> bool:
         return parse_domain(domain).http == self.domain
@@ -468,27 +447,7 @@ class Service:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Service:
-        if self._state is not ServiceState.CREATED:
-            raise RuntimeError(f"a service can be started once; this one is {self._state.value}")
-        connection = self._connection
-        if connection.given is None and (connection.domain is None or not connection.token):
-            raise ValueError("expected domain= and token= (or an open client as oada=)")
-        self._state = ServiceState.STARTING
-        stack = AsyncExitStack()
-        try:
-            group = await stack.enter_async_context(anyio.create_task_group())
-            await group.start(self._main)
-        except BaseException as error:
-            self._stop_requested.set()
-            self._state = ServiceState.STOPPED
-            await stack.aclose()
-            # Task groups wrap a start-up failure; the caller wants the error
-            # itself (e.g. Unauthorized when the service token is refused).
-            leaf = _single_leaf(error)
-            if leaf is not error:
-                raise leaf from None
-            raise
-        self._stack = stack
+        await self._enter()
         return self
 
     async def __aexit__(
@@ -497,13 +456,7 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop_requested.set()
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
-        finally:
-            self._state = ServiceState.STOPPED
+        await self._life.exit(exc_type, exc, tb)
 
     async def start(self) -> None:
         """Start the service; returns once its queues are watched.
@@ -513,8 +466,7 @@ class Service:
         one task and stop it from another, use ``async with service:`` or
         :meth:`run`.
         """
-        await self.__aenter__()
-        self._started_by_start = True
+        await self._enter(by_start=True)
 
     async def stop(self, grace: Timeout | None = None) -> None:
         """Stop: no new jobs; running jobs get *grace* seconds to finish, then
@@ -522,17 +474,9 @@ class Service:
 
         *grace* defaults to the ``shutdown_grace`` option.
         """
-        if grace is not None:
-            seconds = grace.total_seconds() if isinstance(grace, timedelta) else float(grace)
-            self._grace = max(0.0, seconds)
-        if self._state in (ServiceState.CREATED, ServiceState.STOPPED):
-            self._state = ServiceState.STOPPED
-            return
-        self._stop_requested.set()
-        if self._started_by_start:
-            await self.__aexit__(None, None, None)
-        else:
-            await self._done.wait()
+        if isinstance(grace, timedelta):
+            grace = grace.total_seconds()
+        await self._life.stop(None if grace is None else float(grace))
 
     async def run(
         self,
@@ -551,38 +495,18 @@ class Service:
         """
         async with self, anyio.create_task_group() as group:
             if handle_signals:
-                await group.start(self._handle_signals)
+                await group.start(self._life.handle_signals)
             task_status.started()
-            await self._stop_requested.wait()
+            await self._life.stopping.wait()
             group.cancel_scope.cancel()
 
-    async def _handle_signals(self, *, task_status: TaskStatus[None]) -> None:
-        def stop(name: str) -> None:
-            logger.info("service %s: got %s; stopping", self.name, name)
-            self._stop_requested.set()
-
-        await stop_on_signals(stop, task_status=task_status)
-
-    async def _main(self, *, task_status: TaskStatus[None]) -> None:
-        run = self._run = ServiceRun(self._run_parts())
-        try:
-            async with AsyncExitStack() as stack:
-                await run.open(stack)
-                with anyio.CancelScope() as work_scope:
-                    async with anyio.create_task_group() as work:
-                        await run.start(work, self._stop_requested)
-                        self._state = ServiceState.RUNNING
-                        logger.info("service %s: running (worker %s)", self.name, self.worker_id)
-                        task_status.started()
-                        await self._stop_requested.wait()
-                        self._state = ServiceState.STOPPING
-                        logger.info("service %s: stopping", self.name)
-                        run.stop()
-                        # Queues end once their running jobs end; past the
-                        # grace period those are cancelled (and given back).
-                        work_scope.deadline = anyio.current_time() + self._grace
-        finally:
-            self._done.set()
+    async def _enter(self, *, by_start: bool = False) -> None:
+        self._life.check_unstarted()
+        connection = self._connection
+        if connection.given is None and (connection.domain is None or not connection.token):
+            raise ValueError("expected domain= and token= (or an open client as oada=)")
+        self._run = ServiceRun(self._run_parts())
+        await self._life.enter(self._run, grace=self.config.shutdown_grace, by_start=by_start)
 
     def _run_parts(self) -> RunParts:
         """What a run of the service needs, as it is configured now."""
