@@ -4,15 +4,18 @@
 [--budget 900] [--json FILE]`` opens one embedded server core (no transport:
 the storage and data semantics alone) on a fresh SQLite file and, for each
 size, fills a list of that many versioned links (the shape of a job service's
-day list) in PUTs of :data:`FILL_CHUNK` links, waits for the background WAL
-checkpoint to copy the fill into the database file, then times *writes* single-link
-PUTs of new keys and as many DELETEs of existing keys, one at a time, each
-answered after its commit. It prints the median, 99th percentile and largest
-time per write for each size, and the server process's RSS after each fill.
+day list) in PUTs of :data:`FILL_CHUNK` links. Once every list is filled and
+the background WAL checkpoint has copied the fills into the database file,
+it times *writes* single-link PUTs of new keys into each list, and then as
+many DELETEs of existing keys, one at a time, each answered after its
+commit, taking the lists in turns (one write into each, then the next round)
+so that whatever else slows the machine meanwhile falls on every length
+alike. It prints the median, 99th percentile and largest time per write for
+each size, and the server process's RSS after each fill.
 
 All lists live in the same database and process, so the sizes are compared
-within one run. *budget* bounds the whole run in seconds: a size whose fill
-would not end in time is reported as not measured.
+within one run and on the same database. *budget* bounds the fills in
+seconds: a size whose fill would not end in time is reported as not measured.
 
 ``--restart`` then closes the core and, in a new process, opens the same
 database and times the first answer (``GET /bookmarks``) and the first write
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -84,57 +88,70 @@ def _ms(samples: list[float]) -> dict[str, float]:
     }
 
 
+async def _fill(core: OADACore, size: int, deadline: float) -> int:
+    """Create list *size* and link *size* entries into it before *deadline*; how many."""
+    path = f"/resources/list-{size}"
+    await _put(core, path, {"_type": "application/vnd.oada.job.1+json"})
+    filled = 0
+    while filled < size and time.monotonic() < deadline:
+        chunk = min(FILL_CHUNK, size - filled)
+        await _put(core, path, {f"k{filled + i:09d}": _link(filled + i) for i in range(chunk)})
+        filled += chunk
+    return filled
+
+
+async def _timed(write: Awaitable[None]) -> float:
+    t0 = time.perf_counter()
+    await write
+    return time.perf_counter() - t0
+
+
 async def measure(db: str, sizes: list[int], writes: int, budget: float) -> dict[str, Any]:
-    """Fill a list of each size and time single writes into it (see the module docstring)."""
+    """Fill a list of each size, then time single writes into them (see the module docstring)."""
     deadline = time.monotonic() + budget
-    rows: list[dict[str, Any]] = []
+    rows: dict[int, dict[str, Any]] = {}
     async with OADACore(ServerConfig(db=db)) as core:
         for size in sizes:
-            path = f"/resources/list-{size}"
             started = time.monotonic()
-            await _put(core, path, {"_type": "application/vnd.oada.job.1+json"})
-            filled = 0
-            while filled < size and time.monotonic() < deadline:
-                chunk = min(FILL_CHUNK, size - filled)
-                body = {f"k{filled + i:09d}": _link(filled + i) for i in range(chunk)}
-                await _put(core, path, body)
-                filled += chunk
+            filled = await _fill(core, size, deadline)
             if filled < size:
-                rows.append({"size": size, "filled": filled, "measured": False})
                 print(f"{size:>9}: not measured (filled {filled} before the budget ran out)")
+                rows[size] = {"size": size, "filled": filled, "measured": False}
                 break
-            fill_seconds = time.monotonic() - started
-            await _settle(core)
-            puts: list[float] = []
-            deletes: list[float] = []
-            for i in range(writes):
-                t0 = time.perf_counter()
-                await _put(core, path, {f"new{i:06d}": _link(size + i)})
-                puts.append(time.perf_counter() - t0)
-            for i in range(writes):
-                t0 = time.perf_counter()
-                await _delete(core, f"{path}/k{i * (size // writes):09d}")
-                deletes.append(time.perf_counter() - t0)
-            row = {
+            rows[size] = {
                 "size": size,
                 "measured": True,
-                "fill_seconds": round(fill_seconds, 1),
+                "fill_seconds": round(time.monotonic() - started, 1),
                 "rss_mib": round(_rss_mib(), 1),
-                "put": _ms(puts),
-                "delete": _ms(deletes),
-                "load": os.getloadavg()[0],
             }
-            rows.append(row)
+        await _settle(core)
+        filled_sizes = [size for size, row in rows.items() if row["measured"]]
+        puts: dict[int, list[float]] = {size: [] for size in filled_sizes}
+        deletes: dict[int, list[float]] = {size: [] for size in filled_sizes}
+        # In turns, one write into each list: whatever else slows the machine
+        # meanwhile falls on every length alike.
+        for i in range(writes):
+            for size in filled_sizes:
+                body = {f"new{i:06d}": _link(size + i)}
+                puts[size].append(await _timed(_put(core, f"/resources/list-{size}", body)))
+        for i in range(writes):
+            for size in filled_sizes:
+                path = f"/resources/list-{size}/k{i * (size // writes):09d}"
+                deletes[size].append(await _timed(_delete(core, path)))
+        load = os.getloadavg()[0]
+        for size in filled_sizes:
+            row = rows[size]
+            row |= {"put": _ms(puts[size]), "delete": _ms(deletes[size]), "load": load}
             print(
                 f"{size:>9}: PUT {row['put']['median_ms']:7.3f} ms median"
                 f" {row['put']['p99_ms']:8.3f} p99 {row['put']['max_ms']:8.3f} max;"
                 f" DELETE {row['delete']['median_ms']:7.3f} median"
                 f" {row['delete']['p99_ms']:8.3f} p99 {row['delete']['max_ms']:8.3f} max;"
-                f" fill {fill_seconds:6.1f} s; RSS {row['rss_mib']:7.1f} MiB;"
-                f" load {row['load']:.2f}",
+                f" fill {row['fill_seconds']:6.1f} s; RSS after it {row['rss_mib']:7.1f} MiB;"
+                f" load {load:.2f}",
                 flush=True,
             )
-    return {"writes": writes, "sizes": rows}
+    return {"writes": writes, "sizes": list(rows.values())}
 
 
 async def restart(db: str, size: int) -> dict[str, Any]:

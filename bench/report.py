@@ -738,9 +738,11 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
             "### What one write into a list costs, by its length",
             "",
             f"`python -m bench.list_writes`: one server core (no transport) fills lists of "
-            f"each length with versioned links, then times {lists['writes']} single-link "
-            "PUTs and as many DELETEs into each, one at a time, each answered after its "
-            "commit. All lists are in one database and one process.",
+            "each length with versioned links in one database, then, once the fills are "
+            f"checkpointed, times {lists['writes']} single-link PUTs and as many DELETEs into "
+            "each, one at a time, each answered after its commit, taking the lists in turns "
+            "(one write into each, then the next round). RSS is the process's after each "
+            "fill.",
             "",
             table(
                 [

@@ -328,3 +328,25 @@ def test_server_memory_bench_runs_jobs_and_keeps_the_cache_bounded() -> None:
     assert lines[1].startswith("after      40 jobs: RSS ")
     assert lines[2].startswith("after      80 jobs: RSS ")
     assert all(line.endswith(", 25 documents cached") for line in lines[1:])
+
+
+def test_list_writes_times_every_length_and_a_restart(tmp_path: Path) -> None:
+    out = tmp_path / "lists.json"
+    argv = ["--sizes", "20,300", "--writes", "10", "--restart", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.list_writes", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [row["size"] for row in result["sizes"]] == [20, 300]
+    for row in result["sizes"]:
+        assert row["measured"]
+        assert 0 < row["put"]["median_ms"] <= row["put"]["max_ms"]
+        assert 0 < row["delete"]["median_ms"] <= row["delete"]["max_ms"]
+    assert result["restart"]["size"] == 300
+    assert result["restart"]["first_answer_ms"] > 0
+    assert "### What one write into a list costs" in report._long_haul(None, result)
