@@ -640,7 +640,8 @@ def _long_haul(long_haul: Mapping[str, Any] | None, lists: Mapping[str, Any] | N
             f"in rounds of {s['round']:,}, every one filed into the same `jobs-success` day "
             f"list (`{command}`). Each figure is per round; stalls "
             "come from a probe task in each process (`bench/lag.py`): *wall* is how late a "
-            "10 ms timer fired (it includes waiting for a core on a shared machine), *busy* "
+            "10 ms timer fired (it includes waiting for a core, or for the disk, which the "
+            "server's commits write from its event loop's thread), *busy* "
             "the event-loop thread's own CPU time between two firings, and a collection's own "
             "CPU time is given beside its wall time."
             + (f" The run stopped early: {s['stopped']}." if s.get("stopped") else ""),
