@@ -183,6 +183,7 @@ class Scheduler:
 
     def reread(self, entry: Entry) -> None:
         """The queue is reading *entry* again (its timer fired, or its link was touched)."""
+        self._first_reads.leaving(entry)
         self._bodies.drop(entry)
         self._placement.unpark(entry)
         entry.state = EntryState.READING
@@ -247,6 +248,7 @@ class Scheduler:
         if self._known(entry):
             if entry.state is EntryState.RUNNING:
                 self._groups.stopped(entry)
+            self._first_reads.leaving(entry)
             self._placement.wait(entry, clock_at(until) if isinstance(until, datetime) else until)
 
     def reown(self) -> list[Entry]:
@@ -327,7 +329,7 @@ class Scheduler:
             return []
         self._bodies.drop(entry)
         self._groups.count_out(entry)  # only a running entry is counted in
-        self._first_reads.left(entry)
+        self._first_reads.leaving(entry)
         entry.state = EntryState.READING  # any heap copies are stale now
         merged = self._placement.left(entry)
         self._shares.left(entry)
@@ -371,5 +373,5 @@ class Scheduler:
         self._entries.check()
         self._placement.check(self._known)
         self._groups.check(known)
-        self._first_reads.check()
+        self._first_reads.check(known)
         self._bodies.check(known)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from .entry import Entry, EntryState
 
@@ -38,7 +38,8 @@ class FirstReads:
         # moved to another share); a push counter breaks ties.
         self._unsettled: list[tuple[int, int, Entry]] = []
         self._pushes = itertools.count()
-        # Jobs read but waiting for an earlier one's first read to settle.
+        # Jobs read but waiting for an earlier one's first read to settle:
+        # exactly the known entries that are SETTLING (see check()).
         self._settling = 0
         # Reads that came back (a job or a problem), to tell one job that
         # cannot be read from a server that is away.
@@ -59,9 +60,13 @@ class FirstReads:
         self._reads_back += 1
 
     def arrived(self, entry: Entry) -> None:
-        """*entry*'s first read came back: it settles once those before it have."""
+        """*entry*'s first read came back: it settles once those before it have.
+
+        Counted once, however often it is read before it settles.
+        """
+        if entry.state is not EntryState.SETTLING:
+            self._settling += 1
         entry.state = EntryState.SETTLING
-        self._settling += 1
         # Again, if it came from another share (heap copies of a settled one are skipped).
         self.expect(entry)
         self.drain()
@@ -78,8 +83,10 @@ class FirstReads:
         entry.reads_back_at_failure = self._reads_back
         return entry.failed_reads >= HELD_FAILED_READS and not entry.settled_once
 
-    def left(self, entry: Entry) -> None:
-        """*entry* left the list (its state not yet changed)."""
+    def leaving(self, entry: Entry) -> None:
+        """*entry* is about to leave its state other than by settling (it left
+        the list, is read again, or waits on a timer): if it was settling, it
+        no longer is. Its first read, if not settled, still holds its place."""
         if entry.state is EntryState.SETTLING:
             self._settling -= 1
 
@@ -107,6 +114,8 @@ class FirstReads:
             heapq.heappop(self._unsettled)
         return None
 
-    def check(self) -> None:
-        """Raise :class:`AssertionError` if the count of settling reads went below zero."""
-        assert self._settling >= 0
+    def check(self, known: Iterable[Entry]) -> None:
+        """Raise :class:`AssertionError` unless the count of settling reads is
+        that of the *known* entries that are settling."""
+        settling = sum(entry.state is EntryState.SETTLING for entry in known)
+        assert self._settling == settling, (self._settling, settling)

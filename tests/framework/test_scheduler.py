@@ -3,14 +3,18 @@ decided without any I/O."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from oada_jobs import Job, Json, WorkerContext
+from oada_jobs.listing import BadEntries, Listing
 from oada_jobs.scheduler import HELD_FAILED_READS, Entry, EntryState, Scheduler
+from oada_jobs.tree import get_layout
 from oada_jobs.worker import Worker
 
 
@@ -126,6 +130,76 @@ async def test_a_job_leaving_the_list_during_its_first_read_releases_the_ones_af
     scheduled.remove(a)
     assert b.state is EntryState.READY
     assert drain(scheduled) == ["b"]
+
+
+async def first_read_waits_for_room(scheduled: Scheduler, entry: Entry) -> bool:
+    """Whether the first read of *entry* waits for room in *scheduled*."""
+    entered = anyio.Event()
+
+    async def read() -> None:
+        async with scheduled.room(entry):
+            entered.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    return not entered.is_set()
+
+
+@pytest.mark.parametrize("read_again", ["reread", "read twice", "read fails"])
+async def test_a_settling_job_read_again_is_counted_once(read_again: str) -> None:
+    worker = Worker("t", work, None)
+    scheduled = Scheduler(lambda type: worker, worker_id="me", keep_bodies=2)
+    a, b = add(scheduled, "a"), add(scheduled, "b")
+    scheduled.read(b, job("b"), None)
+    assert b.state is EntryState.SETTLING
+    # b is read again while it waits for a's first read.
+    if read_again == "read fails":
+        scheduled.read_failed(b, 0.0)
+        assert scheduled.due() == [b]
+    if read_again != "read twice":
+        scheduled.reread(b)
+    scheduled.read(b, job("b"), None)
+    scheduled.check_invariants()
+    scheduled.read(a, job("a"), None)
+    assert (a.state, b.state) == (EntryState.READY, EntryState.READY)
+    scheduled.check_invariants()
+    assert scheduled.full
+    # No read waits for c's: it waits for room like any other first read.
+    c = add(scheduled, "c")
+    assert await first_read_waits_for_room(scheduled, c)
+
+
+async def test_a_touched_link_of_a_settling_job_leaves_it_to_settle() -> None:
+    worker = Worker("t", work, None)
+    scheduled = Scheduler(lambda type: worker, worker_id="me", keep_bodies=2)
+    log = logging.LoggerAdapter(logging.getLogger("oada_jobs.test"), {})
+    sent: list[str] = []
+    listing = Listing(
+        scheduled,
+        layout=get_layout("classic"),
+        pending_path="/bookmarks/services/s/jobs/pending",
+        bad=BadEntries(counted=lambda: None, log=log, queue="q"),
+        read=lambda entry: sent.append(entry.key),
+        unreadable=lambda entry, problem: None,
+        left=scheduled.remove,
+        log=log,
+        queue="q",
+    )
+    links = {key: {"_id": f"resources/{key}"} for key in "ab"}
+    listing.offer(links)
+    a, b = (scheduled.by_key(key) for key in "ab")
+    assert a is not None
+    assert b is not None
+    scheduled.read(b, job("b"), None)
+    listing.offer({"b": links["b"]})  # b's link touched while it settles
+    assert sent == ["a", "b"]
+    assert b.state is EntryState.SETTLING
+    scheduled.read(a, job("a"), None)
+    assert (a.state, b.state) == (EntryState.READY, EntryState.READY)
+    scheduled.check_invariants()
+    assert await first_read_waits_for_room(scheduled, add(scheduled, "c"))
 
 
 async def test_a_failed_first_read_keeps_the_group_order() -> None:
@@ -275,13 +349,20 @@ async def test_a_job_only_filed_never_lowers_its_group_count() -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["add", "read", "pop", "urgent", "wait", "remove", "reread", "cancel"]),
+        st.sampled_from(
+            ["add", "read", "fail", "pop", "urgent", "wait", "remove", "reread", "cancel"]
+        ),
         st.integers(min_value=0, max_value=2),
         st.sampled_from([None, "g", "h"]),
         st.booleans(),
     ),
     max_size=60,
 )
+
+
+#: States a job is read again in: the queue's (its timer fired, its link was
+#: touched) and, for the books alone, while it waits for an earlier first read.
+REREAD = (EntryState.WAITING, EntryState.READY, EntryState.PARKED, EntryState.SETTLING)
 
 
 @settings(max_examples=300, deadline=None)
@@ -294,6 +375,29 @@ OPS = st.lists(
         ("cancel", 0, "g", False),
         ("urgent", 0, None, False),
         ("remove", 0, None, False),
+    ],
+    limit=1,
+)
+# A job read again while it waits for an earlier one's first read.
+@example(
+    ops=[
+        ("add", 0, None, False),
+        ("add", 1, None, False),
+        ("read", 1, None, False),
+        ("reread", 1, None, False),
+        ("read", 1, None, False),
+        ("read", 0, None, False),
+    ],
+    limit=1,
+)
+# A read failing while the job waits for an earlier one's first read.
+@example(
+    ops=[
+        ("add", 0, None, False),
+        ("add", 1, None, False),
+        ("read", 1, None, False),
+        ("fail", 1, None, False),
+        ("read", 0, None, False),
     ],
     limit=1,
 )
@@ -332,7 +436,9 @@ def test_group_bookkeeping_holds_under_any_sequence(
                 scheduled.wait(entry, anyio.current_time() + 60)
             elif op == "remove":
                 scheduled.remove(entry)
-            elif op == "reread" and entry.state in (EntryState.WAITING, EntryState.READY):
+            elif op == "fail" and entry.state in (EntryState.READING, EntryState.SETTLING):
+                scheduled.read_failed(entry, anyio.current_time() + 60)
+            elif op == "reread" and entry.state in REREAD:
                 scheduled.reread(entry)
             scheduled.check_invariants()
             running: dict[str, int] = {}
