@@ -17,7 +17,7 @@ from ..client import OADAClient
 from ..job import FINISHED, Job, JobOptions
 from ..requester import latest_progress
 from ..testing import post_job, wait_for_job
-from ..tree import resource_path
+from ..tree import LayoutName, resource_path
 from ._common import (
     CLIError,
     ExitCode,
@@ -70,7 +70,7 @@ async def post_and_report(
         chosen = await resolve_layout(oada, settings, name, posting=True)
         job_id = await post_job(oada, name, job_type, config, layout=chosen.name, options=options)
         announce_posted(job_id, name, what, wait=wait, wait_seconds=wait_seconds, plain=plain)
-        finished = await wait_if_asked(oada, job_id, wait, wait_seconds)
+        finished = await wait_if_asked(oada, job_id, wait, wait_seconds, layout=chosen.name)
     report_posted(
         job_id,
         name,
@@ -101,9 +101,10 @@ def announce_posted(
 
 
 async def wait_if_asked(
-    oada: OADAClient, job_id: str, wait: bool, wait_seconds: float
+    oada: OADAClient, job_id: str, wait: bool, wait_seconds: float, *, layout: LayoutName
 ) -> Job[Any] | None:
-    """With *wait*, the job once finished, or ``None`` if it did not finish in
+    """With *wait*, the job once finished and filed (off the pending list of
+    *layout*, so any list shows it), or ``None`` if that did not happen in
     time; its status changes and progress are shown on stderr meanwhile."""
     if not wait:
         return None
@@ -134,7 +135,7 @@ async def wait_if_asked(
                         show(change.body)
                         if change.body.get("status") in FINISHED:
                             break
-            return await wait_for_job(oada, job_id, wait_seconds)
+            return await wait_for_job(oada, job_id, wait_seconds, filed=layout)
     except TimeoutError:
         return None
 

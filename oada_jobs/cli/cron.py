@@ -18,9 +18,9 @@ from rich.markup import escape
 
 from ..cron import CronEntry, entries_of, entry_named, post_now, read_state
 from ..job import iso, parse_time, utc_now
-from ..requester import wait_for_outcome
 from ..service import Service
 from ..settings import Settings
+from ..testing import wait_for_job
 from ._common import (
     CLIError,
     DomainOption,
@@ -291,7 +291,7 @@ def run_entry(
             finished = None
             if wait:
                 try:
-                    finished = await wait_for_outcome(oada, job_id, timeout=timeout)
+                    finished = await wait_for_job(oada, job_id, timeout, filed=service.layout.name)
                 except TimeoutError:
                     finished = None
         report_posted(

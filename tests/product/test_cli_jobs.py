@@ -385,6 +385,19 @@ async def test_config_that_no_request_can_carry_is_a_clear_error(
     assert "Traceback" not in result.stderr
 
 
+async def test_post_wait_returns_once_the_job_is_filed(
+    cli: CLI, oada: OADAClient, service: Service
+) -> None:
+    for _ in range(3):
+        done = (await cli("jobs", "post", "ok", "--wait", "--json")).json()
+        key = done["id"].removeprefix("resources/")
+        # Off the pending list, which the runner does last, after filing.
+        with pytest.raises(NotFound):
+            await oada.get(f"/bookmarks/services/svc/jobs/{key}")
+        listed = (await cli("jobs", "list", "--json")).json()
+        assert done["id"] in [row["id"] for row in listed["success"]["jobs"]]
+
+
 async def test_list_reads_only_real_days_of_a_day_index(
     cli: CLI, oada: OADAClient, service: Service
 ) -> None:
