@@ -25,11 +25,12 @@ from anyio.abc import TaskGroup
 
 from ._retry import Delay, retry
 from .client import OADAClient
+from .decision import Decision
 from .exceptions import BadRequest, Forbidden, InvalidJob, NotFound, OADAError
 from .job import Job, utc_now
 from .limits import Gate, Ticket
 from .outcome import JobOutcome
-from .runner import Decision, Runner
+from .runner import Runner
 from .scheduler import Entry, EntryState, Scheduler
 from .tree import resource_path
 from .types import JsonObject

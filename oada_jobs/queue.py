@@ -45,6 +45,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._retry import exponential, retry
 from .client import OADAClient, Watch
 from .config import ServiceConfig
+from .decision import Decision
 from .dispatch import Dispatcher, InFlight
 from .exceptions import Forbidden, NotFound, OADAError, OADAStatusError, Unauthorized
 from .filing import Filed, Filer
@@ -54,7 +55,7 @@ from .metrics import ServiceMetrics
 from .readers import Readers
 from .replicas import Shares
 from .reporters import FinishReport
-from .runner import Decision, Runner, RunnerSettings
+from .runner import Runner, RunnerSettings
 from .scheduler import Entry, EntryState, Scheduler
 from .tree import LAYOUT_MARKER, SERVICE_TYPE, Layout, service_root
 from .watchdog import LoopWatchdog
