@@ -11,11 +11,13 @@ import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oada_jobs import Job, Json, WorkerContext
+from oada_jobs import Job
 from oada_jobs.replicas import member_key, owner
 from oada_jobs.scheduler import Entry, EntryState, Scheduler
 from oada_jobs.tree import path_segment
 from oada_jobs.worker import Worker
+
+from .scheduler_helpers import add, drain, job, work
 
 KEYS = st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=60, unique=True)
 MEMBERS = st.lists(
@@ -84,16 +86,6 @@ def test_member_keys_are_one_safe_path_segment() -> None:
 # ------------------------------------------------------------ the scheduler's side
 
 
-async def work(job: Job[Json], ctx: WorkerContext) -> Json:
-    return None
-
-
-def job(key: str, **options: Any) -> Job[Any]:
-    return Job.from_resource(
-        {"service": "s", "type": "t", "options": options}, oada_id=f"resources/{key}", key=key
-    )
-
-
 class Share:
     """The keys this replica owns, changeable by the test."""
 
@@ -112,19 +104,6 @@ def scheduler(share: Share, reads: list[str], **policy: Any) -> Scheduler:
         owns=share.owns,
         want_read=lambda entry: reads.append(entry.key),
     )
-
-
-def add(scheduled: Scheduler, key: str) -> Entry:
-    entry = scheduled.add(key, f"resources/{key}")
-    assert entry is not None
-    return entry
-
-
-def drain(scheduled: Scheduler) -> list[str]:
-    started = []
-    while (entry := scheduled.pop()) is not None:
-        started.append(entry.key)
-    return started
 
 
 async def test_jobs_of_other_shares_are_neither_read_nor_started() -> None:

@@ -11,39 +11,18 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from oada_jobs import Job, Json, WorkerContext
+from oada_jobs import Job
 from oada_jobs.listing import BadEntries, Listing
 from oada_jobs.scheduler import HELD_FAILED_READS, Entry, EntryState, Scheduler
 from oada_jobs.tree import get_layout
 from oada_jobs.worker import Worker
 
-
-async def work(job: Job[Json], ctx: WorkerContext) -> Json:
-    return None
-
-
-def job(key: str, **options: Any) -> Job[Any]:
-    return Job.from_resource(
-        {"service": "s", "type": "t", "options": options}, oada_id=f"resources/{key}", key=key
-    )
+from .scheduler_helpers import add, drain, job, work
 
 
 def scheduler(**policy: Any) -> Scheduler:
     worker = Worker("t", work, None, **policy)
     return Scheduler(lambda type: worker, worker_id="me")
-
-
-def add(scheduled: Scheduler, key: str) -> Entry:
-    entry = scheduled.add(key, f"resources/{key}")
-    assert entry is not None
-    return entry
-
-
-def drain(scheduled: Scheduler) -> list[str]:
-    started = []
-    while (entry := scheduled.pop()) is not None:
-        started.append(entry.key)
-    return started
 
 
 async def test_reads_coming_back_out_of_order_do_not_change_the_queue_order() -> None:
