@@ -20,11 +20,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import anyio
 import httpx
 
-from bench.replay_stall import _RESOURCE, _build, _probe
+from bench.replay_stall import _RESOURCE, _build, _probe, _waits_text
 from oada_jobs.testing import embedded_server
 
 
@@ -58,13 +59,11 @@ async def main(revs: int, reads: int) -> None:
                 await started.wait()
                 result["listing"] = await _list(server.url, reads)
                 finished.set()
-        waits = sorted(result["waits"])  # type: ignore[arg-type]
-        each, size = result["listing"]  # type: ignore[misc]
-        p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))]
+        each, size = cast(tuple[float, int], result["listing"])
+        waits = cast(list[float], result["waits"])
         print(
             f"_meta/_changes of {revs} revs: {size} bytes, {each * 1000:.0f} ms each;"
-            f" {len(waits)} GETs meanwhile, longest {waits[-1] * 1000:.1f} ms,"
-            f" p99 {p99 * 1000:.1f} ms, median {waits[len(waits) // 2] * 1000:.1f} ms"
+            f" {_waits_text(waits)}"
         )
 
 

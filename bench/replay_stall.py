@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import anyio
 import httpx
@@ -102,6 +103,16 @@ async def _probe(url: str, finished: anyio.Event, started: anyio.Event) -> list[
     return waits
 
 
+def _waits_text(waits: list[float]) -> str:
+    """How the probe's GETs fared: how many, the longest, 99th percentile and median."""
+    ordered = sorted(waits)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"{len(ordered)} GETs meanwhile, longest {ordered[-1] * 1000:.1f} ms,"
+        f" p99 {p99 * 1000:.1f} ms, median {ordered[len(ordered) // 2] * 1000:.1f} ms"
+    )
+
+
 async def main(revs: int, watches: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "replay.sqlite3"
@@ -136,13 +147,10 @@ async def main(revs: int, watches: int) -> None:
                 )
                 finished.set()
                 result["replay"] = float(consumer.stdout.decode().strip())
-        waits = sorted(result["waits"])  # type: ignore[arg-type]
-        replay = result["replay"]
-        p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))]
+        waits = cast(list[float], result["waits"])
         print(
-            f"replay of {revs} revs x {watches} watch(es): {replay:.2f} s;"
-            f" {len(waits)} GETs meanwhile, longest {waits[-1] * 1000:.1f} ms,"
-            f" p99 {p99 * 1000:.1f} ms, median {waits[len(waits) // 2] * 1000:.1f} ms"
+            f"replay of {revs} revs x {watches} watch(es): {result['replay']:.2f} s;"
+            f" {_waits_text(waits)}"
         )
 
 
