@@ -58,8 +58,8 @@ from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
 from oada_jobs._extras import require
 from oada_jobs._retry import exponential, retry
-from oada_jobs.job import FINISHED, Job
-from oada_jobs.requester import post_job
+from oada_jobs.job import Job
+from oada_jobs.requester import post_job, wait_for_outcome
 from oada_jobs.server.config import DEFAULT_TOKENS, ServerConfig, TokenInfo
 from oada_jobs.tree import LayoutName, get_layout, resource_path
 from oada_jobs.types import JsonObject
@@ -497,22 +497,12 @@ async def wait_for_job(
     >>> job = await wait_for_job(oada, job_id, 10)  # doctest: +SKIP
     >>> job.status, job.result  # doctest: +SKIP
     """
-    path = resource_path(job_id)
     with anyio.fail_after(timeout):
-        response = await oada.get(path)
-        job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
-        if not job.finished:
-            async with oada.watch(path, rev=response.rev) as changes:
-                async for change in changes:
-                    body = change.body or {}
-                    if change.path in ("", "/") and body.get("status") in FINISHED:
-                        break
-            response = await oada.get(path)
-            job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+        job = await wait_for_outcome(oada, job_id)
         if filed is not None:
             await _wait_unlisted(oada, get_layout(filed).pending_path(job.service), job_id)
             # Read again: a runner may add its last update after the status.
-            response = await oada.get(path)
+            response = await oada.get(resource_path(job_id))
             job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
     return job
 
