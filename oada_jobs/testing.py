@@ -74,6 +74,7 @@ __all__ = [
     "post_job",
     "single_user_tokens",
     "wait_for_job",
+    "wait_until_filed",
 ]
 
 #: Seconds a subprocess server may take to start answering.
@@ -500,11 +501,23 @@ async def wait_for_job(
     with anyio.fail_after(timeout):
         job = await wait_for_outcome(oada, job_id)
         if filed is not None:
-            await _wait_unlisted(oada, get_layout(filed).pending_path(job.service), job_id)
-            # Read again: a runner may add its last update after the status.
-            response = await oada.get(resource_path(job_id))
-            job = Job.from_resource(response.data, oada_id=job_id, etag=response.etag)
+            job = await wait_until_filed(oada, job, filed)
     return job
+
+
+async def wait_until_filed(
+    oada: OADAClient, job: Job[JsonObject], layout: LayoutName
+) -> Job[JsonObject]:
+    """Finished *job* read again once its runner has taken it off *layout*'s
+    pending list, the last step of filing it (any list read after shows it).
+
+    Waits as long as that takes (watching, not polling): bound it with a
+    cancel scope.
+    """
+    await _wait_unlisted(oada, get_layout(layout).pending_path(job.service), job.oada_id)
+    # Read again: a runner may add its last update after the status.
+    response = await oada.get(resource_path(job.oada_id))
+    return Job.from_resource(response.data, oada_id=job.oada_id, etag=response.etag)
 
 
 async def _wait_unlisted(oada: OADAClient, list_path: str, job_id: str) -> None:

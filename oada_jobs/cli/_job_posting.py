@@ -15,8 +15,8 @@ import anyio
 
 from ..client import OADAClient
 from ..job import FINISHED, Job, JobOptions
-from ..requester import latest_progress
-from ..testing import post_job, wait_for_job
+from ..requester import latest_progress, wait_for_outcome
+from ..testing import post_job, wait_until_filed
 from ..tree import LayoutName, resource_path
 from ._common import (
     CLIError,
@@ -31,6 +31,7 @@ from ._job_lists import status_text
 
 __all__ = [
     "announce_posted",
+    "filed_or_as_is",
     "post_and_report",
     "print_next_steps",
     "public_fields",
@@ -122,6 +123,7 @@ async def wait_if_asked(
             text = f"  progress: {progress.fraction:.0%}"
             err_console.print(text + (f" - {progress.message}" if progress.message else ""))
 
+    deadline = anyio.current_time() + wait_seconds
     try:
         with anyio.fail_after(wait_seconds):
             response = await oada.get(path)
@@ -135,9 +137,21 @@ async def wait_if_asked(
                         show(change.body)
                         if change.body.get("status") in FINISHED:
                             break
-            return await wait_for_job(oada, job_id, wait_seconds, filed=layout)
+            finished = await wait_for_outcome(oada, job_id)
     except TimeoutError:
         return None
+    return await filed_or_as_is(oada, finished, layout, deadline)
+
+
+async def filed_or_as_is(
+    oada: OADAClient, finished: Job[Any], layout: LayoutName, deadline: float
+) -> Job[Any]:
+    """*finished* once filed (so a list read next shows it), or as it is if it
+    is still on its pending list at *deadline* (its service stopped between
+    writing the outcome and filing it): the outcome is what was waited for."""
+    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+        return await wait_until_filed(oada, finished, layout)
+    return finished
 
 
 def report_posted(

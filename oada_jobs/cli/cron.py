@@ -12,15 +12,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import typer
 from pydantic import SecretStr
 from rich.markup import escape
 
 from ..cron import CronEntry, entries_of, entry_named, post_now, read_state
 from ..job import iso, parse_time, utc_now
+from ..requester import wait_for_outcome
 from ..service import Service
 from ..settings import Settings
-from ..testing import wait_for_job
 from ._common import (
     CLIError,
     DomainOption,
@@ -35,7 +36,7 @@ from ._common import (
     run_command,
     settings_from,
 )
-from ._job_posting import report_posted
+from ._job_posting import filed_or_as_is, report_posted
 from ._run import apply_settings, import_service
 
 cron_app = typer.Typer(
@@ -290,10 +291,13 @@ def run_entry(
             job_id = await post_now(oada, service.name, entry, layout=service.layout.name, by=BY)
             finished = None
             if wait:
+                deadline = anyio.current_time() + timeout
                 try:
-                    finished = await wait_for_job(oada, job_id, timeout, filed=service.layout.name)
+                    finished = await wait_for_outcome(oada, job_id, timeout=timeout)
                 except TimeoutError:
                     finished = None
+                else:
+                    finished = await filed_or_as_is(oada, finished, service.layout.name, deadline)
         report_posted(
             job_id,
             service.name,

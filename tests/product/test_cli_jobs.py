@@ -12,8 +12,9 @@ from product_helpers import CLI
 from prometheus_client import CollectorRegistry
 
 from oada_jobs import Job, JobError, NotFound, Service, WorkerContext
+from oada_jobs.cli._job_posting import wait_if_asked
 from oada_jobs.client import OADAClient
-from oada_jobs.testing import EmbeddedServer, wait_for_job
+from oada_jobs.testing import EmbeddedServer, post_job, wait_for_job
 
 FAST: dict[str, Any] = {"sweep_interval": 3600, "retry_initial": 0.05, "shutdown_grace": 2}
 
@@ -396,6 +397,16 @@ async def test_post_wait_returns_once_the_job_is_filed(
             await oada.get(f"/bookmarks/services/svc/jobs/{key}")
         listed = (await cli("jobs", "list", "--json")).json()
         assert done["id"] in [row["id"] for row in listed["success"]["jobs"]]
+
+
+async def test_wait_reports_a_finished_job_its_service_never_filed(oada: OADAClient) -> None:
+    # The service wrote the outcome and stopped before taking the job off
+    # its pending list: the outcome is what --wait waited for.
+    job_id = await post_job(oada, "svc", "ok", {})
+    await oada.put(f"/{job_id}", {"status": "success", "result": {"done": True}})
+    finished = await wait_if_asked(oada, job_id, True, 0.5, layout="classic")
+    assert finished is not None
+    assert (finished.status, finished.result) == ("success", {"done": True})
 
 
 async def test_list_reads_only_real_days_of_a_day_index(
