@@ -25,9 +25,10 @@ from oada_jobs.server.records import ENTRY_BYTES, Path, Resource, loads
 __all__ = ["ColdDocument", "DocumentCache", "DropLinks", "document_bytes"]
 
 #: A cached document not used lately, encoded: ``(JSON, binary data,
-#: snap_bytes, pending_bytes)``. Bytes and numbers only, so the garbage
-#: collector skips it: as objects, the 20,000 documents of the default cache
-#: were most of what every full collection went through (200 ms and more).
+#: snap_bytes, pending_bytes)``. One tuple of bytes and numbers, which the
+#: collector stops tracking once a collection has gone through it: as
+#: objects, the 20,000 documents of the default cache were most of what every
+#: full collection went through (200 ms and more).
 ColdDocument = tuple[bytes, bytes | None, int, int]
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core_helpers import open_core
 
 from oada_jobs.server.cache import SizedLRU
+from oada_jobs.server.changelog import ChangeLog, ChangeRow
 from oada_jobs.server.store import ENTRY_BYTES
 
 KIB = 1024
@@ -51,6 +55,43 @@ def test_a_sized_lru_also_holds_a_count_and_drops_what_exceeds_the_whole_budget(
     assert cache.pop(3) == 3
     assert cache.pop(3) is None
     assert cache.bytes == 10
+
+
+@contextmanager
+def tracked_objects_added() -> Iterator[Callable[[], int]]:
+    """How many objects the garbage collector tracks more than at the start (none collected)."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        yield lambda: len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+
+
+def test_cached_bytes_under_str_keys_give_the_collector_nothing_to_go_through() -> None:
+    cache = SizedLRU[str, bytes](1 << 30)
+    keys = [f"k{n}" for n in range(10_000)]
+    values = [b"v%d" % n for n in range(10_000)]
+    with tracked_objects_added() as added:
+        for key, value in zip(keys, values, strict=True):
+            cache.put(key, value, 10)
+        cache.evict()
+        assert added() < 100
+
+
+def test_cached_change_records_give_the_collector_nothing_to_go_through() -> None:
+    log = ChangeLog(lambda: None, 1 << 30)  # type: ignore[arg-type,return-value]
+    rows: list[ChangeRow] = [
+        (f"resources/r{n}", n, "merge", b'{"n":%d}' % n, None) for n in range(10_000)
+    ]
+    with tracked_objects_added() as added:
+        log.committed(rows)
+        assert added() < 100
+    assert log.cached[:2] == [("resources/r0", 0), ("resources/r1", 1)]
+    record = log.change("resources/r7", 7)
+    assert record is not None
+    assert (record.type, record.body, record.children) == ("merge", {"n": 7}, [])
 
 
 async def test_documents_are_held_to_their_byte_budget(tmp_path: Path) -> None:
