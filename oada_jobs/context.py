@@ -46,7 +46,25 @@ class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
     Records carry ``service``, ``queue``, ``job_id``, ``job_key``, ``job_type``
     and ``trace_id`` (the config's ``traceId``) as attributes, for structured
     log handlers; the message is prefixed with ``[service/job_key]``.
+
+    A job's messages carry text from its work function, its key and its
+    config: a lone surrogate in them (a byte decoded with ``surrogateescape``)
+    would make a handler that writes UTF-8 drop the record with a "Logging
+    error". So the message is formatted here, such characters written as
+    backslash escapes.
     """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError):
+                text = f"{text} {args!r}"
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        super().log(level, text, **kwargs)
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]

@@ -77,6 +77,29 @@ def test_json_lines_carry_the_bound_fields() -> None:
     assert third["odd"].startswith("<object object")
 
 
+def test_a_job_message_with_a_lone_surrogate_is_written_escaped_not_dropped() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("oada_jobs.test-surrogate")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        log = JobLogAdapter(logger, dict(CONTEXT))
+        bad = ValueError(b"bad \xff byte".decode("utf-8", "surrogateescape"))
+        log.error("work function failed: %s: %s", type(bad).__name__, bad)
+        log.info("100% done")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = stream.getvalue()
+    text.encode("utf-8")  # a UTF-8 handler writes it as it is
+    assert text.splitlines() == [
+        "[svc/abc] work function failed: ValueError: bad \\udcff byte",
+        "[svc/abc] 100% done",
+    ]
+
+
 def test_configure_logging_installs_one_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
