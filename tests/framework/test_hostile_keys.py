@@ -208,10 +208,9 @@ async def test_replica_keys_reach_their_delete_paths_escaped(
         with anyio.fail_after(10):
             while True:
                 listing = (await oada.get(workers_path(name))).data
-                if hostile[0] not in listing and "host~1a-1-x~0y" in listing:
+                if not set(hostile) & set(listing) and "host~1a-1-x~0y" in listing:
                     break
                 await anyio.sleep(0.05)
-        assert not set(hostile) & set(listing), listing
     # It deleted its own key as it stopped.
     listing = (await oada.get(workers_path(name))).data
     assert [key for key in listing if not key.startswith("_")] == []
