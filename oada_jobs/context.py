@@ -64,6 +64,8 @@ class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
             except (TypeError, ValueError):
                 text = f"{text} {args!r}"
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        # The record names the caller, not this method.
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
         super().log(level, text, **kwargs)
 
     def process(

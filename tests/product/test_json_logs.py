@@ -80,6 +80,8 @@ def test_json_lines_carry_the_bound_fields() -> None:
 def test_a_job_message_with_a_lone_surrogate_is_written_escaped_not_dropped() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
+    # The record still names the line that logged, not the adapter.
+    handler.setFormatter(logging.Formatter("%(filename)s %(message)s"))
     logger = logging.getLogger("oada_jobs.test-surrogate")
     logger.addHandler(handler)
     logger.propagate = False
@@ -95,8 +97,8 @@ def test_a_job_message_with_a_lone_surrogate_is_written_escaped_not_dropped() ->
     text = stream.getvalue()
     text.encode("utf-8")  # a UTF-8 handler writes it as it is
     assert text.splitlines() == [
-        "[svc/abc] work function failed: ValueError: bad \\udcff byte",
-        "[svc/abc] 100% done",
+        "test_json_logs.py [svc/abc] work function failed: ValueError: bad \\udcff byte",
+        "test_json_logs.py [svc/abc] 100% done",
     ]
 
 
