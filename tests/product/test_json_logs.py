@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +46,31 @@ CONTEXT = {
 }
 
 
-def test_json_lines_carry_the_bound_fields() -> None:
+@contextmanager
+def job_log(formatter: logging.Formatter) -> Iterator[tuple[JobLogAdapter, io.StringIO]]:
+    """A job's log adapter on a logger of its own, and what its handler writes."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(formatter)
     logger = logging.getLogger("oada_jobs.test-json")
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     try:
-        log = JobLogAdapter(logger, dict(CONTEXT))
+        yield JobLogAdapter(logger, dict(CONTEXT)), stream
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def test_json_lines_carry_the_bound_fields() -> None:
+    with job_log(JSONFormatter()) as (log, stream):
         log.warning("job finished: %s", "failure")
         try:
             raise RuntimeError("boom \u00e9")
         except RuntimeError:
             log.exception("work function failed")
-        logger.info("plain", extra={"odd": object()})
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
+        log.logger.info("plain", extra={"odd": object()})
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     first, second, third = (json.loads(line) for line in lines)
@@ -78,22 +86,11 @@ def test_json_lines_carry_the_bound_fields() -> None:
 
 
 def test_a_job_message_with_a_lone_surrogate_is_written_escaped_not_dropped() -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
     # The record still names the line that logged, not the adapter.
-    handler.setFormatter(logging.Formatter("%(filename)s %(message)s"))
-    logger = logging.getLogger("oada_jobs.test-surrogate")
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    try:
-        log = JobLogAdapter(logger, dict(CONTEXT))
+    with job_log(logging.Formatter("%(filename)s %(message)s")) as (log, stream):
         bad = ValueError(b"bad \xff byte".decode("utf-8", "surrogateescape"))
         log.error("work function failed: %s: %s", type(bad).__name__, bad)
         log.info("100% done")
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
     text = stream.getvalue()
     text.encode("utf-8")  # a UTF-8 handler writes it as it is
     assert text.splitlines() == [
