@@ -182,7 +182,11 @@ def _decode(resource_id: str, rev: int, stored: StoredChange) -> ChangeRecord:
 
 
 def _pack(stored: StoredChange) -> bytes:
-    """*stored* as one cached value: type, body and children, NUL between them."""
+    """*stored* as one cached value: type, body and children, NUL between them.
+
+    A new ``bytes`` of its own length, whatever buffers the parts sit in
+    (orjson's output keeps the larger buffer it was written into).
+    """
     kind, body, children = stored
     return b"\0".join((kind.encode(), body or b"", children or b""))
 

@@ -94,7 +94,7 @@ from oada_jobs.server.cache import SizedLRU
 from oada_jobs.server.changelog import ChangeLog, ChangeRow
 from oada_jobs.server.dblock import DatabaseLock
 from oada_jobs.server.doc_cache import ColdDocument, DocumentCache
-from oada_jobs.server.documents import dumpb_kept
+from oada_jobs.server.documents import dumpb
 from oada_jobs.server.keyed import KeyedDoc, is_member
 from oada_jobs.server.links import ALL_LINKS, HEAD_LINKS, LinkIndex, member_links
 from oada_jobs.server.records import (
@@ -543,10 +543,10 @@ def _collect(batches: Sequence[Batch]) -> _Commit:
         for ch in batch.changes:
             if isinstance(ch.body, dict):
                 members.setdefault(ch.resource_id, set()).update(k for k in ch.body if is_member(k))
-            # Kept in the change cache after the commit: compact bytes.
-            body = None if ch.body is None else dumpb_kept(ch.body)
+            # Not kept as they are: the change cache packs a copy of its own.
+            body = None if ch.body is None else dumpb(ch.body)
             if body is not None:
                 written[ch.resource_id] = written.get(ch.resource_id, 0) + len(body)
-            children = dumpb_kept(ch.children) if ch.children else None
+            children = dumpb(ch.children) if ch.children else None
             rows.append((ch.resource_id, ch.rev, ch.type, body, children))
     return c
