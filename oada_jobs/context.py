@@ -57,12 +57,12 @@ class JobLogAdapter(logging.LoggerAdapter[logging.Logger]):
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         if not self.isEnabledFor(level):
             return
-        text = str(msg)
-        if args:
-            try:
-                text = text % args
-            except (TypeError, ValueError):
-                text = f"{text} {args!r}"
+        # Formatted as logging formats it (a single mapping argument included).
+        record = logging.LogRecord(self.logger.name, level, "", 0, msg, args, None)
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = f"{msg} {args!r}"
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         # The record names the caller, not this method.
         kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1

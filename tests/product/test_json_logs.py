@@ -91,11 +91,13 @@ def test_a_job_message_with_a_lone_surrogate_is_written_escaped_not_dropped() ->
         bad = ValueError(b"bad \xff byte".decode("utf-8", "surrogateescape"))
         log.error("work function failed: %s: %s", type(bad).__name__, bad)
         log.info("100% done")
+        log.info("%(done)d of %(total)d", {"done": 1, "total": 2})
     text = stream.getvalue()
     text.encode("utf-8")  # a UTF-8 handler writes it as it is
     assert text.splitlines() == [
         "test_json_logs.py [svc/abc] work function failed: ValueError: bad \\udcff byte",
         "test_json_logs.py [svc/abc] 100% done",
+        "test_json_logs.py [svc/abc] 1 of 2",
     ]
 
 
