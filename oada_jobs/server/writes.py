@@ -128,16 +128,22 @@ class Writer:
             new_type: str | None = media_type
         else:
             new_type = _type_of(merged, media_type if res is None else None)
+        self._authorize_at(token, prefix, target, new_type, merged)
+
+    def _authorize_at(
+        self, token: TokenInfo, prefix: str, target: Resolved, new_type: str | None, body: Any
+    ) -> None:
+        """Authorize writing *body* (of *new_type*, if it creates a resource) at *target*."""
         guard = self._guard
         guard.authorize(
             token,
             guard.access(
                 target.resource_id,
-                res,
+                target.resource,
                 via=prefix,
                 write=True,
                 new_type=new_type,
-                body=merged if isinstance(merged, dict) else None,
+                body=body if isinstance(body, dict) else None,
             ),
         )
 
@@ -151,21 +157,11 @@ class Writer:
         data: bytes | None,
     ) -> str:
         """Authorize the two writes of an ensured link; the fresh resource's new id."""
-        res = target.resource
-        guard = self._guard
         new_id = f"resources/{self._new_key()}"
         link = nest(target.leftover, {"_id": new_id})
-        guard.authorize(
-            token,
-            guard.access(
-                target.resource_id,
-                res,
-                via=prefix,
-                write=True,
-                new_type="application/json" if res is None else None,
-                body=link if isinstance(link, dict) else None,
-            ),
-        )
+        link_type = "application/json" if target.resource is None else None
+        self._authorize_at(token, prefix, target, link_type, link)
+        guard = self._guard
         fresh_type = media_type if data is not None else _type_of(value, media_type)
         guard.authorize(
             token,
